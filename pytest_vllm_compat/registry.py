@@ -1,0 +1,225 @@
+"""The model registry: a TOML file naming the models a run serves, their markers, serve args and needs.
+
+Format (documented in README, example in ``suites/models.toml``)::
+
+    [defaults]
+    serve_args = { max_model_len = 512, enforce_eager = true }
+
+    [models.tiny-mistral]
+    builtin = "mistral"                 # generated locally: vllm-compat make-tiny-model --arch mistral
+    families = ["mistral"]
+    serve_args = { dtype = "bfloat16" } # merged over [defaults]; true -> bare flag, false/None -> omitted
+    env = { VLLM_LOGGING_LEVEL = "INFO" }
+
+    [models.mistral-7b]
+    hub = "mistralai/Mistral-7B-Instruct-v0.2"   # or: path = "/models/mistral-7b"
+    families = ["mistral"]
+    requires = { gpus = 1, gpu_memory_gib = 24, compute_capability = "8.0", devices = ["cuda"] }
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUILTIN_ARCHS = ("mistral", "llama")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_MARKER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RegistryError(ValueError):
+    """The registry file is missing or malformed."""
+
+
+class ModelDirError(ValueError):
+    """A model directory cannot be served (missing config, tokenizer or weights)."""
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a model needs from the machine; unmet needs make its tests "not applicable"."""
+
+    gpus: int = 0
+    gpu_memory_gib: float = 0.0
+    compute_capability: str | None = None  # minimum, e.g. "8.0"
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    families: tuple[str, ...]
+    builtin: str | None = None  # tiny-model architecture, generated locally
+    builtin_options: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    hub: str | None = None
+    serve_args: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    requires: Requirements = Requirements()
+    features: tuple[str, ...] = ()  # empty: every feature applies
+
+    @property
+    def source(self) -> str:
+        if self.builtin:
+            opts = ",".join(f"{k}={v}" for k, v in sorted(self.builtin_options.items()))
+            return f"builtin:{self.builtin}" + (f"[{opts}]" if opts else "")
+        return self.path or self.hub or ""
+
+    def builtin_key(self) -> str:
+        """Directory name of the generated tiny model (distinct per architecture and options)."""
+        assert self.builtin
+        parts = [f"tiny-{self.builtin}"]
+        for k, v in sorted(self.builtin_options.items()):
+            parts.append(f"{k}-{str(v).lower()}")
+        return "-".join(parts)
+
+
+def serve_args_to_argv(args: dict[str, Any]) -> list[str]:
+    """Turn ``{"max_model_len": 512, "enforce_eager": True}`` into ``--max-model-len 512 --enforce-eager``.
+
+    ``True`` gives a bare flag, ``False``/``None`` omit it, dicts become JSON, lists repeat the flag.
+    Keys are kept in the given order so argv is deterministic.
+    """
+    argv: list[str] = []
+    for key, value in args.items():
+        flag = key if key.startswith("-") else "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value, sort_keys=True, separators=(",", ":"))]
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                argv += [flag, str(v)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _requirements(raw: Any, where: str) -> Requirements:
+    if raw is None:
+        return Requirements()
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{where}: 'requires' must be a table")
+    unknown = set(raw) - {"gpus", "gpu_memory_gib", "compute_capability", "devices"}
+    if unknown:
+        raise RegistryError(f"{where}: unknown keys in 'requires': {sorted(unknown)}")
+    devices = tuple(raw.get("devices", ("cpu", "cuda")))
+    for d in devices:
+        if d not in ("cpu", "cuda"):
+            raise RegistryError(f"{where}: device kind {d!r} is not one of cpu, cuda")
+    cc = raw.get("compute_capability")
+    return Requirements(
+        gpus=int(raw.get("gpus", 0)),
+        gpu_memory_gib=float(raw.get("gpu_memory_gib", 0.0)),
+        compute_capability=str(cc) if cc is not None else None,
+        devices=devices,
+    )
+
+
+_MODEL_KEYS = {"builtin", "builtin_options", "path", "hub", "families", "serve_args", "env",
+               "trust_remote_code", "requires", "features"}
+
+
+def parse_registry(data: dict[str, Any], base_dir: Path | None = None, where: str = "registry") -> list[ModelSpec]:
+    defaults = data.get("defaults", {})
+    unknown_top = set(data) - {"defaults", "models"}
+    if unknown_top:
+        raise RegistryError(f"{where}: unknown top-level keys {sorted(unknown_top)} (expected [defaults], [models.NAME])")
+    default_args = dict(defaults.get("serve_args", {}))
+    default_env = {str(k): str(v) for k, v in defaults.get("env", {}).items()}
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise RegistryError(f"{where}: no [models.NAME] tables")
+    specs: list[ModelSpec] = []
+    for name, raw in models.items():
+        w = f"{where}: model {name!r}"
+        if not _NAME_RE.match(name):
+            raise RegistryError(f"{w}: names may use letters, digits, '.', '_' and '-' only")
+        if not isinstance(raw, dict):
+            raise RegistryError(f"{w}: must be a table")
+        unknown = set(raw) - _MODEL_KEYS
+        if unknown:
+            raise RegistryError(f"{w}: unknown keys {sorted(unknown)}")
+        sources = [k for k in ("builtin", "path", "hub") if raw.get(k)]
+        if len(sources) != 1:
+            raise RegistryError(f"{w}: give exactly one of builtin, path, hub (got {sources or 'none'})")
+        builtin = raw.get("builtin")
+        if builtin is not None and builtin not in BUILTIN_ARCHS:
+            raise RegistryError(f"{w}: builtin must be one of {', '.join(BUILTIN_ARCHS)}")
+        path = raw.get("path")
+        if path is not None:
+            p = Path(path).expanduser()
+            if not p.is_absolute() and base_dir is not None:
+                p = base_dir / p
+            path = str(p)
+        families = tuple(raw.get("families", ()))
+        for fam in families:
+            if not _MARKER_RE.match(fam):
+                raise RegistryError(f"{w}: family {fam!r} is not a valid marker name")
+        serve_args = {**default_args, **raw.get("serve_args", {})}
+        env = {**default_env, **{str(k): str(v) for k, v in raw.get("env", {}).items()}}
+        specs.append(ModelSpec(
+            name=name, families=families, builtin=builtin,
+            builtin_options=dict(raw.get("builtin_options", {})), path=path, hub=raw.get("hub"),
+            serve_args=serve_args, env=env, trust_remote_code=bool(raw.get("trust_remote_code", False)),
+            requires=_requirements(raw.get("requires"), w), features=tuple(raw.get("features", ())),
+        ))
+    return specs
+
+
+def load_registry(path: str | Path) -> list[ModelSpec]:
+    p = Path(path)
+    if not p.is_file():
+        raise RegistryError(f"model registry {p} does not exist (set --vllm-models or the vllm_models ini option)")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise RegistryError(f"model registry {p}: invalid TOML: {e}") from e
+    return parse_registry(data, base_dir=p.parent, where=str(p))
+
+
+TOKENIZER_FILE_SETS: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+    ("tekken.json",),
+)
+
+
+def preflight_model_dir(path: str | Path) -> None:
+    """Fail early and clearly when a local model directory cannot be served.
+
+    Without this, a missing tokenizer shows up minutes later deep inside vLLM as e.g.
+    sentencepiece's ``TypeError: not a string`` (seed 002).
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelDirError(f"model directory {p} does not exist")
+    names = {c.name for c in p.iterdir()}
+    problems: list[str] = []
+    if "config.json" not in names and "params.json" not in names:
+        problems.append("no config.json")
+    if not any(all(f in names for f in fs) for fs in TOKENIZER_FILE_SETS):
+        wanted = " or ".join("+".join(fs) for fs in TOKENIZER_FILE_SETS)
+        problems.append(f"no tokenizer files (expected {wanted})")
+    if not any(n.endswith((".safetensors", ".bin", ".pt", ".gguf")) for n in names):
+        problems.append("no weight files (*.safetensors, *.bin)")
+    if problems:
+        raise ModelDirError(f"model directory {p} cannot be served: " + "; ".join(problems))
+    if "config.json" in names:
+        try:
+            json.loads((p / "config.json").read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ModelDirError(f"model directory {p}: config.json is not valid JSON: {e}") from e
