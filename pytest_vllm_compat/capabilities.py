@@ -1,0 +1,279 @@
+"""Per-version capabilities of vLLM, read from ``data/capabilities.toml``.
+
+The table is data (one row per version range, each citing the vLLM source files it was read
+from); this module only loads it and turns a row into argv / env / request fields.  It never
+imports vllm.  See docs/capabilities.md for the fields and how to add a version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "STRUCTURED_KINDS",
+    "Unsupported",
+    "UnknownVersion",
+    "VersionCaps",
+    "attention_selection",
+    "capabilities",
+    "help_has_flag",
+    "parse_version",
+    "structured_request_fields",
+    "structured_server_args",
+    "table_versions",
+]
+
+STRUCTURED_KINDS: tuple[str, ...] = ("json", "regex", "choice", "grammar")
+# Backends whose whitespace can be switched off (vllm/config/structured_outputs.py rejects
+# disable_any_whitespace for any other backend; the 0.8.x suffix is read by these two only).
+_WHITESPACE_BACKENDS = ("xgrammar", "guidance")
+
+
+class UnknownVersion(ValueError):
+    """Version string not parseable, or older than the table's first row."""
+
+
+class Unsupported(Exception):
+    """The version lacks what was asked for; the suite reports it as an "unsupported" result."""
+
+
+@dataclass(frozen=True)
+class VersionCaps:
+    version: str
+    range: str
+    sources: tuple[str, ...]
+    entry_point: tuple[str, ...]
+    engine: str
+    v1_available: bool
+    structured_backends: tuple[str, ...]
+    structured_server: str
+    structured_request: str
+    structured_request_kinds: tuple[str, ...]
+    disable_any_whitespace: str
+    attention_selection: str
+    attention_env_ignored: bool
+    attention_backends: dict[str, tuple[str, ...]]
+    attention_min_compute_capability: dict[str, str]
+    kv_log_formats: tuple[str, ...]
+    cpu_kv_env: str
+    cpu_tensor_parallel: bool
+    cpu_tp_env: dict[str, str]
+    log_requests_flag: str | None
+    notes: tuple[str, ...]
+
+    def __hash__(self) -> int:  # dict fields make the generated hash fail
+        return hash((self.version, self.range))
+
+
+# --------------------------------------------------------------------------- versions
+
+_VERSION_RE = re.compile(r"^\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:\.(\d+))?(?=$|[.+\-_a-zA-Z])")
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """``"0.6.4.post1"`` -> ``(0, 6, 4)``; rc/dev/post/local suffixes are dropped."""
+    if not isinstance(version, str):
+        raise UnknownVersion(f"not a version string: {version!r}")
+    m = _VERSION_RE.match(version)
+    if not m:
+        raise UnknownVersion(f"cannot parse vLLM version {version!r}")
+    major, minor, patch = (int(g) if g is not None else 0 for g in m.groups()[:3])
+    return (major, minor, patch)
+
+
+def _parse_range(spec: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    lo = hi = None
+    for part in spec.split(","):
+        part = part.strip()
+        if part.startswith(">="):
+            lo = parse_version(part[2:])
+        elif part.startswith("<"):
+            hi = parse_version(part[1:])
+        else:
+            raise ValueError(f"bad range clause {part!r} in {spec!r} (use '>=A,<B')")
+    if lo is None or hi is None or not lo < hi:
+        raise ValueError(f"bad range {spec!r}")
+    return lo, hi
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class _Row:
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+    data: dict
+
+
+def _load_text() -> str:
+    return resources.files("pytest_vllm_compat").joinpath("data/capabilities.toml").read_text("utf-8")
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[dict, tuple[_Row, ...]]:
+    doc = tomllib.loads(_load_text())
+    defaults = doc.get("defaults", {})
+    rows = []
+    for raw in doc["row"]:
+        data = {**defaults, **raw}
+        lo, hi = _parse_range(data["range"])
+        rows.append(_Row(lo, hi, data))
+    rows.sort(key=lambda r: r.lo)
+    return doc, tuple(rows)
+
+
+def table_versions() -> list[str]:
+    """The vLLM versions whose sources the table was checked against."""
+    return list(_table()[0]["checked_versions"])
+
+
+def _fmt(v: tuple[int, int, int]) -> str:
+    return ".".join(map(str, v))
+
+
+def _caps_from(version: str, data: dict, extra_notes: tuple[str, ...] = ()) -> VersionCaps:
+    return VersionCaps(
+        version=version,
+        range=data["range"],
+        sources=tuple(data["sources"]),
+        entry_point=tuple(data["entry_point"]),
+        engine=data["engine"],
+        v1_available=bool(data["v1_available"]),
+        structured_backends=tuple(data["structured_backends"]),
+        structured_server=data["structured_server"],
+        structured_request=data["structured_request"],
+        structured_request_kinds=tuple(data["structured_request_kinds"]),
+        disable_any_whitespace=data["disable_any_whitespace"],
+        attention_selection=data["attention_selection"],
+        attention_env_ignored=bool(data["attention_env_ignored"]),
+        attention_backends={k: tuple(v) for k, v in data["attention_backends"].items()},
+        attention_min_compute_capability=dict(data.get("attention_min_compute_capability", {})),
+        kv_log_formats=tuple(data["kv_log_formats"]),
+        cpu_kv_env=data["cpu_kv_env"],
+        cpu_tensor_parallel=bool(data["cpu_tensor_parallel"]),
+        cpu_tp_env=dict(data.get("cpu_tp_env", {})),
+        log_requests_flag=data.get("log_requests_flag") or None,
+        notes=tuple(data.get("notes", ())) + extra_notes,
+    )
+
+
+def capabilities(version: str) -> VersionCaps:
+    """The capabilities of ``version`` (the row whose range contains it).
+
+    A version newer than the last row gets the last row, with a note saying so; a version
+    older than the first row raises :class:`UnknownVersion`.
+    """
+    key = parse_version(version)
+    _, rows = _table()
+    if key < rows[0].lo:
+        raise UnknownVersion(f"vLLM {version} is older than the table's first row ({rows[0].data['range']})")
+    for row in rows:
+        if row.lo <= key < row.hi:
+            return _caps_from(version, row.data)
+    last = rows[-1]
+    note = (
+        f"vLLM {version} is newer than the table (checked up to {table_versions()[-1]}); "
+        f"assuming the last row {last.data['range']}."
+    )
+    return _caps_from(version, last.data, (note,))
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def structured_server_args(caps: VersionCaps, backend: str, disable_any_whitespace: bool = True) -> list[str]:
+    """argv that makes the server use ``backend`` for structured outputs.
+
+    Whitespace is switched off only where the version can do it, and only for xgrammar and
+    guidance (the server rejects it for other backends); elsewhere the flag is left out.
+    """
+    if caps.structured_server == "none" or backend not in caps.structured_backends:
+        raise Unsupported(
+            f"vLLM {caps.version} offers no server-side structured-output backend {backend!r} "
+            f"(has: {', '.join(caps.structured_backends) or 'none'})"
+        )
+    ws = disable_any_whitespace and backend in _WHITESPACE_BACKENDS
+    if caps.structured_server == "config_json":
+        cfg: dict[str, object] = {"backend": backend}
+        if ws and caps.disable_any_whitespace == "config_json":
+            cfg["disable_any_whitespace"] = True
+        return ["--structured-outputs-config", json.dumps(cfg)]
+    if caps.structured_server == "flag":
+        value = backend
+        if ws and caps.disable_any_whitespace == "backend_suffix":
+            value = f"{backend}:disable-any-whitespace"
+        args = ["--guided-decoding-backend", value]
+        if ws and caps.disable_any_whitespace == "flag":
+            args.append("--guided-decoding-disable-any-whitespace")
+        return args
+    raise ValueError(f"unknown structured_server mode {caps.structured_server!r} for {caps.range}")
+
+
+def structured_request_fields(
+    caps: VersionCaps, kind: str, value: object, backend: str | None = None
+) -> dict[str, object]:
+    """Extra body fields for a chat/completions request asking for structured output ``kind``.
+
+    ``backend`` is sent per request only on V0-default versions (< 0.8); V1 rejects a request
+    backend that differs from the server's, and 0.12+ has no per-request backend at all.
+    """
+    if kind not in STRUCTURED_KINDS:
+        raise ValueError(f"unknown structured-output kind {kind!r}; expected one of {STRUCTURED_KINDS}")
+    if kind not in caps.structured_request_kinds:
+        raise Unsupported(f"vLLM {caps.version} has no {kind!r} structured-output request field")
+    if backend is not None and backend not in caps.structured_backends:
+        raise Unsupported(f"vLLM {caps.version} has no structured-output backend {backend!r}")
+    if caps.structured_request == "guided_fields":
+        fields: dict[str, object] = {f"guided_{kind}": value}
+        if backend is not None and caps.engine == "v0":
+            fields["guided_decoding_backend"] = backend
+        return fields
+    if caps.structured_request == "structured_outputs":
+        return {"structured_outputs": {kind: value}}
+    raise ValueError(f"unknown structured_request mode {caps.structured_request!r} for {caps.range}")
+
+
+def attention_selection(caps: VersionCaps, backend: str, device: str) -> tuple[list[str], dict[str, str]]:
+    """(extra argv, extra env) selecting attention ``backend`` on ``device`` ("cpu"/"cuda")."""
+    offered = caps.attention_backends.get(device)
+    if offered is None:
+        raise Unsupported(f"vLLM {caps.version}: no attention backends known for device {device!r}")
+    if backend not in offered:
+        raise Unsupported(
+            f"vLLM {caps.version} has no {backend!r} attention backend on {device} (has: {', '.join(offered)})"
+        )
+    if caps.attention_selection == "flag":
+        return ["--attention-backend", backend], {}
+    if caps.attention_selection == "env":
+        return [], {"VLLM_ATTENTION_BACKEND": backend}
+    raise ValueError(f"unknown attention_selection mode {caps.attention_selection!r} for {caps.range}")
+
+
+def help_has_flag(help_text: str, flag: str) -> bool:
+    """True if ``--help`` output lists ``flag`` (``"--x"``, ``"x"``, ``"--x=VALUE"`` all accepted).
+
+    Handles "--flag, -x" and "-x, --flag" forms, usage lines ("[--flag FLAG]"), "--flag=VALUE",
+    and prose where argparse/textwrap broke a flag at a hyphen across lines.
+    """
+    name = flag.strip().split("=", 1)[0].strip()
+    if not name:
+        return False
+    if not name.startswith("-"):
+        name = "--" + name
+    pattern = re.compile(r"(?<![\w-])" + re.escape(name) + r"(?![\w-])")
+    if pattern.search(help_text):
+        return True
+    # Re-join flags that were wrapped at a hyphen ("--structured-outputs-\n      config").
+    joined = re.sub(r"(?<=[\w])-\n[ \t]*(?=[\w])", "-", help_text)
+    return bool(pattern.search(joined))

@@ -1,0 +1,143 @@
+"""Run a vLLM server in the official ``vllm/vllm-openai`` image instead of a provisioned venv.
+
+Only argv is built here (no shell anywhere: every argument is its own list element); the server
+module starts and stops the process like any other server command. ``docker run --rm --init``
+in the foreground makes the docker client's lifetime the container's; ``stop_container_argv``
+removes it when the client is gone but the container is not.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+DEFAULT_REPOSITORY = "vllm/vllm-openai"
+DEFAULT_ENTRYPOINT = ("python3", "-m", "vllm.entrypoints.openai.api_server")
+CONTAINER_HF_CACHE = "/root/.cache/huggingface"
+REDACTED = "***"
+DOCKER_INFO_TIMEOUT_S = 20.0
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Inside the container the devices given to --gpus are renumbered from 0, so the host's
+# CUDA_VISIBLE_DEVICES (as Lease.env() sets it) would point at the wrong, or no, devices.
+_HOST_ONLY_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+
+
+def image_for(version: str, repository: str = DEFAULT_REPOSITORY) -> str:
+    """``"0.6.6"`` -> ``"vllm/vllm-openai:v0.6.6"`` (release tags carry a ``v``; ``latest``/``nightly`` do not)."""
+    v = version.strip()
+    if not v:
+        raise ValueError("empty vLLM version")
+    tag = v if v.startswith("v") or not v[0].isdigit() else "v" + v
+    return f"{repository}:{tag}"
+
+
+def build_docker_argv(*, version: str, model: str, container_model: str | None, port: int, api_key: str,
+                      serve_args: Sequence[str], env: Mapping[str, str], devices: Sequence[int] | None,
+                      hf_cache: Path | None, name: str, model_dir: Path | None = None,
+                      entrypoint: Sequence[str] = DEFAULT_ENTRYPOINT, docker: str = "docker",
+                      extra_docker_args: Sequence[str] = (), repository: str = DEFAULT_REPOSITORY) -> list[str]:
+    """The ``docker run`` argv for one vLLM server.
+
+    ``devices`` are nvidia-smi indices (``Lease.indices``); ``None`` or empty gives no GPU at all
+    (``--gpus all`` is never used: it would ignore the lease). ``model_dir`` is mounted read-only at
+    ``container_model`` (default ``/models/<dir name>``) and served under the name ``model``, so
+    clients use the same model name as with the venv runtime. ``env`` values and the API key end
+    up in argv: log only :func:`redact_argv` of it.
+    """
+    if not _NAME_RE.match(name):
+        raise ValueError(f"invalid container name {name!r}: use letters, digits, '_', '.', '-'")
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid port {port}")
+    argv = [docker, "run", "--rm", "--name", name, "--init",
+            # PyTorch shares tensors between tensor-parallel workers through /dev/shm; the
+            # container default (64 MiB) makes NCCL fail (vllm-facts: nccl).
+            "--ipc=host",
+            # The server listens on 0.0.0.0 *inside* the container: that is the container's own
+            # network interface, and the only one Docker's port forwarding can reach (a server on
+            # the container's 127.0.0.1 is unreachable from the host). The host side publishes
+            # the port on 127.0.0.1 only, so the server is not exposed to the network.
+            "-p", f"127.0.0.1:{port}:{port}"]
+    if devices:
+        ids = ",".join(str(int(d)) for d in devices)
+        # No shell strips quotes here, so the quotes are part of the value: Docker parses
+        # --gpus as CSV, and an unquoted "device=0,1" splits into "device=0" and a bare "1"
+        # ("cannot set both Count and DeviceIDs on device request", seed 002).
+        argv += ["--gpus", f'"device={ids}"']
+    for key, value in env.items():
+        if not _ENV_KEY_RE.match(key):
+            raise ValueError(f"invalid environment variable name {key!r}")
+        if devices and key in _HOST_ONLY_ENV:
+            continue
+        argv += ["-e", f"{key}={value}"]
+    if hf_cache is not None:
+        argv += ["-v", f"{Path(hf_cache).expanduser().absolute()}:{CONTAINER_HF_CACHE}"]
+    served_as = model
+    if model_dir is not None:
+        # -v needs an absolute host path: a relative one would be taken as a named volume.
+        target = container_model or f"/models/{Path(model_dir).name}"
+        argv += ["-v", f"{Path(model_dir).expanduser().absolute()}:{target}:ro"]
+        served_as = target
+    elif container_model:
+        served_as = container_model
+    argv += list(extra_docker_args)
+    if entrypoint:
+        argv += ["--entrypoint", entrypoint[0], image_for(version, repository), *entrypoint[1:]]
+    else:
+        argv += [image_for(version, repository)]
+    argv += ["--host", "0.0.0.0", "--port", str(port), "--api-key", api_key, "--model", served_as]  # noqa: S104
+    if served_as != model and "--served-model-name" not in serve_args:
+        argv += ["--served-model-name", model]
+    argv += list(serve_args)
+    return argv
+
+
+def redact_argv(argv: Sequence[str], secrets: Sequence[str] = ()) -> list[str]:
+    """A copy of argv safe to log: ``-e K=V`` -> ``-e K=***``, ``--api-key X`` -> ``--api-key ***``.
+
+    Any of ``secrets`` found elsewhere is replaced too.
+    """
+    out: list[str] = []
+    after = ""
+    for arg in argv:
+        if after in ("-e", "--env") and "=" in arg:
+            arg = arg.split("=", 1)[0] + "=" + REDACTED
+        elif after == "--api-key":
+            arg = REDACTED
+        elif arg.startswith("--api-key="):
+            arg = "--api-key=" + REDACTED
+        elif arg.startswith("--env=") and arg.count("=") >= 2:
+            arg = "--env=" + arg[len("--env="):].split("=", 1)[0] + "=" + REDACTED
+        for s in secrets:
+            if s:
+                arg = arg.replace(s, REDACTED)
+        out.append(arg)
+        after = arg
+    return out
+
+
+def docker_available(docker: str = "docker", timeout: float = DOCKER_INFO_TIMEOUT_S) -> str | None:
+    """``None`` when a Docker engine answers ``docker info``, else why not (a skip reason)."""
+    try:
+        proc = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        return f"no Docker engine: {docker!r} is not installed (not found on PATH)"
+    except subprocess.TimeoutExpired:
+        return f"no Docker engine: '{docker} info' did not answer within {timeout:g} s"
+    except OSError as e:
+        return f"no Docker engine: cannot run {docker!r}: {e}"
+    version = proc.stdout.strip()
+    if proc.returncode != 0 or not version:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        detail = lines[-1] if lines else f"exit status {proc.returncode}"
+        return f"no Docker engine: {detail}"
+    return None
+
+
+def stop_container_argv(name: str, docker: str = "docker") -> list[str]:
+    """``docker rm -f NAME``: stops and removes the container (a no-op error if it is already gone)."""
+    return [docker, "rm", "-f", name]

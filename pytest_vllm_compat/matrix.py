@@ -1,0 +1,632 @@
+"""The compatibility matrix: merge result records from many runs into one cell per
+(model, vLLM version, platform, feature), with insights (regressions, first/last passing
+version, unclassified failures), and write ``matrix.json``, shields.io badges and the static site.
+
+The record schema is documented in ``docs/records.md``; the matrix schema in ``docs/matrix.md``.
+This module knows nothing of pytest: ``vllm-compat matrix RESULTS_DIR... --output DIR`` calls
+:func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import statistics
+import sys
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+MATRIX_SCHEMA = "pytest-vllm-compat/matrix@1"
+RECORD_SCHEMA = "pytest-vllm-compat/record@1"
+MANIFEST_SCHEMA = "pytest-vllm-compat/manifest@1"
+
+STATUSES = ("pass", "fail", "error", "unsupported", "not_applicable", "flaky")
+RECORD_STATUSES = ("pass", "fail", "error", "unsupported", "not_applicable")
+FAILING = ("fail", "error")
+SKIPPED = ("unsupported", "not_applicable")
+# Statuses that say something about vLLM; the others carry no verdict for regressions.
+VERDICT = ("pass", "fail")
+UNKNOWN_CATEGORY = "unknown"
+_UNKNOWN_CATEGORIES = {"", "unknown", "unclassified", "none"}
+_OUTCOME_TO_STATUS = {"passed": "pass", "failed": "fail", "error": "error", "skipped": "not_applicable"}
+_SEVERITY = {"fail": 3, "error": 2, "pass": 1}
+_SUMMARY_MAX = 200
+
+
+class MatrixError(Exception):
+    """A results directory cannot be turned into a matrix (e.g. it holds no records)."""
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def version_key(version: str) -> tuple[Any, ...]:
+    """Sort key comparing versions numerically (``0.9.2 < 0.10.2``); PEP 440 when it parses,
+    otherwise a natural sort of the dotted parts, after every PEP 440 version."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return (0, Version(version))
+    except InvalidVersion:
+        parts = re.split(r"[.\-+_]", version)
+        return (1, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts))
+
+
+def sort_versions(versions: Iterable[str]) -> list[str]:
+    return sorted(set(versions), key=version_key)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _record_files(directory: Path) -> list[Path]:
+    if directory.is_file():
+        return [directory]
+    return sorted(directory.glob("records/*.jsonl")) + sorted(directory.glob("*.jsonl"))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            where = "truncated last line" if lineno == len(lines) else "malformed line"
+            warnings.warn(f"{path}:{lineno}: {where} skipped ({exc.msg})", stacklevel=3)
+            continue
+        if not isinstance(obj, dict) or obj.get("schema", RECORD_SCHEMA) != RECORD_SCHEMA:
+            warnings.warn(f"{path}:{lineno}: not a {RECORD_SCHEMA} record, skipped", stacklevel=3)
+            continue
+        out.append(obj)
+    return out
+
+
+def load_records(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
+    """Every record in ``<dir>/records/*.jsonl`` and ``<dir>/*.jsonl`` of each directory (a
+    ``.jsonl`` file may be given directly). A truncated or malformed line is skipped with a
+    warning; the same record read twice (same run, test and start time) is kept once."""
+    seen: set[tuple[Any, ...]] = set()
+    records: list[dict[str, Any]] = []
+    for d in dirs:
+        for path in _record_files(Path(d)):
+            for rec in _read_jsonl(path):
+                key = (rec.get("run_id"), rec.get("test_id"), rec.get("started_at"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                records.append(rec)
+    return records
+
+
+def load_manifests(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
+    """Every run manifest in ``<dir>/manifests/*.json``; unreadable ones are skipped with a warning."""
+    manifests: list[dict[str, Any]] = []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            continue
+        for path in sorted(d.glob("manifests/*.json")):
+            try:
+                obj = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                warnings.warn(f"{path}: unreadable manifest skipped ({exc})", stacklevel=2)
+                continue
+            if isinstance(obj, dict):
+                manifests.append(obj)
+    return manifests
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _is_unknown_category(category: Any) -> bool:
+    return category is None or str(category).strip().lower() in _UNKNOWN_CATEGORIES
+
+
+Classifier = Callable[[str, str | None, str | None], Mapping[str, Any] | None]
+
+
+def default_classifier(error_text: str, log_text: str | None, version: str | None) -> dict[str, Any] | None:
+    """Classify with the failure knowledge base (``pytest_vllm_compat.classify``); None when that
+    module is unavailable."""
+    try:
+        from pytest_vllm_compat.classify import classify
+    except ImportError:
+        return None
+    return dict(classify(error_text, log_text, version=version).to_dict())
+
+
+def _classification_of(rec: Mapping[str, Any], classifier: Classifier | None,
+                       cache: dict[tuple[Any, ...], Mapping[str, Any] | None]) -> Mapping[str, Any] | None:
+    """The record's classification; a failing record without one (or with an unknown category)
+    is classified again -- the knowledge base may have learned the failure since the run."""
+    cls = rec.get("classification")
+    cls = cls if isinstance(cls, Mapping) else None
+    if _status_of(rec) not in FAILING or classifier is None:
+        return cls
+    if cls is not None and not _is_unknown_category(cls.get("category")):
+        return cls
+    error = rec.get("error") or {}
+    error_text = str(error.get("text") or error.get("summary") or "")
+    log_text = rec.get("log_excerpt")
+    version = rec.get("vllm_version")
+    key = (error_text, log_text, version)
+    if key not in cache:
+        cache[key] = classifier(error_text, log_text, version)
+    new = cache[key]
+    if new is not None and not _is_unknown_category(new.get("category")):
+        return new
+    return cls or new
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _status_of(rec: Mapping[str, Any]) -> str:
+    status = rec.get("status")
+    if status in RECORD_STATUSES:
+        return str(status)
+    return _OUTCOME_TO_STATUS.get(str(rec.get("outcome")), "error")
+
+
+def _one_line(text: Any, limit: int = _SUMMARY_MAX) -> str:
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def cell_slug(model: str, vllm_version: str, platform: str, feature: str) -> str:
+    """A stable, filename-safe id: a readable slug plus a short hash of the exact key, so two
+    keys that slug alike (``a:b`` and ``a-b``) never collide."""
+    key = "\x1f".join((model, vllm_version, platform, feature))
+    readable = re.sub(r"[^a-z0-9._]+", "-", f"{model}--{vllm_version}--{platform}--{feature}".lower())
+    readable = re.sub(r"-{3,}", "--", readable).strip("-.")[:96]
+    return f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def model_slug(model: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
+    return slug if slug == model else f"{slug}-{hashlib.sha1(model.encode()).hexdigest()[:6]}"
+
+
+def _chrono_key(rec: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(rec.get("finished_at") or rec.get("started_at") or ""), str(rec.get("run_id") or ""),
+            str(rec.get("test_id") or ""))
+
+
+def _worst(statuses: Sequence[str]) -> str:
+    """The status of one run of a cell: the worst of its tests (fail > error > pass); a cell
+    whose tests were all skipped is ``not_applicable`` if all were so, else ``unsupported``."""
+    decisive = [s for s in statuses if s in _SEVERITY]
+    if decisive:
+        return max(decisive, key=_SEVERITY.__getitem__)
+    if statuses and all(s == "not_applicable" for s in statuses):
+        return "not_applicable"
+    return "unsupported"
+
+
+def merge_run_statuses(per_run: Sequence[str]) -> str:
+    """The status of a cell across runs: ``flaky`` when runs disagree between pass and
+    fail/error; otherwise the runs' common verdict (the worst one, fail over error) -- runs in
+    which every test was skipped say nothing when another run has a verdict."""
+    decisive = [s for s in per_run if s in _SEVERITY]
+    if "pass" in decisive and any(s in FAILING for s in decisive):
+        return "flaky"
+    return _worst(list(per_run))
+
+
+def _merge_metrics(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Numeric metrics: the median of the values the cell's tests reported; anything else: the
+    latest value. The server's start time and restarts are folded in as ``server_start_s`` and
+    ``server_restarts``."""
+    values: dict[str, list[Any]] = defaultdict(list)
+    for rec in recs:  # chronological
+        for k, v in (rec.get("metrics") or {}).items():
+            if v is not None:
+                values[str(k)].append(v)
+        server = rec.get("server") or {}
+        if isinstance(server.get("start_time_s"), (int, float)):
+            values["server_start_s"].append(server["start_time_s"])
+        if isinstance(server.get("restarts"), int):
+            values["server_restarts"].append(server["restarts"])
+    merged: dict[str, Any] = {}
+    for k, vs in values.items():
+        nums = [v for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if k == "server_restarts":
+            merged[k] = max(nums)
+        elif nums and len(nums) == len(vs):
+            med = statistics.median(nums)
+            merged[k] = int(med) if all(isinstance(v, int) for v in nums) and med == int(med) else med
+        else:
+            merged[k] = vs[-1]
+    return merged
+
+
+def _test_entry(rec: Mapping[str, Any]) -> dict[str, Any]:
+    error = rec.get("error") or {}
+    server = rec.get("server") or {}
+    return {
+        "test_id": rec.get("test_id"),
+        "test_name": rec.get("test_name"),
+        "outcome": rec.get("outcome"),
+        "status": _status_of(rec),
+        "duration_s": rec.get("duration_s"),
+        "run_id": rec.get("run_id"),
+        "started_at": rec.get("started_at"),
+        "error_summary": _one_line(error.get("summary")) if error.get("summary") else None,
+        "skip_reason": rec.get("skip_reason"),
+        "log_path": server.get("log_path"),
+    }
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
+                classifications: Sequence[Mapping[str, Any] | None],
+                manifests_by_run: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    model, version, platform, feature = key
+    order = sorted(range(len(recs)), key=lambda i: _chrono_key(recs[i]))
+    recs = [recs[i] for i in order]
+    classifications = [classifications[i] for i in order]
+    statuses = [_status_of(r) for r in recs]
+
+    by_run: dict[str, list[int]] = defaultdict(list)
+    for i, rec in enumerate(recs):
+        by_run[str(rec.get("run_id") or "")].append(i)
+    runs = []
+    for run_id, idx in by_run.items():
+        run_statuses = [statuses[i] for i in idx]
+        runs.append({
+            "run_id": run_id,
+            "status": _worst(run_statuses),
+            "counts": dict(Counter(run_statuses)),
+            "started_at": min((str(recs[i].get("started_at") or "") for i in idx), default=""),
+        })
+    status = merge_run_statuses([r["status"] for r in runs])
+
+    # The representative test: the latest of the worst status (the failing one for flaky cells).
+    if status == "flaky":
+        wanted = max((s for s in statuses if s in FAILING), key=_SEVERITY.__getitem__)
+    elif status in SKIPPED:
+        wanted = status if status in statuses else statuses[-1]
+    else:
+        wanted = status
+    rep = max(i for i, s in enumerate(statuses) if s == wanted) if wanted in statuses else len(recs) - 1
+    rep_rec, rep_cls = recs[rep], classifications[rep] or {}
+
+    category = kind = title = explanation = workaround = fixed_in = None
+    refs: list[str] = []
+    if wanted in FAILING:
+        category = rep_cls.get("category")
+        category = UNKNOWN_CATEGORY if _is_unknown_category(category) else str(category)
+        kind = rep_cls.get("kind") or ("vllm" if wanted == "fail" else "infrastructure")
+        title = rep_cls.get("title")
+        explanation = rep_cls.get("explanation")
+        workaround = rep_cls.get("workaround")
+        fixed_in = rep_cls.get("fixed_in")
+        refs = [str(r) for r in rep_cls.get("refs") or []]
+
+    counts = {s: 0 for s in RECORD_STATUSES}
+    counts.update(Counter(statuses))
+    latest = recs[-1]
+    server = latest.get("server") or {}
+    distribution = ",".join(sorted({str(r.get("distribution")) for r in recs if r.get("distribution")}))
+    provenance = latest.get("provenance") or {}
+    if not provenance:
+        envs = (manifests_by_run.get(str(latest.get("run_id"))) or {}).get("environments") or {}
+        provenance = (envs.get(f"{latest.get('distribution')}-{version}") or {}).get("provenance") or {}
+    error = rep_rec.get("error") or {}
+
+    if status == "pass":
+        summary = f"{counts['pass']} of {len(recs)} tests passed" + (
+            f" in {len(runs)} runs" if len(runs) > 1 else "")
+        if counts["pass"] < len(recs):
+            summary += f" ({len(recs) - counts['pass']} skipped)"
+    elif status in FAILING:
+        summary = f"{title or category}: {error.get('summary') or rep_rec.get('outcome') or status}"
+    elif status == "flaky":
+        passed = [r["run_id"] for r in runs if r["status"] == "pass"]
+        failed = [r["run_id"] for r in runs if r["status"] in FAILING]
+        summary = (f"flaky: passed in {len(passed)} run(s), {wanted} in {len(failed)} run(s) -- "
+                   f"{title or category}: {error.get('summary') or ''}")
+    else:
+        summary = rep_rec.get("skip_reason") or status.replace("_", " ")
+
+    return {
+        "cell_id": cell_slug(*key),
+        "model": model,
+        "families": sorted({str(f) for r in recs for f in r.get("families") or []}),
+        "model_source": latest.get("model_source"),
+        "vllm_version": version,
+        "distribution": distribution,
+        "platform": platform,
+        "device": latest.get("device"),
+        "feature": feature,
+        "status": status,
+        "category": category,
+        "kind": kind,
+        "title": title,
+        "summary": _one_line(summary),
+        "explanation": explanation,
+        "refs": refs,
+        "workaround": workaround,
+        "fixed_in": fixed_in,
+        "regression": False,
+        "tests": [_test_entry(r) for r in recs],
+        "counts": counts,
+        "runs": sorted(runs, key=lambda r: (r["started_at"], r["run_id"])),
+        "provenance": provenance,
+        "serve_args": server.get("serve_args") or {},
+        "argv": server.get("argv") or [],
+        "env": server.get("env") or {},
+        "log_excerpt": rep_rec.get("log_excerpt") if wanted in FAILING else None,
+        "metrics": _merge_metrics(recs),
+        "first_seen": min((str(r.get("started_at")) for r in recs if r.get("started_at")), default=None),
+        "last_seen": max((str(r.get("finished_at") or r.get("started_at")) for r in recs
+                          if r.get("finished_at") or r.get("started_at")), default=None),
+    }
+
+
+# --------------------------------------------------------------------------- insights
+
+
+def _insights(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for c in cells:
+        groups[(c["model"], c["platform"], c["feature"])][c["vllm_version"]] = c
+    out = []
+    for (model, platform, feature), by_version in sorted(groups.items()):
+        versions = sort_versions(by_version)
+        passing = [v for v in versions if by_version[v]["status"] == "pass"]
+        verdicts = [v for v in versions if by_version[v]["status"] in VERDICT]
+        regressions = []
+        for prev, nxt in pairwise(verdicts):
+            if by_version[prev]["status"] == "pass" and by_version[nxt]["status"] == "fail":
+                to_cell = by_version[nxt]
+                to_cell["regression"] = True
+                regressions.append({
+                    "model": model, "platform": platform, "feature": feature,
+                    "from_version": prev, "to_version": nxt,
+                    "from_cell_id": by_version[prev]["cell_id"], "to_cell_id": to_cell["cell_id"],
+                    "category": to_cell["category"], "summary": to_cell["summary"],
+                })
+        out.append({
+            "model": model, "platform": platform, "feature": feature,
+            "versions": versions,
+            "statuses": [by_version[v]["status"] for v in versions],
+            "first_pass": passing[0] if passing else None,
+            "last_pass": passing[-1] if passing else None,
+            "regressions": regressions,
+            "unclassified": [by_version[v]["cell_id"] for v in versions
+                             if by_version[v]["status"] in (*FAILING, "flaky")
+                             and by_version[v]["category"] == UNKNOWN_CATEGORY],
+        })
+    return out
+
+
+def _summary_by_version(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for c in cells:
+        groups[(c["platform"], c["vllm_version"])].append(c)
+    out = []
+    for (platform, version), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], version_key(kv[0][1]))):
+        counts = {s: 0 for s in STATUSES}
+        counts.update(Counter(c["status"] for c in cs))
+        applicable = len(cs) - counts["unsupported"] - counts["not_applicable"]
+        out.append({
+            "platform": platform, "vllm_version": version, "counts": counts,
+            "cells": len(cs), "applicable": applicable,
+            "pass_rate": round(counts["pass"] / applicable, 4) if applicable else None,
+        })
+    return out
+
+
+def _runs(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    runs: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        run_id = str(rec.get("run_id") or "")
+        r = runs.setdefault(run_id, {"run_id": run_id, "hosts": [], "records": 0, "versions": set(),
+                                     "started_at": None, "finished_at": None})
+        r["records"] += 1
+        if rec.get("vllm_version"):
+            r["versions"].add(str(rec["vllm_version"]))
+        started, finished = rec.get("started_at"), rec.get("finished_at")
+        if started and (r["started_at"] is None or started < r["started_at"]):
+            r["started_at"] = started
+        if finished and (r["finished_at"] is None or finished > r["finished_at"]):
+            r["finished_at"] = finished
+    for m in manifests:
+        run_id = str(m.get("run_id") or "")
+        if run_id not in runs:
+            continue  # a manifest of a run whose records were not loaded
+        r = runs[run_id]
+        host = (m.get("host") or {}).get("hostname")
+        if host and host not in r["hosts"]:
+            r["hosts"].append(host)
+        r["versions"].update(str(v) for v in m.get("versions") or [])
+        for k in ("started_at", "finished_at"):
+            r[k] = m.get(k) or r[k]
+        r["plugin_version"] = m.get("plugin_version")
+        r["device"] = m.get("device")
+        r["os"] = (m.get("host") or {}).get("os")
+    for r in runs.values():
+        r["versions"] = sort_versions(r["versions"])
+    return sorted(runs.values(), key=lambda r: (str(r["started_at"] or ""), r["run_id"]))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mapping[str, Any]] = (),
+                 *, generated_at: str | None = None,
+                 classifier: Classifier | None = default_classifier) -> dict[str, Any]:
+    """Merge records (from any number of runs) into the matrix object described in docs/matrix.md.
+
+    ``classifier`` (re)classifies failing records that carry no classification or an unknown
+    category; ``None`` keeps the records' own classifications."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        key = (str(rec.get("model") or "?"), str(rec.get("vllm_version") or "?"),
+               str(rec.get("platform") or "?"), str(rec.get("feature") or "other"))
+        groups[key].append(dict(rec))
+    cache: dict[tuple[Any, ...], Mapping[str, Any] | None] = {}
+    manifests_by_run = {str(m.get("run_id")): m for m in manifests}
+    cells = []
+    for key, recs in groups.items():
+        classifications = [_classification_of(r, classifier, cache) for r in recs]
+        cells.append(_build_cell(key, recs, classifications, manifests_by_run))
+    cells.sort(key=lambda c: (c["feature"], c["model"], c["platform"], version_key(c["vllm_version"])))
+    insights = _insights(cells)  # also flags regression cells
+    versions = sort_versions(c["vllm_version"] for c in cells)
+    return {
+        "schema": MATRIX_SCHEMA,
+        "generated_at": generated_at or _now(),
+        "runs": _runs(records, manifests),
+        "versions": versions,
+        "models": sorted({c["model"] for c in cells}),
+        "families": sorted({f for c in cells for f in c["families"]}),
+        "platforms": sorted({c["platform"] for c in cells}),
+        "features": sorted({c["feature"] for c in cells}),
+        "cells": cells,
+        "insights": insights,
+        "regressions": [r for i in insights for r in i["regressions"]],
+        "unclassified": [cid for i in insights for cid in i["unclassified"]],
+        "summary_by_version": _summary_by_version(cells),
+        "diffs": [{"a": a, "b": b, "changes": diff_versions({"cells": cells}, a, b)}
+                  for a, b in pairwise(versions)],
+    }
+
+
+def diff_versions(matrix: Mapping[str, Any], a: str, b: str) -> list[dict[str, Any]]:
+    """Cells whose status differs between vLLM versions ``a`` and ``b`` for the same model,
+    platform and feature; a cell present in only one of them is listed with status ``None``."""
+    side: dict[str, dict[tuple[str, str, str], Mapping[str, Any]]] = {a: {}, b: {}}
+    for c in matrix["cells"]:
+        if c["vllm_version"] in side:
+            side[c["vllm_version"]][(c["model"], c["platform"], c["feature"])] = c
+    out = []
+    for key in sorted(set(side[a]) | set(side[b])):
+        ca, cb = side[a].get(key), side[b].get(key)
+        sa, sb = (ca or {}).get("status"), (cb or {}).get("status")
+        if sa == sb:
+            continue
+        if ca is None or cb is None:
+            change = "added" if ca is None else "removed"
+        elif sa == "pass" and sb in FAILING:
+            change = "regression" if sb == "fail" else "broke"
+        elif sa in FAILING and sb == "pass":
+            change = "fixed"
+        else:
+            change = "changed"
+        out.append({
+            "model": key[0], "platform": key[1], "feature": key[2],
+            "a_version": a, "b_version": b, "a_status": sa, "b_status": sb, "change": change,
+            "a_cell_id": (ca or {}).get("cell_id"), "b_cell_id": (cb or {}).get("cell_id"),
+            "category": (cb or {}).get("category") or (ca or {}).get("category"),
+            "summary": (cb or ca or {}).get("summary"),
+        })
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def badge(matrix: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """A shields.io endpoint badge: the model's cells at its latest tested vLLM version."""
+    cells = [c for c in matrix["cells"] if c["model"] == model]
+    latest = sort_versions(c["vllm_version"] for c in cells)[-1]
+    at_latest = [c for c in cells if c["vllm_version"] == latest and c["status"] not in SKIPPED]
+    passed = sum(c["status"] == "pass" for c in at_latest)
+    total = len(at_latest)
+    if total == 0:
+        message, color = "not applicable", "lightgrey"
+    else:
+        message = f"{passed}/{total} pass"
+        color = "brightgreen" if passed == total else "red" if passed == 0 else "yellow"
+    return {"schemaVersion": 1, "label": f"vLLM {latest}", "message": message, "color": color}
+
+
+def _dump(obj: Any, path: Path) -> None:
+    path.write_text(json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_matrix(matrix: Mapping[str, Any], out_dir: Path | str) -> Path:
+    """Write ``matrix.json`` and ``badges/<model>.json``; returns the matrix.json path."""
+    out = Path(out_dir)
+    (out / "badges").mkdir(parents=True, exist_ok=True)
+    path = out / "matrix.json"
+    _dump(matrix, path)
+    for model in matrix.get("models") or sorted({c["model"] for c in matrix["cells"]}):
+        _dump(badge(matrix, model), out / "badges" / f"{model_slug(model)}.json")
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vllm-compat matrix",
+        description="Merge result records of one or more runs into matrix.json, badges and a static site.")
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS_DIR",
+                   help="a results directory (holding records/*.jsonl and manifests/*.json)")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="where to write the matrix")
+    p.add_argument("--title", default="vLLM compatibility matrix", help="the site's title")
+    p.add_argument("--allure-categories", type=Path, metavar="PATH",
+                   help="also write allure categories.json from the failure knowledge base (a .json path "
+                        "or an allure results directory)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``vllm-compat matrix``: exit 0 whatever the cells say; 2 when a results dir has no records."""
+    args = _parser().parse_args(argv)
+    for d in args.results:
+        if not d.exists():
+            print(f"vllm-compat matrix: {d}: no such results directory", file=sys.stderr)
+            return 2
+        if not _record_files(d):
+            print(f"vllm-compat matrix: {d}: no records (expected {d}/records/*.jsonl)", file=sys.stderr)
+            return 2
+    records = load_records(args.results)
+    if not records:
+        print(f"vllm-compat matrix: no readable records in {', '.join(map(str, args.results))}", file=sys.stderr)
+        return 2
+    matrix = build_matrix(records, load_manifests(args.results))
+    write_matrix(matrix, args.output)
+    from pytest_vllm_compat.site import render_site
+
+    index = render_site(matrix, args.output, title=args.title)
+    if args.allure_categories is not None:
+        _write_allure_categories(args.allure_categories)
+    failing = sum(c["status"] in (*FAILING, "flaky") for c in matrix["cells"])
+    print(f"vllm-compat matrix: {len(matrix['cells'])} cells ({failing} failing or flaky, "
+          f"{len(matrix['regressions'])} regressions) -> {index}")
+    return 0
+
+
+def _write_allure_categories(target: Path) -> None:
+    from pytest_vllm_compat.allure_support import categories_from_kb
+
+    try:
+        from pytest_vllm_compat.classify import load_knowledge_base
+        rules: list[Any] = list(load_knowledge_base())
+    except ImportError:
+        warnings.warn("pytest_vllm_compat.classify is unavailable: categories.json holds only the "
+                      "unclassified entry", stacklevel=2)
+        rules = []
+    path = target if target.suffix == ".json" else target / "categories.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(categories_from_kb(rules), indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

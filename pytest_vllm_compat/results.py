@@ -1,0 +1,97 @@
+"""Result records (JSON lines, one file per process so xdist workers never share one) and the run manifest.
+
+Format: docs/records.md.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+RECORD_SCHEMA = "pytest-vllm-compat/record@1"
+MANIFEST_SCHEMA = "pytest-vllm-compat/manifest@1"
+STATUSES = ("pass", "fail", "error", "unsupported", "not_applicable")
+UNSUPPORTED_PREFIX = "unsupported: "
+NOT_APPLICABLE_PREFIX = "not applicable: "
+MAX_ERROR_TEXT = 20_000
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def status_for(outcome: str, skip_reason: str | None, classification_kind: str | None) -> str:
+    """Map pytest's outcome (+ skip reason, + classification) to a matrix status."""
+    if outcome == "passed":
+        return "pass"
+    if outcome == "skipped":
+        if skip_reason and skip_reason.startswith(UNSUPPORTED_PREFIX):
+            return "unsupported"
+        return "not_applicable"
+    if classification_kind == "infrastructure":
+        return "error"
+    return "fail"
+
+
+def summarize_error(text: str) -> str:
+    """One line: the last 'E   ...' line of a pytest failure, else the last non-empty line."""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    e_lines = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
+    if e_lines:
+        first = e_lines[0]
+        return first[:500]
+    return (lines[-1] if lines else "")[:500]
+
+
+class RecordWriter:
+    def __init__(self, results_dir: Path, run_id: str, worker: str) -> None:
+        self.path = Path(results_dir) / "records" / f"{run_id}-{worker}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        record = {"schema": RECORD_SCHEMA, **record}
+        line = json.dumps(record, sort_keys=True, default=str)
+        # One write() of a whole line in append mode: a reader never sees half a record from us.
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        self.count += 1
+
+
+def read_records(results_dir: Path, run_id: str | None = None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    rdir = Path(results_dir) / "records"
+    if not rdir.is_dir():
+        return out
+    for f in sorted(rdir.glob("*.jsonl")):
+        if run_id and not f.name.startswith(run_id):
+            continue
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+    return out
+
+
+def host_info() -> dict[str, str]:
+    return {"hostname": socket.gethostname(), "os": platform.platform(), "python": platform.python_version(),
+            "cpu_count": str(os.cpu_count())}
+
+
+def write_manifest(results_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(results_dir) / "manifests" / f"{manifest['run_id']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"schema": MANIFEST_SCHEMA, **manifest}, indent=2, sort_keys=True, default=str))
+    return path

@@ -1,0 +1,685 @@
+"""The static compatibility site rendered from a matrix (see docs/matrix.md).
+
+No build step, no CDN, no external fetch: every page is one HTML file with one inline ``<style>``
+(and, on the index, one small inline ``<script>`` for the filters; the page reads fully without
+it). Links are relative, so the site works from ``file://`` and GitHub Pages alike. Every string
+that came from records goes through :func:`esc`; only http(s) URLs become links; a
+Content-Security-Policy that allows only this module's own style and script (by hash) is a second
+line of defence should an unescaped string ever slip through.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pytest_vllm_compat.matrix import FAILING, UNKNOWN_CATEGORY, diff_versions, sort_versions, version_key
+
+DEFAULT_TITLE = "vLLM compatibility matrix"
+STATUS_ORDER = ("pass", "fail", "error", "flaky", "unsupported", "not_applicable")
+STATUS_HELP = {
+    "pass": "every test passed",
+    "fail": "vLLM is broken here (a test failed or the server could not start)",
+    "error": "the test infrastructure failed; says nothing about vLLM",
+    "flaky": "runs disagree: passed in one, failed in another",
+    "unsupported": "this vLLM version does not offer the feature",
+    "not_applicable": "this platform cannot run the test",
+}
+KIND_LABELS = {
+    "vllm": "vLLM is broken here",
+    "platform": "Platform limitation",
+    "infrastructure": "Test infrastructure failed",
+}
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+
+CSS = """
+:root{--fg:#1d2329;--muted:#5f6b76;--line:#d5dbe1;--bg:#fff;--soft:#f5f7f9}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:var(--fg);background:var(--bg)}
+main{max-width:1360px;margin:0 auto;padding:12px 24px 48px}
+header.top{background:#18222d;color:#fff;padding:18px 24px}
+header.top h1{margin:0;font-size:22px;max-width:1312px;margin:0 auto}
+header.top p{margin:4px auto 0;color:#c5d0da;max-width:1312px}
+nav.toc{max-width:1312px;margin:10px auto 0;display:flex;gap:14px;flex-wrap:wrap}
+nav.toc a{color:#9fd3ff}
+h2{font-size:18px;margin:28px 0 8px;padding-bottom:4px;border-bottom:1px solid var(--line)}
+h3{font-size:15px;margin:18px 0 6px}
+a{color:#0b5cad}
+.muted{color:var(--muted)}
+table{border-collapse:collapse;margin:6px 0 12px}
+th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
+th{background:var(--soft);font-weight:600}
+table.grid{table-layout:fixed}
+table.grid th.model{width:230px}
+table.grid th.fam{width:110px}
+table.grid th.plat{width:210px}
+table.grid th.ver{text-align:center;width:130px}
+table.grid td{overflow-wrap:anywhere}
+table.grid td.c{padding:0;text-align:center}
+table.grid td.c a,table.grid td.c span.none{display:block;padding:5px 6px;text-decoration:none;color:inherit;min-height:40px}
+table.grid td.model{font-weight:600}
+table.grid td.fam{color:var(--muted);font-size:12px}
+.word{display:block;font-weight:700;text-transform:uppercase;font-size:12px;letter-spacing:.03em}
+.cat{display:block;font-size:11px;opacity:.9;max-width:150px;margin:0 auto;overflow-wrap:anywhere}
+.st-pass{background:#dcf5e3;color:#14532d}
+.st-fail{background:#fde0de;color:#9b1c1c}
+.st-error{background:#fff0d1;color:#7a4100}
+.st-flaky{background:#efe4fb;color:#55238a}
+.st-unsupported{background:#eceff1;color:#455a64}
+.st-not_applicable{background:#f8f8f8;color:#6b7280}
+.st-untested{color:#9aa4ad}
+td.regression{outline:3px solid #d50000;outline-offset:-3px}
+.pill{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:700;font-size:12px;text-transform:uppercase;border:1px solid rgba(0,0,0,.12)}
+.legend{display:flex;flex-wrap:wrap;gap:8px 18px;margin:8px 0;padding:0;list-style:none}
+.legend li{display:flex;gap:6px;align-items:center}
+.banner{border:1px solid #e0a0a0;background:#fff5f5;border-left:6px solid #d50000;padding:8px 14px;margin:16px 0;border-radius:4px}
+.banner h2{border:0;margin:4px 0;color:#9b1c1c}
+.banner ul{margin:4px 0 6px;padding-left:20px}
+.ok-banner{border-left-color:#2e7d32;background:#f3fbf5;border-color:#b7dfc2}
+form.filters{display:flex;flex-wrap:wrap;gap:12px;align-items:center;background:var(--soft);border:1px solid var(--line);padding:8px 12px;border-radius:4px;margin:10px 0}
+form.filters label{display:flex;gap:6px;align-items:center;font-weight:600}
+form.filters select{font:inherit;padding:2px 4px}
+td.filtered>*{visibility:hidden}
+[hidden]{display:none!important}
+.split .kind{margin-bottom:10px}
+.split table{width:100%}
+.split td:first-child{width:26%}
+.plots{display:flex;flex-wrap:wrap;gap:12px 28px}
+figure{margin:6px 0}
+figcaption{font-weight:600;margin-bottom:4px}
+svg text{font:11px system-ui,sans-serif;fill:#333}
+pre{background:#11181f;color:#e6edf3;padding:10px 12px;overflow:auto;max-height:480px;border-radius:4px;font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:10px 0}
+dl.facts dt{font-weight:600;color:var(--muted)}
+dl.facts dd{margin:0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+code{font-size:12px;overflow-wrap:anywhere}
+footer{margin-top:36px;color:var(--muted);font-size:12px}
+"""
+
+SCRIPT = """
+(function(){
+var form=document.getElementById('filters');if(!form)return;form.hidden=false;
+function v(id){return document.getElementById(id).value;}
+function apply(){
+var fam=v('f-family'),feat=v('f-feature'),plat=v('f-platform'),st=v('f-status');
+document.querySelectorAll('section.feature').forEach(function(sec){
+var anyRow=false;
+sec.querySelectorAll('tbody tr').forEach(function(tr){
+var ok=(!plat||tr.dataset.platform===plat)&&(!fam||(' '+tr.dataset.families+' ').indexOf(' '+fam+' ')>=0);
+var hits=0;
+tr.querySelectorAll('td.c').forEach(function(td){
+var s=td.dataset.status||'';
+var m=!st||s===st||(st==='regression'&&td.classList.contains('regression'));
+td.classList.toggle('filtered',!m);if(m&&s)hits++;});
+if(st&&!hits)ok=false;tr.hidden=!ok;if(ok)anyRow=true;});
+sec.hidden=!anyRow||(feat!==''&&sec.dataset.feature!==feat);});
+}
+form.addEventListener('change',apply);
+form.addEventListener('reset',function(){setTimeout(apply,0);});
+apply();
+})();
+"""
+
+
+# --------------------------------------------------------------------------- escaping
+
+
+def esc(value: Any) -> str:
+    """The one way a value reaches HTML: ``html.escape(str(value), quote=True)``; None -> ''."""
+    if value is None:
+        return ""
+    return html.escape(str(value), quote=True)
+
+
+def safe_url(url: Any) -> str | None:
+    """The URL if its scheme is http or https, else None (so it is shown as text, not linked)."""
+    if not isinstance(url, str):
+        return None
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() in ("http", "https") and parts.netloc:
+        return url
+    return None
+
+
+def _ref(url: Any) -> str:
+    safe = safe_url(url)
+    if safe is None:
+        return f"<code>{esc(url)}</code>"
+    return f'<a href="{esc(safe)}" rel="noopener noreferrer">{esc(safe)}</a>'
+
+
+def _file_slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
+
+
+def diff_page_name(a: str, b: str) -> str:
+    return f"diff-{_file_slug(a)}-{_file_slug(b)}.html"
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def _page(title: str, body: str, *, script: bool = False, heading: str = "", sub: str = "", nav: str = "") -> str:
+    csp = (f"default-src 'none'; style-src {_csp_hash(CSS)}; "
+           f"script-src {_csp_hash(SCRIPT) if script else chr(39) + 'none' + chr(39)}; "
+           "img-src 'self' data:; base-uri 'none'; form-action 'none'")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f'<header class="top"><h1>{esc(heading or title)}</h1>'
+        + (f"<p>{sub}</p>" if sub else "") + nav + "</header>\n<main>\n"
+        + body
+        + "\n<footer>Generated by pytest-vllm-compat. Statuses: "
+        + "; ".join(f"<b>{esc(s)}</b> = {esc(h)}" for s, h in STATUS_HELP.items())
+        + ".</footer>\n</main>\n"
+        + (f"<script>{SCRIPT}</script>\n" if script else "")
+        + "</body>\n</html>\n"
+    )
+
+
+def _pill(status: str) -> str:
+    return f'<span class="pill st-{esc(status)}">{esc(status.replace("_", " "))}</span>'
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _kv_table(mapping: Mapping[str, Any] | None, empty: str) -> str:
+    if not mapping:
+        return f'<p class="muted">{esc(empty)}</p>'
+    rows = "".join(f"<tr><th>{esc(k)}</th><td><code>{esc(_fmt(v))}</code></td></tr>"
+                   for k, v in sorted(mapping.items()))
+    return f"<table>{rows}</table>"
+
+
+def _kind_label(kind: Any) -> str:
+    return KIND_LABELS.get(str(kind), "Unclassified" if kind in (None, "", "unknown") else str(kind))
+
+
+# --------------------------------------------------------------------------- SVG plots
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    exp = 10 ** len(str(int(value))) / 10
+    for step in (1, 2, 2.5, 5, 10):
+        if step * exp >= value:
+            return step * exp
+    return 10 * exp
+
+
+def _svg_frame(title: str, width: int, height: int, inner: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{esc(title)}" '
+            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}"><title>{esc(title)}</title>'
+            f"{inner}</svg>")
+
+
+def _axes(versions: Sequence[str], ymax: float, fmt: Any, *, w: int, h: int, left: int, bottom: int,
+          top: int = 14, right: int = 12) -> tuple[str, Any, Any]:
+    pw, ph = w - left - right, h - top - bottom
+    parts = []
+    for i in range(5):
+        val = ymax * i / 4
+        y = top + ph - ph * i / 4
+        parts.append(f'<line x1="{left}" x2="{w - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e7eb"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{esc(fmt(val))}</text>')
+    parts.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + ph}" stroke="#8a949e"/>'
+                 f'<line x1="{left}" x2="{w - right}" y1="{top + ph}" y2="{top + ph}" stroke="#8a949e"/>')
+    n = max(len(versions), 1)
+    slot = pw / n
+
+    def x_of(i: int) -> float:
+        return left + slot * (i + 0.5)
+
+    def y_of(v: float) -> float:
+        return top + ph - ph * (v / ymax if ymax else 0)
+
+    for i, v in enumerate(versions):
+        parts.append(f'<text x="{x_of(i):.1f}" y="{top + ph + 16}" text-anchor="middle">{esc(v)}</text>')
+    return "".join(parts), x_of, y_of
+
+
+def _color(i: int, label: str, colors: Mapping[str, str] | None) -> str:
+    return (colors or {}).get(label) or _PALETTE[i % len(_PALETTE)]
+
+
+def _legend(labels: Sequence[str], *, x: int, y: int, colors: Mapping[str, str] | None = None) -> str:
+    parts = []
+    for i, label in enumerate(labels):
+        yy = y + 15 * i
+        parts.append(f'<rect x="{x}" y="{yy - 9}" width="10" height="10" fill="{_color(i, label, colors)}"/>'
+                     f'<text x="{x + 14}" y="{yy}">{esc(label)}</text>')
+    return "".join(parts)
+
+
+def svg_bar_chart(title: str, versions: Sequence[str], series: Sequence[tuple[str, Mapping[str, float]]]) -> str:
+    """Grouped bars: one group per version, one bar per series (values in 0..1, shown as %)."""
+    w, h, left, bottom = max(420, 90 * len(versions) + 80), 240 + 15 * len(series), 44, 40 + 15 * len(series)
+    axes, x_of, y_of = _axes(versions, 1.0, lambda v: f"{v:.0%}", w=w, h=h, left=left, bottom=bottom)
+    slot = (w - left - 12) / max(len(versions), 1)
+    bw = min(28.0, slot * 0.8 / max(len(series), 1))
+    parts = [axes]
+    for si, (_, values) in enumerate(series):
+        for vi, version in enumerate(versions):
+            if values.get(version) is None:
+                continue
+            val = float(values[version])
+            x = x_of(vi) - bw * len(series) / 2 + bw * si
+            y = y_of(val)
+            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw - 2:.1f}" height="{y_of(0) - y:.1f}" '
+                         f'fill="{_PALETTE[si % len(_PALETTE)]}"><title>{esc(version)}: {val:.0%}</title></rect>'
+                         f'<text x="{x + (bw - 2) / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle">{val:.0%}</text>')
+    parts.append(_legend([s[0] for s in series], x=left, y=h - 15 * len(series) + 8))
+    return _svg_frame(title, w, h, "".join(parts))
+
+
+def svg_line_chart(title: str, versions: Sequence[str], series: Sequence[tuple[str, Mapping[str, float]]],
+                   fmt: Any = _fmt, colors: Mapping[str, str] | None = None) -> str:
+    """One line (with points) per series across versions; gaps where a version has no value."""
+    values = [float(v) for _, s in series for v in s.values() if v is not None]
+    ymax = _nice_max(max(values, default=1.0))
+    w, h, left, bottom = max(420, 90 * len(versions) + 100), 240 + 15 * len(series), 64, 40 + 15 * len(series)
+    axes, x_of, y_of = _axes(versions, ymax, fmt, w=w, h=h, left=left, bottom=bottom)
+    parts = [axes]
+    for si, (label, vals) in enumerate(series):
+        color = _color(si, label, colors)
+        pts = [(x_of(i), y_of(float(vals[v])), v) for i, v in enumerate(versions) if vals.get(v) is not None]
+        if len(pts) > 1:
+            d = " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in pts)
+            parts.append(f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for x, y, v in pts:
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}">'
+                         f"<title>{esc(label)} @ {esc(v)}: {esc(fmt(float(vals[v])))}</title></circle>")
+    parts.append(_legend([s[0] for s in series], x=left, y=h - 15 * len(series) + 8, colors=colors))
+    return _svg_frame(title, w, h, "".join(parts))
+
+
+def _metric_series(cells: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, dict[str, float]]]:
+    """Per (model, platform): the median of ``metric`` over the cells of each version."""
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        value = (c.get("metrics") or {}).get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            acc[f"{c['model']} · {c['platform']}"][c["vllm_version"]].append(float(value))
+    return [(label, {v: statistics.median(xs) for v, xs in by_v.items()}) for label, by_v in sorted(acc.items())]
+
+
+def _data_table(versions: Sequence[str], series: Sequence[tuple[str, Mapping[str, float]]], fmt: Any) -> str:
+    head = "".join(f"<th>{esc(v)}</th>" for v in versions)
+    rows = "".join(
+        f"<tr><th>{esc(label)}</th>"
+        + "".join(f'<td class="num">{esc(fmt(vals[v])) if vals.get(v) is not None else ""}</td>' for v in versions)
+        + "</tr>" for label, vals in series)
+    return f"<details><summary>data</summary><table><tr><th></th>{head}</tr>{rows}</table></details>"
+
+
+# --------------------------------------------------------------------------- index
+
+
+def _grid_cell(cell: Mapping[str, Any] | None, prefix: str = "cells/") -> str:
+    if cell is None:
+        return '<td class="c st-untested"><span class="none" title="not tested">–</span></td>'
+    status = cell["status"]
+    classes = f"c st-{esc(status)}" + (" regression" if cell.get("regression") else "")
+    extra = ""
+    if status in (*FAILING, "flaky"):
+        extra = f'<span class="cat">{esc(cell.get("category") or UNKNOWN_CATEGORY)}</span>'
+    if cell.get("regression"):
+        extra += '<span class="cat">▼ regression</span>'
+    return (f'<td class="{classes}" data-status="{esc(status)}" data-cell-id="{esc(cell["cell_id"])}" '
+            f'data-version="{esc(cell["vllm_version"])}">'
+            f'<a href="{esc(prefix + cell["cell_id"] + ".html")}" title="{esc(cell.get("summary"))}">'
+            f'<span class="word">{esc(status.replace("_", " "))}</span>{extra}</a></td>')
+
+
+def _grid(matrix: Mapping[str, Any]) -> str:
+    versions = matrix["versions"]
+    by_feature: dict[str, dict[tuple[str, str], dict[str, Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    families: dict[str, list[str]] = {}
+    for c in matrix["cells"]:
+        by_feature[c["feature"]][(c["model"], c["platform"])][c["vllm_version"]] = c
+        families[c["model"]] = sorted(set(families.get(c["model"], [])) | set(c.get("families") or []))
+    out = []
+    head = "".join(f'<th class="ver" scope="col">vLLM {esc(v)}</th>' for v in versions)
+    for feature in sorted(by_feature):
+        rows = []
+        for (model, platform), by_version in sorted(by_feature[feature].items()):
+            fams = families.get(model, [])
+            rows.append(
+                f'<tr data-model="{esc(model)}" data-platform="{esc(platform)}" data-families="{esc(" ".join(fams))}">'
+                f'<td class="model">{esc(model)}</td><td class="fam">{esc(", ".join(fams))}</td>'
+                f"<td>{esc(platform)}</td>"
+                + "".join(_grid_cell(by_version.get(v)) for v in versions) + "</tr>")
+        out.append(
+            f'<section class="feature" data-feature="{esc(feature)}" id="feature-{esc(_file_slug(feature))}">'
+            f"<h3>Feature: <code>{esc(feature)}</code></h3>"
+            f'<table class="grid"><thead><tr><th class="model" scope="col">Model</th>'
+            f'<th class="fam" scope="col">Families</th><th class="plat" scope="col">Platform</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
+    return "".join(out)
+
+
+def _filters(matrix: Mapping[str, Any]) -> str:
+    def select(ident: str, label: str, values: Iterable[str], *, labels: Mapping[str, str] | None = None) -> str:
+        opts = "".join(f'<option value="{esc(v)}">{esc((labels or {}).get(v, v))}</option>' for v in values)
+        return f'<label for="{ident}">{esc(label)} <select id="{ident}"><option value="">all</option>{opts}</select></label>'
+
+    statuses = [*STATUS_ORDER, "regression"]
+    return ('<form class="filters" id="filters" hidden>'
+            + select("f-family", "Family", matrix.get("families") or [])
+            + select("f-feature", "Feature", matrix.get("features") or [])
+            + select("f-platform", "Platform", matrix.get("platforms") or [])
+            + select("f-status", "Status", statuses, labels={s: s.replace("_", " ") for s in statuses})
+            + '<button type="reset">Reset</button></form>')
+
+
+def _legend_html() -> str:
+    items = "".join(f"<li>{_pill(s)} <span>{esc(STATUS_HELP[s])}</span></li>" for s in STATUS_ORDER)
+    return (f'<ul class="legend" id="legend">{items}<li><span class="pill regression-key">▼ regression</span> '
+            "<span>passed in the previous tested version, fails in this one (red outline)</span></li></ul>")
+
+
+def _regression_banner(matrix: Mapping[str, Any]) -> str:
+    regs = matrix.get("regressions") or []
+    if not regs:
+        return ('<section class="banner ok-banner" id="regressions"><h2>No regressions</h2>'
+                "<p>No cell that passed in one tested vLLM version fails in the next.</p></section>")
+    items = "".join(
+        f'<li><a href="cells/{esc(r["to_cell_id"])}.html"><b>{esc(r["model"])}</b> · {esc(r["feature"])} · '
+        f'{esc(r["platform"])}</a>: pass in vLLM {esc(r["from_version"])} → <b>fail</b> in vLLM '
+        f'{esc(r["to_version"])} <span class="muted">({esc(r.get("category"))})</span></li>'
+        for r in regs)
+    return (f'<section class="banner" id="regressions"><h2>{len(regs)} regression{"s" if len(regs) != 1 else ""}</h2>'
+            f"<ul>{items}</ul></section>")
+
+
+def _failure_split(matrix: Mapping[str, Any]) -> str:
+    """Failing cells grouped by who is to blame (classification kind), then by category."""
+    groups: dict[str, dict[str, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for c in matrix["cells"]:
+        if c["status"] in (*FAILING, "flaky"):
+            kind = c.get("kind") if c.get("category") != UNKNOWN_CATEGORY else "unknown"
+            groups[str(kind or "unknown")][str(c.get("category") or UNKNOWN_CATEGORY)].append(c)
+    if not groups:
+        return '<p id="failures-none">No failing cells.</p>'
+    blocks = []
+    for kind in [k for k in ("vllm", "platform", "infrastructure") if k in groups] + \
+            sorted(k for k in groups if k not in ("vllm", "platform", "infrastructure")):
+        rows = []
+        for category, cs in sorted(groups[kind].items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            first = cs[0]
+            models = sorted({c["model"] for c in cs})
+            versions = sort_versions(c["vllm_version"] for c in cs)
+            links = " ".join(f'<a href="cells/{esc(c["cell_id"])}.html">{esc(c["model"])} {esc(c["vllm_version"])} '
+                             f'{esc(c["feature"])}</a>' for c in cs)
+            rows.append(
+                f"<tr><td><b>{esc(first.get('title') or category)}</b><br><code>{esc(category)}</code></td>"
+                f'<td class="num">{len(cs)}</td><td>{esc(", ".join(models))}</td><td>{esc(", ".join(versions))}</td>'
+                f"<td>{esc(first.get('fixed_in') or '')}</td><td>{esc(first.get('workaround') or '')}</td>"
+                f"<td><details><summary>{len(cs)} cell{'s' if len(cs) != 1 else ''}</summary>{links}</details></td></tr>")
+        total = sum(len(cs) for cs in groups[kind].values())
+        label = _kind_label(kind) if kind != "unknown" else "Unclassified (add a knowledge-base rule)"
+        blocks.append(
+            f'<div class="kind" data-kind="{esc(kind)}"><h3>{esc(label)} — {total} cell{"s" if total != 1 else ""}</h3>'
+            "<table><thead><tr><th>Failure category</th><th>Cells</th><th>Models</th><th>Versions</th>"
+            f"<th>Fixed in</th><th>Workaround</th><th>Where</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return f'<div class="split">{"".join(blocks)}</div>'
+
+
+def _plots(matrix: Mapping[str, Any]) -> str:
+    versions = matrix["versions"]
+    rates: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in matrix.get("summary_by_version") or []:
+        if row.get("pass_rate") is not None:
+            rates[row["platform"]][row["vllm_version"]] = row["pass_rate"]
+    rate_series = sorted(rates.items())
+    figures = [f'<figure id="plot-pass-rate"><figcaption>Pass rate per vLLM version (applicable cells)</figcaption>'
+               f'{svg_bar_chart("Pass rate per vLLM version", versions, rate_series)}'
+               f'{_data_table(versions, rate_series, lambda v: f"{v:.0%}")}</figure>']
+    labels = sorted({f"{c['model']} · {c['platform']}" for c in matrix["cells"]})
+    colors = {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate(labels)}  # same series, same color
+    for ident, metric, caption, fmt in (
+        ("plot-start-time", "server_start_s", "Server start time per vLLM version (seconds, median)",
+         lambda v: f"{v:.1f} s"),
+        ("plot-kv-cache", "kv_cache_tokens", "KV-cache capacity per vLLM version (tokens)", lambda v: f"{v:,.0f}"),
+    ):
+        series = _metric_series(matrix["cells"], metric)
+        if series:
+            figures.append(f'<figure id="{ident}"><figcaption>{esc(caption)}</figcaption>'
+                           f"{svg_line_chart(caption, versions, series, fmt, colors)}{_data_table(versions, series, fmt)}</figure>")
+        else:
+            figures.append(f'<figure id="{ident}"><figcaption>{esc(caption)}</figcaption>'
+                           f'<p class="muted">No cell reported <code>{esc(metric)}</code>.</p></figure>')
+    return f'<div class="plots">{"".join(figures)}</div>'
+
+
+def _pct(value: Any) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
+def _summary_table(matrix: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{esc(r['platform'])}</td><td>{esc(r['vllm_version'])}</td>"
+        + "".join(f'<td class="num">{r["counts"].get(s, 0)}</td>' for s in STATUS_ORDER)
+        + f'<td class="num">{_pct(r["pass_rate"])}</td></tr>'
+        for r in matrix.get("summary_by_version") or [])
+    head = "".join(f"<th>{esc(s.replace('_', ' '))}</th>" for s in STATUS_ORDER)
+    return (f"<table><thead><tr><th>Platform</th><th>vLLM</th>{head}<th>Pass rate</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
+
+
+def _diffs(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if "diffs" in matrix:
+        return list(matrix["diffs"])
+    versions = matrix["versions"]
+    return [{"a": a, "b": b, "changes": diff_versions(matrix, a, b)} for a, b in pairwise(versions)]
+
+
+def _runs_table(matrix: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td><code>{esc(r.get('run_id'))}</code></td><td>{esc(', '.join(r.get('hosts') or []))}</td>"
+        f"<td>{esc(r.get('started_at'))}</td><td>{esc(r.get('finished_at'))}</td>"
+        f"<td>{esc(', '.join(r.get('versions') or []))}</td><td class=\"num\">{esc(r.get('records'))}</td></tr>"
+        for r in matrix.get("runs") or [])
+    return ("<table><thead><tr><th>Run</th><th>Hosts</th><th>Started</th><th>Finished</th><th>vLLM versions</th>"
+            f"<th>Records</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _index(matrix: Mapping[str, Any], title: str) -> str:
+    cells = matrix["cells"]
+    n_fail = sum(c["status"] in (*FAILING, "flaky") for c in cells)
+    sub = (f"Generated {esc(matrix.get('generated_at'))} from {len(matrix.get('runs') or [])} run(s): "
+           f"{len(cells)} cells, {len(matrix.get('models') or [])} models, vLLM "
+           f"{esc(', '.join(matrix['versions']))}; {n_fail} failing or flaky.")
+    nav = ('<nav class="toc"><a href="#matrix">Matrix</a><a href="#failures">Failures</a>'
+           '<a href="#plots">Plots</a><a href="#changes">Changes</a>'
+           f'<a href="unclassified.html">Unclassified ({len(matrix.get("unclassified") or [])})</a>'
+           '<a href="matrix.json">matrix.json</a><a href="#runs">Runs</a></nav>')
+    diff_items = "".join(
+        f'<li><a href="{esc(diff_page_name(d["a"], d["b"]))}">vLLM {esc(d["a"])} → {esc(d["b"])}</a>: '
+        f'{len(d["changes"])} change{"s" if len(d["changes"]) != 1 else ""}'
+        f'{"".join(f", {n} {esc(k)}" for k, n in _change_counts(d["changes"]).items())}</li>'
+        for d in _diffs(matrix))
+    body = (
+        _regression_banner(matrix)
+        + '<section id="matrix"><h2>Which vLLM versions work for each model</h2>'
+        "<p class=\"muted\">Rows: model on a platform; columns: vLLM versions (oldest left). "
+        "Each cell links to its details.</p>"
+        + _legend_html() + _filters(matrix) + _grid(matrix) + "</section>"
+        + '<section id="failures"><h2>Failures: vLLM broken vs. test infrastructure failed</h2>'
+        + _failure_split(matrix) + "</section>"
+        + '<section id="plots"><h2>Trends by vLLM version</h2>' + _plots(matrix) + _summary_table(matrix) + "</section>"
+        + '<section id="changes"><h2>Changes between consecutive versions</h2>'
+        + (f"<ul>{diff_items}</ul>" if diff_items else '<p class="muted">Only one vLLM version tested.</p>')
+        + "</section>"
+        + '<section id="runs"><h2>Runs</h2>' + _runs_table(matrix) + "</section>"
+    )
+    return _page(title, body, script=True, sub=sub, nav=nav)
+
+
+def _change_counts(changes: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for ch in changes:
+        counts[str(ch["change"])] += 1
+    return dict(sorted(counts.items()))
+
+
+# --------------------------------------------------------------------------- other pages
+
+
+def _back(prefix: str = "") -> str:
+    return f'<nav class="toc"><a href="{prefix}index.html">← matrix</a><a href="{prefix}unclassified.html">unclassified</a></nav>'
+
+
+def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], title: str) -> str:
+    status = cell["status"]
+    facts = [
+        ("Status", _pill(status) + f' <span class="muted">{esc(STATUS_HELP.get(status, ""))}</span>'),
+        ("Summary", esc(cell.get("summary"))),
+    ]
+    if cell.get("regression"):
+        facts.append(("Regression", "<b>yes</b>: passed in the previous tested vLLM version"))
+    if cell.get("category"):
+        facts += [("Category", f"<code>{esc(cell['category'])}</code>"),
+                  ("Who is to blame", esc(_kind_label(cell.get("kind")))),
+                  ("Title", esc(cell.get("title"))),
+                  ("Explanation", esc(cell.get("explanation"))),
+                  ("Workaround", esc(cell.get("workaround"))),
+                  ("Fixed in", esc(cell.get("fixed_in")))]
+    if cell.get("refs"):
+        facts.append(("References", "<br>".join(_ref(r) for r in cell["refs"])))
+    facts += [("vLLM", esc(cell["vllm_version"]) + f' <span class="muted">({esc(cell.get("distribution"))})</span>'),
+              ("Platform", esc(cell["platform"])),
+              ("Families", esc(", ".join(cell.get("families") or []))),
+              ("Model source", f"<code>{esc(cell.get('model_source'))}</code>"),
+              ("First seen", esc(cell.get("first_seen"))), ("Last seen", esc(cell.get("last_seen")))]
+    facts_html = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in facts if v)
+
+    other = " · ".join(
+        (f"<b>{esc(s['vllm_version'])}</b> {_pill(s['status'])}" if s["cell_id"] == cell["cell_id"] else
+         f'<a href="{esc(s["cell_id"])}.html">{esc(s["vllm_version"])}</a> {_pill(s["status"])}')
+        for s in siblings)
+    runs = "".join(
+        f"<tr><td><code>{esc(r['run_id'])}</code></td><td>{_pill(r['status'])}</td><td>{esc(r.get('started_at'))}</td>"
+        f"<td>{esc(', '.join(f'{k}: {v}' for k, v in sorted(r['counts'].items())))}</td></tr>"
+        for r in cell.get("runs") or [])
+    tests = "".join(
+        f"<tr><td><code>{esc(t.get('test_id'))}</code></td><td><code>{esc(t.get('run_id'))}</code></td>"
+        f"<td>{esc(t.get('outcome'))}</td><td>{_pill(str(t.get('status')))}</td>"
+        f'<td class="num">{esc(_fmt_duration(t.get("duration_s")))}</td>'
+        f"<td>{esc(t.get('error_summary') or t.get('skip_reason') or '')}</td>"
+        f"<td><code>{esc(t.get('log_path') or '')}</code></td></tr>"
+        for t in cell.get("tests") or [])
+    argv = cell.get("argv") or []
+    body = (
+        f'<dl class="facts">{facts_html}</dl>'
+        + (f"<p>Other versions: {other}</p>" if len(siblings) > 1 else "")
+        + "<h2>Runs</h2><table><thead><tr><th>Run</th><th>Status</th><th>Started</th><th>Tests</th></tr></thead>"
+        f"<tbody>{runs}</tbody></table>"
+        + "<h2>Tests</h2><table><thead><tr><th>Test</th><th>Run</th><th>Outcome</th><th>Status</th>"
+        f"<th>Duration</th><th>Error / reason</th><th>Server log</th></tr></thead><tbody>{tests}</tbody></table>"
+        + "<h2>Server log excerpt</h2>"
+        + (f'<pre id="log-excerpt">{esc(cell["log_excerpt"])}</pre>' if cell.get("log_excerpt")
+           else '<p class="muted">No log excerpt (only failing cells keep one).</p>')
+        + "<h2>Metrics</h2>" + _kv_table(cell.get("metrics"), "No metrics reported.")
+        + "<h2>Provenance</h2>" + _kv_table(cell.get("provenance"), "No provenance recorded.")
+        + "<h2>Serve args</h2>" + _kv_table(cell.get("serve_args"), "No serve args recorded.")
+        + (f"<pre>{esc(' '.join(str(a) for a in argv))}</pre>" if argv else "")
+        + "<h2>Server environment</h2>" + _kv_table(cell.get("env"), "No environment recorded.")
+    )
+    heading = f"{cell['model']} · {cell['feature']} · vLLM {cell['vllm_version']} · {cell['platform']}"
+    return _page(f"{heading} — {title}", body, heading=heading, nav=_back("../"))
+
+
+def _fmt_duration(value: Any) -> str:
+    return f"{value:.2f} s" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
+def _unclassified_page(matrix: Mapping[str, Any], title: str) -> str:
+    ids = set(matrix.get("unclassified") or [])
+    cells = [c for c in matrix["cells"] if c["cell_id"] in ids]
+    rows = "".join(
+        f'<tr><td><a href="cells/{esc(c["cell_id"])}.html">{esc(c["model"])}</a></td><td>{esc(c["vllm_version"])}</td>'
+        f"<td>{esc(c['platform'])}</td><td><code>{esc(c['feature'])}</code></td><td>{_pill(c['status'])}</td>"
+        f"<td>{esc(c.get('summary'))}</td></tr>" for c in cells)
+    body = ("<p>Failing cells no knowledge-base rule explains. Read the log excerpt on each cell's page and add a "
+            "rule to the failure knowledge base so the next matrix says whether vLLM or the test infrastructure "
+            "is to blame.</p>"
+            + (f"<table><thead><tr><th>Model</th><th>vLLM</th><th>Platform</th><th>Feature</th><th>Status</th>"
+               f"<th>Summary</th></tr></thead><tbody>{rows}</tbody></table>" if rows
+               else '<p id="none">Every failing cell is classified.</p>'))
+    return _page(f"Unclassified failures — {title}", body, heading="Unclassified failures", nav=_back())
+
+
+def _diff_page(diff: Mapping[str, Any], title: str) -> str:
+    a, b = diff["a"], diff["b"]
+    rows = "".join(
+        f'<tr class="change-{esc(ch["change"])}"><td>{esc(ch["model"])}</td><td>{esc(ch["platform"])}</td>'
+        f"<td><code>{esc(ch['feature'])}</code></td>"
+        f"<td>{_cell_link(ch.get('a_cell_id'), ch.get('a_status'))}</td>"
+        f"<td>{_cell_link(ch.get('b_cell_id'), ch.get('b_status'))}</td>"
+        f"<td><b>{esc(ch['change'])}</b></td><td>{esc(ch.get('category') or '')}</td><td>{esc(ch.get('summary'))}</td></tr>"
+        for ch in diff["changes"])
+    body = (f"<p>Cells (same model, platform and feature) whose status differs between vLLM {esc(a)} and {esc(b)}.</p>"
+            + (f"<table><thead><tr><th>Model</th><th>Platform</th><th>Feature</th><th>vLLM {esc(a)}</th>"
+               f"<th>vLLM {esc(b)}</th><th>Change</th><th>Category</th><th>Summary</th></tr></thead>"
+               f"<tbody>{rows}</tbody></table>" if rows else "<p>No status changed.</p>"))
+    heading = f"vLLM {a} → {b}"
+    return _page(f"{heading} — {title}", body, heading=heading, nav=_back())
+
+
+def _cell_link(cell_id: Any, status: Any) -> str:
+    if not cell_id:
+        return '<span class="muted">not tested</span>'
+    return f'<a href="cells/{esc(cell_id)}.html">{_pill(str(status))}</a>'
+
+
+def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEFAULT_TITLE) -> Path:
+    """Write ``index.html``, ``cells/<cell_id>.html``, ``unclassified.html`` and one
+    ``diff-<a>-<b>.html`` per pair of consecutive versions; returns the index path."""
+    out = Path(out_dir)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    index = out / "index.html"
+    index.write_text(_index(matrix, title), encoding="utf-8")
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for c in matrix["cells"]:
+        groups[(c["model"], c["platform"], c["feature"])].append(c)
+    for siblings in groups.values():
+        siblings = sorted(siblings, key=lambda c: version_key(c["vllm_version"]))
+        for c in siblings:
+            (out / "cells" / f"{c['cell_id']}.html").write_text(_cell_page(c, siblings, title), encoding="utf-8")
+    (out / "unclassified.html").write_text(_unclassified_page(matrix, title), encoding="utf-8")
+    for d in _diffs(matrix):
+        (out / diff_page_name(d["a"], d["b"])).write_text(_diff_page(d, title), encoding="utf-8")
+    return index
+
+
+render = render_site

@@ -1,0 +1,45 @@
+"""config: a server starts for each registry model, lists it, and runs with the engine config asked for."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_vllm_compat.client import finish_reason, text_of
+from pytest_vllm_compat.logparse import parse_engine_config
+from pytest_vllm_compat.registry import serve_args_to_argv
+
+pytestmark = pytest.mark.config
+
+
+def test_server_lists_model(vllm_server, vllm_client):
+    assert vllm_client.models() == [vllm_server.served_model_name]
+
+
+def test_engine_config_matches_request(vllm_server, vllm_target, vllm_caps, vllm_record):
+    cfg = parse_engine_config(vllm_server.log_text())
+    vllm_record.metrics["engine_config"] = {k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool))}
+    asked = vllm_target.model.serve_args
+    assert cfg.get("max_model_len") == int(asked["max_model_len"]), cfg
+    if "dtype" in asked:
+        assert str(cfg.get("dtype", "")).removeprefix("torch.") == asked["dtype"], cfg
+    assert cfg.get("engine") == vllm_caps.engine, f"log says engine {cfg.get('engine')}, table says {vllm_caps.engine}"
+
+
+def test_greedy_completion(vllm_client):
+    first = vllm_client.completion("The quick brown fox", max_tokens=8)
+    second = vllm_client.completion("The quick brown fox", max_tokens=8)
+    assert first["usage"]["completion_tokens"] == 8 or finish_reason(first) == "stop"
+    assert text_of(first) == text_of(second), "temperature 0 must be deterministic"
+
+
+def test_chat_template_applies(vllm_client):
+    r = vllm_client.chat("Hello", max_tokens=4)
+    assert r["choices"][0]["message"]["role"] == "assistant"
+    assert r["usage"]["prompt_tokens"] > 1
+
+
+def test_served_args_are_the_registry_args(vllm_server, vllm_target):
+    argv = vllm_server.argv
+    for a in serve_args_to_argv(dict(vllm_target.model.serve_args)):
+        assert a in argv
+    assert "--host" in argv and argv[argv.index("--host") + 1] == "127.0.0.1"

