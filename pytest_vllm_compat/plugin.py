@@ -579,8 +579,12 @@ def _check_servers_after_call(item: pytest.Item, st: ItemState, state: PluginSta
     for server in st.servers:
         died = server.died_at is not None and not server.stopping
         engine_dead = False
-        if not died and rep.failed and server.alive() and not server.healthy():
-            engine_dead = True  # API server up, engine gone (/health 500/503)
+        if not died and rep.failed and not server.stopping and not server.healthy(timeout=2.0):
+            # A killed process is reaped by the watcher thread within milliseconds; give it a moment.
+            if server.wait_for_death(1.0):
+                died = True
+            else:
+                engine_dead = True  # API server up, engine gone (/health 500/503)
         if not (died or engine_dead):
             continue
         excerpt = server.log_excerpt()

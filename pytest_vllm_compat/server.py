@@ -32,7 +32,7 @@ import requests
 from .redact import redact, redact_argv, redact_env
 
 HOST = "127.0.0.1"
-MARKER_ENV = "VLLM_COMPAT_SERVER_ID"
+MARKER_ENV = "PYTEST_VLLM_COMPAT_SERVER_ID"  # not VLLM_*: vLLM warns about unknown VLLM_ vars
 DEFAULT_ENTRY_POINT = ("-m", "vllm.entrypoints.openai.api_server")
 # Offline and quiet by default; a spec's env (and the user's environment) can override.
 BASE_ENV = {
@@ -139,7 +139,7 @@ def group_members(pgid: int) -> list[int]:
 
 
 def processes_with_marker(marker: str) -> list[int]:
-    """PIDs whose environment carries ``VLLM_COMPAT_SERVER_ID=marker``."""
+    """PIDs whose environment carries ``PYTEST_VLLM_COMPAT_SERVER_ID=marker``."""
     needle = f"{MARKER_ENV}={marker}".encode()
     found: list[int] = []
     for entry in os.listdir("/proc"):
@@ -433,3 +433,4 @@ class ServerRecord:
     log_paths: list[str] = field(default_factory=list)
     crashes: list[dict[str, Any]] = field(default_factory=list)
     startup_error: ServerError | None = None
+    markers: list[str] = field(default_factory=list)  # PYTEST_VLLM_COMPAT_SERVER_ID of each start

@@ -78,6 +78,7 @@ class ServerPool:
         server = self.factory(spec, log_path)
         rec.starts = n
         rec.log_paths.append(str(log_path))
+        rec.markers.append(server.marker)
         try:
             server.start()
         except ServerError as e:
@@ -120,7 +121,7 @@ class ServerPool:
             self._stop(key)
 
     def summary(self) -> list[dict[str, Any]]:
-        return [{"spec_key": k, "starts": r.starts, "start_times_s": r.start_times_s, "log_paths": r.log_paths,
+        return [{"spec_key": k, "starts": r.starts, "markers": r.markers, "start_times_s": r.start_times_s, "log_paths": r.log_paths,
                  "crashes": [{kk: vv for kk, vv in c.items() if kk != "log_excerpt"} for c in r.crashes],
                  "startup_error": str(r.startup_error) if r.startup_error else None}
                 for k, r in self.records.items()]

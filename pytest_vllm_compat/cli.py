@@ -1,0 +1,140 @@
+"""The ``vllm-compat`` command: the library without pytest.
+
+    vllm-compat make-tiny-model --arch {mistral,llama} --output DIR [--no-head-dim] [--python PY]
+    vllm-compat provision --vllm 0.32.0[,0.28.0] [--device cpu] [--env-dir DIR]
+    vllm-compat versions [--device cpu]
+    vllm-compat matrix RESULTS_DIR... --output DIR [--title T]
+    vllm-compat classify FILE [--version V]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .environments import (
+    DISTRIBUTIONS,
+    Provisioner,
+    ProvisionError,
+    UnknownVersionError,
+    available_versions,
+    check_version,
+    default_env_dir,
+)
+
+TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
+
+
+def _has_torch_stack() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "tokenizers"))
+
+
+def _any_env_python(env_dir: Path) -> Path | None:
+    for marker in sorted((env_dir / "envs").glob("*/.vllm-compat-complete.json"), reverse=True):
+        py = marker.parent / "bin" / "python"
+        if py.exists():
+            return py
+    return None
+
+
+def cmd_make_tiny_model(ns: argparse.Namespace) -> int:
+    args = ["--arch", ns.arch, "--output", ns.output, "--seed", str(ns.seed)]
+    if ns.no_head_dim:
+        args.append("--no-head-dim")
+    python = ns.python
+    if python is None and _has_torch_stack():
+        from . import tiny_model
+
+        return tiny_model.main(args)
+    if python is None:
+        found = _any_env_python(Path(ns.env_dir or default_env_dir()))
+        if found is None:
+            print("vllm-compat make-tiny-model: needs torch, transformers and tokenizers; this Python lacks them and "
+                  "no provisioned vLLM environment was found. Pass --python=<a Python that has them> or run "
+                  "`vllm-compat provision --vllm 0.32.0` first.", file=sys.stderr)
+            return 2
+        python = str(found)
+    return subprocess.run([python, str(TINY_MODEL_SCRIPT), *args], check=False).returncode
+
+
+def cmd_provision(ns: argparse.Namespace) -> int:
+    dist = DISTRIBUTIONS[ns.device]
+    prov = Provisioner(Path(ns.env_dir or default_env_dir()), installer=ns.installer)
+    versions = [v.strip() for v in ns.vllm.split(",") if v.strip()]
+    avail = available_versions(dist, prov.root)
+    rc = 0
+    for v in versions:
+        try:
+            check_version(dist, v, avail)
+            env = prov.ensure(dist, v)
+        except (UnknownVersionError, ProvisionError) as e:
+            print(f"vllm-compat provision: {e}", file=sys.stderr)
+            rc = 1
+            continue
+        print(f"{env.name}: {'created' if env.created else 'reused'} in {env.provision_s:.1f} s -> {env.python}")
+        print(json.dumps(env.record_provenance(), sort_keys=True))
+    return rc
+
+
+def cmd_versions(ns: argparse.Namespace) -> int:
+    dist = DISTRIBUTIONS[ns.device]
+    avail = available_versions(dist, Path(ns.env_dir or default_env_dir()), refresh=True)
+    if avail is None:
+        print(f"vllm-compat versions: could not list {dist} versions from the package index", file=sys.stderr)
+        return 1
+    print("\n".join(avail))
+    return 0
+
+
+def cmd_classify(ns: argparse.Namespace) -> int:
+    from .classify import classify
+
+    text = Path(ns.file).read_text(encoding="utf-8", errors="replace")
+    print(json.dumps(classify(text, None, version=ns.version).to_dict(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "matrix":
+        from .matrix import main as matrix_main
+
+        return matrix_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="vllm-compat", description="pytest-vllm-compat tools (see also: "
+                                 "vllm-compat matrix RESULTS_DIR... --output DIR)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("make-tiny-model", help="generate a tiny random-weight model (no hub)")
+    p.add_argument("--arch", choices=["mistral", "llama"], required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--no-head-dim", action="store_true", help="omit head_dim (the config shape of seed 000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--python", help="a Python with torch+transformers+tokenizers (default: this one, else a "
+                   "provisioned vLLM environment)")
+    p.add_argument("--env-dir")
+    p.set_defaults(fn=cmd_make_tiny_model)
+    p = sub.add_parser("provision", help="create (or reuse) the environment of one or more vLLM versions")
+    p.add_argument("--vllm", required=True)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--env-dir")
+    p.add_argument("--installer", choices=["auto", "uv", "pip"], default="auto")
+    p.set_defaults(fn=cmd_provision)
+    p = sub.add_parser("versions", help="list the versions the package index offers")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--env-dir")
+    p.set_defaults(fn=cmd_versions)
+    sub.add_parser("matrix", help="aggregate result dirs into matrix.json and a static site")
+    p = sub.add_parser("classify", help="classify a failure text or server log with the knowledge base")
+    p.add_argument("file")
+    p.add_argument("--version")
+    p.set_defaults(fn=cmd_classify)
+    ns = ap.parse_args(argv)
+    return int(ns.fn(ns))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

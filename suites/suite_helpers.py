@@ -1,0 +1,63 @@
+"""Helpers shared by the compat suites (the fixtures come from the plugin; this is a plain module)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_vllm_compat.client import VLLMClient, text_of
+from pytest_vllm_compat.server import VLLMServer
+
+GREEDY_PROMPTS = ("The quick brown fox", "vLLM serves", '{"name": ', "Hello, world")
+_REFERENCE = pytest.StashKey[dict[str, list[str]]]()
+
+
+def server_log(server: VLLMServer) -> str:
+    return Path(server.log_path).read_text(encoding="utf-8", errors="replace")
+
+
+def client_for(server: VLLMServer) -> VLLMClient:
+    return VLLMClient(server.base_url, server.api_key, server.served_model_name)
+
+
+def greedy_outputs(server: VLLMServer, max_tokens: int = 12) -> list[str]:
+    client = client_for(server)
+    try:
+        return [text_of(client.completion(p, max_tokens=max_tokens)) for p in GREEDY_PROMPTS]
+    finally:
+        client.close()
+
+
+def reference_outputs(request: pytest.FixtureRequest, target: Any, factory: Any) -> list[str]:
+    """Greedy outputs of the target's default server (TP=1, default attention backend), cached per session.
+
+    Tests that compare against it run after the default server's tests (the plugin orders servers by
+    spec), so the cache is usually warm; otherwise the default server is started here.
+    """
+    cache = request.config.stash.setdefault(_REFERENCE, {})
+    key = target.id
+    if key not in cache:
+        cache[key] = greedy_outputs(factory())
+    return cache[key]
+
+
+def store_reference(request: pytest.FixtureRequest, target: Any, server: VLLMServer) -> list[str]:
+    cache = request.config.stash.setdefault(_REFERENCE, {})
+    cache[target.id] = greedy_outputs(server)
+    return cache[target.id]
+
+
+def model_config(model_path: str) -> dict[str, Any]:
+    p = Path(model_path) / "config.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1

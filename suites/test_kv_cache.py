@@ -1,0 +1,89 @@
+"""kv_cache: the capacity the log reports matches bytes / (2 x layers x kv_heads x head_dim x dtype bytes),
+scales with the memory knob, and an impossible max-model-len fails cleanly (classified, no hang)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from suite_helpers import model_config, server_log
+
+from pytest_vllm_compat.classify import classify
+from pytest_vllm_compat.logparse import parse_kv_cache
+
+pytestmark = pytest.mark.kv_cache
+GIB = 1024**3
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "auto": 2}
+
+
+def bytes_per_token(cfg: dict, dtype: str) -> int:
+    layers = int(cfg["num_hidden_layers"])
+    heads = int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+    return 2 * layers * kv_heads * head_dim * DTYPE_BYTES.get(dtype, 2)
+
+
+def kv_memory_gib(server, info, device: str) -> float:
+    if device == "cpu":
+        return float(server.spec.env_dict().get("VLLM_CPU_KVCACHE_SPACE") or info.memory_gib or 4)
+    assert info.memory_gib, "the log has no 'Available KV cache memory' line"
+    return float(info.memory_gib)
+
+
+def test_capacity_matches_formula(vllm_server, vllm_target, vllm_model_path, vllm_record):
+    info = parse_kv_cache(server_log(vllm_server))
+    assert info is not None and info.tokens, "no KV-cache capacity line found in the server log"
+    per_token = bytes_per_token(model_config(vllm_model_path), str(vllm_target.model.serve_args.get("dtype", "auto")))
+    mem = kv_memory_gib(vllm_server, info, vllm_target.device)
+    expected = mem * GIB / per_token
+    vllm_record.metrics.update(kv_cache_tokens=info.tokens, kv_expected_tokens=int(expected), kv_memory_gib=mem,
+                               kv_log_format=info.format)
+    assert abs(info.tokens - expected) / expected <= 0.02, f"log {info.tokens:,} tokens vs formula {expected:,.0f}"
+
+
+def test_max_concurrency_consistent(vllm_server, vllm_record):
+    info = parse_kv_cache(server_log(vllm_server))
+    assert info is not None and info.tokens and info.max_concurrency and info.concurrency_tokens, info
+    expected = info.tokens / info.concurrency_tokens
+    vllm_record.metrics["kv_max_concurrency"] = info.max_concurrency
+    assert abs(info.max_concurrency - expected) / expected <= 0.02, (info.max_concurrency, expected)
+
+
+def test_capacity_scales_with_memory_knob(vllm_server, vllm_server_factory, vllm_target, vllm_record):
+    base = parse_kv_cache(server_log(vllm_server))
+    assert base is not None and base.tokens
+    if vllm_target.device == "cpu":
+        space = int(vllm_server.spec.env_dict().get("VLLM_CPU_KVCACHE_SPACE", "1")) * 2
+        bigger = vllm_server_factory(env={"VLLM_CPU_KVCACHE_SPACE": str(space)}, label="kv2x")
+        info = parse_kv_cache(server_log(bigger))
+        assert info is not None and info.tokens
+        vllm_record.metrics.update(kv_tokens_1x=base.tokens, kv_tokens_2x=info.tokens)
+        ratio = info.tokens / base.tokens
+        assert abs(ratio - 2.0) / 2.0 <= 0.02, f"doubling VLLM_CPU_KVCACHE_SPACE gave x{ratio:.3f} tokens"
+    else:
+        smaller = vllm_server_factory(args=["--gpu-memory-utilization", "0.3"], label="gmu03")
+        info = parse_kv_cache(server_log(smaller))
+        assert info is not None and info.tokens and info.memory_gib and base.memory_gib
+        vllm_record.metrics.update(kv_tokens_default=base.tokens, kv_tokens_gmu03=info.tokens)
+        assert info.tokens < base.tokens
+        per_gib_a, per_gib_b = base.tokens / base.memory_gib, info.tokens / info.memory_gib
+        assert abs(per_gib_a - per_gib_b) / per_gib_a <= 0.02, (per_gib_a, per_gib_b)
+
+
+def test_max_model_len_beyond_capacity_fails_cleanly(vllm_server_factory, vllm_target, vllm_record):
+    # Ask for a context longer than the KV cache can hold: startup must fail with vLLM's message, not hang.
+    env = {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
+    if vllm_target.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+        too_long = 4 * 1024 * 1024  # 4 GiB of KV for this model's 1 KiB/token; 1 GiB is available
+    else:
+        too_long = 64 * 1024 * 1024
+    t0 = time.monotonic()
+    server, error = vllm_server_factory.try_start(args=["--max-model-len", str(too_long)], env=env, label="kvmaxlen")
+    elapsed = time.monotonic() - t0
+    vllm_record.metrics["kv_maxlen_failure_s"] = round(elapsed, 1)
+    assert error is not None, f"vLLM started with --max-model-len {too_long} beyond its KV capacity"
+    c = classify(str(error), server.log_text(), version=vllm_target.version)
+    vllm_record.metrics["kv_maxlen_classification"] = c.id
+    assert c.category == "kv_cache_capacity", f"startup failed but not with the KV-capacity message: {c.id}: {error}"

