@@ -215,18 +215,22 @@ def uv_index_args(config: dict[str, str], environ: dict[str, str] | None = None)
 
 
 _BROKE_PATTERNS = (
+    re.compile(r"Cannot install (.+?) because"),
+    re.compile(r"Because (.+?) (?:depends on|requires|and you require)"),
+    re.compile(r"No solution found when resolving dependencies:\s*\n\s*.*?(\S+==\S+)"),
     re.compile(r"No matching distribution found for (\S+)"),
     re.compile(r"Could not find a version that satisfies the requirement (\S+)"),
-    re.compile(r"Because (.+?) (?:depends on|requires)"),
-    re.compile(r"(\S+) depends on (\S+)"),
-    re.compile(r"The conflict is caused by:\s*\n\s*(.+)"),
-    re.compile(r"No solution found when resolving dependencies:\s*\n\s*.*?(\S+==\S+)"),
+    re.compile(r"(\S+ \S+) depends on (\S+)"),
     re.compile(r"error: subprocess-exited-with-error[\s\S]*?Building wheel for (\S+)"),
 )
 
 
 def broken_requirement(output: str) -> str:
     """One line naming what broke in an installer's output (seed 003's pin chain, pyairports, ...)."""
+    conflict = re.search(r"The conflict is caused by:\s*\n((?:[ \t]+\S.*\n?)+)", output)
+    if conflict:
+        lines = [" ".join(ln.split()) for ln in conflict.group(1).splitlines() if ln.strip()]
+        return ("conflict: " + "; ".join(lines))[:400]
     for pat in _BROKE_PATTERNS:
         m = pat.search(output)
         if m:

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class ItemState:
     metrics: dict[str, Any] = field(default_factory=dict)
     server_error: ServerError | None = None
     crash_note: str | None = None
+    log_offsets: dict[int, int] = field(default_factory=dict)  # id(server) -> log size when handed to the test
     started_at: str = ""
 
 
@@ -78,6 +80,7 @@ class PluginState:
     is_worker: bool
     started_at: str
     group_last_index: dict[str, int] = field(default_factory=dict)
+    usage_errors: list[str] = field(default_factory=list)
     item_index: dict[str, int] = field(default_factory=dict)
     provisioned: bool = False
     gpus: list[Any] = field(default_factory=list)
@@ -113,7 +116,8 @@ def _detect_device(requested: str) -> tuple[str, list[Any], dict[str, Any]]:
         if requested in ("auto", "cuda"):
             gpus = list(gpu_mod.discover())
         device = "cuda" if (requested == "cuda" or (requested == "auto" and gpus)) else "cpu"
-        info = gpu_mod.device_summary(gpus) if device == "cuda" else {"kind": "cpu", "name": "cpu", "count": 1}
+        info = (gpu_mod.device_summary(gpus, **gpu_mod.driver_info()) if device == "cuda"
+                else {"kind": "cpu", "name": "cpu", "count": 1})
     except ImportError:  # pragma: no cover - gpu module optional during development
         device = "cuda" if requested == "cuda" else "cpu"
         info = {"kind": device, "name": device, "count": 1}
@@ -151,7 +155,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if "current" in versions and not vllm_python:
         raise pytest.UsageError("--vllm=current needs --vllm-python=PATH (an interpreter that has vLLM installed)")
     if is_worker:
-        device, gpus, device_info = winput["device"], [], winput["device_info"]
+        device, device_info = winput["device"], winput["device_info"]
+        gpus = _detect_device("cuda")[1] if device == "cuda" else []  # each worker leases from the same GPUs
     else:
         device, gpus, device_info = _detect_device(opts["vllm_device"].value)
     distribution = DISTRIBUTIONS[device]
@@ -175,9 +180,15 @@ def pytest_configure(config: pytest.Config) -> None:
         startup_timeout=opts["vllm_startup_timeout"].value, port=opts["vllm_port"].value,
         max_restarts=opts["vllm_max_restarts"].value, max_servers=opts["vllm_max_servers"].value,
         progress=progress, device_info=device_info, env_errors=dict(winput.get("env_errors", {})),
+        runtime=opts["vllm_runtime"].value, gpus=gpus, gpu_lock_dir=opts["vllm_gpu_lock_dir"].value,
+        warn=lambda msg: warnings.warn(msg, stacklevel=1),
     )
-    if device == "cuda":
-        _install_gpu_leasing(session, gpus, opts, env_dir)
+    if session.runtime == "docker" and not is_worker:
+        from .docker_runtime import docker_available
+
+        reason = docker_available()
+        if reason:
+            raise pytest.UsageError(f"--vllm-runtime=docker: {reason}")
     state = PluginState(config=config, opts=opts, versions=versions, models=models, registry_error=registry_error,
                         session=session, writer=RecordWriter(results_dir, run_id, worker), is_worker=is_worker,
                         started_at=now_iso(), gpus=gpus)
@@ -187,40 +198,6 @@ def pytest_configure(config: pytest.Config) -> None:
             "load", "no"):
         config.option.dist = "loadgroup"
     atexit.register(session.stop_all)  # safety net if pytest is torn down without sessionfinish
-
-
-def _install_gpu_leasing(session: CompatSession, gpus: list[Any], opts: dict[str, options.Resolved],
-                         env_dir: Path) -> None:
-    from . import gpu as gpu_mod
-
-    lock_dir = Path(opts["vllm_gpu_lock_dir"].value or env_dir / "gpu-locks")
-    leaser = gpu_mod.DeviceLeaser(lock_dir, gpus)
-    leases: dict[int, Any] = {}
-
-    def env_hook(spec: Any) -> dict[str, str]:
-        tp = _tp_size(spec.serve_args)
-        lease = leaser.lease(max(spec.gpus, tp, 1))
-        leases[id(spec)] = lease
-        session._pending_lease = lease  # type: ignore[attr-defined]
-        return dict(lease.env())
-
-    def stop_hook(server: VLLMServer) -> None:
-        lease = leases.pop(id(server.spec), None)
-        if lease is not None:
-            gpu_mod.wait_memory_released(lease.indices)
-            lease.release()
-
-    session.server_env_hook = env_hook
-    session.server_stop_hook = stop_hook
-
-
-def _tp_size(argv: Sequence[str]) -> int:
-    for i, a in enumerate(argv):
-        if a in ("--tensor-parallel-size", "-tp") and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if a.startswith("--tensor-parallel-size="):
-            return int(a.split("=", 1)[1])
-    return 1
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -292,12 +269,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "vllm_target" not in metafunc.fixturenames:
         return
     state = metafunc.config.stash[STATE]
+    # Raised as usage errors from pytest_collection_modifyitems (one clear line, exit 4), not here.
     if state.registry_error:
-        raise pytest.UsageError(state.registry_error)
+        state.usage_errors.append(state.registry_error)
+        return
     if not state.versions:
-        raise pytest.UsageError(
+        state.usage_errors.append(
             f"{metafunc.definition.nodeid} needs a vLLM version: pass --vllm=VERSION[,VERSION] "
             "(or set VLLM_COMPAT_VERSIONS / the vllm_versions ini option)")
+        return
     feature_markers = {m.name for m in metafunc.definition.iter_markers() if m.name in FEATURES}
     params = []
     for version in sorted(state.versions, key=version_key):
@@ -333,6 +313,8 @@ def _group_of(item: pytest.Item) -> str | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE]
+    if state.usage_errors:
+        raise pytest.UsageError(state.usage_errors[0])
     groups: dict[str, str | None] = {}
     for it in items:
         g = _group_of(it)
@@ -357,7 +339,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         keep, drop = [], []
         for it in items:
             g = groups[it.nodeid]
-            (keep if g is None or shard_of(g, total) == index else drop).append(it)
+            # Plain tests (no vLLM server) run in shard 1 only, so merged shards hold each test once.
+            (keep if (g is None and index == 1) or (g is not None and shard_of(g, total) == index) else drop).append(it)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
@@ -467,6 +450,11 @@ class ServerFactory:
                  gpus: int | None = None) -> VLLMServer:
         spec = self.spec(args, env, label, gpus)
         g = _group_of(self.request.node) or ""
+        _, marker = _server_marker(self.request.node)
+        if label and (marker is None or label != marker.kwargs.get("label", "")):
+            # A side server started inside one test: its own group, so it is stopped right after the
+            # test and never evicts the server the following tests of this group share.
+            g = f"{g}|side:{label}"
         try:
             server = self.state.session.pool.get(spec, group=g)
         except ServerError as e:
@@ -474,6 +462,7 @@ class ServerFactory:
             raise
         if server not in self.item.servers:
             self.item.servers.append(server)
+            self.item.log_offsets[id(server)] = _size(server.log_path)
         return server
 
     def try_start(self, args: Sequence[str] = (), env: dict[str, str] | None = None,
@@ -484,12 +473,14 @@ class ServerFactory:
         of the test otherwise.
         """
         spec = self.spec(args, env, label or "oneoff")
-        server = self.state.session.one_off_server(spec, "oneoff")
+        session = self.state.session
+        server = session.one_off_server(spec, "oneoff")
         try:
             server.start()
         except ServerError as e:
+            session.stop_one_off(server)
             return server, e
-        self.request.addfinalizer(server.stop)
+        self.request.addfinalizer(lambda: session.stop_one_off(server))
         self.item.servers.append(server)
         return server, None
 
@@ -648,8 +639,11 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
             log_excerpt = st.server_error.log_excerpt
             log_text = _read(st.server_error.log_path) or log_excerpt
         elif server is not None:
-            log_text = server.log_text()
-            log_excerpt = server.log_excerpt()
+            log_text = _log_since(server, st.log_offsets.get(id(server), 0))
+            from .logparse import excerpt, first_error
+
+            hit = first_error(log_text)
+            log_excerpt = excerpt(log_text, hit[0], 20, 40) if hit else server.log_excerpt()
         classification = _classify(text, log_text, target.version)
     status = status_for(outcome, skip_reason, classification.get("kind") if classification else None)
     feature = st.feature or _feature_of(item)
@@ -683,6 +677,21 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
             attach_text("vLLM server log (around the first error)", log_excerpt or _read(log_path) or "")
         except ImportError:  # pragma: no cover
             pass
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_since(server: VLLMServer, offset: int) -> str:
+    """The server log written while this test ran: an error an earlier test provoked in a shared server
+    (a deliberately malformed request, say) must not become this test's cause."""
+    with open(server.log_path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", errors="replace")
 
 
 def _summary(text: str, st: ItemState) -> str:

@@ -115,6 +115,8 @@ def _requirements(raw: Any, where: str) -> Requirements:
     unknown = set(raw) - {"gpus", "gpu_memory_gib", "compute_capability", "devices"}
     if unknown:
         raise RegistryError(f"{where}: unknown keys in 'requires': {sorted(unknown)}")
+    if not isinstance(raw.get("devices", []), list):
+        raise RegistryError(f"{where}: 'requires.devices' must be a list, e.g. devices = [\"cuda\"]")
     devices = tuple(raw.get("devices", ("cpu", "cuda")))
     for d in devices:
         if d not in ("cpu", "cuda"):
@@ -134,6 +136,14 @@ _MODEL_KEYS = {"builtin", "builtin_options", "path", "hub", "families", "serve_a
 
 def parse_registry(data: dict[str, Any], base_dir: Path | None = None, where: str = "registry") -> list[ModelSpec]:
     defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise RegistryError(f"{where}: [defaults] must be a table")
+    unknown_defaults = set(defaults) - {"serve_args", "env"}
+    if unknown_defaults:
+        raise RegistryError(f"{where}: unknown keys in [defaults]: {sorted(unknown_defaults)} (expected serve_args, env)")
+    for key in ("serve_args", "env"):
+        if not isinstance(defaults.get(key, {}), dict):
+            raise RegistryError(f"{where}: [defaults] {key} must be a table")
     unknown_top = set(data) - {"defaults", "models"}
     if unknown_top:
         raise RegistryError(f"{where}: unknown top-level keys {sorted(unknown_top)} (expected [defaults], [models.NAME])")
@@ -164,6 +174,12 @@ def parse_registry(data: dict[str, Any], base_dir: Path | None = None, where: st
             if not p.is_absolute() and base_dir is not None:
                 p = base_dir / p
             path = str(p)
+        for key in ("families", "features"):
+            if not isinstance(raw.get(key, []), list):
+                raise RegistryError(f"{w}: '{key}' must be a list, e.g. {key} = [\"mistral\"]")
+        for key in ("serve_args", "env", "builtin_options"):
+            if not isinstance(raw.get(key, {}), dict):
+                raise RegistryError(f"{w}: '{key}' must be a table")
         families = tuple(raw.get("families", ()))
         for fam in families:
             if not _MARKER_RE.match(fam):

@@ -44,7 +44,7 @@ def status_for(outcome: str, skip_reason: str | None, classification_kind: str |
 
 
 def summarize_error(text: str) -> str:
-    """One line: the last 'E   ...' line of a pytest failure, else the last non-empty line."""
+    """One line: the first 'E   ...' line of a pytest failure (the exception), else the last non-empty line."""
     lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
     e_lines = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
     if e_lines:
@@ -74,7 +74,7 @@ def read_records(results_dir: Path, run_id: str | None = None) -> list[dict[str,
     if not rdir.is_dir():
         return out
     for f in sorted(rdir.glob("*.jsonl")):
-        if run_id and not f.name.startswith(run_id):
+        if run_id and not f.name.startswith(run_id + "-"):
             continue
         for line in f.read_text(encoding="utf-8").splitlines():
             if line.strip():

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -160,7 +160,9 @@ class VLLMServer:
     def __init__(self, spec: ServerSpec, python: Path | str, log_path: Path, *, port: int = 0,
                  startup_timeout: float = 900.0, entry_point: Sequence[str] = DEFAULT_ENTRY_POINT,
                  extra_env: Mapping[str, str] | None = None, offline: bool = True,
-                 pid_dir: Path | None = None, argv_override: Sequence[str] | None = None) -> None:
+                 pid_dir: Path | None = None, argv_override: Sequence[str] | None = None,
+                 argv_builder: Callable[[VLLMServer], list[str]] | None = None,
+                 cleanup_argv: Sequence[str] | None = None) -> None:
         self.spec = spec
         self.python = str(python)
         self.log_path = Path(log_path)
@@ -171,6 +173,9 @@ class VLLMServer:
         self.offline = offline
         self.pid_dir = pid_dir
         self.argv_override = list(argv_override) if argv_override else None
+        self.argv_builder = argv_builder  # e.g. the docker runtime: needs the chosen port and API key
+        self.cleanup_argv = list(cleanup_argv) if cleanup_argv else None  # e.g. `docker rm -f NAME`
+        self.lease: Any = None  # GPUs held for this server (cuda), released by the session on stop
         self.api_key = secrets.token_urlsafe(24)
         self.marker = uuid.uuid4().hex
         self.port = 0
@@ -223,6 +228,8 @@ class VLLMServer:
     def build_argv(self) -> list[str]:
         if self.argv_override is not None:
             return list(self.argv_override)
+        if self.argv_builder is not None:
+            return self.argv_builder(self)
         argv = [self.python, *self.entry_point, "--model", self.spec.model_path,
                 "--served-model-name", self.spec.model, "--host", HOST, "--port", str(self.port),
                 "--api-key", self.api_key]
@@ -275,6 +282,10 @@ class VLLMServer:
         self._watcher.start()
         try:
             self._wait_ready()
+        except ServerError as e:
+            self.stop()
+            e.log_excerpt = self.log_excerpt()
+            raise
         except BaseException:
             self.stop()
             raise
@@ -321,11 +332,11 @@ class VLLMServer:
         try:
             while True:
                 if self._died.wait(0.5) or self.proc.poll() is not None:
-                    if self._reader:
-                        self._reader.join(timeout=5)
+                    # The excerpt is filled in by start() once the group is stopped and the log drained
+                    # (a surviving child may hold the pipe open; do not wait on it here).
                     raise ServerStartupError(
                         f"vLLM server exited with code {self.proc.returncode} before it became ready "
-                        f"({self.spec.key})", log_path=self.log_path, log_excerpt=self.log_excerpt())
+                        f"({self.spec.key})", log_path=self.log_path)
                 try:
                     r = session.get(f"{self.base_url}/health", timeout=2)
                     if r.status_code == 200:
@@ -392,6 +403,9 @@ class VLLMServer:
             self.proc.wait(timeout=10)
         if self._reader:
             self._reader.join(timeout=5)
+        if self.cleanup_argv:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(self.cleanup_argv, capture_output=True, timeout=60, check=False)  # noqa: S603
         self._remove_pidfile()
         return killed
 

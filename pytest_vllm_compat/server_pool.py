@@ -84,6 +84,8 @@ class ServerPool:
         except ServerError as e:
             rec.startup_error = e
             self.leftovers += server.leftover_processes()
+            if self.on_stop is not None:
+                self.on_stop(server)  # release what the server held (GPU lease)
             raise
         assert server.start_time_s is not None
         rec.start_times_s.append(server.start_time_s)
@@ -100,8 +102,9 @@ class ServerPool:
                             "log_excerpt": log_excerpt[-4000:], "at": time.time()})
 
     def restarts(self, spec: ServerSpec) -> int:
+        """Starts caused by a crash (an eviction to make room for another spec is not a restart)."""
         rec = self.records.get(spec.key)
-        return max(0, rec.starts - 1) if rec else 0
+        return min(len(rec.crashes), max(0, rec.starts - 1)) if rec else 0
 
     def release_groups_not_needed(self, needed_groups: set[str]) -> None:
         for key in [k for k, lv in self.live.items() if lv.group not in needed_groups]:

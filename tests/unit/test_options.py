@@ -1,0 +1,179 @@
+"""Option resolution: CLI > environment variable > ini/pyproject > default, conversion and path bases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm_compat import options
+from pytest_vllm_compat.options import BY_NAME, OPTIONS, resolve, resolve_all
+
+
+@pytest.fixture
+def ini_dir(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeini("""
+        [pytest]
+        vllm_startup_timeout = 11
+        vllm_port = 8123
+        vllm_device = cpu
+        vllm_results = ini-results
+        vllm_max_restarts = 5
+    """)
+    return pytester
+
+
+@pytest.mark.parametrize(("name", "flag", "env", "cli_value", "env_value", "ini_value", "default"), [
+    ("vllm_startup_timeout", "--vllm-startup-timeout", "VLLM_COMPAT_STARTUP_TIMEOUT", 33.0, 22.0, 11.0, 900.0),
+    ("vllm_port", "--vllm-port", "VLLM_COMPAT_PORT", 8300, 8200, 8123, 0),
+    ("vllm_max_restarts", "--vllm-max-restarts", "VLLM_COMPAT_MAX_RESTARTS", 7, 6, 5, 2),
+    ("vllm_device", "--vllm-device", "VLLM_COMPAT_DEVICE", "cuda", "auto", "cpu", "auto"),
+])
+def test_precedence_cli_env_ini_default(ini_dir: pytest.Pytester, name: str, flag: str, env: str,
+                                        cli_value: object, env_value: object, ini_value: object,
+                                        default: object) -> None:
+    environ = {env: str(env_value)}
+    # CLI beats env and ini
+    r = resolve(ini_dir.parseconfig(f"{flag}={cli_value}"), name, environ)
+    assert (r.value, r.source) == (cli_value, "cli")
+    # env beats ini
+    r = resolve(ini_dir.parseconfig(), name, environ)
+    assert (r.value, r.source) == (env_value, "env")
+    # ini beats default
+    r = resolve(ini_dir.parseconfig(), name, {})
+    assert (r.value, r.source) == (ini_value, "ini")
+    assert type(r.value) is type(default)
+
+
+def test_defaults_without_ini_or_env(pytester: pytest.Pytester) -> None:
+    config = pytester.parseconfig()
+    got = resolve_all(config, {})
+    assert set(got) == {o.name for o in OPTIONS}
+    assert all(r.source == "default" for r in got.values())
+    assert got["vllm_startup_timeout"].value == 900.0
+    assert got["vllm_port"].value == 0
+    assert got["vllm_max_servers"].value == int(BY_NAME["vllm_max_servers"].default) >= 1
+    assert got["vllm_device"].value == "auto"
+    assert got["vllm_versions"].value == ""
+    # empty path defaults mean "not given", not the current directory
+    assert got["vllm_env_dir"].value is None
+    assert got["vllm_python"].value is None
+
+
+def test_pyproject_integer_value_is_read(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml("""
+        [tool.pytest.ini_options]
+        vllm_startup_timeout = 11
+        vllm_versions = "0.28.0,0.32.0"
+    """)
+    config = pytester.parseconfig()
+    r = resolve(config, "vllm_startup_timeout", {})
+    assert (r.value, r.source) == (11.0, "ini")
+    assert resolve(config, "vllm_versions", {}).value == "0.28.0,0.32.0"
+
+
+def test_empty_environment_variable_does_not_override_ini(ini_dir: pytest.Pytester) -> None:
+    r = resolve(ini_dir.parseconfig(), "vllm_port", {"VLLM_COMPAT_PORT": ""})
+    assert (r.value, r.source) == (8123, "ini")
+
+
+def test_os_environ_is_used_when_no_environ_given(ini_dir: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_COMPAT_STARTUP_TIMEOUT", "44.5")
+    r = resolve(ini_dir.parseconfig(), "vllm_startup_timeout")
+    assert (r.value, r.source) == (44.5, "env")
+
+
+def test_bad_choice_on_the_command_line_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--vllm-device=tpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--vllm-device*invalid choice*tpu*"])
+
+
+@pytest.mark.parametrize("source", ["env", "ini"])
+def test_bad_choice_from_env_or_ini_names_the_flag_and_source(pytester: pytest.Pytester, source: str) -> None:
+    environ = {}
+    if source == "ini":
+        pytester.makeini("[pytest]\nvllm_installer = conda\n")
+    else:
+        environ = {"VLLM_COMPAT_INSTALLER": "conda"}
+    with pytest.raises(pytest.UsageError) as exc:
+        resolve(pytester.parseconfig(), "vllm_installer", environ)
+    msg = str(exc.value)
+    assert "--vllm-installer" in msg
+    assert "'conda'" in msg
+    assert "auto, uv, pip" in msg
+    assert f"from {source}" in msg
+
+
+@pytest.mark.parametrize(("name", "flag", "raw", "kind"), [
+    ("vllm_port", "--vllm-port", "eighty", "int"),
+    ("vllm_port", "--vllm-port", "80.5", "int"),
+    ("vllm_max_servers", "--vllm-max-servers", "two", "int"),
+    ("vllm_startup_timeout", "--vllm-startup-timeout", "15min", "float"),
+])
+def test_conversion_errors_are_usage_errors(pytester: pytest.Pytester, name: str, flag: str, raw: str,
+                                            kind: str) -> None:
+    config = pytester.parseconfig(f"{flag}={raw}")
+    with pytest.raises(pytest.UsageError) as exc:
+        resolve(config, name, {})
+    msg = str(exc.value)
+    assert msg.startswith(f"{flag}: {raw!r} is not a valid {kind}")
+    assert "(from cli)" in msg
+
+
+def test_conversion_error_in_a_real_run_exits_with_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest_subprocess("--vllm-port=abc", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--vllm-port: 'abc' is not a valid int (from cli)*"])
+
+
+def test_relative_paths_ini_against_rootdir_cli_and_env_against_invocation_dir(
+        ini_dir: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    sub = ini_dir.mkdir("sub")
+    monkeypatch.chdir(sub)
+    config = ini_dir.parseconfig()
+    assert config.rootpath == ini_dir.path
+    assert Path(config.invocation_params.dir) == sub
+    ini = resolve(config, "vllm_results", {})
+    assert (ini.value, ini.source) == (ini_dir.path / "ini-results", "ini")
+
+    env = resolve(config, "vllm_results", {"VLLM_COMPAT_RESULTS": "env-results"})
+    assert (env.value, env.source) == (sub / "env-results", "env")
+
+    cli = resolve(ini_dir.parseconfig("--vllm-results=cli-results"), "vllm_results", {})
+    assert (cli.value, cli.source) == (sub / "cli-results", "cli")
+
+
+def test_absolute_and_home_paths(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    config = pytester.parseconfig(f"--vllm-env-dir={tmp_path / 'envs'}")
+    assert resolve(config, "vllm_env_dir", {}).value == tmp_path / "envs"
+    home = resolve(pytester.parseconfig("--vllm-env-dir=~/somewhere"), "vllm_env_dir", {}).value
+    assert home == Path.home() / "somewhere"
+
+
+def test_help_text_names_env_var_and_ini_key(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    assert result.ret == 0
+    text = result.stdout.str()
+    for o in OPTIONS:
+        assert o.flag in text
+        assert o.name in text  # the ini key is listed among ini options
+    result.stdout.fnmatch_lines(["*--vllm-startup-timeout*"])
+    assert "VLLM_COMPAT_STARTUP_TIMEOUT" in text
+
+
+def test_every_option_has_a_unique_flag_env_and_a_valid_default() -> None:
+    assert len({o.flag for o in OPTIONS}) == len(OPTIONS)
+    assert len({o.env for o in OPTIONS}) == len(OPTIONS)
+    for o in OPTIONS:
+        assert o.env.startswith("VLLM_COMPAT_")
+        assert o.flag == "--" + o.name.replace("_", "-").replace("vllm-versions", "vllm")
+        if o.choices:
+            assert o.default in o.choices
+        if o.kind == "int":
+            int(o.default)
+        if o.kind == "float":
+            float(o.default)
+    assert BY_NAME["vllm_versions"].flag == "--vllm"
+    assert options.BY_NAME is BY_NAME

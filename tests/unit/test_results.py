@@ -1,0 +1,157 @@
+"""Result records: the status table, one-line error summaries, per-worker JSON-lines files, reading back."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm_compat.outcomes import not_applicable, unsupported
+from pytest_vllm_compat.results import (
+    MANIFEST_SCHEMA,
+    NOT_APPLICABLE_PREFIX,
+    RECORD_SCHEMA,
+    STATUSES,
+    UNSUPPORTED_PREFIX,
+    RecordWriter,
+    new_run_id,
+    now_iso,
+    read_records,
+    status_for,
+    summarize_error,
+    write_manifest,
+)
+
+
+@pytest.mark.parametrize(("outcome", "reason", "kind", "status"), [
+    ("passed", None, None, "pass"),
+    ("skipped", "unsupported: guided_json was removed in 0.12", None, "unsupported"),
+    ("skipped", "not applicable: tiny-mistral needs 2 GPU(s); this run is on cpu", None, "not_applicable"),
+    ("skipped", "some other skip", None, "not_applicable"),
+    ("skipped", None, None, "not_applicable"),
+    ("skipped", "Unsupported: capitalised is not the marker prefix", None, "not_applicable"),
+    ("failed", None, "infrastructure", "error"),
+    ("error", None, "infrastructure", "error"),
+    ("failed", None, "vllm", "fail"),
+    ("failed", None, "platform", "fail"),
+    ("error", None, "vllm", "fail"),
+])
+def test_status_for(outcome: str, reason: str | None, kind: str | None, status: str) -> None:
+    assert status_for(outcome, reason, kind) == status
+    assert status in STATUSES
+
+
+def test_outcome_helpers_use_the_prefixes_status_for_reads() -> None:
+    for helper, status in ((unsupported, "unsupported"), (not_applicable, "not_applicable")):
+        with pytest.raises(pytest.skip.Exception) as exc:
+            helper("why")
+        assert status_for("skipped", exc.value.msg, None) == status
+    assert UNSUPPORTED_PREFIX == "unsupported: " and NOT_APPLICABLE_PREFIX == "not applicable: "
+
+
+PYTEST_LONGREPR = """\
+vllm_client = <pytest_vllm_compat.client.VLLMClient object at 0x7f>
+
+    def test_capacity(vllm_client):
+        tokens = vllm_client.kv_cache_tokens()
+>       assert tokens >= 4096, "KV cache too small"
+E       AssertionError: KV cache too small
+E       assert 2048 >= 4096
+
+suites/test_kv_cache.py:12: AssertionError
+"""
+
+
+def test_summarize_error_takes_the_first_E_line() -> None:
+    assert summarize_error(PYTEST_LONGREPR) == "AssertionError: KV cache too small"
+
+
+def test_summarize_error_without_E_lines_takes_the_last_line() -> None:
+    text = "vLLM server failed to start: exited with code 1\nserver log: /x.log\n\n"
+    assert summarize_error(text) == "server log: /x.log"
+    assert summarize_error("") == ""
+    assert summarize_error("\n\n") == ""
+
+
+def test_summarize_error_is_one_bounded_line() -> None:
+    s = summarize_error("E   ValueError: " + "x" * 2000)
+    assert len(s) == 500 and "\n" not in s
+
+
+def test_run_ids_and_timestamps() -> None:
+    a, b = new_run_id(), new_run_id()
+    assert a != b
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", a)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", now_iso())
+
+
+def test_two_workers_write_two_files_of_valid_json_lines(tmp_path: Path) -> None:
+    run_id = new_run_id()
+    writers = [RecordWriter(tmp_path, run_id, w) for w in ("gw0", "gw1")]
+    assert writers[0].path != writers[1].path
+    assert writers[0].path == tmp_path / "records" / f"{run_id}-gw0.jsonl"
+
+    def write_many(w: RecordWriter) -> None:
+        for i in range(200):
+            w.write({"run_id": run_id, "test_id": f"t{i}", "status": "pass", "worker": w.path.stem,
+                     "text": "ü" * 500, "path": Path("/x")})
+
+    threads = [threading.Thread(target=write_many, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for w in writers:
+        assert w.count == 200
+        lines = w.path.read_text(encoding="utf-8").splitlines()
+        assert len(lines) == 200
+        for line in lines:
+            rec = json.loads(line)
+            assert rec["schema"] == RECORD_SCHEMA
+            assert rec["worker"] == w.path.stem
+            assert rec["path"] == "/x"  # non-JSON values are stringified, not fatal
+    recs = read_records(tmp_path, run_id)
+    assert len(recs) == 400
+    assert {r["worker"] for r in recs} == {f"{run_id}-gw0", f"{run_id}-gw1"}
+
+
+def test_writer_appends_across_instances(tmp_path: Path) -> None:
+    RecordWriter(tmp_path, "r1", "main").write({"a": 1})
+    RecordWriter(tmp_path, "r1", "main").write({"a": 2})
+    assert [r["a"] for r in read_records(tmp_path, "r1")] == [1, 2]
+
+
+def test_record_schema_field_cannot_be_overridden_by_accident(tmp_path: Path) -> None:
+    w = RecordWriter(tmp_path, "r1", "main")
+    w.write({"status": "pass"})
+    assert json.loads(w.path.read_text())["schema"] == RECORD_SCHEMA
+
+
+def test_read_records_filters_by_run_id(tmp_path: Path) -> None:
+    r1, r2 = "20250101T000000Z-aaaaaa", "20250101T000000Z-bbbbbb"
+    RecordWriter(tmp_path, r1, "main").write({"run_id": r1, "n": 1})
+    RecordWriter(tmp_path, r1, "gw0").write({"run_id": r1, "n": 2})
+    RecordWriter(tmp_path, r2, "main").write({"run_id": r2, "n": 3})
+    assert sorted(r["n"] for r in read_records(tmp_path, r1)) == [1, 2]
+    assert [r["n"] for r in read_records(tmp_path, r2)] == [3]
+    assert sorted(r["n"] for r in read_records(tmp_path)) == [1, 2, 3]
+    assert read_records(tmp_path, "20990101T000000Z-cccccc") == []
+
+
+def test_read_records_skips_torn_lines_and_missing_dir(tmp_path: Path) -> None:
+    assert read_records(tmp_path / "nothing") == []
+    w = RecordWriter(tmp_path, "r", "main")
+    w.write({"n": 1})
+    with open(w.path, "a") as f:
+        f.write('{"n": 2, "trunc')  # a writer killed mid-line
+    assert [r["n"] for r in read_records(tmp_path, "r")] == [1]
+
+
+def test_write_manifest(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, {"run_id": "r9", "counts": {"pass": 2}, "env_dir": tmp_path})
+    assert path == tmp_path / "manifests" / "r9.json"
+    data = json.loads(path.read_text())
+    assert data["schema"] == MANIFEST_SCHEMA and data["counts"] == {"pass": 2} and data["env_dir"] == str(tmp_path)
