@@ -476,3 +476,13 @@ def _unknown(error_text: str, log_text: str | None) -> Classification:
         id="unknown", category="unknown", kind="vllm" if err is not None or assertion else "infrastructure",
         title="Unclassified failure", explanation=explanation, refs=(), workaround="", fixed_in="", matched="",
     )
+
+
+def exception_lines(text: str) -> str:
+    """The exception part of a pytest traceback (its ``E   ...`` lines), or the text itself when it has none.
+
+    A traceback also quotes the test's source, and a compat check's own failure message is written in that
+    source: matched there, it would classify an unrelated failure of the same test as that check's failure.
+    """
+    e_lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")]
+    return "\n".join(e_lines) if e_lines else text

@@ -140,10 +140,10 @@ def default_classifier(error_text: str, log_text: str | None, version: str | Non
     """Classify with the failure knowledge base (``pytest_vllm_compat.classify``); None when that
     module is unavailable."""
     try:
-        from pytest_vllm_compat.classify import classify
+        from pytest_vllm_compat.classify import classify, exception_lines
     except ImportError:
         return None
-    return dict(classify(error_text, log_text, version=version).to_dict())
+    return dict(classify(exception_lines(error_text), log_text, version=version).to_dict())
 
 
 def _classification_of(rec: Mapping[str, Any], classifier: Classifier | None,

@@ -711,9 +711,9 @@ def _read(path: Any) -> str | None:
 
 def _classify(error_text: str, log_text: str | None, version: str) -> dict[str, Any]:
     try:
-        from .classify import classify
+        from .classify import classify, exception_lines
 
-        return classify(error_text, log_text, version=version).to_dict()
+        return classify(exception_lines(error_text), log_text, version=version).to_dict()
     except ImportError:  # pragma: no cover - during development only
         return {"id": "unknown", "category": "unknown", "kind": "vllm", "explanation": "", "refs": []}
 

@@ -15,6 +15,7 @@ import hashlib
 import html
 import json
 import re
+import shlex
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +41,14 @@ KIND_LABELS = {
     "platform": "Platform limitation",
     "infrastructure": "Test infrastructure failed",
 }
+# The overview's columns, in this order (any other feature group follows, alphabetically).
+GROUP_ORDER = ("config", "kv_cache", "guided_decoding", "stability", "tensor_parallel", "attention")
+# Worst first: the status an overview chip shows for a feature group is the first of these any of
+# its sub-features has.
+SEVERITY = ("fail", "error", "flaky", "pass", "unsupported", "not_applicable")
+ABBREV = {"pass": "PASS", "fail": "FAIL", "error": "ERR", "flaky": "FLAKY", "unsupported": "UNSUP",
+          "not_applicable": "N/A"}
+SKIPPED = ("unsupported", "not_applicable")
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 
 CSS = """
@@ -79,6 +88,27 @@ table.grid td.fam{color:var(--muted);font-size:12px}
 .st-not_applicable{background:#f8f8f8;color:#6b7280}
 .st-untested{color:#9aa4ad}
 td.regression{outline:3px solid #d50000;outline-offset:-3px}
+table.overview{table-layout:fixed;width:100%}
+table.overview th.model{width:160px}
+table.overview td.g .none{color:#a7b0b8;font-size:12px}
+table.overview th .n{display:block;font-weight:400;font-size:11px;color:var(--muted)}
+table.overview td.model{font-weight:600;overflow-wrap:anywhere}
+table.overview td.model .fam{display:block;font-weight:400;font-size:12px;color:var(--muted)}
+table.overview td.g{padding:4px}
+.chips{display:grid;grid-template-columns:repeat(auto-fill,minmax(86px,1fr));gap:3px}
+.chip{display:flex;justify-content:space-between;align-items:baseline;gap:3px;min-width:0;padding:1px 4px;border-radius:3px;border:1px solid rgba(0,0,0,.12);font-size:11px;line-height:1.5;white-space:nowrap;text-decoration:none;color:inherit}
+a.chip:hover{border-color:currentColor}
+.chip .cv{overflow:hidden;text-overflow:ellipsis;font-variant-numeric:tabular-nums;opacity:.85}
+.chip .cs{font-weight:700;font-size:10px}
+.chip.wide{grid-column:1/-1}
+.chip.st-untested{border-style:dashed;border-color:#dde2e6;color:#a7b0b8}
+.chip.regression{outline:2px solid #d50000;outline-offset:-1px}
+.chip.off{opacity:.2}
+td.dim{opacity:.35}
+.ov-platform h3 code{font-size:14px}
+details.skipped{margin:20px 0;border:1px solid var(--line);border-radius:4px;padding:6px 12px;background:var(--soft)}
+details.skipped>summary{cursor:pointer;font-weight:600;font-size:15px}
+details.skipped[open]{background:var(--bg)}
 .pill{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:700;font-size:12px;text-transform:uppercase;border:1px solid rgba(0,0,0,.12)}
 .legend{display:flex;flex-wrap:wrap;gap:8px 18px;margin:8px 0;padding:0;list-style:none}
 .legend li{display:flex;gap:6px;align-items:center}
@@ -112,18 +142,30 @@ SCRIPT = """
 var form=document.getElementById('filters');if(!form)return;form.hidden=false;
 function v(id){return document.getElementById(id).value;}
 function apply(){
-var fam=v('f-family'),feat=v('f-feature'),plat=v('f-platform'),st=v('f-status');
+var fam=v('f-family'),feat=v('f-feature'),plat=v('f-platform'),st=v('f-status'),grp=feat.split(':')[0];
+function rowOk(tr){return (!plat||tr.dataset.platform===plat)&&(!fam||(' '+tr.dataset.families+' ').indexOf(' '+fam+' ')>=0);}
+function match(el){var s=el.dataset.status||'';return !st||s===st||(st==='regression'&&el.classList.contains('regression'));}
 document.querySelectorAll('section.feature').forEach(function(sec){
 var anyRow=false;
 sec.querySelectorAll('tbody tr').forEach(function(tr){
-var ok=(!plat||tr.dataset.platform===plat)&&(!fam||(' '+tr.dataset.families+' ').indexOf(' '+fam+' ')>=0);
-var hits=0;
+var ok=rowOk(tr),hits=0;
 tr.querySelectorAll('td.c').forEach(function(td){
-var s=td.dataset.status||'';
-var m=!st||s===st||(st==='regression'&&td.classList.contains('regression'));
-td.classList.toggle('filtered',!m);if(m&&s)hits++;});
+var m=match(td);td.classList.toggle('filtered',!m);if(m&&td.dataset.status)hits++;});
 if(st&&!hits)ok=false;tr.hidden=!ok;if(ok)anyRow=true;});
 sec.hidden=!anyRow||(feat!==''&&sec.dataset.feature!==feat);});
+document.querySelectorAll('div.ov-platform').forEach(function(box){
+var anyRow=false;
+box.querySelectorAll('tbody tr').forEach(function(tr){
+var ok=rowOk(tr),hits=0;
+tr.querySelectorAll('td.g').forEach(function(td){
+var inGroup=!feat||td.dataset.group===grp;td.classList.toggle('dim',!inGroup);
+td.querySelectorAll('.chip').forEach(function(ch){
+var m=inGroup&&match(ch);ch.classList.toggle('off',!m);if(m&&ch.dataset.status)hits++;});});
+if(st&&!hits)ok=false;tr.hidden=!ok;if(ok)anyRow=true;});
+box.hidden=!anyRow;});
+var d=document.getElementById('features-skipped');
+if(d){var shown=d.querySelectorAll('section.feature:not([hidden])').length;d.hidden=!shown;
+if(shown&&(feat||st==='unsupported'||st==='not_applicable'))d.open=true;}
 }
 form.addEventListener('change',apply);
 form.addEventListener('reset',function(){setTimeout(apply,0);});
@@ -212,9 +254,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _kv_table(mapping: Mapping[str, Any] | None, empty: str) -> str:
+def _kv_table(mapping: Mapping[str, Any] | Sequence[Any] | None, empty: str) -> str:
     if not mapping:
         return f'<p class="muted">{esc(empty)}</p>'
+    if not isinstance(mapping, Mapping):  # an argv list: show it as the command line it is
+        return f"<pre>{esc(shlex.join(str(a) for a in mapping))}</pre>"
     rows = "".join(f"<tr><th>{esc(k)}</th><td><code>{esc(_fmt(v))}</code></td></tr>"
                    for k, v in sorted(mapping.items()))
     return f"<table>{rows}</table>"
@@ -361,16 +405,125 @@ def _grid_cell(cell: Mapping[str, Any] | None, prefix: str = "cells/") -> str:
             f'<span class="word">{esc(status.replace("_", " "))}</span>{extra}</a></td>')
 
 
+def feature_group(feature: str) -> str:
+    """``attention:FLASH_ATTN`` -> ``attention``; a feature without ``:`` is its own group."""
+    return feature.split(":", 1)[0]
+
+
+def _group_key(group: str) -> tuple[int, str]:
+    return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), group)
+
+
+def _feature_key(feature: str) -> tuple[int, str, str]:
+    return (*_group_key(feature_group(feature)), feature)
+
+
+def aggregate_status(statuses: Iterable[str]) -> str | None:
+    """The worst of ``statuses`` (fail > error > flaky > pass > unsupported > not_applicable);
+    None when there are none. An unknown status counts as worse than all of them."""
+    found = set(statuses)
+    if not found:
+        return None
+    return min(found, key=lambda s: SEVERITY.index(s) if s in SEVERITY else -1)
+
+
+def _families(cells: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    families: dict[str, set[str]] = defaultdict(set)
+    for c in cells:
+        families[c["model"]] |= set(c.get("families") or [])
+    return {m: sorted(f) for m, f in families.items()}
+
+
+def _feature_anchor(feature: str) -> str:
+    return f"feature-{_file_slug(feature)}"
+
+
+def _noun(group: str) -> str:
+    return "backends" if group in ("attention", "guided_decoding") else "variants"
+
+
+def _group_title(group: str, version: str, cells: Sequence[Mapping[str, Any]], worst: str) -> str:
+    head = f"{group} · vLLM {version}: {worst.replace('_', ' ')}"
+    if len(cells) == 1 and cells[0]["feature"] == group:
+        return f"{head} — {cells[0].get('summary') or ''}".rstrip(" —")
+    noun = _noun(group)
+    by_status: dict[str, list[str]] = defaultdict(list)
+    for c in cells:
+        by_status[c["status"]].append(c["feature"].split(":", 1)[-1])
+    parts = []
+    for status in sorted(by_status, key=lambda s: SEVERITY.index(s) if s in SEVERITY else -1):
+        names = sorted(by_status[status])
+        label = "n/a" if status == "not_applicable" else status
+        detail = f" ({', '.join(names)})" if status not in SKIPPED or len(names) <= 3 else ""
+        parts.append(f"{len(names)} {label}{detail}")
+    return f"{head} — of {len(cells)} {noun}: {'; '.join(parts)}"
+
+
+def _chip(group: str, version: str, cells: Sequence[Mapping[str, Any]]) -> str:
+    worst = aggregate_status(c["status"] for c in cells)
+    wide = " wide" if len(version) > 7 else ""  # a long version (0.6.4.post2) gets a whole line
+    if worst is None:
+        return (f'<span class="chip st-untested{wide}" title="{esc(f"{group} · vLLM {version}: not tested")}">'
+                f'<span class="cv">{esc(version)}</span><span class="cs">–</span></span>')
+    target = sorted((c for c in cells if c["status"] == worst), key=lambda c: c["feature"])[0]
+    regression = any(c.get("regression") for c in cells)
+    title = _group_title(group, version, cells, worst) + (" — regression" if regression else "")
+    return (f'<a class="chip st-{esc(worst)}{wide}{" regression" if regression else ""}" data-status="{esc(worst)}" '
+            f'data-version="{esc(version)}" href="#{esc(_feature_anchor(target["feature"]))}" title="{esc(title)}">'
+            f'<span class="cv">{esc(version)}</span>'
+            f'<span class="cs">{esc(ABBREV.get(worst, worst))}{" ▼" if regression else ""}</span></a>')
+
+
+def _overview(matrix: Mapping[str, Any]) -> str:
+    """Per platform: one row per model, one column per feature group, one chip per vLLM version."""
+    cells = matrix["cells"]
+    families = _families(cells)
+    order = {v: i for i, v in enumerate(matrix["versions"])}
+    by_platform: dict[str, dict[str, dict[tuple[str, str], list[Mapping[str, Any]]]]] = \
+        defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for c in cells:
+        by_platform[c["platform"]][c["model"]][(feature_group(c["feature"]), c["vllm_version"])].append(c)
+    blocks = []
+    for platform in sorted(by_platform):
+        models = by_platform[platform]
+        pcells = [c for c in cells if c["platform"] == platform]
+        versions = sorted({c["vllm_version"] for c in pcells}, key=lambda v: order.get(v, len(order)))
+        groups = sorted({feature_group(c["feature"]) for c in pcells}, key=_group_key)
+        features_of = {g: {c["feature"] for c in pcells if feature_group(c["feature"]) == g} for g in groups}
+        head = "".join(
+            f'<th scope="col" data-group="{esc(g)}">{esc(g)}'
+            + (f'<span class="n">{len(features_of[g])} {_noun(g)}</span>' if features_of[g] != {g} else "")
+            + "</th>" for g in groups)
+        rows = []
+        for model in sorted(models):
+            fams = families.get(model, [])
+            tds = "".join(
+                f'<td class="g" data-group="{esc(g)}"><div class="chips">'
+                + "".join(_chip(g, v, sorted(models[model].get((g, v), []), key=lambda c: c["feature"]))
+                          for v in versions)
+                + "</div></td>" if any((g, v) in models[model] for v in versions)
+                else f'<td class="g" data-group="{esc(g)}"><span class="none">not tested</span></td>'
+                for g in groups)
+            rows.append(f'<tr data-model="{esc(model)}" data-platform="{esc(platform)}" '
+                        f'data-families="{esc(" ".join(fams))}"><td class="model">{esc(model)}'
+                        f'<span class="fam">{esc(", ".join(fams))}</span></td>{tds}</tr>')
+        blocks.append(
+            f'<div class="ov-platform" data-platform="{esc(platform)}"><h3>Platform: <code>{esc(platform)}</code> '
+            f'<span class="muted">· vLLM {esc(", ".join(versions))}</span></h3>'
+            f'<table class="overview"><thead><tr><th class="model" scope="col">Model (families)</th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+    return "".join(blocks)
+
+
 def _grid(matrix: Mapping[str, Any]) -> str:
     versions = matrix["versions"]
     by_feature: dict[str, dict[tuple[str, str], dict[str, Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
-    families: dict[str, list[str]] = {}
+    families = _families(matrix["cells"])
     for c in matrix["cells"]:
         by_feature[c["feature"]][(c["model"], c["platform"])][c["vllm_version"]] = c
-        families[c["model"]] = sorted(set(families.get(c["model"], [])) | set(c.get("families") or []))
-    out = []
+    shown, skipped = [], []
     head = "".join(f'<th class="ver" scope="col">vLLM {esc(v)}</th>' for v in versions)
-    for feature in sorted(by_feature):
+    for feature in sorted(by_feature, key=_feature_key):
         rows = []
         for (model, platform), by_version in sorted(by_feature[feature].items()):
             fams = families.get(model, [])
@@ -379,12 +532,22 @@ def _grid(matrix: Mapping[str, Any]) -> str:
                 f'<td class="model">{esc(model)}</td><td class="fam">{esc(", ".join(fams))}</td>'
                 f"<td>{esc(platform)}</td>"
                 + "".join(_grid_cell(by_version.get(v)) for v in versions) + "</tr>")
-        out.append(
-            f'<section class="feature" data-feature="{esc(feature)}" id="feature-{esc(_file_slug(feature))}">'
+        section = (
+            f'<section class="feature" data-feature="{esc(feature)}" id="{esc(_feature_anchor(feature))}">'
             f"<h3>Feature: <code>{esc(feature)}</code></h3>"
             f'<table class="grid"><thead><tr><th class="model" scope="col">Model</th>'
-            f'<th class="fam" scope="col">Families</th><th class="plat" scope="col">Platform</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
-    return "".join(out)
+            f'<th class="fam" scope="col">Families</th><th class="plat" scope="col">Platform</th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></section>')
+        all_skipped = all(c["status"] in SKIPPED for by_v in by_feature[feature].values() for c in by_v.values())
+        (skipped if all_skipped else shown).append(section)
+    if skipped:
+        n = len(skipped)
+        shown.append(
+            f'<details class="skipped" id="features-skipped"><summary>Not applicable or unsupported here '
+            f'({n} feature{"s" if n != 1 else ""})</summary><p class="muted">Every cell of these features is '
+            "<i>not applicable</i> (the platform cannot run the test) or <i>unsupported</i> (the vLLM version "
+            f'does not offer it).</p>{"".join(skipped)}</details>')
+    return "".join(shown)
 
 
 def _filters(matrix: Mapping[str, Any]) -> str:
@@ -519,7 +682,7 @@ def _index(matrix: Mapping[str, Any], title: str) -> str:
     sub = (f"Generated {esc(matrix.get('generated_at'))} from {len(matrix.get('runs') or [])} run(s): "
            f"{len(cells)} cells, {len(matrix.get('models') or [])} models, vLLM "
            f"{esc(', '.join(matrix['versions']))}; {n_fail} failing or flaky.")
-    nav = ('<nav class="toc"><a href="#matrix">Matrix</a><a href="#failures">Failures</a>'
+    nav = ('<nav class="toc"><a href="#overview">Overview</a><a href="#matrix">Per feature</a><a href="#failures">Failures</a>'
            '<a href="#plots">Plots</a><a href="#changes">Changes</a>'
            f'<a href="unclassified.html">Unclassified ({len(matrix.get("unclassified") or [])})</a>'
            '<a href="matrix.json">matrix.json</a><a href="#runs">Runs</a></nav>')
@@ -530,10 +693,17 @@ def _index(matrix: Mapping[str, Any], title: str) -> str:
         for d in _diffs(matrix))
     body = (
         _regression_banner(matrix)
-        + '<section id="matrix"><h2>Which vLLM versions work for each model</h2>'
+        + '<section id="overview"><h2>Which vLLM versions work for each model</h2>'
+        "<p class=\"muted\">Per platform, one row per model and one column per feature group; each chip is one "
+        "vLLM version (oldest first) and shows the worst status of the group's sub-features "
+        "(fail &gt; error &gt; flaky &gt; pass &gt; unsupported &gt; not applicable). Hover a chip for the detail, "
+        "click it for the feature's table. ERR = error, UNSUP = unsupported, N/A = not applicable, "
+        "– = not tested.</p>"
+        + _legend_html() + _filters(matrix) + _overview(matrix) + "</section>"
+        + '<section id="matrix"><h2>Per feature</h2>'
         "<p class=\"muted\">Rows: model on a platform; columns: vLLM versions (oldest left). "
         "Each cell links to its details.</p>"
-        + _legend_html() + _filters(matrix) + _grid(matrix) + "</section>"
+        + _grid(matrix) + "</section>"
         + '<section id="failures"><h2>Failures: vLLM broken vs. test infrastructure failed</h2>'
         + _failure_split(matrix) + "</section>"
         + '<section id="plots"><h2>Trends by vLLM version</h2>' + _plots(matrix) + _summary_table(matrix) + "</section>"

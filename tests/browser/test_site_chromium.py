@@ -152,6 +152,9 @@ def _problems(events: list[dict[str, Any]]) -> list[str]:
 
 def test_grid_shows_every_cell_with_its_status_word(index: DevTools, built: tuple[Any, dict[str, Any], Path]) -> None:
     _, m, _ = built
+    # all-n/a/unsupported features are collapsed at the end; one click (here: .open) shows them
+    assert index.js("document.getElementById('features-skipped').open") is False
+    index.js("document.getElementById('features-skipped').open=true")
     shown = index.js("""Array.from(document.querySelectorAll('td.c[data-cell-id]')).map(function(td){
         return [td.dataset.cellId, td.dataset.status, td.querySelector('.word').innerText.trim(),
                 getComputedStyle(td).backgroundColor, td.offsetWidth > 0];})""")
@@ -213,24 +216,44 @@ def test_filters_hide_rows_and_cells(index: DevTools, built: tuple[Any, dict[str
         index.js(f"var s=document.getElementById({json.dumps(select)});s.value={json.dumps(value)};"
                  "s.dispatchEvent(new Event('change',{bubbles:true}));")
 
+    # the all-n/a/unsupported features sit in a collapsed <details>: open it so their rows lay out
+    assert index.js("document.getElementById('features-skipped').open") is False
+    index.js("document.getElementById('features-skipped').open=true")
     visible_rows = """Array.from(document.querySelectorAll('section.feature tbody tr'))
         .filter(tr => tr.offsetParent !== null).map(tr => [tr.closest('section').dataset.feature,
         tr.dataset.model, tr.dataset.platform])"""
     all_rows = index.js(visible_rows)
     assert len(all_rows) == len({(c["feature"], c["model"], c["platform"]) for c in m["cells"]})
 
+    overview_rows = """Array.from(document.querySelectorAll('div.ov-platform tbody tr'))
+        .filter(tr => tr.offsetParent !== null).map(tr => [tr.dataset.platform, tr.dataset.model])"""
+    lit_chips = """Array.from(document.querySelectorAll('div.ov-platform .chip[data-status]'))
+        .filter(ch => ch.offsetParent !== null && !ch.classList.contains('off'))
+        .map(ch => [ch.closest('tr').dataset.model, ch.closest('td').dataset.group, ch.dataset.version,
+                    ch.dataset.status])"""
+    all_overview = index.js(overview_rows)
+    assert len(all_overview) == len({(c["model"], c["platform"]) for c in m["cells"]})
+
     h100 = "cuda:NVIDIA H100 80GB HBM3"
     choose("f-platform", h100)
     assert index.js(visible_rows) == [["config", "tiny-mistral", h100]]
+    assert index.js(overview_rows) == [[h100, "tiny-mistral"]]
+    assert index.js("document.querySelector('div.ov-platform[data-platform=\"cpu\"]').offsetParent") is None
     choose("f-platform", "")
     choose("f-family", "mistral")
     assert {r[1] for r in index.js(visible_rows)} == {"tiny-mistral"}
+    assert {r[1] for r in index.js(overview_rows)} == {"tiny-mistral"}
     choose("f-family", "")
     choose("f-status", "regression")
     assert index.js(visible_rows) == [["kv_cache", "tiny-mistral", "cpu"]]
     unfiltered = index.js("""Array.from(document.querySelectorAll('td.c[data-cell-id]'))
         .filter(td => td.offsetParent !== null && !td.classList.contains('filtered')).map(td => td.dataset.status)""")
     assert unfiltered == ["fail"]
+    assert index.js(overview_rows) == [["cpu", "tiny-mistral"]]
+    assert index.js(lit_chips) == [["tiny-mistral", "kv_cache", "0.32.0", "fail"]]
+    choose("f-status", "not_applicable")  # only in the collapsed section
+    assert index.js(visible_rows) == [["tensor_parallel", "tiny-llama", "cpu"]]
+    assert index.js(lit_chips) == [["tiny-llama", "tensor_parallel", "0.32.0", "not_applicable"]]
     choose("f-status", "")
     choose("f-feature", "stability")
     assert index.js(visible_rows) == [["stability", "tiny-mistral", "cpu"]]
@@ -247,6 +270,11 @@ def test_readable_with_javascript_off(browser: DevTools, built: tuple[Any, dict[
         assert browser.js("document.getElementById('filters').offsetParent") is None  # hidden without JS
         assert browser.js("document.querySelectorAll('td.c[data-cell-id]').length") == len(m["cells"])
         assert browser.js("document.querySelector('section.feature').offsetParent !== null")
+        # the overview reads without JS, and the collapsed features are there (closed, one click away)
+        assert browser.js("document.getElementById('overview').offsetParent !== null")
+        assert browser.js("document.querySelectorAll('div.ov-platform .chip[data-status]').length") > 0
+        assert browser.js("document.querySelectorAll('#features-skipped section.feature').length") == 2
+        assert browser.js("document.getElementById('features-skipped').open") is False
     finally:
         browser.send("Emulation.setScriptExecutionDisabled", value=False)
 

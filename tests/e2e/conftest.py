@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 E2E_VERSION = os.environ.get("VLLM_COMPAT_E2E_VERSION", "0.32.0")
+# Captured at import: pytester points HOME at a tmp dir, and the inner sessions must reuse the provisioned
+# environments (and vLLM's compile cache under ~/.cache/vllm) instead of installing vLLM again.
+REAL_HOME = os.environ.get("HOME", str(Path.home()))
 TINY_REGISTRY = """
 [defaults]
 serve_args = { max_model_len = 256, dtype = "bfloat16" }
@@ -31,10 +34,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-def env_dir() -> str:
+def _default_env_dir() -> str:
     from pytest_vllm_compat.environments import default_env_dir
 
     return os.environ.get("VLLM_COMPAT_ENV_DIR") or str(default_env_dir())
+
+
+ENV_DIR = _default_env_dir()
+
+
+def env_dir() -> str:
+    return ENV_DIR
+
+
+@pytest.fixture(autouse=True)
+def _real_home(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if "pytester" in request.fixturenames:
+        request.getfixturevalue("pytester")  # let pytester patch HOME first, then put the real one back
+    monkeypatch.setenv("HOME", REAL_HOME)
 
 
 def base_args(results: Path, registry: Path, *extra: str) -> list[str]:

@@ -57,7 +57,7 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     # One start for a, b, c (one spec); one restart for d after the crash.
     (srv,) = servers(results)
     assert srv["starts"] == 2 and len(srv["crashes"]) == 1
-    assert srv["crashes"][0]["test_id"].endswith("test_c_server_killed")
+    assert "::test_c_server_killed[" in srv["crashes"][0]["test_id"]
     # Nothing left running: no process carries either server's marker, and the manifest agrees.
     for marker in srv["markers"]:
         assert processes_with_marker(marker) == []

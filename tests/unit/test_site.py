@@ -210,6 +210,9 @@ def test_hostile_strings_render_inert(rendered: tuple[dict[str, Any], Path], sce
         # ...and the text is still there for people to read, escaped (the evil cell is classified)
         if page.name != "unclassified.html":
             assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot; onmouseover=&quot;x" in raw, page.name
+    overview = (out / "index.html").read_text().split('<section id="overview">', 1)[1].split("</section>", 1)[0]
+    assert 'data-model="evil&lt;script&gt;alert(1)&lt;/script&gt;&quot; onmouseover=&quot;x"' in overview
+    assert '<td class="model">evil&lt;script&gt;alert(1)&lt;/script&gt;&quot; onmouseover=&quot;x<span' in overview
     detail = (out / "cells" / f"{evil['cell_id']}.html").read_text()
     assert "document.title=&#x27;pwned&#x27;" in detail  # the log line, in <pre>
     assert 'href="javascript:' not in detail and "<code>javascript:alert(1)</code>" in detail
@@ -248,3 +251,111 @@ def test_single_version_and_empty_metrics(tmp_path: Path, scenario: Any) -> None
     assert "No regressions" in html_text and "Only one vLLM version tested" in html_text
     assert "No cell reported <code>kv_cache_tokens</code>" in html_text
     assert not list(tmp_path.glob("diff-*.html"))
+
+
+# --------------------------------------------------------------------------- overview
+
+
+def _overview_chips(html_text: str) -> dict[tuple[str, str, str, str], tuple[str, str, str]]:
+    """(platform, model, group, version) -> (chip class, title, href) from the overview tables."""
+    out = {}
+    overview = html_text.split('<section id="overview">', 1)[1].split("</section>", 1)[0]
+    for block in re.findall(r'<div class="ov-platform" data-platform="([^"]*)">(.*?)</table></div>', overview, re.S):
+        platform, table = block
+        for model, row in re.findall(r'<tr data-model="([^"]*)"[^>]*>(.*?)</tr>', table, re.S):
+            for group, td in re.findall(r'<td class="g" data-group="([^"]*)">(.*?)</td>', row, re.S):
+                for cls, status, version, href, title in re.findall(
+                        r'<a class="chip ([^"]*)" data-status="([^"]*)" data-version="([^"]*)" href="([^"]*)" '
+                        r'title="([^"]*)">', td):
+                    out[(platform, model, group, version)] = (cls, title, href)
+                    assert cls.split()[0] == f"st-{status}"
+    return out
+
+
+def test_overview_comes_first_with_one_table_per_platform(rendered: tuple[dict[str, Any], Path]) -> None:
+    m, out = rendered
+    html_text = (out / "index.html").read_text()
+    tree = parse(out / "index.html")
+    assert html_text.index('<section id="overview">') < html_text.index('<section class="feature"')
+    assert [d["data-platform"] for d in tree.find("div") if "ov-platform" in (d.get("class") or "")] == sorted(
+        m["platforms"])
+    # rows carry what the filters need; columns are the feature groups in the fixed order
+    assert any(r.get("data-families") == "mistral" and r.get("data-platform") == "cpu"
+               and r.get("data-model") == "tiny-mistral" for r in tree.find("tr"))
+    cpu = html_text.split('<div class="ov-platform" data-platform="cpu">', 1)[1].split("</table>", 1)[0]
+    assert re.findall(r'<th scope="col" data-group="([^"]+)">', cpu) == [
+        "config", "kv_cache", "guided_decoding", "stability", "tensor_parallel"]
+    chips = _overview_chips(html_text)
+    # one chip per tested version of the platform, oldest first, each linking to a feature section
+    for key, (_, title, href) in chips.items():
+        assert href.startswith("#feature-") and tree.find("section", id=href[1:]), href
+        assert f"vLLM {key[3]}" in title
+    assert (chips[("cpu", "tiny-mistral", "config", "0.28.0")][0], chips[("cpu", "tiny-mistral", "config", "0.32.0")][0]
+            ) == ("st-pass", "st-pass")
+    assert re.search(r'data-version="0\.28\.0".*?data-version="0\.32\.0"', cpu, re.S)
+    # the regression shows in its group chip; the flaky config of tiny-llama stays flaky
+    cls, title, href = chips[("cpu", "tiny-mistral", "kv_cache", "0.32.0")]
+    assert cls.split() == ["st-fail", "regression"] and href == "#feature-kv_cache" and "regression" in title
+    assert chips[("cpu", "tiny-llama", "config", "0.32.0")][0] == "st-flaky"
+    assert chips[("cpu", "tiny-llama", "tensor_parallel", "0.32.0")][0] == "st-not_applicable"
+    # a platform only shows the versions it tested
+    assert {k[3] for k in chips if k[0] != "cpu"} == {"0.32.0"}
+
+
+def test_aggregate_status_worst_wins() -> None:
+    agg = site.aggregate_status
+    assert agg([]) is None
+    assert agg(["pass", "not_applicable", "unsupported"]) == "pass"
+    assert agg(["pass", "fail", "not_applicable"]) == "fail"
+    assert agg(["error", "flaky", "pass"]) == "error"
+    assert agg(["flaky", "pass"]) == "flaky"
+    assert agg(["unsupported", "not_applicable"]) == "unsupported"
+    assert agg(["not_applicable"]) == "not_applicable"
+    assert site.SEVERITY == ("fail", "error", "flaky", "pass", "unsupported", "not_applicable")
+
+
+def test_group_chip_takes_the_worst_sub_feature(tmp_path: Path, scenario: Any) -> None:
+    from pytest_vllm_compat.matrix import build_matrix
+
+    rec = scenario.record
+    records = [rec("m", "1.0.0", f"attention:{b}", "pass") for b in ("A", "B")]
+    records += [rec("m", "1.0.0", f"attention:{b}", "not_applicable") for b in ("C", "D")]
+    records += [rec("m", "2.0.0", f"attention:{b}", "pass") for b in ("A", "C")]
+    records += [rec("m", "2.0.0", "attention:B", "fail", classification=scenario.cls("boom")),
+                rec("m", "2.0.0", "attention:D", "not_applicable"),
+                rec("m", "1.0.0", "custom", "pass"), rec("m", "2.0.0", "config", "pass")]
+    m = build_matrix(records, classifier=None)
+    site.render_site(m, tmp_path)
+    html_text = (tmp_path / "index.html").read_text()
+    chips = _overview_chips(html_text)
+    cls, title, href = chips[("cpu", "m", "attention", "1.0.0")]
+    assert cls == "st-pass" and "of 4 backends" in title and "2 n/a" in title and "2 pass (A, B)" in title
+    cls, title, href = chips[("cpu", "m", "attention", "2.0.0")]
+    assert cls.startswith("st-fail") and "1 fail (B)" in title and href == "#feature-attention-B"
+    # the fixed column order, unknown groups last; an untested version is a dashed placeholder
+    assert re.findall(r'<th scope="col" data-group="([^"]+)">', html_text) == ["config", "attention", "custom"]
+    assert ("cpu", "m", "config", "1.0.0") not in chips
+    assert 'title="config · vLLM 1.0.0: not tested"' in html_text
+    # attention:D is n/a everywhere: only it goes into the collapsed section
+    skipped = html_text.split('<details class="skipped" id="features-skipped">', 1)[1].split("</details>", 1)[0]
+    assert "Not applicable or unsupported here (1 feature)" in skipped
+    assert re.findall(r'data-feature="([^"]+)"', skipped) == ["attention:D"]
+
+
+def test_all_skipped_features_are_collapsed_at_the_end(rendered: tuple[dict[str, Any], Path]) -> None:
+    m, out = rendered
+    html_text = (out / "index.html").read_text()
+    tree = parse(out / "index.html")
+    (details,) = tree.find("details", id="features-skipped")
+    assert "open" not in details  # collapsed; still in the page, so it reads with JS off
+    grid = html_text.split('<section id="matrix">', 1)[1].split('<section id="failures">', 1)[0]
+    head, skipped = grid.split('<details class="skipped" id="features-skipped">', 1)
+    skipped = skipped.split("</details>", 1)[0]
+    assert "<summary>Not applicable or unsupported here (2 features)</summary>" in skipped
+    expected = sorted({c["feature"] for c in m["cells"]} - {
+        c["feature"] for c in m["cells"] if c["status"] not in ("unsupported", "not_applicable")})
+    assert sorted(re.findall(r'<section class="feature" data-feature="([^"]+)"', skipped)) == expected == [
+        "guided_decoding:xgrammar", "tensor_parallel"]
+    # every feature keeps its table; the others come first, in the overview's group order
+    assert re.findall(r'<section class="feature" data-feature="([^"]+)"', head) == ["config", "kv_cache", "stability"]
+    assert "</details>" in grid.split('id="feature-tensor_parallel"', 1)[1]
