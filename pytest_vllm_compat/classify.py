@@ -484,5 +484,10 @@ def exception_lines(text: str) -> str:
     A traceback also quotes the test's source, and a compat check's own failure message is written in that
     source: matched there, it would classify an unrelated failure of the same test as that check's failure.
     """
-    e_lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")]
-    return "\n".join(e_lines) if e_lines else text
+    lines = text.splitlines()
+    e_lines = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
+    if not e_lines:
+        return text
+    # The plugin's own reports (server died / failed to start) put their verdict on the first line.
+    head = [lines[0]] if lines and lines[0].startswith("vLLM server") else []
+    return "\n".join(head + e_lines)

@@ -56,12 +56,12 @@ def summarize_error(text: str) -> str:
 class RecordWriter:
     def __init__(self, results_dir: Path, run_id: str, worker: str) -> None:
         self.path = Path(results_dir) / "records" / f"{run_id}-{worker}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.count = 0
 
     def write(self, record: dict[str, Any]) -> None:
         record = {"schema": RECORD_SCHEMA, **record}
         line = json.dumps(record, sort_keys=True, default=str)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # One write() of a whole line in append mode: a reader never sees half a record from us.
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")

@@ -305,3 +305,27 @@ def test_plugin_server_died_report() -> None:
     assert classify(text, None).id == "xgrammar_from_huggingface"
     no_cause = text.replace("from_huggingface", "x")
     assert classify(no_cause, "INFO fine\n").id == "server_died_during_test"
+
+
+def test_exception_lines_ignore_quoted_test_source() -> None:
+    """A check's own message appears in the test source that pytest quotes; only the exception counts."""
+    from pytest_vllm_compat.classify import exception_lines
+
+    longrepr = (
+        "    def test_json_schema(backend, vllm_client):\n"
+        '        assert finish_reason(r) == "stop", f"guided output did not finish within max_tokens ..."\n'
+        ">       jsonschema.validate(json.loads(text), SCHEMA)\n"
+        "E       jsonschema.exceptions.ValidationError: 12 is greater than the maximum of 9\n"
+    )
+    assert classify(exception_lines(longrepr)).id == "guided_output_invalid"
+    assert classify(longrepr).id == "guided_output_unbounded"  # the hazard: the quoted source line wins
+
+
+def test_exception_lines_keep_the_plugins_verdict_line() -> None:
+    from pytest_vllm_compat.classify import exception_lines
+
+    text = ("vLLM server died during this test: exit code -9 (0.1 s into the test)\nserver log: x.log\n"
+            "--- the test's own error ---\nE   requests.exceptions.ConnectionError: Connection reset by peer\n")
+    assert exception_lines(text).splitlines()[0].startswith("vLLM server died")
+    assert classify(exception_lines(text)).category == "engine_died"
+    assert exception_lines("no pytest lines here") == "no pytest lines here"
