@@ -96,27 +96,10 @@ def build_docker_argv(*, version: str, model: str, container_model: str | None, 
 
 
 def redact_argv(argv: Sequence[str], secrets: Sequence[str] = ()) -> list[str]:
-    """A copy of argv safe to log: ``-e K=V`` -> ``-e K=***``, ``--api-key X`` -> ``--api-key ***``.
+    """A copy of a docker argv safe to log: every ``-e K=V`` value and the API key become ``***``."""
+    from .redact import redact_argv as _redact_argv
 
-    Any of ``secrets`` found elsewhere is replaced too.
-    """
-    out: list[str] = []
-    after = ""
-    for arg in argv:
-        if after in ("-e", "--env") and "=" in arg:
-            arg = arg.split("=", 1)[0] + "=" + REDACTED
-        elif after == "--api-key":
-            arg = REDACTED
-        elif arg.startswith("--api-key="):
-            arg = "--api-key=" + REDACTED
-        elif arg.startswith("--env=") and arg.count("=") >= 2:
-            arg = "--env=" + arg[len("--env="):].split("=", 1)[0] + "=" + REDACTED
-        for s in secrets:
-            if s:
-                arg = arg.replace(s, REDACTED)
-        out.append(arg)
-        after = arg
-    return out
+    return _redact_argv(argv, secrets, mask_all_env=True)
 
 
 def docker_available(docker: str = "docker", timeout: float = DOCKER_INFO_TIMEOUT_S) -> str | None:

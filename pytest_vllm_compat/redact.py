@@ -66,17 +66,35 @@ def redact_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: (MASK if is_secret_name(k) and v else redact(v)) for k, v in env.items()}
 
 
-def redact_argv(argv: Sequence[str], secrets: Iterable[str] = ()) -> list[str]:
-    """A copy of ``argv`` where the value after ``--api-key`` / ``--hf-token`` (or in ``--api-key=...``)
-    is ``***`` and every element is passed through :func:`redact`."""
+def redact_argv(argv: Sequence[str], secrets: Iterable[str] = (), *, mask_all_env: bool = False) -> list[str]:
+    """A copy of ``argv`` safe to store or log.
+
+    The value after ``--api-key`` / ``--hf-token`` (or in ``--api-key=...``) becomes ``***``; a
+    ``-e K=V`` / ``--env K=V`` (docker) has its value masked when ``K`` looks secret, or always with
+    ``mask_all_env``; every element is also passed through :func:`redact`.
+    """
     secrets = tuple(secrets)
     out: list[str] = []
     mask_next = False
+    env_next = False
     for arg in argv:
         arg = str(arg)
         if mask_next:
             out.append(MASK)
             mask_next = False
+            continue
+        if env_next or arg.startswith("--env="):
+            prefix = "--env=" if arg.startswith("--env=") else ""
+            key, eq, _ = arg[len(prefix):].partition("=")
+            env_next = False
+            if eq and (mask_all_env or is_secret_name(key)):
+                out.append(f"{prefix}{key}={MASK}")
+                continue
+            out.append(redact(arg, secrets))
+            continue
+        if arg in ("-e", "--env"):
+            out.append(arg)
+            env_next = True
             continue
         flag, eq, _ = arg.partition("=")
         if flag in _SECRET_FLAGS:

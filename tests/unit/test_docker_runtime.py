@@ -122,7 +122,7 @@ def test_redacted_argv_hides_the_api_key_and_env_values() -> None:
     assert after(red, "--api-key") == ["***"]
     assert after(red, "-e") == ["VLLM_USE_V1=***", "HF_TOKEN=***"]
     assert len(red) == len(argv) and red[:11] == argv[:11]
-    assert redact_argv(["x", "--api-key=abc", "--env=A=b", "tok"], secrets=["tok"]) == \
+    assert redact_argv(["x", "--api-key=abc", "--env=A=b", "tok-secret"], secrets=["tok-secret"]) == \
         ["x", "--api-key=***", "--env=A=***", "***"]
 
 
