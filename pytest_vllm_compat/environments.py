@@ -386,3 +386,22 @@ class Provisioner:
         version = str(pk.get(dist))
         return VLLMEnvironment(name=f"{dist}-{version}-external", distribution=dist, version=version,
                                python=p, path=None, provenance=prov)
+
+
+def server_help(env: VLLMEnvironment, entry_point: Sequence[str], timeout: float = 300.0) -> str:
+    """The API server's ``--help`` output for this environment (``--help=all`` where supported), cached
+    beside the environment. Flags whose presence matters are checked against it, not only the table."""
+    cache = (env.path / ".vllm-compat-help.txt") if env.path else None
+    if cache is not None and cache.is_file():
+        return cache.read_text(encoding="utf-8", errors="replace")
+    text = ""
+    for flag in ("--help=all", "--help"):
+        proc = subprocess.run([str(env.python), *entry_point, flag], capture_output=True, text=True,
+                              timeout=timeout, check=False,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"})
+        if proc.returncode == 0 and "--" in proc.stdout:
+            text = proc.stdout
+            break
+    if cache is not None and text:
+        cache.write_text(text, encoding="utf-8")
+    return text

@@ -427,6 +427,14 @@ def vllm_caps(vllm_target: Target, vllm_env: Any) -> Any:
 
 
 @pytest.fixture
+def vllm_help(request: pytest.FixtureRequest, vllm_env: Any) -> str:
+    """The installed version's API-server ``--help`` text (cached per environment)."""
+    from .environments import server_help
+
+    return server_help(vllm_env, _state(request).session.entry_point(vllm_env.version))
+
+
+@pytest.fixture
 def vllm_model_path(request: pytest.FixtureRequest, vllm_target: Target, vllm_env: Any) -> str:
     """The model handed to --model: a generated tiny model, a preflighted local dir, or a hub id."""
     return _state(request).session.model_path(vllm_target.model, vllm_env)

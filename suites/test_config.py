@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_vllm_compat.capabilities import help_has_flag
 from pytest_vllm_compat.client import finish_reason, text_of
 from pytest_vllm_compat.logparse import parse_engine_config
 from pytest_vllm_compat.registry import serve_args_to_argv
@@ -43,3 +44,27 @@ def test_served_args_are_the_registry_args(vllm_server, vllm_target):
     for a in serve_args_to_argv(dict(vllm_target.model.serve_args)):
         assert a in argv
     assert "--host" in argv and argv[argv.index("--host") + 1] == "127.0.0.1"
+
+
+def _claimed_flags(caps) -> list[str]:
+    flags = []
+    if caps.structured_server == "flag":
+        flags.append("--guided-decoding-backend")
+    elif caps.structured_server == "config_json":
+        flags.append("--structured-outputs-config")
+    if caps.disable_any_whitespace == "flag":
+        flags.append("--guided-decoding-disable-any-whitespace")
+    if caps.attention_selection == "flag":
+        flags.append("--attention-backend")
+    if caps.log_requests_flag:
+        flags.append(caps.log_requests_flag)
+    return flags
+
+
+def test_capability_table_flags_exist(vllm_caps, vllm_help, vllm_record):
+    """Every server flag the capability table relies on for this version is in the installed version's --help."""
+    assert vllm_help, "the installed version printed no --help"
+    flags = _claimed_flags(vllm_caps)
+    vllm_record.metrics["flags_checked"] = flags
+    missing = [f for f in flags if not help_has_flag(vllm_help, f)]
+    assert not missing, f"capability table row {vllm_caps.range} claims flags this version lacks: {missing}"
