@@ -542,3 +542,34 @@ def test_xdist_workers_write_their_own_files_under_one_run_id(project: Project) 
     assert all(f.name.startswith(run_id) for f in files)
     manifest = json.loads((project.results / "manifests" / f"{run_id}.json").read_text())
     assert manifest["counts"] == {"pass": 6}
+
+
+def test_pytest_timeout_never_applies_to_fixture_setup_of_vllm_tests(project: Project) -> None:
+    """A server startup happens in fixture setup: --timeout must count only the test function there."""
+    project.ready("9.9")
+    project.pytester.makepyfile(test_t="""
+        import time
+        import pytest
+
+        @pytest.fixture
+        def slow_startup(vllm_target):
+            time.sleep(2.5)  # stands in for a server start longer than --timeout
+
+        def test_vllm(slow_startup):
+            pass
+
+        def test_vllm_slow_body(vllm_target):
+            time.sleep(2.5)
+
+        @pytest.fixture
+        def slow_plain():
+            time.sleep(2.5)
+
+        def test_plain(slow_plain):
+            pass
+    """)
+    result = project.run_subprocess("--vllm=9.9", "--timeout=1", "-k", "tiny-mistral or plain")
+    # the vLLM test's slow setup is not timed; its slow body is; a plain test keeps pytest-timeout's default
+    result.assert_outcomes(passed=1, failed=1, errors=1)
+    result.stdout.fnmatch_lines(["*FAILED test_t.py::test_vllm_slow_body*", "*ERROR test_t.py::test_plain*"])
+    assert "Timeout (>1.0s) from pytest-timeout" in result.stdout.str()
