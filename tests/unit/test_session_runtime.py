@@ -1,0 +1,90 @@
+"""The session's runtime wiring without hardware: GPU leases reach the server's environment and are released on
+stop; the docker runtime builds its argv from the chosen port and API key; the memory preflight warns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm_compat.environments import VLLMEnvironment
+from pytest_vllm_compat.gpu import GPU
+from pytest_vllm_compat.registry import ModelSpec
+from pytest_vllm_compat.session import CompatSession, Target, tensor_parallel_size
+
+GPUS = [GPU(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3", memory_total_mib=81559,
+            memory_free_mib=81000 - i * 1000, compute_capability="9.0") for i in range(4)]
+
+
+def _session(tmp_path: Path, runtime: str = "venv", warnings: list[str] | None = None) -> CompatSession:
+    s = CompatSession(results_dir=tmp_path / "results", env_dir=tmp_path / "envs", device="cuda",
+                      distribution="vllm", run_id="r1", progress=lambda m: None, runtime=runtime, gpus=list(GPUS),
+                      gpu_lock_dir=tmp_path / "locks", warn=(warnings.append if warnings is not None else None))
+    s.envs["0.26.0"] = VLLMEnvironment(name="vllm-0.26.0-py3.11", distribution="vllm", version="0.26.0",
+                                       python=Path("/usr/bin/python3"), path=None,
+                                       provenance={"packages": {"vllm": "0.26.0"}})
+    return s
+
+
+def _spec(session: CompatSession, model_dir: Path, args: list[str]) -> object:
+    model = ModelSpec(name="m", families=("llama",), path=str(model_dir))
+    target = Target(model=model, version="0.26.0", distribution="vllm", device="cuda")
+    return session.spec_for(target, str(model_dir), args=args)
+
+
+def _model_dir(tmp_path: Path, **cfg: object) -> Path:
+    d = tmp_path / "model"
+    d.mkdir(exist_ok=True)
+    base = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 320, "intermediate_size": 512}
+    (d / "config.json").write_text(json.dumps({**base, **cfg}))
+    return d
+
+
+def test_tp_size_from_argv() -> None:
+    assert tensor_parallel_size(["--tensor-parallel-size", "4"]) == 4
+    assert tensor_parallel_size(["--tensor-parallel-size=2"]) == 2
+    assert tensor_parallel_size(["-tp", "8"]) == 8
+    assert tensor_parallel_size([]) == 1
+
+
+def test_cuda_server_gets_a_disjoint_lease_of_its_tp_size_and_releases_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pytest_vllm_compat.gpu.wait_memory_released", lambda *a, **k: True)
+    s = _session(tmp_path)
+    d = _model_dir(tmp_path)
+    a = s._make_server(_spec(s, d, ["--tensor-parallel-size", "2"]), tmp_path / "a.log")
+    b = s._make_server(_spec(s, d, ["--tensor-parallel-size", "2"]), tmp_path / "b.log")
+    va = a.extra_env["CUDA_VISIBLE_DEVICES"].split(",")
+    vb = b.extra_env["CUDA_VISIBLE_DEVICES"].split(",")
+    assert len(va) == len(vb) == 2 and not set(va) & set(vb)
+    assert set(va) == {"0", "1"}  # the freest GPUs go first (0 and 1 have the most free memory here)
+    s._on_stop(a)
+    assert a.lease is None
+    c = s._make_server(_spec(s, d, []), tmp_path / "c.log")
+    assert c.extra_env["CUDA_VISIBLE_DEVICES"] in va  # a released GPU is leased again
+
+
+def test_memory_preflight_warns_before_a_start_that_cannot_fit(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    s = _session(tmp_path, warnings=warnings)
+    big = _model_dir(tmp_path, hidden_size=16384, num_hidden_layers=160, num_attention_heads=128,
+                     num_key_value_heads=128, intermediate_size=65536, vocab_size=128000)
+    s._make_server(_spec(s, big, ["--max-model-len", "32768"]), tmp_path / "x.log")
+    assert warnings and "m-vllm-0.26.0" in warnings[0]
+
+
+def test_docker_runtime_builds_argv_from_port_key_and_lease(tmp_path: Path) -> None:
+    s = _session(tmp_path, runtime="docker")
+    d = _model_dir(tmp_path)
+    server = s._make_server(_spec(s, d, ["--max-model-len", "512"]), tmp_path / "d.log")
+    server.port = 18123
+    argv = server.argv = server.build_argv()  # what start() does after choosing the port
+    assert argv[:2] == ["docker", "run"] and "vllm/vllm-openai:v0.26.0" in argv
+    assert "127.0.0.1:18123:18123" in " ".join(argv)
+    gpus = argv[argv.index("--gpus") + 1]
+    assert gpus.startswith('"device=') and gpus.endswith('"')
+    assert server.api_key in argv and "***" in server.redacted_argv()
+    assert server.api_key not in " ".join(server.redacted_argv())
+    assert server.cleanup_argv and server.cleanup_argv[:3] == ["docker", "rm", "-f"]
