@@ -82,7 +82,9 @@ def test_platform_facts_are_not_applicable(suite_runs, version: str) -> None:
     flash = [r for r in recs if r["feature"] == "attention:FLASH_ATTN"]
     assert flash and all(r["status"] == "not_applicable" and "cuda" in r["skip_reason"] for r in flash)
     tp8 = [r for tid, r in by_id.items() if "test_greedy_output_matches_tp1" in tid and "tp8" in tid]
-    assert tp8 and all(r["status"] == "not_applicable" and "needs 8" in r["skip_reason"] for r in tp8)
+    assert tp8
+    if len(os.sched_getaffinity(0)) < 8:  # one CPU core per rank
+        assert all(r["status"] == "not_applicable" and "needs 8" in r["skip_reason"] for r in tp8), tp8
     # Every area ran against a real server at least once.
     features = {r["feature"].split(":")[0] for r in recs if r["status"] in ("pass", "fail")}
     assert features >= {"config", "kv_cache", "guided_decoding", "stability", "tensor_parallel", "attention"}
