@@ -395,8 +395,11 @@ def server_help(env: VLLMEnvironment, entry_point: Sequence[str], timeout: float
     if cache is not None and cache.is_file():
         return cache.read_text(encoding="utf-8", errors="replace")
     text = ""
+    image = env.provenance.get("image")
+    base = (["docker", "run", "--rm", "--entrypoint", "python3", str(image), *entry_point] if image
+            else [str(env.python), *entry_point])
     for flag in ("--help=all", "--help"):
-        proc = subprocess.run([str(env.python), *entry_point, flag], capture_output=True, text=True,
+        proc = subprocess.run([*base, flag], capture_output=True, text=True,
                               timeout=timeout, check=False,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"})
         if proc.returncode == 0 and "--" in proc.stdout:

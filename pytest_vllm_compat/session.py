@@ -100,6 +100,15 @@ class CompatSession:
         env = self.envs.get(version)
         if env is not None:
             return env
+        if self.runtime == "docker":
+            # The official image is the environment: nothing is installed on the host.
+            from .docker_runtime import image_for
+
+            env = VLLMEnvironment(name=f"docker-vllm-openai-{version}", distribution="vllm", version=version,
+                                  python=Path("docker"), path=None,
+                                  provenance={"packages": {"vllm": version}, "image": image_for(version)})
+            self.envs[version] = env
+            return env
         try:
             if version == "current" or self.vllm_python is not None:
                 if self.vllm_python is None:
@@ -117,6 +126,9 @@ class CompatSession:
     def model_path(self, model: ModelSpec, env: VLLMEnvironment) -> str:
         """Local directory (generated for builtin tiny models) or hub id; local dirs are preflighted."""
         if model.builtin:
+            if self.runtime == "docker":
+                raise ModelDirError(f"{model.name}: builtin tiny models are generated with a provisioned environment's "
+                                    "transformers; with --vllm-runtime=docker use path= or hub= models")
             return str(self.tiny_model(model, env))
         if model.path:
             preflight_model_dir(model.path)

@@ -88,3 +88,16 @@ def test_docker_runtime_builds_argv_from_port_key_and_lease(tmp_path: Path) -> N
     assert server.api_key in argv and "***" in server.redacted_argv()
     assert server.api_key not in " ".join(server.redacted_argv())
     assert server.cleanup_argv and server.cleanup_argv[:3] == ["docker", "rm", "-f"]
+
+
+def test_docker_runtime_provisions_nothing_and_refuses_builtin_models(tmp_path: Path) -> None:
+    from pytest_vllm_compat.registry import ModelDirError
+
+    s = _session(tmp_path, runtime="docker")
+    s.envs.clear()
+    env = s.env_for("0.26.0")
+    assert env.provenance["image"] == "vllm/vllm-openai:v0.26.0" and env.path is None
+    assert not (tmp_path / "envs" / "envs").exists()  # no venv was created
+    tiny = ModelSpec(name="tiny", families=("mistral",), builtin="mistral")
+    with pytest.raises(ModelDirError, match="use path= or hub= models"):
+        s.model_path(tiny, env)
