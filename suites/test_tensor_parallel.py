@@ -70,7 +70,7 @@ def test_greedy_output_matches_tp1(tp, request, vllm_target, vllm_server, vllm_s
 def test_tp_size_not_dividing_heads_fails_cleanly(vllm_target, vllm_model_path, vllm_server_factory, vllm_record):
     heads = int(model_config(vllm_model_path).get("num_attention_heads", 0) or 0)
     if not heads:
-        pytest.skip("not applicable: the model's config.json is not local, so its head count is unknown")
+        not_applicable("the model's config.json is not local, so its head count is unknown")
     tp = next(n for n in range(2, heads + 2) if heads % n)
     env = _cpu_tp_env(1) if vllm_target.device == "cpu" else {}
     t0 = time.monotonic()
