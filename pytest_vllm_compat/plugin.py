@@ -765,8 +765,7 @@ def _write_manifest(state: PluginState, exitstatus: int) -> None:
         "device": s.device_info, "host": host_info(), "environments": envs, "env_errors": s.env_errors,
         "counts": counts, "servers": servers, "leftover_pids": leftovers, "exitstatus": int(exitstatus),
     }
-    path = write_manifest(s.results_dir, manifest)
-    state.config.stash[STATE].manifest_path = path  # type: ignore[attr-defined]
+    write_manifest(s.results_dir, manifest)
     alluredir = getattr(state.config.option, "allure_report_dir", None)
     if alluredir:
         try:
