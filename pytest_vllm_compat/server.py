@@ -176,7 +176,8 @@ class VLLMServer:
         self.argv_builder = argv_builder  # e.g. the docker runtime: needs the chosen port and API key
         self.cleanup_argv = list(cleanup_argv) if cleanup_argv else None  # e.g. `docker rm -f NAME`
         self.lease: Any = None  # GPUs held for this server (cuda), released by the session on stop
-        self.api_key = secrets.token_urlsafe(24)
+        # Hex only: a urlsafe token can start with "-", which argparse then reads as an option (1 in 64 starts).
+        self.api_key = secrets.token_hex(24)
         self.marker = uuid.uuid4().hex
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None

