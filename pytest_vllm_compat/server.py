@@ -402,6 +402,10 @@ class VLLMServer:
             os.killpg(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
+        # A SIGKILLed process is listed for a moment after the signal; wait until the kernel has reaped it.
+        settle = time.monotonic() + 10
+        while self.leftover_processes() and time.monotonic() < settle:
+            time.sleep(0.1)
         if self._reader:
             self._reader.join(timeout=5)
         if self.cleanup_argv:
@@ -413,7 +417,8 @@ class VLLMServer:
     def leftover_processes(self) -> list[int]:
         if self.proc is None:
             return []
-        return group_members(self.proc.pid) + processes_with_marker(self.marker)
+        me = os.getpid()
+        return sorted({p for p in group_members(self.proc.pid) + processes_with_marker(self.marker) if p != me})
 
 
 def reap_stale(pid_dir: Path) -> list[int]:
