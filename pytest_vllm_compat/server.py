@@ -162,7 +162,7 @@ class VLLMServer:
                  extra_env: Mapping[str, str] | None = None, offline: bool = True,
                  pid_dir: Path | None = None, argv_override: Sequence[str] | None = None,
                  argv_builder: Callable[[VLLMServer], list[str]] | None = None,
-                 cleanup_argv: Sequence[str] | None = None) -> None:
+                 cleanup_argv: Sequence[str] | None = None, keep_pythonpath: bool = False) -> None:
         self.spec = spec
         self.python = str(python)
         self.log_path = Path(log_path)
@@ -176,6 +176,7 @@ class VLLMServer:
         self.argv_builder = argv_builder  # e.g. the docker runtime: needs the chosen port and API key
         self.cleanup_argv = list(cleanup_argv) if cleanup_argv else None  # e.g. `docker rm -f NAME`
         self.lease: Any = None  # GPUs held for this server (cuda), released by the session on stop
+        self.keep_pythonpath = keep_pythonpath  # an external interpreter (--vllm-python) may need it
         # Hex only: a urlsafe token can start with "-", which argparse then reads as an option (1 in 64 starts).
         self.api_key = secrets.token_hex(24)
         self.marker = uuid.uuid4().hex
@@ -241,9 +242,12 @@ class VLLMServer:
 
     def build_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        # The pytest process's own venv must not leak into the server's interpreter.
-        for k in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER",
-                  "PYTEST_CURRENT_TEST"):
+        # The pytest process's own venv must not leak into a provisioned environment's interpreter; an
+        # external one (--vllm-python, e.g. vLLM installed with --target and PYTHONPATH) keeps PYTHONPATH.
+        drop = ["PYTHONHOME", "VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_CURRENT_TEST"]
+        if not self.keep_pythonpath:
+            drop.append("PYTHONPATH")
+        for k in drop:
             env.pop(k, None)
         env.update(BASE_ENV)
         if self.offline:

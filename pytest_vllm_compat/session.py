@@ -6,6 +6,7 @@ Plain library code (no pytest import): the plugin layer and the CLI both drive i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -150,8 +151,11 @@ class CompatSession:
             if model.builtin_options.get("head_dim") is False:
                 argv.append("--no-head-dim")
             self.progress(f"[vllm-compat] generating tiny model {model.builtin_key()} with {env.name}")
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False,
-                                  env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+            gen_env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                       "HOME": os.environ.get("HOME", "/tmp")}
+            if env.path is None and os.environ.get("PYTHONPATH"):  # an external interpreter (--vllm-python)
+                gen_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=gen_env)
             if proc.returncode != 0:
                 raise ModelDirError(f"could not generate tiny model {model.builtin_key()}: "
                                     f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
@@ -195,7 +199,7 @@ class CompatSession:
             env = self.env_for(spec.version)
             server = VLLMServer(spec, env.python, log_path, port=self.port, startup_timeout=self.startup_timeout,
                                 entry_point=self.entry_point(env.version), extra_env=extra_env, offline=local,
-                                pid_dir=self.results_dir / ".servers")
+                                pid_dir=self.results_dir / ".servers", keep_pythonpath=env.path is None)
         server.lease = lease
         return server
 

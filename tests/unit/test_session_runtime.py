@@ -101,3 +101,13 @@ def test_docker_runtime_provisions_nothing_and_refuses_builtin_models(tmp_path: 
     tiny = ModelSpec(name="tiny", families=("mistral",), builtin="mistral")
     with pytest.raises(ModelDirError, match="use path= or hub= models"):
         s.model_path(tiny, env)
+
+
+def test_pythonpath_reaches_only_external_interpreters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU recipe installs vLLM with --target and PYTHONPATH; a provisioned venv must not see ours."""
+    from pytest_vllm_compat.server import ServerSpec, VLLMServer
+
+    monkeypatch.setenv("PYTHONPATH", "/tmp/site")
+    spec = ServerSpec(model="m", model_path="/x", version="0.26.0", distribution="vllm", device="cpu")
+    assert "PYTHONPATH" not in VLLMServer(spec, "python3", tmp_path / "a.log").build_env()
+    assert VLLMServer(spec, "python3", tmp_path / "b.log", keep_pythonpath=True).build_env()["PYTHONPATH"] == "/tmp/site"
