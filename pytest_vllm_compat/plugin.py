@@ -640,8 +640,13 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
                                                     st.server_error.log_path else None)
     log_excerpt = None
     if failed_phase:
-        text = reps[failed_phase].longreprtext
-        error = {"phase": failed_phase, "summary": st.crash_note or _summary(text, st), "text": text[-20000:]}
+        from .redact import redact
+
+        # A traceback may quote an API key or token (e.g. with --showlocals): stored records never carry them.
+        secrets = [sec for srv in st.servers for sec in srv.secrets()]
+        text = redact(reps[failed_phase].longreprtext, secrets)
+        error = {"phase": failed_phase, "summary": redact(st.crash_note or _summary(text, st), secrets),
+                 "text": text[-20000:]}
         log_text = None
         if st.server_error is not None:
             log_excerpt = st.server_error.log_excerpt

@@ -573,3 +573,16 @@ def test_pytest_timeout_never_applies_to_fixture_setup_of_vllm_tests(project: Pr
     result.assert_outcomes(passed=1, failed=1, errors=1)
     result.stdout.fnmatch_lines(["*FAILED test_t.py::test_vllm_slow_body*", "*ERROR test_t.py::test_plain*"])
     assert "Timeout (>1.0s) from pytest-timeout" in result.stdout.str()
+
+
+def test_records_never_carry_secrets_from_a_traceback(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.ready("9.9")
+    project.pytester.makepyfile(test_s="""
+        def test_leaks(vllm_target):
+            token = "hf_" + "A" * 30
+            assert token == "x", f"Authorization: Bearer {token}"
+    """)
+    project.run("--vllm=9.9", "-k", "tiny-mistral")
+    (rec,) = project.records()
+    assert "hf_" + "A" * 30 not in json.dumps(rec), rec["error"]
+    assert "Bearer ***" in rec["error"]["summary"] or "***" in rec["error"]["summary"]
