@@ -17,11 +17,13 @@ import statistics
 import sys
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+
+from pytest_vllm_compat.versions import sort_versions, version_key
 
 MATRIX_SCHEMA = "pytest-vllm-compat/matrix@1"
 RECORD_SCHEMA = "pytest-vllm-compat/record@1"
@@ -45,22 +47,6 @@ class MatrixError(Exception):
 
 
 # --------------------------------------------------------------------------- versions
-
-
-def version_key(version: str) -> tuple[Any, ...]:
-    """Sort key comparing versions numerically (``0.9.2 < 0.10.2``); PEP 440 when it parses,
-    otherwise a natural sort of the dotted parts, after every PEP 440 version."""
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        return (0, Version(version))
-    except InvalidVersion:
-        parts = re.split(r"[.\-+_]", version)
-        return (1, tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts))
-
-
-def sort_versions(versions: Iterable[str]) -> list[str]:
-    return sorted(set(versions), key=version_key)
 
 
 # --------------------------------------------------------------------------- loading

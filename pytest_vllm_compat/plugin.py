@@ -39,7 +39,8 @@ from .results import (
     write_manifest,
 )
 from .server import ServerError, ServerStartupError, VLLMServer, reap_stale
-from .session import CompatSession, Target, split_versions, version_key
+from .session import CompatSession, Target, split_versions
+from .versions import version_key
 
 FEATURES = {
     "config": "config loading: a server starts for the model and answers with the asked engine config",
@@ -653,10 +654,7 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
             log_text = _read(st.server_error.log_path) or log_excerpt
         elif server is not None:
             log_text = _log_since(server, st.log_offsets.get(id(server), 0))
-            from .logparse import excerpt, first_error
-
-            hit = first_error(log_text)
-            log_excerpt = excerpt(log_text, hit[0], 20, 40) if hit else server.log_excerpt()
+            log_excerpt = server.log_excerpt(text=log_text)
         classification = _classify(text, log_text, target.version)
     status = status_for(outcome, skip_reason, classification.get("kind") if classification else None)
     feature = st.feature or _feature_of(item)

@@ -371,15 +371,16 @@ class VLLMServer:
         except OSError:
             return "".join(self._tail)
 
-    def log_excerpt(self, before: int = 20, after: int = 40) -> str:
-        """The lines around the first error of this server's run (or the tail when there is none)."""
+    def log_excerpt(self, before: int = 20, after: int = 40, text: str | None = None) -> str:
+        """The lines around the first error of ``text`` (e.g. the part of the log written during one test);
+        without an error there, around the first error of this server's run, or else its tail."""
         from .logparse import excerpt, first_error
 
-        text = "".join(self._tail)
-        hit = first_error(text)
-        if hit is None:
-            return "".join(list(self._tail)[-60:])
-        return excerpt(text, hit[0], before, after)
+        for candidate in ([text] if text else []) + ["".join(self._tail)]:
+            hit = first_error(candidate)
+            if hit is not None:
+                return excerpt(candidate, hit[0], before, after)
+        return "".join(list(self._tail)[-60:])
 
     def stop(self, term_timeout: float = 20.0) -> list[int]:
         """Stop the whole process group: SIGTERM, wait, SIGKILL. Returns PIDs that had to be killed."""

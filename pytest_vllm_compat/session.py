@@ -52,13 +52,6 @@ def split_versions(text: str) -> list[str]:
     return [v.strip() for v in str(text).split(",") if v.strip()]
 
 
-def version_key(v: str) -> tuple[Any, ...]:
-    parts: list[Any] = []
-    for p in v.replace("-", ".").split("."):
-        parts.append((0, int(p), "") if p.isdigit() else (1, 0, p))
-    return tuple(parts)
-
-
 @dataclass
 class CompatSession:
     results_dir: Path

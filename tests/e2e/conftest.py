@@ -60,10 +60,9 @@ def base_args(results: Path, registry: Path, *extra: str) -> list[str]:
 
 
 def records(results: Path) -> list[dict[str, Any]]:
-    out = []
-    for f in sorted((results / "records").glob("*.jsonl")):
-        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return out
+    from pytest_vllm_compat.results import read_records
+
+    return read_records(results)
 
 
 def servers(results: Path) -> list[dict[str, Any]]:
