@@ -16,6 +16,7 @@ from pathlib import Path
 DEFAULT_REPOSITORY = "vllm/vllm-openai"
 DEFAULT_ENTRYPOINT = ("python3", "-m", "vllm.entrypoints.openai.api_server")
 CONTAINER_HF_CACHE = "/root/.cache/huggingface"
+CONTAINER_COMPILE_CACHE = "/vllm-compat-cache"  # where the host's compile-cache root is mounted
 REDACTED = "***"
 DOCKER_INFO_TIMEOUT_S = 20.0
 
@@ -119,6 +120,12 @@ def docker_available(docker: str = "docker", timeout: float = DOCKER_INFO_TIMEOU
         detail = lines[-1] if lines else f"exit status {proc.returncode}"
         return f"no Docker engine: {detail}"
     return None
+
+
+def container_cache_env(host_cache_env: Mapping[str, str]) -> dict[str, str]:
+    """The compile-cache variables (compile_cache.cache_env of a host root) as seen inside the container,
+    where that root is mounted at :data:`CONTAINER_COMPILE_CACHE`."""
+    return {k: f"{CONTAINER_COMPILE_CACHE}/{Path(v).name}" for k, v in host_cache_env.items()}
 
 
 def stop_container_argv(name: str, docker: str = "docker") -> list[str]:

@@ -298,14 +298,50 @@ def unmet_requirements(req: Requirements, device_kind: str, gpus: list[GPU], ten
 # Leasing
 
 
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
+
+
+def memory_share(servers_per_gpu: int) -> float:
+    """The ``--gpu-memory-utilization`` each of ``servers_per_gpu`` servers packed on one GPU gets.
+
+    vLLM counts the fraction against the GPU's total memory and subtracts its own non-KV usage
+    (weights, CUDA context, activations), so N shares of 0.9/N add up to vLLM's single-server
+    default. Rounded down to 3 decimals.
+    """
+    if servers_per_gpu < 1:
+        raise ValueError(f"servers per GPU must be >= 1, not {servers_per_gpu}")
+    return math.floor(DEFAULT_GPU_MEMORY_UTILIZATION / servers_per_gpu * 1000) / 1000
+
+
 @dataclass
 class Lease:
-    """GPUs held by this process until :meth:`release` (or the end of a ``with`` block, or exit)."""
+    """GPUs held by this process until :meth:`release` (or the end of a ``with`` block, or exit).
+
+    A *shared* lease holds one of several slots of each GPU (``servers_per_gpu`` > 1): other
+    servers run on the same GPUs, each with :attr:`share` of their memory. Their starts and stops
+    must not overlap (vLLM profiles free memory while it starts and asserts that no other process
+    released memory meanwhile), so a shared lease has a :meth:`phase_guard`.
+    """
 
     indices: tuple[int, ...]  # nvidia-smi indices, sorted
     gpus: tuple[GPU, ...] = ()
     baseline_mib: dict[int, int] = field(default_factory=dict)  # used MiB per index when leased
+    slots: tuple[int, ...] = ()  # the slot taken on each GPU (0 when not shared)
+    share: float | None = None  # --gpu-memory-utilization for a shared lease, None when exclusive
+    phase_lock_paths: tuple[Path, ...] = ()
     _fds: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def shared(self) -> bool:
+        return self.share is not None
+
+    @contextlib.contextmanager
+    def phase_guard(self) -> Iterator[None]:
+        """Hold every leased GPU's start/stop lock (in index order, so two guards never deadlock)."""
+        with contextlib.ExitStack() as stack:
+            for path in self.phase_lock_paths:
+                stack.enter_context(file_lock(path))
+            yield
 
     def env(self) -> dict[str, str]:
         """Environment for the server process: ``{"CUDA_VISIBLE_DEVICES": "2,3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}``.
@@ -338,24 +374,37 @@ class DeviceLeaser:
     One lock file per GPU (``gpu-<index>.lock``, flock: freed when the holder dies). Selection runs
     under one more lock so two processes never split a pair between them and wait on each other.
     Among free GPUs it takes those with the most free memory (``refresh`` re-reads memory each try).
+    With ``servers_per_gpu`` = N > 1 each GPU has N slots (``gpu-<index>.slot<k>.lock``) and a lease
+    takes one slot on each of its GPUs: N servers packed on one GPU, each with 0.9/N of its memory.
     """
 
     def __init__(self, lock_dir: Path, gpus: list[GPU], *, refresh: Callable[[], list[GPU]] | None = None,
-                 poll: float = 1.0) -> None:
+                 poll: float = 1.0, servers_per_gpu: int = 1) -> None:
+        if servers_per_gpu < 1:
+            raise ValueError(f"servers per GPU must be >= 1, not {servers_per_gpu}")
         self.lock_dir = Path(lock_dir)
         self.gpus = list(gpus)
         self.refresh = refresh
         self.poll = poll
+        # Every process sharing lock_dir must use the same value (xdist workers share the options).
+        self.servers_per_gpu = servers_per_gpu
 
-    def lock_path(self, device_id: int) -> Path:
-        return self.lock_dir / f"gpu-{device_id}.lock"
+    def lock_path(self, device_id: int, slot: int = 0) -> Path:
+        return self.lock_dir / (f"gpu-{device_id}.lock" if slot == 0 else f"gpu-{device_id}.slot{slot}.lock")
+
+    def phase_lock_path(self, device_id: int) -> Path:
+        return self.lock_dir / f"gpu-{device_id}.phase.lock"
 
     def _holder(self, device_id: int) -> str:
-        try:
-            pid = self.lock_path(device_id).read_text().strip()
-        except OSError:
-            pid = ""
-        return f"{device_id} (pid {pid})" if pid.isdigit() else str(device_id)
+        pids = []
+        for slot in range(self.servers_per_gpu):
+            try:
+                pid = self.lock_path(device_id, slot).read_text().strip()
+            except OSError:
+                pid = ""
+            if pid.isdigit():
+                pids.append(pid)
+        return f"{device_id} (pid {', '.join(pids)})" if pids else str(device_id)
 
     def _current(self) -> list[GPU]:
         if self.refresh is None:
@@ -402,7 +451,7 @@ class DeviceLeaser:
         order = sorted(gpus, key=lambda g: (-g.memory_free_mib, g.device_id))
         busy: list[str] = []
         short: list[str] = []
-        taken: list[tuple[GPU, int]] = []
+        taken: list[tuple[GPU, int, int]] = []  # (gpu, slot, fd)
         with file_lock(self.lock_dir / "select.lock", timeout=60):
             for g in order:
                 if len(taken) == count:
@@ -410,22 +459,35 @@ class DeviceLeaser:
                 if g.memory_free_mib < min_free_mib:
                     short.append(f"GPU {g.device_id} ({g.memory_free_mib} MiB)")
                     continue
-                fd = try_lock(self.lock_path(g.device_id))
-                if fd is None:
+                got = self._take_slot(g.device_id)
+                if got is None:
                     busy.append(self._holder(g.device_id))
                     continue
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
-                    os.write(fd, f"{os.getpid()}\n".encode())
-                taken.append((g, fd))
+                taken.append((g, *got))
             if len(taken) < count:
-                for _, fd in taken:
+                for _, _, fd in taken:
                     release(fd)
                 return None, busy, short
         taken.sort(key=lambda t: t[0].device_id)
-        return (Lease(indices=tuple(g.device_id for g, _ in taken), gpus=tuple(g for g, _ in taken),
-                      baseline_mib={g.device_id: g.memory_used_mib for g, _ in taken},
-                      _fds=[fd for _, fd in taken]), busy, short)
+        shared = self.servers_per_gpu > 1
+        return (Lease(indices=tuple(g.device_id for g, _, _ in taken), gpus=tuple(g for g, _, _ in taken),
+                      baseline_mib={g.device_id: g.memory_used_mib for g, _, _ in taken},
+                      slots=tuple(slot for _, slot, _ in taken),
+                      share=memory_share(self.servers_per_gpu) if shared else None,
+                      phase_lock_paths=tuple(self.phase_lock_path(g.device_id) for g, _, _ in taken) if shared else (),
+                      _fds=[fd for _, _, fd in taken]), busy, short)
+
+    def _take_slot(self, device_id: int) -> tuple[int, int] | None:
+        """The first free slot of a GPU as ``(slot, fd)``, or None when all its slots are held."""
+        for slot in range(self.servers_per_gpu):
+            fd = try_lock(self.lock_path(device_id, slot))
+            if fd is None:
+                continue
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            return slot, fd
+        return None
 
     @contextlib.contextmanager
     def leased(self, count: int, **kwargs: Any) -> Iterator[Lease]:

@@ -57,6 +57,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_runtime", "--vllm-runtime", "VLLM_COMPAT_RUNTIME", "venv",
            "venv: a provisioned environment per version; docker: the official vllm/vllm-openai image",
            choices=("venv", "docker")),
+    Option("vllm_compile_cache", "--vllm-compile-cache", "VLLM_COMPAT_COMPILE_CACHE", "keep",
+           "where servers keep torch.compile/Triton/FlashInfer caches: keep = one directory per environment "
+           "under the env dir, kept between runs; fresh = an empty one per server start (cold starts); "
+           "user = vLLM's defaults (~/.cache/vllm ...), shared by all versions", choices=("keep", "fresh", "user")),
+    Option("vllm_servers_per_gpu", "--vllm-servers-per-gpu", "VLLM_COMPAT_SERVERS_PER_GPU", "1",
+           "pack up to N servers on one GPU, each with --gpu-memory-utilization 0.9/N (use with -n N); "
+           "1 = a GPU per server", kind="int"),
     Option("vllm_gpu_lock_dir", "--vllm-gpu-lock-dir", "VLLM_COMPAT_GPU_LOCK_DIR", "",
            "directory of per-GPU lock files shared by every process leasing GPUs (default: under the env dir)",
            kind="path"),

@@ -147,6 +147,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for fam in sorted(families):
         config.addinivalue_line("markers", f"{fam}: model family (from the model registry)")
 
+    if opts["vllm_servers_per_gpu"].value < 1:
+        raise pytest.UsageError(f"--vllm-servers-per-gpu: must be 1 or more, not {opts['vllm_servers_per_gpu'].value}")
     is_worker = hasattr(config, "workerinput")
     winput: dict[str, Any] = json.loads(config.workerinput["vllm_compat"]) if is_worker else {}  # type: ignore[attr-defined]
     versions = split_versions(opts["vllm_versions"].value)
@@ -182,7 +184,8 @@ def pytest_configure(config: pytest.Config) -> None:
         max_restarts=opts["vllm_max_restarts"].value, max_servers=opts["vllm_max_servers"].value,
         progress=progress, device_info=device_info, env_errors=dict(winput.get("env_errors", {})),
         runtime=opts["vllm_runtime"].value, gpus=gpus, gpu_lock_dir=opts["vllm_gpu_lock_dir"].value,
-        warn=lambda msg: warnings.warn(msg, stacklevel=1),
+        warn=lambda msg: warnings.warn(msg, stacklevel=1), compile_cache=opts["vllm_compile_cache"].value,
+        servers_per_gpu=opts["vllm_servers_per_gpu"].value,
     )
     if session.runtime == "docker" and not is_worker:
         from .docker_runtime import docker_available
@@ -389,6 +392,16 @@ def vllm_target(request: pytest.FixtureRequest) -> Target:
     except ImportError:  # pragma: no cover
         pass
     return target
+
+
+def _lease_info(lease: Any) -> dict[str, Any] | None:
+    """The GPUs a server ran on, for its records: nvidia-smi indices, slots and memory share when packed."""
+    if lease is None or not lease.indices:
+        return None
+    info: dict[str, Any] = {"indices": list(lease.indices)}
+    if lease.shared:
+        info |= {"slots": list(lease.slots), "gpu_memory_utilization": lease.share}
+    return info
 
 
 def _platform(state: PluginState) -> str:
@@ -663,6 +676,8 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
         server_info = {"spec_key": server.spec.key, "log_path": str(server.log_path), "argv": server.redacted_argv(),
                        "serve_args": list(server.spec.serve_args), "env": server.redacted_env(),
                        "start_time_s": server.start_time_s,
+                       "compile_cache": server.compile_cache.describe() if server.compile_cache else None,
+                       "gpus": _lease_info(server.lease),
                        "restarts": state.session.pool.restarts(server.spec),
                        "died_during_test": st.crash_note is not None}
         if server.start_time_s is not None:

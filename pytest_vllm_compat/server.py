@@ -22,7 +22,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -162,14 +163,23 @@ class VLLMServer:
                  extra_env: Mapping[str, str] | None = None, offline: bool = True,
                  pid_dir: Path | None = None, argv_override: Sequence[str] | None = None,
                  argv_builder: Callable[[VLLMServer], list[str]] | None = None,
-                 cleanup_argv: Sequence[str] | None = None, keep_pythonpath: bool = False) -> None:
+                 cleanup_argv: Sequence[str] | None = None, keep_pythonpath: bool = False,
+                 default_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
+                 phase_guard: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
         self.spec = spec
         self.python = str(python)
         self.log_path = Path(log_path)
         self.requested_port = port
         self.startup_timeout = startup_timeout
         self.entry_point = tuple(entry_point)
-        self.extra_env = dict(extra_env or {})
+        self.extra_env = dict(extra_env or {})  # wins over the spec's env (e.g. CUDA_VISIBLE_DEVICES of the lease)
+        self.default_env = dict(default_env or {})  # the spec's env wins over these (e.g. compile-cache dirs)
+        self.extra_args = list(extra_args)  # appended after the spec's serve args (e.g. a packed GPU's share)
+        # Held while the server starts and while it stops (e.g. a lock per shared GPU, so that a
+        # neighbour's start or exit does not change free memory during vLLM's memory profiling).
+        self.phase_guard = phase_guard
+        self._guard_depth = 0
+        self.compile_cache: Any = None  # compile_cache.ServerCache, cleaned up by the session on stop
         self.offline = offline
         self.pid_dir = pid_dir
         self.argv_override = list(argv_override) if argv_override else None
@@ -224,7 +234,7 @@ class VLLMServer:
         return redact_argv(self.argv, self.secrets())
 
     def redacted_env(self) -> dict[str, str]:
-        return redact_env(dict(self.spec.env) | self.extra_env)
+        return redact_env(self.default_env | dict(self.spec.env) | self.extra_env)
 
     # --- lifecycle ------------------------------------------------------------------------
     def build_argv(self) -> list[str]:
@@ -237,7 +247,7 @@ class VLLMServer:
                 "--api-key", self.api_key]
         if self.spec.trust_remote_code:
             argv.append("--trust-remote-code")
-        argv += list(self.spec.serve_args)
+        argv += list(self.spec.serve_args) + self.extra_args
         return argv
 
     def build_env(self) -> dict[str, str]:
@@ -252,12 +262,33 @@ class VLLMServer:
         env.update(BASE_ENV)
         if self.offline:
             env.update(OFFLINE_ENV)
+        env.update(self.default_env)
         env.update(self.spec.env_dict())
         env.update(self.extra_env)
         env[MARKER_ENV] = self.marker
         return env
 
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        if self.phase_guard is None or self._guard_depth:
+            self._guard_depth += 1
+            try:
+                yield
+            finally:
+                self._guard_depth -= 1
+            return
+        with self.phase_guard():
+            self._guard_depth += 1
+            try:
+                yield
+            finally:
+                self._guard_depth -= 1
+
     def start(self) -> VLLMServer:
+        with self._guarded():
+            return self._start()
+
+    def _start(self) -> VLLMServer:
         if self.requested_port:
             if not port_is_free(self.requested_port):
                 raise PortInUseError(
@@ -385,6 +416,12 @@ class VLLMServer:
     def stop(self, term_timeout: float = 20.0) -> list[int]:
         """Stop the whole process group: SIGTERM, wait, SIGKILL. Returns PIDs that had to be killed."""
         self.stopping = True
+        if self.proc is None:
+            return []
+        with self._guarded():
+            return self._stop(term_timeout)
+
+    def _stop(self, term_timeout: float) -> list[int]:
         killed: list[int] = []
         if self.proc is None:
             return killed

@@ -11,11 +11,13 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compile_cache import CompileCachePolicy
 from .environments import Provisioner, ProvisionError, VLLMEnvironment
 from .locks import file_lock
 from .registry import ModelDirError, ModelSpec, preflight_model_dir, serve_args_to_argv
@@ -48,6 +50,10 @@ def tensor_parallel_size(argv: Sequence[str]) -> int:
     return 1
 
 
+def has_flag(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
 def split_versions(text: str) -> list[str]:
     return [v.strip() for v in str(text).split(",") if v.strip()]
 
@@ -74,6 +80,8 @@ class CompatSession:
     gpus: list[Any] = field(default_factory=list)
     gpu_lock_dir: Path | None = None
     warn: Callable[[str], None] | None = None
+    compile_cache: str = "keep"  # keep | fresh | user (compile_cache.py)
+    servers_per_gpu: int = 1  # >1 packs servers on a GPU, each with 0.9/N of its memory
 
     def __post_init__(self) -> None:
         self.provisioner = Provisioner(self.env_dir, installer=self.installer, progress=self.progress)
@@ -82,10 +90,13 @@ class CompatSession:
                                on_stop=self._on_stop)
         self._entry_points: dict[str, tuple[str, ...]] = {}
         self._leaser: Any = None
+        self.cache_policy = CompileCachePolicy(self.compile_cache, self.env_dir,
+                                               self.results_dir / ".compile-cache" / self.run_id)
         if self.device == "cuda":
             from .gpu import DeviceLeaser
 
-            self._leaser = DeviceLeaser(self.gpu_lock_dir or self.env_dir / "gpu-locks", self.gpus)
+            self._leaser = DeviceLeaser(self.gpu_lock_dir or self.env_dir / "gpu-locks", self.gpus,
+                                        servers_per_gpu=self.servers_per_gpu)
 
     # --- environments -------------------------------------------------------------------
     def env_for(self, version: str) -> VLLMEnvironment:
@@ -181,63 +192,99 @@ class CompatSession:
         local = Path(spec.model_path).is_dir()
         lease = None
         extra_env: dict[str, str] = {}
+        extra_args: list[str] = []
+        env = self.env_for(spec.version)
         if self._leaser is not None:
             # Disjoint GPUs per server across xdist workers (file locks), the freest first, never "0,1".
             lease = self._leaser.lease(max(spec.gpus, tensor_parallel_size(spec.serve_args), 1))
             extra_env.update(lease.env())
+            if lease.shared and not has_flag(spec.serve_args, "--gpu-memory-utilization"):
+                extra_args = ["--gpu-memory-utilization", f"{lease.share:g}"]
             self._memory_preflight(spec, lease)
-        if self.runtime == "docker":
-            server = self._docker_server(spec, log_path, lease, local)
-        else:
-            env = self.env_for(spec.version)
-            server = VLLMServer(spec, env.python, log_path, port=self.port, startup_timeout=self.startup_timeout,
-                                entry_point=self.entry_point(env.version), extra_env=extra_env, offline=local,
-                                pid_dir=self.results_dir / ".servers", keep_pythonpath=env.path is None)
+        cache = self.cache_policy.for_server(env.name, uuid.uuid4().hex[:12], spec.env_dict())
+        guard = lease.phase_guard if lease is not None and lease.shared else None
+        try:
+            if self.runtime == "docker":
+                server = self._docker_server(spec, log_path, lease, local, cache.env, extra_args)
+            else:
+                server = VLLMServer(spec, env.python, log_path, port=self.port, startup_timeout=self.startup_timeout,
+                                    entry_point=self.entry_point(env.version), extra_env=extra_env, offline=local,
+                                    pid_dir=self.results_dir / ".servers", keep_pythonpath=env.path is None,
+                                    default_env=cache.env, extra_args=extra_args)
+        except BaseException:
+            cache.cleanup()
+            if lease is not None:
+                lease.release()
+            raise
+        server.phase_guard = guard
         server.lease = lease
+        server.compile_cache = cache
         return server
 
-    def _docker_server(self, spec: ServerSpec, log_path: Path, lease: Any, local: bool) -> VLLMServer:
-        from .docker_runtime import build_docker_argv, stop_container_argv
+    def _docker_server(self, spec: ServerSpec, log_path: Path, lease: Any, local: bool,
+                       cache_env: Mapping[str, str], extra_args: Sequence[str]) -> VLLMServer:
+        from .docker_runtime import (
+            CONTAINER_COMPILE_CACHE,
+            build_docker_argv,
+            container_cache_env,
+            stop_container_argv,
+        )
 
         name = f"vllm-compat-{spec.key[-8:]}-{int(time.time() * 1000) % 10**8}"
         hf_cache = Path.home() / ".cache" / "huggingface"
+        mounts: list[str] = []
+        env_in_container = dict(spec.env_dict())
+        if cache_env:
+            # The kept (or fresh) cache root is mounted into the container and the variables point there.
+            root = Path(next(iter(cache_env.values()))).parent
+            mounts = ["-v", f"{root}:{CONTAINER_COMPILE_CACHE}"]
+            env_in_container = {**container_cache_env(cache_env), **env_in_container}
 
         def argv(server: VLLMServer) -> list[str]:
             return build_docker_argv(
                 version=spec.version, model=spec.model, container_model=None, port=server.port,
-                api_key=server.api_key, serve_args=list(spec.serve_args), env=spec.env_dict(),
+                api_key=server.api_key, serve_args=list(spec.serve_args) + list(extra_args), env=env_in_container,
                 devices=list(lease.indices) if lease else None, hf_cache=hf_cache if hf_cache.is_dir() else None,
-                name=name, model_dir=Path(spec.model_path) if local else None)
+                name=name, model_dir=Path(spec.model_path) if local else None, extra_docker_args=mounts)
 
         return VLLMServer(spec, "docker", log_path, port=self.port, startup_timeout=self.startup_timeout,
                           offline=local, pid_dir=self.results_dir / ".servers", argv_builder=argv,
-                          cleanup_argv=stop_container_argv(name))
+                          cleanup_argv=stop_container_argv(name), extra_args=extra_args)
 
     def _memory_preflight(self, spec: ServerSpec, lease: Any) -> None:
         cfg_path = Path(spec.model_path) / "config.json"
         if not cfg_path.is_file():
             return
-        from .gpu import estimate_memory, memory_preflight
+        from .gpu import DEFAULT_GPU_MEMORY_UTILIZATION, estimate_memory, memory_preflight
 
         args = list(spec.serve_args)
         max_len = int(args[args.index("--max-model-len") + 1]) if "--max-model-len" in args else 4096
+        util = lease.share if lease.shared else DEFAULT_GPU_MEMORY_UTILIZATION
+        if "--gpu-memory-utilization" in args:
+            util = float(args[args.index("--gpu-memory-utilization") + 1])
         try:
             est = estimate_memory(json.loads(cfg_path.read_text()), max_model_len=max_len,
                                   tensor_parallel_size=tensor_parallel_size(args))
-            warning = memory_preflight(est, list(lease.gpus))
+            warning = memory_preflight(est, list(lease.gpus), gpu_memory_utilization=util)
         except (ValueError, KeyError, TypeError):
             return
         if warning and self.warn:
             self.warn(f"{spec.key}: {warning}")
 
     def _on_stop(self, server: VLLMServer) -> None:
+        cache = server.compile_cache
+        if cache is not None:
+            cache.cleanup()  # a "fresh" cache is removed; a kept one stays
         lease = server.lease
         if lease is None:
             return
         from .gpu import wait_memory_released
 
-        # The next server on these GPUs must not see the last one's memory still allocated.
-        if not wait_memory_released(lease.indices, baseline_mib=lease.baseline_mib) and self.warn:
+        # The next server on these GPUs must not see the last one's memory still allocated. A shared
+        # GPU's usage also moves with its neighbours, so there the process group's exit (all of its
+        # members reaped, under the phase guard) is the release.
+        if (not lease.shared and not wait_memory_released(lease.indices, baseline_mib=lease.baseline_mib)
+                and self.warn):
             self.warn(f"GPU memory of devices {lease.indices} not released within the timeout after {server.spec.key}")
         lease.release()
         server.lease = None

@@ -29,6 +29,7 @@ from pytest_vllm_compat.gpu import (
     gpu_meets,
     kv_bytes_per_token,
     memory_preflight,
+    memory_share,
     unmet_requirements,
     wait_memory_released,
 )
@@ -339,6 +340,95 @@ def test_two_processes_get_disjoint_leases(tmp_path: Path) -> None:
     assert [p.exitcode for p in procs] == [0, 0]
     with DeviceLeaser(tmp_path, fleet).lease(4, timeout=0) as lease:  # released on exit
         assert lease.indices == (0, 1, 2, 3)
+
+
+# ----------------------------------------------------------------------------------- packing
+
+def test_memory_share_adds_up_to_vllms_default() -> None:
+    assert memory_share(1) == 0.9
+    assert memory_share(2) == 0.45
+    assert memory_share(3) == 0.3
+    assert memory_share(7) == 0.128  # rounded down: 7 x 0.128 <= 0.9
+    assert all(n * memory_share(n) <= 0.9 + 1e-9 for n in range(1, 33))
+    with pytest.raises(ValueError, match=">= 1"):
+        memory_share(0)
+
+
+def test_exclusive_leases_are_not_shared(tmp_path: Path) -> None:
+    with DeviceLeaser(tmp_path, gpus(1)).lease(1, timeout=0) as lease:
+        assert not lease.shared and lease.share is None and lease.phase_lock_paths == ()
+        assert lease.slots == (0,)
+
+
+def test_packed_leases_share_one_gpu_up_to_its_slots(tmp_path: Path) -> None:
+    leaser = DeviceLeaser(tmp_path, gpus(1, total=81559, free=[81000]), poll=0.05, servers_per_gpu=3)
+    leases = [leaser.lease(1, timeout=0) for _ in range(3)]
+    try:
+        assert [lz.indices for lz in leases] == [(0,), (0,), (0,)]
+        assert sorted(lz.slots[0] for lz in leases) == [0, 1, 2]
+        assert all(lz.shared and lz.share == 0.3 for lz in leases)
+        assert leases[0].env()["CUDA_VISIBLE_DEVICES"] == "0"
+        assert leases[0].phase_lock_paths == (tmp_path / "gpu-0.phase.lock",)
+        with pytest.raises(LeaseTimeout, match=r"held by other processes: 0 \(pid \d+, \d+, \d+\)"):
+            leaser.lease(1, timeout=0.1)  # a fourth server does not fit
+        leases[1].release()
+        with leaser.lease(1, timeout=0) as again:  # the freed slot is taken again
+            assert again.slots == leases[1].slots
+    finally:
+        for lz in leases:
+            lz.release()
+
+
+def test_packed_tensor_parallel_lease_takes_one_slot_on_each_of_n_gpus(tmp_path: Path) -> None:
+    leaser = DeviceLeaser(tmp_path, gpus(2), servers_per_gpu=2)
+    a = leaser.lease(2, timeout=0)
+    b = leaser.lease(2, timeout=0)
+    try:
+        assert a.indices == b.indices == (0, 1)
+        assert a.slots == (0, 0) and b.slots == (1, 1)
+        with pytest.raises(LeaseTimeout):
+            leaser.lease(1, timeout=0)
+    finally:
+        a.release()
+        b.release()
+
+
+def test_packed_and_exclusive_lock_files_are_the_same_for_slot_0(tmp_path: Path) -> None:
+    """A 1-per-GPU process and a packing process sharing a lock dir still never both take slot 0."""
+    held = DeviceLeaser(tmp_path, gpus(1)).lease(1, timeout=0)
+    try:
+        packed = DeviceLeaser(tmp_path, gpus(1), servers_per_gpu=2).lease(1, timeout=0)
+        assert packed.slots == (1,)
+        packed.release()
+    finally:
+        held.release()
+
+
+def _guarded_child(paths: list[str], log: str, tag: str) -> None:
+    lease = Lease(indices=(0,), share=0.45, phase_lock_paths=tuple(Path(p) for p in paths))
+    with lease.phase_guard():
+        with open(log, "a") as f:
+            f.write(f"{tag} in\n")
+        time.sleep(0.3)
+        with open(log, "a") as f:
+            f.write(f"{tag} out\n")
+
+
+def test_phase_guard_serializes_starts_on_a_shared_gpu_across_processes(tmp_path: Path) -> None:
+    paths = [str(tmp_path / "gpu-0.phase.lock")]
+    log = tmp_path / "phases.log"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_guarded_child, args=(paths, str(log), t)) for t in ("a", "b", "c")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    lines = log.read_text().splitlines()
+    assert len(lines) == 6
+    for i in range(0, 6, 2):  # each "x in" is followed by its own "x out": no two starts overlap
+        tag = lines[i].split()[0]
+        assert lines[i] == f"{tag} in" and lines[i + 1] == f"{tag} out", lines
 
 
 def test_wait_memory_released(tmp_path: Path) -> None:

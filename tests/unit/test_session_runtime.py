@@ -17,10 +17,11 @@ GPUS = [GPU(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3", memory_total
             memory_free_mib=81000 - i * 1000, compute_capability="9.0") for i in range(4)]
 
 
-def _session(tmp_path: Path, runtime: str = "venv", warnings: list[str] | None = None) -> CompatSession:
+def _session(tmp_path: Path, runtime: str = "venv", warnings: list[str] | None = None, **kw: object) -> CompatSession:
     s = CompatSession(results_dir=tmp_path / "results", env_dir=tmp_path / "envs", device="cuda",
                       distribution="vllm", run_id="r1", progress=lambda m: None, runtime=runtime, gpus=list(GPUS),
-                      gpu_lock_dir=tmp_path / "locks", warn=(warnings.append if warnings is not None else None))
+                      gpu_lock_dir=tmp_path / "locks", warn=(warnings.append if warnings is not None else None),
+                      **kw)  # type: ignore[arg-type]
     s.envs["0.26.0"] = VLLMEnvironment(name="vllm-0.26.0-py3.11", distribution="vllm", version="0.26.0",
                                        python=Path("/usr/bin/python3"), path=None,
                                        provenance={"packages": {"vllm": "0.26.0"}})
@@ -111,3 +112,105 @@ def test_pythonpath_reaches_only_external_interpreters(tmp_path: Path, monkeypat
     spec = ServerSpec(model="m", model_path="/x", version="0.26.0", distribution="vllm", device="cpu")
     assert "PYTHONPATH" not in VLLMServer(spec, "python3", tmp_path / "a.log").build_env()
     assert VLLMServer(spec, "python3", tmp_path / "b.log", keep_pythonpath=True).build_env()["PYTHONPATH"] == "/tmp/site"
+
+
+
+# ------------------------------------------------------------------------- compile caches
+
+def test_kept_compile_cache_reaches_the_server_under_the_env_dir(tmp_path: Path) -> None:
+    s = _session(tmp_path)
+    server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log")
+    env = server.build_env()
+    root = tmp_path / "envs" / "compile-cache" / "vllm-0.26.0-py3.11"
+    assert env["VLLM_CACHE_ROOT"] == str(root / "vllm")
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(root / "inductor")
+    assert env["FLASHINFER_WORKSPACE_BASE"] == str(root / "flashinfer")
+    assert server.compile_cache.describe() == {"mode": "keep", "root": str(root)}
+    assert server.redacted_env()["VLLM_CACHE_ROOT"] == str(root / "vllm")  # what the record shows
+    s.stop_one_off(server)
+    assert root.is_dir()  # kept for the next run
+
+
+def test_fresh_compile_cache_is_removed_when_the_server_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pytest_vllm_compat.gpu.wait_memory_released", lambda *a, **k: True)
+    s = _session(tmp_path, compile_cache="fresh")
+    server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log")
+    root = Path(server.build_env()["VLLM_CACHE_ROOT"]).parent
+    assert root.is_dir() and root.is_relative_to(tmp_path / "results" / ".compile-cache" / "r1")
+    s._on_stop(server)
+    assert not root.exists()
+
+
+def test_a_specs_cache_variable_wins_over_the_mode(tmp_path: Path) -> None:
+    s = _session(tmp_path)
+    spec = _spec(s, _model_dir(tmp_path), [])
+    spec = type(spec)(**{**spec.__dict__, "env": (("VLLM_CACHE_ROOT", "/mine"),)})  # type: ignore[attr-defined]
+    env = s._make_server(spec, tmp_path / "a.log").build_env()
+    assert env["VLLM_CACHE_ROOT"] == "/mine"
+    assert env["TRITON_CACHE_DIR"].startswith(str(tmp_path / "envs" / "compile-cache"))
+
+
+def test_user_compile_cache_leaves_the_users_environment_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_CACHE_ROOT", "/home/me/.cache/vllm")
+    s = _session(tmp_path, compile_cache="user")
+    env = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log").build_env()
+    assert env["VLLM_CACHE_ROOT"] == "/home/me/.cache/vllm"
+    assert "FLASHINFER_WORKSPACE_BASE" not in env or not env["FLASHINFER_WORKSPACE_BASE"].startswith(str(tmp_path))
+
+
+def test_docker_mounts_the_compile_cache_and_points_the_variables_inside(tmp_path: Path) -> None:
+    s = _session(tmp_path, runtime="docker")
+    s.envs.clear()  # the image is the environment
+    server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "d.log")
+    server.port = 18124
+    argv = server.build_argv()
+    root = tmp_path / "envs" / "compile-cache" / "docker-vllm-openai-0.26.0"
+    assert f"{root}:/vllm-compat-cache" in argv
+    assert "VLLM_CACHE_ROOT=/vllm-compat-cache/vllm" in argv
+    assert argv.index(f"{root}:/vllm-compat-cache") < argv.index("--entrypoint")  # a docker option, not a vLLM one
+
+
+# ---------------------------------------------------------------------------- GPU packing
+
+def test_packed_servers_share_a_gpu_with_a_memory_share_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    monkeypatch.setattr("pytest_vllm_compat.gpu.wait_memory_released", lambda *a, **k: calls.append(a) or True)
+    one_gpu = [GPUS[0]]
+    s = _session(tmp_path, servers_per_gpu=2)
+    s.gpus[:] = one_gpu
+    s._leaser.gpus = one_gpu
+    d = _model_dir(tmp_path)
+    a = s._make_server(_spec(s, d, []), tmp_path / "a.log")
+    b = s._make_server(_spec(s, d, ["--max-model-len", "256"]), tmp_path / "b.log")
+    for server in (a, b):
+        assert server.extra_env["CUDA_VISIBLE_DEVICES"] == "0"
+        assert server.extra_args == ["--gpu-memory-utilization", "0.45"]
+        assert server.phase_guard is not None
+        assert server.build_argv()[-2:] == ["--gpu-memory-utilization", "0.45"]
+    assert {a.lease.slots, b.lease.slots} == {(0,), (1,)}
+    s._on_stop(a)
+    assert calls == []  # a shared GPU's memory moves with its neighbour: no wait for a baseline
+    assert a.lease is None and b.lease.held
+
+
+def test_a_specs_own_memory_fraction_is_kept_when_packing(tmp_path: Path) -> None:
+    s = _session(tmp_path, servers_per_gpu=4)
+    server = s._make_server(_spec(s, _model_dir(tmp_path), ["--gpu-memory-utilization", "0.2"]), tmp_path / "a.log")
+    assert server.extra_args == []
+    assert server.build_argv().count("--gpu-memory-utilization") == 1
+
+
+def test_exclusive_servers_get_no_share_and_no_guard(tmp_path: Path) -> None:
+    s = _session(tmp_path)
+    server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log")
+    assert server.extra_args == [] and server.phase_guard is None and not server.lease.shared
+
+
+def test_packing_preflight_counts_the_share_not_the_whole_gpu(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    s = _session(tmp_path, warnings=warnings, servers_per_gpu=8)
+    # ~7 GiB of bf16 weights: fits in 0.9 x 80 GiB, not in 0.112 x 80 GiB = 8.9 GiB with its KV cache.
+    mid = _model_dir(tmp_path, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8, intermediate_size=14336, vocab_size=32000)
+    s._make_server(_spec(s, mid, ["--max-model-len", "32768"]), tmp_path / "x.log")
+    assert warnings and "0.112" in warnings[0]
