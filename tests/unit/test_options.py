@@ -19,6 +19,8 @@ def ini_dir(pytester: pytest.Pytester) -> pytest.Pytester:
         vllm_device = cpu
         vllm_results = ini-results
         vllm_max_restarts = 5
+        vllm_compile_cache = user
+        vllm_servers_per_gpu = 2
     """)
     return pytester
 
@@ -28,6 +30,8 @@ def ini_dir(pytester: pytest.Pytester) -> pytest.Pytester:
     ("vllm_port", "--vllm-port", "VLLM_COMPAT_PORT", 8300, 8200, 8123, 0),
     ("vllm_max_restarts", "--vllm-max-restarts", "VLLM_COMPAT_MAX_RESTARTS", 7, 6, 5, 2),
     ("vllm_device", "--vllm-device", "VLLM_COMPAT_DEVICE", "cuda", "auto", "cpu", "auto"),
+    ("vllm_compile_cache", "--vllm-compile-cache", "VLLM_COMPAT_COMPILE_CACHE", "keep", "fresh", "user", "keep"),
+    ("vllm_servers_per_gpu", "--vllm-servers-per-gpu", "VLLM_COMPAT_SERVERS_PER_GPU", 4, 3, 2, 1),
 ])
 def test_precedence_cli_env_ini_default(ini_dir: pytest.Pytester, name: str, flag: str, env: str,
                                         cli_value: object, env_value: object, ini_value: object,
