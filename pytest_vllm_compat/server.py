@@ -194,6 +194,8 @@ class VLLMServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None  # monotonic
         self.ready_at: float | None = None
+        self.started_unix: float | None = None  # wall clock, to line up starts of different processes
+        self.ready_unix: float | None = None
         self.died_at: float | None = None  # monotonic time the process was seen exiting
         self.exit_code: int | None = None
         self.stopping = False
@@ -305,6 +307,7 @@ class VLLMServer:
                   f"# env: {json.dumps(self.redacted_env(), sort_keys=True)}\n")
         log.flush()
         self.started_at = time.monotonic()
+        self.started_unix = time.time()
         self.proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
             self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=self.env, start_new_session=True, preexec_fn=_pdeathsig_preexec(),  # noqa: PLW1509
@@ -377,6 +380,7 @@ class VLLMServer:
                     r = session.get(f"{self.base_url}/health", timeout=2)
                     if r.status_code == 200:
                         self.ready_at = time.monotonic()
+                        self.ready_unix = time.time()
                         return
                 except requests.RequestException:
                     pass
@@ -492,6 +496,7 @@ class ServerRecord:
     spec: ServerSpec
     starts: int = 0
     start_times_s: list[float] = field(default_factory=list)
+    start_windows: list[tuple[float, float]] = field(default_factory=list)  # (launched, ready), unix time
     log_paths: list[str] = field(default_factory=list)
     crashes: list[dict[str, Any]] = field(default_factory=list)
     startup_error: ServerError | None = None

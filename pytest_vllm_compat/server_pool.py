@@ -89,6 +89,8 @@ class ServerPool:
             raise
         assert server.start_time_s is not None
         rec.start_times_s.append(server.start_time_s)
+        if server.started_unix is not None and server.ready_unix is not None:
+            rec.start_windows.append((round(server.started_unix, 3), round(server.ready_unix, 3)))
         self.live[spec.key] = Live(server=server, group=group, last_used=time.monotonic())
         return server
 
@@ -124,7 +126,8 @@ class ServerPool:
             self._stop(key)
 
     def summary(self) -> list[dict[str, Any]]:
-        return [{"spec_key": k, "starts": r.starts, "markers": r.markers, "start_times_s": r.start_times_s, "log_paths": r.log_paths,
+        return [{"spec_key": k, "starts": r.starts, "markers": r.markers, "start_times_s": r.start_times_s,
+                 "start_windows": r.start_windows, "log_paths": r.log_paths,
                  "crashes": [{kk: vv for kk, vv in c.items() if kk != "log_excerpt"} for c in r.crashes],
                  "startup_error": str(r.startup_error) if r.startup_error else None}
                 for k, r in self.records.items()]

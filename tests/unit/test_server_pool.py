@@ -25,6 +25,8 @@ class FakeServer:
         self.marker = f"marker-{self.pid}"
         self.exit_code: int | None = None
         self.start_time_s: float | None = None
+        self.started_unix: float | None = None
+        self.ready_unix: float | None = None
         self.started = False
         self.stopped = False
         self.leftovers: list[int] = []
@@ -34,6 +36,7 @@ class FakeServer:
         if self.fail_with is not None:
             raise self.fail_with
         self.start_time_s = 1.25
+        self.started_unix, self.ready_unix = 1000.0, 1001.25
         return self
 
     def alive(self) -> bool:
@@ -154,6 +157,7 @@ def test_summary_lists_every_start(factory: Factory, tmp_path: Path) -> None:
     (summary,) = pool.summary()
     assert summary["spec_key"] == spec.key and summary["starts"] == 2
     assert summary["start_times_s"] == [1.25, 1.25]
+    assert summary["start_windows"] == [(1000.0, 1001.25), (1000.0, 1001.25)]
     assert len(summary["log_paths"]) == 2
     assert summary["markers"] == [s.marker for s in factory.made]
     assert [c["test_id"] for c in summary["crashes"]] == ["(between tests)"]
