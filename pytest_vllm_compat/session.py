@@ -5,6 +5,7 @@ Plain library code (no pytest import): the plugin layer and the CLI both drive i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -201,9 +202,10 @@ class CompatSession:
             if lease.shared and not has_flag(spec.serve_args, "--gpu-memory-utilization"):
                 extra_args = ["--gpu-memory-utilization", f"{lease.share:g}"]
             self._memory_preflight(spec, lease)
-        cache = self.cache_policy.for_server(env.name, uuid.uuid4().hex[:12], spec.env_dict())
+        cache = None
         guard = lease.phase_guard if lease is not None and lease.shared else None
         try:
+            cache = self.cache_policy.for_server(env.name, uuid.uuid4().hex[:12], spec.env_dict())
             if self.runtime == "docker":
                 server = self._docker_server(spec, log_path, lease, local, cache.env, extra_args)
             else:
@@ -212,7 +214,8 @@ class CompatSession:
                                     pid_dir=self.results_dir / ".servers", keep_pythonpath=env.path is None,
                                     default_env=cache.env, extra_args=extra_args)
         except BaseException:
-            cache.cleanup()
+            if cache is not None:
+                cache.cleanup()
             if lease is not None:
                 lease.release()
             raise
@@ -302,6 +305,8 @@ class CompatSession:
 
     def stop_all(self) -> None:
         self.pool.stop_all()
+        with contextlib.suppress(OSError):  # the run's "fresh" compile caches are gone; drop their parent
+            self.cache_policy.scratch_dir.rmdir()
 
     def write_worker_summary(self) -> Path:
         path = self.results_dir / "servers" / f"{self.run_id}-{self.worker}.json"

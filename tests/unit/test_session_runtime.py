@@ -214,3 +214,27 @@ def test_packing_preflight_counts_the_share_not_the_whole_gpu(tmp_path: Path) ->
                      num_key_value_heads=8, intermediate_size=14336, vocab_size=32000)
     s._make_server(_spec(s, mid, ["--max-model-len", "32768"]), tmp_path / "x.log")
     assert warnings and "0.112" in warnings[0]
+
+
+def test_a_failing_cache_directory_releases_the_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _session(tmp_path)
+
+    def broken(*a: object, **k: object) -> object:
+        raise PermissionError("read-only env dir")
+
+    monkeypatch.setattr("pytest_vllm_compat.compile_cache.CompileCachePolicy.for_server", broken)
+    d = _model_dir(tmp_path)
+    with pytest.raises(PermissionError):
+        s._make_server(_spec(s, d, ["--tensor-parallel-size", "4"]), tmp_path / "a.log")
+    with s._leaser.lease(4, timeout=0) as lease:  # all four GPUs are free again
+        assert lease.indices == (0, 1, 2, 3)
+
+
+def test_stop_all_removes_the_runs_empty_fresh_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pytest_vllm_compat.gpu.wait_memory_released", lambda *a, **k: True)
+    s = _session(tmp_path, compile_cache="fresh")
+    server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log")
+    s.stop_one_off(server)
+    assert s.cache_policy.scratch_dir.is_dir()
+    s.stop_all()
+    assert not s.cache_policy.scratch_dir.exists()
