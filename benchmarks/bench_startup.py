@@ -19,6 +19,7 @@ Figures:
                              KV cache tokens and the GPU memory in use with all of them up (cuda only)
   suite_wall                 the same suite subset with one server at a time (-n 0) vs N xdist workers packed on
                              one GPU (-n N --vllm-servers-per-gpu N) (cuda only; needs pytest-xdist)
+  suite_compile_cache        the same suite subset with --vllm-compile-cache=fresh vs keep (after one warming run)
 """
 
 from __future__ import annotations
@@ -185,29 +186,47 @@ def bench_packing(ns: argparse.Namespace, work: Path, n: int) -> dict[str, Any]:
             "all_up_s": round(all_up_s, 1), "gpu_used_mib_all_up": used, "starts": starts}
 
 
+def _run_suite(ns: argparse.Namespace, work: Path, name: str, extra: list[str]) -> dict[str, Any]:
+    results = work / f"suite-{name}"
+    argv = [sys.executable, "-m", "pytest", str(ROOT / "suites"), "-m", ns.suite_marker, "-p", "no:cacheprovider",
+            "-q", f"--vllm-device={ns.device}", f"--vllm-results={results}", f"--vllm-env-dir={ns.env_dir}", *extra]
+    argv += ["--vllm=current", f"--vllm-python={ns.vllm_python}"] if ns.vllm_python else [f"--vllm={ns.version}"]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False)  # noqa: S603
+    wall = time.monotonic() - t0
+    recs = [json.loads(line) for f in (results / "records").glob("*.jsonl") for line in f.read_text().splitlines()
+            if line.strip()]
+    starts = [t for f in (results / "servers").glob("*.json") for srv in json.loads(f.read_text())["servers"]
+              for t in srv["start_times_s"]]
+    out = {"wall_s": round(wall, 1), "rc": proc.returncode, "tests": len(recs),
+           "status": {st: sum(r["status"] == st for r in recs) for st in sorted({r["status"] for r in recs})},
+           "server_starts": len(starts), "server_start_s_total": round(sum(starts), 1), "tail": proc.stdout[-400:]}
+    print(f"[bench] suite {name}: {wall:.0f} s, {len(starts)} starts ({sum(starts):.0f} s), {out['status']}",
+          flush=True)
+    return out
+
+
 def bench_suite_wall(ns: argparse.Namespace, work: Path, n: int) -> dict[str, Any]:
     try:
         import xdist  # noqa: F401
     except ImportError:
         return {"not_run": "pytest-xdist is not installed for this interpreter"}
-    out: dict[str, Any] = {}
-    for name, extra in (("serial", []), (f"packed_{n}", ["-n", str(n), f"--vllm-servers-per-gpu={n}"])):
-        results = work / f"suite-{name}"
-        argv = [sys.executable, "-m", "pytest", str(ROOT / "suites"), "-m", ns.suite_marker, "-p", "no:cacheprovider",
-                "-q", f"--vllm-device={ns.device}", f"--vllm-results={results}", f"--vllm-env-dir={ns.env_dir}",
-                "--vllm-compile-cache=keep", *extra]
-        argv += ["--vllm=current", f"--vllm-python={ns.vllm_python}"] if ns.vllm_python else [f"--vllm={ns.version}"]
-        t0 = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False)  # noqa: S603
-        wall = time.monotonic() - t0
-        recs = [json.loads(line) for f in (results / "records").glob("*.jsonl") for line in f.read_text().splitlines()
-                if line.strip()]
-        out[name] = {"wall_s": round(wall, 1), "rc": proc.returncode, "tests": len(recs),
-                     "status": {s: sum(r["status"] == s for r in recs) for s in sorted({r["status"] for r in recs})},
-                     "tail": proc.stdout[-400:]}
-        print(f"[bench] suite {name}: {wall:.0f} s, {out[name]['status']}", flush=True)
-    if all(k in out and out[k]["rc"] in (0, 1) for k in ("serial", f"packed_{n}")):
+    out = {"serial": _run_suite(ns, work, "serial", ["--vllm-compile-cache=keep"]),
+           f"packed_{n}": _run_suite(ns, work, f"packed_{n}", ["--vllm-compile-cache=keep", "-n", str(n),
+                                                               f"--vllm-servers-per-gpu={n}"])}
+    if out["serial"]["rc"] in (0, 1) and out[f"packed_{n}"]["rc"] in (0, 1):
         out["speedup"] = round(out["serial"]["wall_s"] / out[f"packed_{n}"]["wall_s"], 2)
+    return out
+
+
+def bench_suite_compile_cache(ns: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The same suite subset with an empty cache per server start vs the kept per-environment cache (warmed by
+    one run first, as on a CI runner that keeps its env dir)."""
+    out = {"fresh": _run_suite(ns, work, "fresh", ["--vllm-compile-cache=fresh"]),
+           "keep_first": _run_suite(ns, work, "keep-first", ["--vllm-compile-cache=keep"]),
+           "keep_warm": _run_suite(ns, work, "keep-warm", ["--vllm-compile-cache=keep"])}
+    out["saved_s"] = round(out["fresh"]["wall_s"] - out["keep_warm"]["wall_s"], 1)
+    out["saved_pct"] = round(100 * out["saved_s"] / out["fresh"]["wall_s"], 1)
     return out
 
 
@@ -223,6 +242,8 @@ def main() -> int:
     ap.add_argument("--pack", default="", help="cuda: comma-separated server counts to pack on one GPU, e.g. 2,4,8")
     ap.add_argument("--suite-wall", type=int, default=0, help="cuda: N workers packed on one GPU vs serial")
     ap.add_argument("--suite-marker", default="stability or kv_cache or config")
+    ap.add_argument("--suite-cache", action="store_true",
+                    help="the suite subset with fresh vs kept compile caches (cpu or cuda)")
     ap.add_argument("--skip-startup", action="store_true")
     ap.add_argument("--startup-timeout", type=float, default=900.0)
     ap.add_argument("--output", default="")
@@ -246,6 +267,8 @@ def main() -> int:
             out.setdefault("packing", {})[str(n)] = bench_packing(ns, work, n)
         if ns.suite_wall:
             out["suite_wall"] = bench_suite_wall(ns, work, ns.suite_wall)
+        if ns.suite_cache:
+            out["suite_compile_cache"] = bench_suite_compile_cache(ns, work)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(out, indent=2))
     print(json.dumps({k: v for k, v in out.items() if k != "packing"}, indent=2)[:4000])

@@ -782,6 +782,9 @@ def _write_manifest(state: PluginState, exitstatus: int) -> None:
         "argv": [redact(a) for a in state.config.invocation_params.args], "versions": state.versions,
         "device": s.device_info, "host": host_info(), "environments": envs, "env_errors": s.env_errors,
         "counts": counts, "servers": servers, "leftover_pids": leftovers, "exitstatus": int(exitstatus),
+        # Every plugin option as resolved, with where it came from (cli, env, ini, default).
+        "options": {name: {"value": redact(str(r.value)) if r.value is not None else None, "source": r.source}
+                    for name, r in state.opts.items()},
     }
     write_manifest(s.results_dir, manifest)
     alluredir = getattr(state.config.option, "allure_report_dir", None)

