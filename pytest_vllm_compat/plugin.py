@@ -187,6 +187,17 @@ def pytest_configure(config: pytest.Config) -> None:
         warn=lambda msg: warnings.warn(msg, stacklevel=1), compile_cache=opts["vllm_compile_cache"].value,
         servers_per_gpu=opts["vllm_servers_per_gpu"].value,
     )
+    packing = opts["vllm_servers_per_gpu"].value
+    if packing > 1 and not is_worker and versions:
+        why = None
+        if device != "cuda":
+            why = f"this run is on {device}: there is no GPU to pack servers on"
+        elif not getattr(config.option, "numprocesses", None):
+            why = (f"without xdist workers (-n {packing}) only this process's servers share a GPU; "
+                   f"run with -n {packing} to have {packing} servers up at once")
+        if why:
+            config.issue_config_time_warning(
+                pytest.PytestConfigWarning(f"--vllm-servers-per-gpu={packing}: {why}"), stacklevel=2)
     if session.runtime == "docker" and not is_worker:
         from .docker_runtime import docker_available
 

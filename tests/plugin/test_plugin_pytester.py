@@ -291,6 +291,21 @@ def test_servers_per_gpu_below_one_is_a_usage_error(project: Project) -> None:
     result.stderr.fnmatch_lines(["ERROR: --vllm-servers-per-gpu: must be 1 or more, not 0"])
 
 
+def test_packing_on_cpu_or_without_workers_warns(project: Project) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9", "--vllm-servers-per-gpu=4", "--collect-only")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*PytestConfigWarning: --vllm-servers-per-gpu=4: this run is on cpu: there is no "
+                                 "GPU to pack servers on*"])
+    quiet = project.run("--vllm=9.9", "--collect-only")
+    assert "vllm-servers-per-gpu" not in quiet.stdout.str()
+    cuda = project.run("--vllm=9.9", "--vllm-device=cuda", "--vllm-servers-per-gpu=2", "--collect-only")
+    cuda.stdout.fnmatch_lines(["*--vllm-servers-per-gpu=2: without xdist workers (-n 2)*run with -n 2*"])
+    packed = project.run("--vllm=9.9", "--vllm-device=cuda", "--vllm-servers-per-gpu=2", "-n", "2", "--collect-only")
+    assert packed.ret == pytest.ExitCode.OK, packed.stdout.str()
+    assert "vllm-servers-per-gpu" not in packed.stdout.str()
+
+
 def test_unknown_compile_cache_mode_is_a_usage_error(project: Project) -> None:
     project.pytester.makepyfile(test_a=TARGET_TESTS)
     result = project.run("--vllm=9.9", "--vllm-compile-cache=warm", "--collect-only")
