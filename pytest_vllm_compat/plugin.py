@@ -34,6 +34,7 @@ from .results import (
     new_run_id,
     now_iso,
     read_records,
+    server_fields,
     status_for,
     summarize_error,
     write_manifest,
@@ -405,16 +406,6 @@ def vllm_target(request: pytest.FixtureRequest) -> Target:
     return target
 
 
-def _lease_info(lease: Any) -> dict[str, Any] | None:
-    """The GPUs a server ran on, for its records: nvidia-smi indices, slots and memory share when packed."""
-    if lease is None or not lease.indices:
-        return None
-    info: dict[str, Any] = {"indices": list(lease.indices)}
-    if lease.shared:
-        info |= {"slots": list(lease.slots), "gpu_memory_utilization": lease.share}
-    return info
-
-
 def _platform(state: PluginState) -> str:
     info = state.session.device_info
     return "cpu" if info.get("kind") == "cpu" else f"cuda:{info.get('name', 'unknown')}"
@@ -684,13 +675,8 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
     feature = st.feature or _feature_of(item)
     server_info = None
     if server is not None:
-        server_info = {"spec_key": server.spec.key, "log_path": str(server.log_path), "argv": server.redacted_argv(),
-                       "serve_args": list(server.spec.serve_args), "env": server.redacted_env(),
-                       "start_time_s": server.start_time_s,
-                       "compile_cache": server.compile_cache.describe() if server.compile_cache else None,
-                       "gpus": _lease_info(server.lease),
-                       "restarts": state.session.pool.restarts(server.spec),
-                       "died_during_test": st.crash_note is not None}
+        server_info = server_fields(server, restarts=state.session.pool.restarts(server.spec),
+                                    died_during_test=st.crash_note is not None)
         if server.start_time_s is not None:
             st.metrics.setdefault("server_start_s", server.start_time_s)
     env = state.session.envs.get(target.version)

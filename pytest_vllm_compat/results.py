@@ -95,3 +95,22 @@ def write_manifest(results_dir: Path, manifest: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"schema": MANIFEST_SCHEMA, **manifest}, indent=2, sort_keys=True, default=str))
     return path
+
+
+def lease_fields(lease: Any) -> dict[str, Any] | None:
+    """The GPUs a server ran on: nvidia-smi indices, plus slots and memory share when packed; None on CPU."""
+    if lease is None or not lease.indices:
+        return None
+    info: dict[str, Any] = {"indices": list(lease.indices)}
+    if lease.shared:
+        info |= {"slots": list(lease.slots), "gpu_memory_utilization": lease.share}
+    return info
+
+
+def server_fields(server: Any, *, restarts: int, died_during_test: bool) -> dict[str, Any]:
+    """A record's ``server`` object (docs/records.md) for a VLLMServer; argv and env redacted."""
+    cache = server.compile_cache
+    return {"spec_key": server.spec.key, "log_path": str(server.log_path), "argv": server.redacted_argv(),
+            "serve_args": list(server.spec.serve_args), "env": server.redacted_env(),
+            "start_time_s": server.start_time_s, "compile_cache": cache.describe() if cache else None,
+            "gpus": lease_fields(server.lease), "restarts": restarts, "died_during_test": died_during_test}

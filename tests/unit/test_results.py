@@ -155,3 +155,28 @@ def test_write_manifest(tmp_path: Path) -> None:
     assert path == tmp_path / "manifests" / "r9.json"
     data = json.loads(path.read_text())
     assert data["schema"] == MANIFEST_SCHEMA and data["counts"] == {"pass": 2} and data["env_dir"] == str(tmp_path)
+
+
+def test_server_fields_for_a_packed_gpu_server(tmp_path: Path) -> None:
+    from pytest_vllm_compat.compile_cache import CompileCachePolicy
+    from pytest_vllm_compat.gpu import Lease
+    from pytest_vllm_compat.results import server_fields
+    from pytest_vllm_compat.server import ServerSpec, VLLMServer
+
+    spec = ServerSpec(model="m", model_path="/x", version="0.26.0", distribution="vllm", device="cuda",
+                      serve_args=("--max-model-len", "256"), env=(("HF_TOKEN", "hf_secret"),))
+    cache = CompileCachePolicy("keep", tmp_path, tmp_path / "s").for_server("vllm-0.26.0-py3.12", "id")
+    server = VLLMServer(spec, "python3", tmp_path / "a.log", default_env=cache.env,
+                        extra_args=["--gpu-memory-utilization", "0.45"])
+    server.compile_cache = cache
+    server.lease = Lease(indices=(0,), slots=(1,), share=0.45)
+    server.argv = server.build_argv()
+    fields = server_fields(server, restarts=1, died_during_test=False)
+    assert fields["gpus"] == {"indices": [0], "slots": [1], "gpu_memory_utilization": 0.45}
+    assert fields["compile_cache"] == {"mode": "keep", "root": str(cache.root)}
+    assert fields["serve_args"] == ["--max-model-len", "256"] and fields["argv"][-1] == "0.45"
+    assert fields["env"]["HF_TOKEN"] != "hf_secret" and fields["env"]["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
+    assert fields["argv"][fields["argv"].index("--api-key") + 1] == "***"
+    assert (fields["restarts"], fields["died_during_test"], fields["start_time_s"]) == (1, False, None)
+    server.lease, server.compile_cache = Lease(indices=()), None
+    assert server_fields(server, restarts=0, died_during_test=True)["gpus"] is None
