@@ -74,6 +74,7 @@ def make_session(ns: argparse.Namespace, work: Path, servers_per_gpu: int = 1) -
 
 
 def target_and_path(session: CompatSession, ns: argparse.Namespace, work: Path) -> tuple[Target, str, str]:
+    work.mkdir(parents=True, exist_ok=True)
     reg = work / "models.toml"
     reg.write_text(REGISTRY.format(eager=", enforce_eager = true" if ns.eager else ""))
     (model,) = load_registry(reg)
@@ -256,9 +257,9 @@ def main() -> int:
     out: dict[str, Any] = json.loads(output.read_text()) if output.is_file() else {}
     out["machine"] = {"cpus": os.cpu_count(), "device": ns.device}
     if ns.device == "cuda":
-        from pytest_vllm_compat.gpu import device_summary, discover
+        from pytest_vllm_compat.gpu import device_summary, discover, driver_info
 
-        out["machine"]["gpus"] = device_summary(discover(), device_kind="cuda")
+        out["machine"]["gpus"] = device_summary(discover(), **driver_info())
     with tempfile.TemporaryDirectory(prefix="vllm-compat-bench-") as d:
         work = Path(d)
         if not ns.skip_startup:

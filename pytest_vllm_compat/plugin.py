@@ -59,6 +59,7 @@ ITEM = pytest.StashKey["ItemState"]()
 @dataclass
 class ItemState:
     target: Target | None = None
+    nodeid: str = ""  # as collected: xdist's loadgroup may append "@<group>" to item.nodeid on workers
     servers: list[VLLMServer] = field(default_factory=list)
     call_started: float | None = None
     reports: dict[str, pytest.TestReport] = field(default_factory=dict)
@@ -209,10 +210,14 @@ def pytest_configure(config: pytest.Config) -> None:
                         session=session, writer=RecordWriter(results_dir, run_id, worker), is_worker=is_worker,
                         started_at=now_iso(), gpus=gpus)
     config.stash[STATE] = state
-    # xdist: keep every server spec on one worker.
+    # xdist: keep every server spec on one worker. The controller picks the loadgroup scheduler; the
+    # workers must know it too, because they are the ones that append "@<group>" to the node ids
+    # (xdist sets option.loadgroup from the worker's own command line, which still says "load").
     if not is_worker and getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in (
             "load", "no"):
         config.option.dist = "loadgroup"
+    if is_worker and winput.get("dist") == "loadgroup":
+        config.option.loadgroup = True
     atexit.register(session.stop_all)  # safety net if pytest is torn down without sessionfinish
 
 
@@ -223,6 +228,7 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput["vllm_compat"] = json.dumps({
         "run_id": state.session.run_id, "device": state.session.device,
         "device_info": state.session.device_info, "env_errors": state.session.env_errors,
+        "dist": getattr(node.config.option, "dist", "no"),
     })
 
 
@@ -337,7 +343,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         groups[it.nodeid] = g
         if g is None:
             continue
-        it.stash[ITEM] = ItemState(target=it.callspec.params["vllm_target"])  # type: ignore[attr-defined]
+        it.stash[ITEM] = ItemState(target=it.callspec.params["vllm_target"], nodeid=it.nodeid)  # type: ignore[attr-defined]
         it.add_marker(pytest.mark.xdist_group(name=g.replace("|", "_")))
         tm = it.get_closest_marker("timeout")
         if tm is None:
@@ -372,6 +378,35 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         g = groups[it.nodeid]
         if g:
             state.group_last_index[g] = i
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_xdist_group(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """xdist worker, --dist=loadgroup: make sure each item carries its group in its node id.
+
+    xdist groups work by the "@<group>" suffix its worker hook appends to item node ids. Since pytest
+    9.2 node ids are structured and xdist's assignment to ``item._nodeid`` no longer changes them
+    (pytest-xdist#1386), so every test is scheduled on its own and a server spec is split across
+    workers (each starting its own server). Until xdist handles it, the suffix is set here.
+    """
+    if not hasattr(config, "workerinput") or not config.getvalue("loadgroup"):
+        return
+    for it in items:
+        mark = it.get_closest_marker("xdist_group")
+        if mark is None or ITEM not in it.stash:
+            continue
+        name = str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        if not it.nodeid.endswith(f"@{name}"):
+            _set_nodeid(it, f"{it.nodeid}@{name}")
+
+
+def _set_nodeid(item: pytest.Item, nodeid: str) -> None:
+    if hasattr(item, "_id"):  # pytest >= 9.2: a structured NodeId; parse() keeps the exact string
+        from _pytest.nodeid import NodeId  # type: ignore[import-not-found]
+
+        item._id = NodeId.parse(nodeid)  # type: ignore[attr-defined]
+    else:  # pragma: no cover - older pytest: xdist's own assignment already worked
+        item._nodeid = nodeid
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -613,7 +648,8 @@ def _check_servers_after_call(item: pytest.Item, st: ItemState, state: PluginSta
         rep.longrepr = (f"{summary}\nserver log: {server.log_path}\n--- server log around the first error ---\n"
                         f"{excerpt}\n--- the test's own error ---\n{original[-6000:]}")
         st.crash_note = summary
-        state.session.pool.note_crash(server.spec, server, test_id=item.nodeid, summary=summary, log_excerpt=excerpt)
+        state.session.pool.note_crash(server.spec, server, test_id=st.nodeid or item.nodeid, summary=summary,
+                                      log_excerpt=excerpt)
         if engine_dead:
             server.stop()  # next test of this spec gets a fresh server
         break
@@ -623,7 +659,7 @@ def _after_test(item: pytest.Item, st: ItemState, state: PluginState) -> None:
     try:
         _write_record(item, st, state)
     finally:
-        idx = state.item_index.get(item.nodeid)
+        idx = state.item_index.get(st.nodeid or item.nodeid)
         if idx is not None:
             needed = {g for g, last in state.group_last_index.items() if last > idx}
             state.session.pool.release_groups_not_needed(needed)
@@ -682,7 +718,7 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
     env = state.session.envs.get(target.version)
     duration = sum(r.duration for r in reps.values())
     record = {
-        "run_id": state.session.run_id, "test_id": item.nodeid, "test_name": getattr(item, "originalname", item.name),
+        "run_id": state.session.run_id, "test_id": st.nodeid or item.nodeid, "test_name": getattr(item, "originalname", item.name),
         "model": target.model.name, "model_source": target.model.source, "families": list(target.model.families),
         "vllm_version": env.vllm_version if env else target.version, "distribution": target.distribution,
         "device": state.session.device_info, "platform": _platform(state), "feature": feature,

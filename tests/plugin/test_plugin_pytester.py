@@ -617,3 +617,35 @@ def test_records_never_carry_secrets_from_a_traceback(project: Project, monkeypa
     (rec,) = project.records()
     assert "hf_" + "A" * 30 not in json.dumps(rec), rec["error"]
     assert "Bearer ***" in rec["error"]["summary"] or "***" in rec["error"]["summary"]
+
+
+GROUP_TESTS = """
+import os, json
+from pathlib import Path
+import pytest
+
+@pytest.mark.parametrize("i", range(6))
+def test_g(vllm_target, i):
+    with open(os.environ["GROUP_LOG"], "a") as f:
+        f.write(json.dumps([vllm_target.id, os.environ.get("PYTEST_XDIST_WORKER")]) + "\\n")
+"""
+
+
+def test_xdist_keeps_every_server_group_on_one_worker(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each spec's tests on one worker, so each server starts once: the workers must add the group to the
+    node ids (xdist's loadgroup), not only the controller choose the loadgroup scheduler."""
+    project.ready("9.9")
+    log = project.pytester.path / "groups.log"
+    monkeypatch.setenv("GROUP_LOG", str(log))
+    project.pytester.makepyfile(test_g=GROUP_TESTS)
+    result = project.run_subprocess("--vllm=9.9", "-n", "2")
+    result.assert_outcomes(passed=12)
+    seen: dict[str, set[str]] = {}
+    for line in log.read_text().splitlines():
+        target, worker = json.loads(line)
+        seen.setdefault(target, set()).add(worker)
+    assert len(seen) == 2 and all(len(w) == 1 for w in seen.values()), seen
+    # Records keep the collected node ids (no "@<group>" scheduling suffix), as without xdist.
+    ids = sorted(r["test_id"] for r in project.records())
+    assert len(ids) == 12 and not any("@" in i for i in ids), ids
+    assert ids[0] == "test_g.py::test_g[tiny-llama-vllm-cpu-9.9-0]"
