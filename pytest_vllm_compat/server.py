@@ -272,14 +272,9 @@ class VLLMServer:
 
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[None]:
-        if self.phase_guard is None or self._guard_depth:
-            self._guard_depth += 1
-            try:
-                yield
-            finally:
-                self._guard_depth -= 1
-            return
-        with self.phase_guard():
+        """The phase guard, taken once: a failed start stops the server while it already holds it."""
+        outermost = self.phase_guard is not None and self._guard_depth == 0
+        with self.phase_guard() if outermost else contextlib.nullcontext():  # type: ignore[misc]
             self._guard_depth += 1
             try:
                 yield
@@ -426,9 +421,8 @@ class VLLMServer:
             return self._stop(term_timeout)
 
     def _stop(self, term_timeout: float) -> list[int]:
+        assert self.proc is not None
         killed: list[int] = []
-        if self.proc is None:
-            return killed
         pgid = self.proc.pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compile_cache import CompileCachePolicy
+from .compile_cache import CompileCachePolicy, ServerCache
 from .environments import Provisioner, ProvisionError, VLLMEnvironment
 from .locks import file_lock
 from .registry import ModelDirError, ModelSpec, preflight_model_dir, serve_args_to_argv
@@ -42,17 +42,19 @@ class Target:
         return f"{self.model.name}-{self.distribution}-{self.version}"
 
 
-def tensor_parallel_size(argv: Sequence[str]) -> int:
+def flag_value(argv: Sequence[str], *names: str) -> str | None:
+    """The value of the first of ``names`` in ``argv`` (``--flag VALUE`` or ``--flag=VALUE``), else None."""
     for i, a in enumerate(argv):
-        if a in ("--tensor-parallel-size", "-tp") and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if a.startswith("--tensor-parallel-size="):
-            return int(a.split("=", 1)[1])
-    return 1
+        for name in names:
+            if a == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(name + "="):
+                return a.split("=", 1)[1]
+    return None
 
 
-def has_flag(argv: Sequence[str], flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in argv)
+def tensor_parallel_size(argv: Sequence[str]) -> int:
+    return int(flag_value(argv, "--tensor-parallel-size", "-tp") or 1)
 
 
 def split_versions(text: str) -> list[str]:
@@ -199,7 +201,7 @@ class CompatSession:
             # Disjoint GPUs per server across xdist workers (file locks), the freest first, never "0,1".
             lease = self._leaser.lease(max(spec.gpus, tensor_parallel_size(spec.serve_args), 1))
             extra_env.update(lease.env())
-            if lease.shared and not has_flag(spec.serve_args, "--gpu-memory-utilization"):
+            if lease.shared and flag_value(spec.serve_args, "--gpu-memory-utilization") is None:
                 extra_args = ["--gpu-memory-utilization", f"{lease.share:g}"]
             self._memory_preflight(spec, lease)
         cache = None
@@ -207,25 +209,24 @@ class CompatSession:
         try:
             cache = self.cache_policy.for_server(env.name, uuid.uuid4().hex[:12], spec.env_dict())
             if self.runtime == "docker":
-                server = self._docker_server(spec, log_path, lease, local, cache.env, extra_args)
+                server = self._docker_server(spec, log_path, lease, local, cache, extra_args, guard)
             else:
                 server = VLLMServer(spec, env.python, log_path, port=self.port, startup_timeout=self.startup_timeout,
                                     entry_point=self.entry_point(env.version), extra_env=extra_env, offline=local,
                                     pid_dir=self.results_dir / ".servers", keep_pythonpath=env.path is None,
-                                    default_env=cache.env, extra_args=extra_args)
+                                    default_env=cache.env, extra_args=extra_args, phase_guard=guard)
         except BaseException:
             if cache is not None:
                 cache.cleanup()
             if lease is not None:
                 lease.release()
             raise
-        server.phase_guard = guard
         server.lease = lease
         server.compile_cache = cache
         return server
 
-    def _docker_server(self, spec: ServerSpec, log_path: Path, lease: Any, local: bool,
-                       cache_env: Mapping[str, str], extra_args: Sequence[str]) -> VLLMServer:
+    def _docker_server(self, spec: ServerSpec, log_path: Path, lease: Any, local: bool, cache: ServerCache,
+                       extra_args: Sequence[str], guard: Any) -> VLLMServer:
         from .docker_runtime import (
             CONTAINER_COMPILE_CACHE,
             build_docker_argv,
@@ -237,11 +238,10 @@ class CompatSession:
         hf_cache = Path.home() / ".cache" / "huggingface"
         mounts: list[str] = []
         env_in_container = dict(spec.env_dict())
-        if cache_env:
+        if cache.root is not None:
             # The kept (or fresh) cache root is mounted into the container and the variables point there.
-            root = Path(next(iter(cache_env.values()))).parent
-            mounts = ["-v", f"{root}:{CONTAINER_COMPILE_CACHE}"]
-            env_in_container = {**container_cache_env(cache_env), **env_in_container}
+            mounts = ["-v", f"{cache.root}:{CONTAINER_COMPILE_CACHE}"]
+            env_in_container = {**container_cache_env(cache.env), **env_in_container}
 
         def argv(server: VLLMServer) -> list[str]:
             return build_docker_argv(
@@ -252,7 +252,7 @@ class CompatSession:
 
         return VLLMServer(spec, "docker", log_path, port=self.port, startup_timeout=self.startup_timeout,
                           offline=local, pid_dir=self.results_dir / ".servers", argv_builder=argv,
-                          cleanup_argv=stop_container_argv(name), extra_args=extra_args)
+                          cleanup_argv=stop_container_argv(name), extra_args=extra_args, phase_guard=guard)
 
     def _memory_preflight(self, spec: ServerSpec, lease: Any) -> None:
         cfg_path = Path(spec.model_path) / "config.json"
@@ -261,11 +261,10 @@ class CompatSession:
         from .gpu import DEFAULT_GPU_MEMORY_UTILIZATION, estimate_memory, memory_preflight
 
         args = list(spec.serve_args)
-        max_len = int(args[args.index("--max-model-len") + 1]) if "--max-model-len" in args else 4096
-        util = lease.share if lease.shared else DEFAULT_GPU_MEMORY_UTILIZATION
-        if "--gpu-memory-utilization" in args:
-            util = float(args[args.index("--gpu-memory-utilization") + 1])
         try:
+            max_len = int(flag_value(args, "--max-model-len") or 4096)
+            util = float(flag_value(args, "--gpu-memory-utilization")
+                         or (lease.share if lease.shared else DEFAULT_GPU_MEMORY_UTILIZATION))
             est = estimate_memory(json.loads(cfg_path.read_text()), max_model_len=max_len,
                                   tensor_parallel_size=tensor_parallel_size(args))
             warning = memory_preflight(est, list(lease.gpus), gpu_memory_utilization=util)
