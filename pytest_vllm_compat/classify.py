@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import sys
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
@@ -37,7 +37,7 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from .logparse import first_error, line_level, strip_head
+from .logparse import first_error, line_level, root_exception, strip_head
 
 if sys.version_info >= (3, 11):
     import re._parser as _sre_parse
@@ -439,7 +439,7 @@ def classify(
             return _result(min(block, key=lambda h: (not h.rule.covers(version), -h.rule.priority, h.line_no,
                                                      h.rule.order)))
     if best_symptom is not None:
-        return _result(best_symptom)
+        return _with_root_exception(_result(best_symptom), log_text)
     return _unknown(error_text, log_text)
 
 
@@ -461,10 +461,25 @@ def _symptom_key(hit: _Hit) -> tuple[int, int, int, int]:
 _ASSERTION_RE = re.compile(r"^(?:E\s+)?(?:[\w.]+\.)?AssertionError\b", re.MULTILINE)
 
 
+def _with_root_exception(result: Classification, log_text: str | None) -> Classification:
+    """A symptom (the engine died, the server stopped answering) names the exception the log ends in."""
+    root = root_exception(log_text) if log_text else None
+    if root is None:
+        return result
+    return replace(result, title=f"{result.title}: {root.message[:160]}",
+                   explanation=f"{result.explanation} The deepest exception in the server log, which no known "
+                               f"failure matches, is: {root.describe()}.")
+
+
 def _unknown(error_text: str, log_text: str | None) -> Classification:
+    root = root_exception(log_text) if log_text else None
     err = first_error(log_text) if log_text else None
     assertion = bool(_ASSERTION_RE.search(error_text or ""))
-    if err is not None:
+    title = "Unclassified failure"
+    if root is not None:
+        title += f": {root.message[:160]}"
+        explanation = f"No known failure matched. The deepest exception in the server log is: {root.describe()}."
+    elif err is not None:
         explanation = (f"No known failure matched. The server log's first error (line {err[0] + 1}) is: "
                        f"{err[1].strip()[:500]}")
     elif assertion:
@@ -472,9 +487,10 @@ def _unknown(error_text: str, log_text: str | None) -> Classification:
                        "check of its behaviour failed (AssertionError).")
     else:
         explanation = "No known failure matched, and the server log shows no error."
+    logged = root is not None or err is not None
     return Classification(
-        id="unknown", category="unknown", kind="vllm" if err is not None or assertion else "infrastructure",
-        title="Unclassified failure", explanation=explanation, refs=(), workaround="", fixed_in="", matched="",
+        id="unknown", category="unknown", kind="vllm" if logged or assertion else "infrastructure",
+        title=title, explanation=explanation, refs=(), workaround="", fixed_in="", matched="",
     )
 
 

