@@ -153,7 +153,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--vllm-servers-per-gpu: must be 1 or more, not {opts['vllm_servers_per_gpu'].value}")
     is_worker = hasattr(config, "workerinput")
     winput: dict[str, Any] = json.loads(config.workerinput["vllm_compat"]) if is_worker else {}  # type: ignore[attr-defined]
-    versions = split_versions(opts["vllm_versions"].value)
+    duplicates: list[tuple[str, str]] = []
+    versions = split_versions(opts["vllm_versions"].value, duplicates)
+    if duplicates and not is_worker:  # workers parse the same option: the controller says it once
+        named = ", ".join(f"{d} (again)" if d == k else f"{d} (same as {k})" for d, k in duplicates)
+        given = {"env": "VLLM_COMPAT_VERSIONS", "ini": "vllm_versions"}.get(opts["vllm_versions"].source, "--vllm")
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"{given}={opts['vllm_versions'].value}: each version runs once; ignored the duplicate(s) {named}"),
+            stacklevel=2)
     vllm_python = opts["vllm_python"].value
     if vllm_python and not versions:
         versions = ["current"]
@@ -310,7 +317,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                             device=state.session.device)
             marks = [getattr(pytest.mark, fam) for fam in model.families]
             params.append(pytest.param(target, id=target.id, marks=marks))
+    if not params:
+        params = [_no_model_param(metafunc, sorted(feature_markers))]
     metafunc.parametrize("vllm_target", params, indirect=True)
+
+
+def _no_model_param(metafunc: pytest.Metafunc, features: list[str]) -> Any:
+    """The one item of a test that no model in the registry runs (each model's ``features`` leave it out).
+
+    Like pytest's own empty parameter set, it is skipped unless the ``empty_parameter_set_mark`` ini option
+    says xfail or fail_at_collect, but with the reason (a not-applicable skip) and a readable id. It carries
+    no target, so it has no server group and no record.
+    """
+    if not features:
+        reason = f"{NOT_APPLICABLE_PREFIX}the registry has no model to run it on"
+    else:
+        which = f"feature {features[0]}" if len(features) == 1 else f"any of the features {', '.join(features)}"
+        reason = (f"{NOT_APPLICABLE_PREFIX}no model in the registry runs {which} "
+                  "(a model runs the features its `features` list names, or all when the list is absent or empty)")
+    requested = metafunc.config.getini("empty_parameter_set_mark") or "skip"
+    if requested == "fail_at_collect":
+        raise pytest.Collector.CollectError(f"{metafunc.definition.nodeid}: {reason}")
+    mark = pytest.mark.xfail(reason=reason, run=False) if requested == "xfail" else pytest.mark.skip(reason=reason)
+    return pytest.param(None, id="no-model", marks=mark)
 
 
 def _server_marker(item: pytest.Item) -> tuple[str, Any]:
@@ -327,7 +356,9 @@ def _group_of(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     if callspec is None or "vllm_target" not in callspec.params:
         return None
-    target: Target = callspec.params["vllm_target"]
+    target = callspec.params["vllm_target"]
+    if not isinstance(target, Target):  # a test no model runs (_no_model_param), or pytest's NOTSET
+        return None
     label, _ = _server_marker(item)
     return f"{target.version}|{target.model.name}|{label}"
 

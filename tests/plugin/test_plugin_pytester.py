@@ -649,3 +649,212 @@ def test_xdist_keeps_every_server_group_on_one_worker(project: Project, monkeypa
     ids = sorted(r["test_id"] for r in project.records())
     assert len(ids) == 12 and not any("@" in i for i in ids), ids
     assert ids[0] == "test_g.py::test_g[tiny-llama-vllm-cpu-9.9-0]"
+
+
+# --- registries of any shape: a test no model runs is skipped with the reason, never a crash ----------
+
+FEATURE_TESTS = """
+import pytest
+
+def test_plain():
+    pass
+
+@pytest.mark.kv_cache
+def test_kv(vllm_target):
+    pass
+
+@pytest.mark.config
+def test_config(vllm_target):
+    pass
+
+@pytest.mark.attention
+def test_attention(vllm_target):
+    pass
+
+@pytest.mark.kv_cache
+@pytest.mark.attention
+def test_kv_or_attention(vllm_target):
+    pass
+
+def test_any(vllm_target):
+    pass
+"""
+
+ONE_MODEL_PER_FEATURE = """
+[models.tiny-kv]
+builtin = "llama"
+families = ["llama"]
+features = ["kv_cache"]
+
+[models.tiny-config]
+builtin = "mistral"
+families = ["mistral"]
+features = ["config"]
+"""
+
+ONE_FEATURE_ONLY = """
+[models.tiny-kv]
+builtin = "llama"
+families = ["llama"]
+features = ["kv_cache"]
+
+[models.tiny-kv2]
+builtin = "llama"
+families = ["qwen"]
+features = ["kv_cache"]
+"""
+
+NO_MODEL_SKIP = ("SKIPPED [[]1[]] test_f.py:*: not applicable: no model in the registry runs feature {} "
+                 "(a model runs the features its `features` list names*")
+
+
+def test_one_model_per_feature_skips_the_feature_no_model_runs(project: Project) -> None:
+    project.registry(ONE_MODEL_PER_FEATURE)
+    project.pytester.makepyfile(test_f=FEATURE_TESTS)
+    collected = project.run("--vllm=9.9", "--collect-only", "-q")
+    assert collected.ret == 0, collected.stdout.str()
+    assert "INTERNALERROR" not in collected.stdout.str() + collected.stderr.str()
+    assert sorted(_nodeids(collected)) == sorted([
+        "test_f.py::test_plain",
+        "test_f.py::test_kv[tiny-kv-vllm-cpu-9.9]",
+        "test_f.py::test_config[tiny-config-vllm-cpu-9.9]",
+        "test_f.py::test_attention[no-model]",  # one item per test, whatever the number of versions
+        "test_f.py::test_kv_or_attention[tiny-kv-vllm-cpu-9.9]",
+        "test_f.py::test_any[tiny-config-vllm-cpu-9.9]",
+        "test_f.py::test_any[tiny-kv-vllm-cpu-9.9]",
+    ])
+    project.ready("9.9")
+    result = project.run("--vllm=9.9", "-rs")
+    result.assert_outcomes(passed=6, skipped=1)
+    result.stdout.fnmatch_lines([NO_MODEL_SKIP.format("attention")])
+    records = project.records()
+    # a record is one model x version: the test no model runs has none (and no environment was needed for it)
+    assert sorted(r["test_id"] for r in records) == sorted(
+        i for i in _nodeids(collected) if "[" in i and "no-model" not in i)
+    assert {r["status"] for r in records} == {"pass"}
+
+
+def test_one_feature_only_registry_skips_every_other_feature(project: Project) -> None:
+    project.registry(ONE_FEATURE_ONLY)
+    project.ready("9.8", "9.9")
+    project.pytester.makepyfile(test_f=FEATURE_TESTS)
+    result = project.run("--vllm=9.8,9.9", "-rs", "-v")
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    # kv: 2 models x 2 versions; kv_or_attention: 4; any: 4; plain: 1; config and attention: skipped once each
+    result.assert_outcomes(passed=13, skipped=2)
+    result.stdout.fnmatch_lines_random([NO_MODEL_SKIP.format("config"), NO_MODEL_SKIP.format("attention"),
+                                        "*test_f.py::test_config[[]no-model[]] SKIPPED*"])
+    # -m on a feature keeps the skip visible; -m on a family deselects the tests no model of that family runs
+    kv = project.run("--vllm=9.9", "-m", "config or kv_cache", "-rs")
+    kv.assert_outcomes(passed=4, skipped=1, deselected=4)
+    qwen = project.run("--vllm=9.9", "-m", "qwen")
+    qwen.assert_outcomes(passed=3, deselected=6)
+
+
+def test_models_with_no_features_or_an_empty_list_run_every_feature(project: Project) -> None:
+    project.registry("""
+[models.tiny-all]
+builtin = "llama"
+families = ["llama"]
+
+[models.tiny-empty]
+builtin = "mistral"
+families = ["mistral"]
+features = []
+
+[models.tiny-config]
+builtin = "llama"
+families = ["qwen"]
+features = ["config"]
+""")
+    project.pytester.makepyfile(test_f=FEATURE_TESTS)
+    collected = project.run("--vllm=9.9", "--collect-only", "-q")
+    assert collected.ret == 0, collected.stdout.str()
+    ids = _nodeids(collected)
+    assert not any("no-model" in i for i in ids)
+    assert sorted(i for i in ids if "::test_attention[" in i) == [
+        "test_f.py::test_attention[tiny-all-vllm-cpu-9.9]", "test_f.py::test_attention[tiny-empty-vllm-cpu-9.9]"]
+    assert len([i for i in ids if "::test_config[" in i]) == 3
+
+
+def test_no_model_of_the_family_given_with_m_deselects_and_never_crashes(project: Project) -> None:
+    project.registry(ONE_FEATURE_ONLY)  # llama and qwen models only, both kv_cache only
+    project.ready("9.9")
+    project.pytester.makepyfile(test_f=FEATURE_TESTS)
+    result = project.run("--vllm=9.9", "-m", "mistral")
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out and "Traceback" not in out
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.assert_outcomes(deselected=9)
+    assert not project.records()
+    # and the same with xdist workers and with shards (the no-model items are plain tests there)
+    xdist = project.run_subprocess("--vllm=9.9", "-n", "2", "-rs")
+    assert "INTERNALERROR" not in xdist.stdout.str() + xdist.stderr.str()
+    xdist.assert_outcomes(passed=7, skipped=2)
+    shards = [project.run("--vllm=9.9", f"--vllm-shard={s}/2", "--collect-only", "-q") for s in (1, 2)]
+    assert all(s.ret == 0 for s in shards)
+    assert sorted(i for i in _nodeids(shards[0]) if "no-model" in i) == [
+        "test_f.py::test_attention[no-model]", "test_f.py::test_config[no-model]"]
+    assert not any("no-model" in i for i in _nodeids(shards[1]))
+
+
+def test_no_model_item_follows_the_empty_parameter_set_mark_ini_option(project: Project) -> None:
+    project.registry(ONE_FEATURE_ONLY)
+    project.ready("9.9")
+    project.pytester.makepyfile(test_f="""
+        import pytest
+
+        @pytest.mark.config
+        def test_config(vllm_target):
+            pass
+    """)
+    project.pytester.makeini("[pytest]\nempty_parameter_set_mark = xfail\n")
+    xfailed = project.run("--vllm=9.9", "-rx")
+    xfailed.assert_outcomes(xfailed=1)
+    xfailed.stdout.fnmatch_lines(["XFAIL *test_f.py::test_config[[]no-model[]] - *not applicable: no model in the "
+                                  "registry runs feature config*"])
+    project.pytester.makeini("[pytest]\nempty_parameter_set_mark = fail_at_collect\n")
+    strict = project.run("--vllm=9.9")
+    assert strict.ret == pytest.ExitCode.INTERRUPTED
+    assert "INTERNALERROR" not in strict.stdout.str()
+    strict.stdout.fnmatch_lines(["*test_f.py::test_config: not applicable: no model in the registry runs feature "
+                                 "config*"])
+
+
+# --- duplicate versions run once ---------------------------------------------------------------------
+
+def test_duplicate_versions_run_once_and_are_named_once(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9, 9.9,9.8,9.9.0", "--collect-only", "-q")
+    assert result.ret == 0
+    assert _nodeids(result) == [
+        "test_a.py::test_plain",
+        "test_a.py::test_x[tiny-llama-vllm-cpu-9.8]",
+        "test_a.py::test_x[tiny-mistral-vllm-cpu-9.8]",
+        "test_a.py::test_x[tiny-llama-vllm-cpu-9.9]",
+        "test_a.py::test_x[tiny-mistral-vllm-cpu-9.9]",
+    ]
+    out = result.stdout.str()
+    assert "9.9_1" not in out and "9.9.0]" not in out
+    result.stdout.fnmatch_lines(["*PytestConfigWarning: --vllm=9.9, 9.9,9.8,9.9.0: each version runs once; ignored "
+                                 "the duplicate(s) 9.9 (again), 9.9.0 (same as 9.9)"])
+    assert out.count("each version runs once") == 1
+    quiet = project.run("--vllm=9.9,9.8", "--collect-only", "-q")
+    assert "each version runs once" not in quiet.stdout.str()
+    monkeypatch.setenv("VLLM_COMPAT_VERSIONS", "9.9,9.9")
+    from_env = project.run("--collect-only", "-q")
+    assert len([i for i in _nodeids(from_env) if "[" in i]) == 2
+    from_env.stdout.fnmatch_lines(["*VLLM_COMPAT_VERSIONS=9.9,9.9: each version runs once*9.9 (again)"])
+
+
+def test_duplicate_versions_run_once_with_records_and_manifest(project: Project) -> None:
+    project.ready("9.9")
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9,9.9", "-n", "2")
+    result.assert_outcomes(passed=3)
+    assert result.stdout.str().count("each version runs once") == 1  # the controller says it, not each worker
+    records = project.records()
+    assert sorted(r["test_id"] for r in records) == ["test_a.py::test_x[tiny-llama-vllm-cpu-9.9]",
+                                                     "test_a.py::test_x[tiny-mistral-vllm-cpu-9.9]"]
+    (manifest,) = [json.loads(p.read_text()) for p in (project.results / "manifests").glob("*.json")]
+    assert manifest["versions"] == ["9.9"]
