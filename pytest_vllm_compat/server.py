@@ -402,14 +402,15 @@ class VLLMServer:
             return "".join(self._tail)
 
     def log_excerpt(self, before: int = 20, after: int = 40, text: str | None = None) -> str:
-        """The lines around the first error of ``text`` (e.g. the part of the log written during one test);
-        without an error there, around the first error of this server's run, or else its tail."""
-        from .logparse import excerpt, first_error
+        """The lines around the cause in ``text`` (e.g. the part of the log written during one test): centred
+        on its root exception, else from its first error (``logparse.error_excerpt``); without either there,
+        around the cause in this server's run, or else its tail."""
+        from .logparse import error_excerpt
 
         for candidate in ([text] if text else []) + ["".join(self._tail)]:
-            hit = first_error(candidate)
-            if hit is not None:
-                return excerpt(candidate, hit[0], before, after)
+            found = error_excerpt(candidate, before, after)
+            if found is not None:
+                return found
         return "".join(list(self._tail)[-60:])
 
     def stop(self, term_timeout: float = 20.0) -> list[int]:
