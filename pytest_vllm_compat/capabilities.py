@@ -70,6 +70,7 @@ class VersionCaps:
     cpu_tp_env: dict[str, str]
     log_requests_flag: str | None
     notes: tuple[str, ...]
+    api_key_env: str | None = "VLLM_API_KEY"
 
     def __hash__(self) -> int:  # dict fields make the generated hash fail
         return hash((self.version, self.range))
@@ -165,6 +166,7 @@ def _caps_from(version: str, data: dict, extra_notes: tuple[str, ...] = ()) -> V
         cpu_tp_env=dict(data.get("cpu_tp_env", {})),
         log_requests_flag=data.get("log_requests_flag") or None,
         notes=tuple(data.get("notes", ())) + extra_notes,
+        api_key_env=data.get("api_key_env") or None,
     )
 
 

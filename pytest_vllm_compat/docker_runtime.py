@@ -36,7 +36,7 @@ def image_for(version: str, repository: str = DEFAULT_REPOSITORY) -> str:
     return f"{repository}:{tag}"
 
 
-def build_docker_argv(*, version: str, model: str, container_model: str | None, port: int, api_key: str,
+def build_docker_argv(*, version: str, model: str, container_model: str | None, port: int, api_key_env: str,
                       serve_args: Sequence[str], env: Mapping[str, str], devices: Sequence[int] | None,
                       hf_cache: Path | None, name: str, model_dir: Path | None = None,
                       entrypoint: Sequence[str] = DEFAULT_ENTRYPOINT, docker: str = "docker",
@@ -66,7 +66,7 @@ def build_docker_argv(*, version: str, model: str, container_model: str | None, 
         ids = ",".join(str(int(d)) for d in devices)
         # No shell strips quotes here, so the quotes are part of the value: Docker parses
         # --gpus as CSV, and an unquoted "device=0,1" splits into "device=0" and a bare "1"
-        # ("cannot set both Count and DeviceIDs on device request", seed 002).
+        # ("cannot set both Count and DeviceIDs on device request").
         argv += ["--gpus", f'"device={ids}"']
     for key, value in env.items():
         if not _ENV_KEY_RE.match(key):
@@ -74,6 +74,9 @@ def build_docker_argv(*, version: str, model: str, container_model: str | None, 
         if devices and key in _HOST_ONLY_ENV:
             continue
         argv += ["-e", f"{key}={value}"]
+    # The API key: only the variable's name is on the command line; docker copies its value from the
+    # environment of the `docker` process (VLLMServer.build_env puts it there).
+    argv += ["-e", api_key_env]
     if hf_cache is not None:
         argv += ["-v", f"{Path(hf_cache).expanduser().absolute()}:{CONTAINER_HF_CACHE}"]
     served_as = model
@@ -89,7 +92,7 @@ def build_docker_argv(*, version: str, model: str, container_model: str | None, 
         argv += ["--entrypoint", entrypoint[0], image_for(version, repository), *entrypoint[1:]]
     else:
         argv += [image_for(version, repository)]
-    argv += ["--host", "0.0.0.0", "--port", str(port), "--api-key", api_key, "--model", served_as]  # noqa: S104
+    argv += ["--host", "0.0.0.0", "--port", str(port), "--model", served_as]  # noqa: S104
     if served_as != model and "--served-model-name" not in serve_args:
         argv += ["--served-model-name", model]
     argv += list(serve_args)

@@ -14,14 +14,14 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .locks import file_lock
+from .progress import Progress, ticking
 
 MARKER = ".vllm-compat-complete.json"
 PROVENANCE_PACKAGES = (
@@ -48,7 +48,6 @@ print(json.dumps({"python": platform.python_version(), "executable": sys.executa
                   "platform": platform.platform(), "machine": platform.machine(), "packages": pk}))
 """
 
-Progress = Callable[[str], None]
 
 
 class ProvisionError(RuntimeError):
@@ -483,24 +482,14 @@ class Provisioner:
         self.progress(f"[vllm-compat] {path.name}: ready in {time.monotonic() - t0:.0f} s")
 
     def _run_with_progress(self, argv: list[str], log: Any, label: str, t0: float) -> int:
-        self.progress(f"{label} ...")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        stop = threading.Event()
-
-        def tick() -> None:
-            while not stop.wait(self.progress_every_s):
-                self.progress(f"{label} ... {time.monotonic() - t0:.0f} s elapsed")
-
-        th = threading.Thread(target=tick, daemon=True)
-        th.start()
-        try:
-            return proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            stop.set()
+        with ticking(self.progress, label, self.progress_every_s, t0):
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                return proc.wait()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
 
     def from_python(self, python: str | Path) -> VLLMEnvironment:
         """An existing interpreter that has vLLM (``--vllm-python``); nothing is installed."""

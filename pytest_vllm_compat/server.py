@@ -42,6 +42,9 @@ BASE_ENV = {
     "PYTHONUNBUFFERED": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+# vLLM's API server reads its key from here when --api-key is not given (api_server.py, every release in
+# the capability table; the table's `api_key_env` names it per version).
+API_KEY_ENV = "VLLM_API_KEY"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -165,7 +168,8 @@ class VLLMServer:
                  argv_builder: Callable[[VLLMServer], list[str]] | None = None,
                  cleanup_argv: Sequence[str] | None = None, keep_pythonpath: bool = False,
                  default_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
-                 phase_guard: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
+                 phase_guard: Callable[[], AbstractContextManager[Any]] | None = None,
+                 api_key_env: str | None = API_KEY_ENV) -> None:
         self.spec = spec
         self.python = str(python)
         self.log_path = Path(log_path)
@@ -189,6 +193,9 @@ class VLLMServer:
         self.keep_pythonpath = keep_pythonpath  # an external interpreter (--vllm-python) may need it
         # Hex only: a urlsafe token can start with "-", which argparse then reads as an option (1 in 64 starts).
         self.api_key = secrets.token_hex(24)
+        # The key reaches the server through this environment variable (off the command line, which every
+        # user of the machine can read in ps); None: as --api-key, for a version that reads no such variable.
+        self.api_key_env = api_key_env
         self.marker = uuid.uuid4().hex
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -236,7 +243,10 @@ class VLLMServer:
         return redact_argv(self.argv, self.secrets())
 
     def redacted_env(self) -> dict[str, str]:
-        return redact_env(self.default_env | dict(self.spec.env) | self.extra_env)
+        env = redact_env(self.default_env | dict(self.spec.env) | self.extra_env)
+        if self.api_key_env:  # shown, so a record says how the key travelled; never its value
+            env[self.api_key_env] = "***"
+        return env
 
     # --- lifecycle ------------------------------------------------------------------------
     def build_argv(self) -> list[str]:
@@ -245,8 +255,9 @@ class VLLMServer:
         if self.argv_builder is not None:
             return self.argv_builder(self)
         argv = [self.python, *self.entry_point, "--model", self.spec.model_path,
-                "--served-model-name", self.spec.model, "--host", HOST, "--port", str(self.port),
-                "--api-key", self.api_key]
+                "--served-model-name", self.spec.model, "--host", HOST, "--port", str(self.port)]
+        if not self.api_key_env:
+            argv += ["--api-key", self.api_key]
         if self.spec.trust_remote_code:
             argv.append("--trust-remote-code")
         argv += list(self.spec.serve_args) + self.extra_args
@@ -268,6 +279,9 @@ class VLLMServer:
         env.update(self.spec.env_dict())
         env.update(self.extra_env)
         env[MARKER_ENV] = self.marker
+        env.pop(API_KEY_ENV, None)  # a user's own key must not override this server's (it wins over argv in old releases)
+        if self.api_key_env:
+            env[self.api_key_env] = self.api_key
         return env
 
     @contextlib.contextmanager

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .progress import Progress, ticking
 from .server import ServerError, ServerRecord, ServerSpec, VLLMServer
 
 ServerFactory = Callable[[ServerSpec, Path], VLLMServer]
@@ -33,8 +34,11 @@ class Live:
 
 class ServerPool:
     def __init__(self, factory: ServerFactory, log_dir: Path, *, max_restarts: int = 2, max_live: int = 1,
-                 on_stop: Callable[[VLLMServer], None] | None = None) -> None:
+                 on_stop: Callable[[VLLMServer], None] | None = None, progress: Progress | None = None,
+                 progress_every_s: float = 15.0) -> None:
         self.factory = factory
+        self.progress = progress or (lambda msg: None)
+        self.progress_every_s = progress_every_s
         self.log_dir = Path(log_dir)
         self.max_restarts = max_restarts
         self.max_live = max(1, max_live)
@@ -79,15 +83,22 @@ class ServerPool:
         rec.starts = n
         rec.log_paths.append(str(log_path))
         rec.markers.append(server.marker)
+        label = f" [{spec.label}]" if spec.label else ""
+        why = f", restart {len(rec.crashes)} after a crash" if rec.crashes else (f", start {n}" if n > 1 else "")
+        what = f"[vllm-compat] vLLM {spec.version} server for {spec.model}{label}{why}"
+        t0 = time.monotonic()
         try:
-            server.start()
+            with ticking(self.progress, f"{what}: starting", self.progress_every_s, t0):
+                server.start()
         except ServerError as e:
+            self.progress(f"{what}: FAILED after {time.monotonic() - t0:.0f} s: {e}")
             rec.startup_error = e
             self.leftovers += server.leftover_processes()
             if self.on_stop is not None:
                 self.on_stop(server)  # release what the server held (GPU lease)
             raise
         assert server.start_time_s is not None
+        self.progress(f"{what}: ready in {server.start_time_s:.1f} s on port {server.port}")
         rec.start_times_s.append(server.start_time_s)
         if server.started_unix is not None and server.ready_unix is not None:
             rec.start_windows.append((round(server.started_unix, 3), round(server.ready_unix, 3)))

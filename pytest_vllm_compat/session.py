@@ -22,7 +22,7 @@ from .compile_cache import CompileCachePolicy, ServerCache
 from .environments import Provisioner, ProvisionError, VLLMEnvironment
 from .locks import file_lock
 from .registry import ModelDirError, ModelSpec, preflight_model_dir, serve_args_to_argv
-from .server import DEFAULT_ENTRY_POINT, ServerSpec, VLLMServer
+from .server import API_KEY_ENV, DEFAULT_ENTRY_POINT, ServerSpec, VLLMServer
 from .server_pool import ServerPool
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
@@ -116,8 +116,8 @@ class CompatSession:
         self.provisioner = Provisioner(self.env_dir, installer=self.installer, progress=self.progress)
         self.pool = ServerPool(self._make_server, self.results_dir / "logs" / self.run_id,
                                max_restarts=self.max_restarts, max_live=self.max_servers,
-                               on_stop=self._on_stop)
-        self._entry_points: dict[str, tuple[str, ...]] = {}
+                               on_stop=self._on_stop, progress=self.progress)
+        self._caps_cache: dict[str, Any] = {}
         self._leaser: Any = None
         self.cache_policy = CompileCachePolicy(self.compile_cache, self.env_dir,
                                                self.results_dir / ".compile-cache" / self.run_id)
@@ -207,15 +207,25 @@ class CompatSession:
                           env=tuple(sorted(merged_env.items())), trust_remote_code=target.model.trust_remote_code,
                           gpus=target.model.requires.gpus if gpus is None else gpus, label=label)
 
-    def entry_point(self, version: str) -> tuple[str, ...]:
-        if version not in self._entry_points:
+    def _caps(self, version: str) -> Any:
+        """The capability-table row of ``version``; None for "current" or a version older than the table."""
+        if version not in self._caps_cache:
             try:
                 from .capabilities import capabilities
 
-                self._entry_points[version] = tuple(capabilities(version).entry_point)
-            except Exception:  # noqa: BLE001 - unknown/"current" versions use the long-lived module
-                self._entry_points[version] = DEFAULT_ENTRY_POINT
-        return self._entry_points[version]
+                self._caps_cache[version] = capabilities(version)
+            except Exception:  # noqa: BLE001 - unknown/"current" versions: the long-lived defaults
+                self._caps_cache[version] = None
+        return self._caps_cache[version]
+
+    def entry_point(self, version: str) -> tuple[str, ...]:
+        caps = self._caps(version)
+        return tuple(caps.entry_point) if caps is not None else DEFAULT_ENTRY_POINT
+
+    def api_key_env(self, version: str) -> str | None:
+        """The environment variable that hands the API key to ``version``'s server (None: --api-key)."""
+        caps = self._caps(version)
+        return caps.api_key_env if caps is not None else API_KEY_ENV
 
     def _make_server(self, spec: ServerSpec, log_path: Path) -> VLLMServer:
         local = Path(spec.model_path).is_dir()
@@ -240,7 +250,8 @@ class CompatSession:
                 server = VLLMServer(spec, env.python, log_path, port=self.port, startup_timeout=self.startup_timeout,
                                     entry_point=self.entry_point(env.version), extra_env=extra_env, offline=local,
                                     pid_dir=self.results_dir / ".servers", keep_pythonpath=env.path is None,
-                                    default_env=cache.env, extra_args=extra_args, phase_guard=guard)
+                                    default_env=cache.env, extra_args=extra_args, phase_guard=guard,
+                                    api_key_env=self.api_key_env(env.version))
         except BaseException:
             if cache is not None:
                 cache.cleanup()
@@ -272,7 +283,8 @@ class CompatSession:
         def argv(server: VLLMServer) -> list[str]:
             return build_docker_argv(
                 version=spec.version, model=spec.model, container_model=None, port=server.port,
-                api_key=server.api_key, serve_args=list(spec.serve_args) + list(extra_args), env=env_in_container,
+                api_key_env=server.api_key_env or API_KEY_ENV, serve_args=list(spec.serve_args) + list(extra_args),
+                env=env_in_container,
                 devices=list(lease.indices) if lease else None, hf_cache=hf_cache if hf_cache.is_dir() else None,
                 name=name, model_dir=Path(spec.model_path) if local else None, extra_docker_args=mounts)
 

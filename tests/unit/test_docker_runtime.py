@@ -1,4 +1,5 @@
-"""The docker runtime's argv: exact shape, seed 002's --gpus form, loopback-only publishing, redaction."""
+"""The docker runtime's argv: exact shape, the quoted --gpus '"device=0,1"' form, loopback-only publishing,
+redaction."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ KEY = "sk-test-0123456789abcdef"
 
 def argv_for(**overrides: object) -> list[str]:
     kwargs: dict[str, object] = dict(
-        version="0.6.6", model="/srv/models/mistral-7b", container_model=None, port=8123, api_key=KEY,
+        version="0.6.6", model="/srv/models/mistral-7b", container_model=None, port=8123, api_key_env="VLLM_API_KEY",
         serve_args=["--max-model-len", "512", "--tensor-parallel-size", "2"],
         env={"VLLM_USE_V1": "0", "HF_TOKEN": "hf_secret"}, devices=[0, 1],
         hf_cache=Path("/var/cache/hf"), name="vllm-compat-mistral-0.6.6-gw0",
@@ -50,11 +51,11 @@ def test_argv_exact_shape_for_a_local_model() -> None:
         "docker", "run", "--rm", "--name", "vllm-compat-mistral-0.6.6-gw0", "--init", "--ipc=host",
         "-p", "127.0.0.1:8123:8123",
         "--gpus", '"device=0,1"',
-        "-e", "VLLM_USE_V1=0", "-e", "HF_TOKEN=hf_secret",
+        "-e", "VLLM_USE_V1=0", "-e", "HF_TOKEN=hf_secret", "-e", "VLLM_API_KEY",
         "-v", "/var/cache/hf:/root/.cache/huggingface",
         "-v", "/srv/models/mistral-7b:/models/mistral-7b:ro",
         "--entrypoint", "python3", "vllm/vllm-openai:v0.6.6", "-m", "vllm.entrypoints.openai.api_server",
-        "--host", "0.0.0.0", "--port", "8123", "--api-key", KEY, "--model", "/models/mistral-7b",
+        "--host", "0.0.0.0", "--port", "8123", "--model", "/models/mistral-7b",
         "--served-model-name", "/srv/models/mistral-7b",  # clients keep the venv runtime's model name
         "--max-model-len", "512", "--tensor-parallel-size", "2",
     ]
@@ -66,9 +67,9 @@ def test_argv_for_a_hub_model_without_gpus_or_cache() -> None:
                     extra_docker_args=["--shm-size", "8g"])
     assert argv == [
         "/usr/bin/docker", "run", "--rm", "--name", "vllm-compat-mistral-0.6.6-gw0", "--init", "--ipc=host",
-        "-p", "127.0.0.1:8123:8123", "--shm-size", "8g",
+        "-p", "127.0.0.1:8123:8123", "-e", "VLLM_API_KEY", "--shm-size", "8g",
         "--entrypoint", "vllm", "vllm/vllm-openai:v0.6.6", "serve",
-        "--host", "0.0.0.0", "--port", "8123", "--api-key", KEY, "--model", "mistralai/Mistral-7B-Instruct-v0.2",
+        "--host", "0.0.0.0", "--port", "8123", "--model", "mistralai/Mistral-7B-Instruct-v0.2",
     ]
 
 
@@ -97,7 +98,7 @@ def test_publishes_on_loopback_only_while_the_server_listens_on_all_container_in
 def test_host_cuda_visible_devices_is_not_forwarded_into_a_gpu_container() -> None:
     env = {"CUDA_VISIBLE_DEVICES": "2,3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "VLLM_LOGGING_LEVEL": "INFO"}
     argv = argv_for(env=env, devices=[2, 3])
-    assert after(argv, "-e") == ["VLLM_LOGGING_LEVEL=INFO"]
+    assert after(argv, "-e") == ["VLLM_LOGGING_LEVEL=INFO", "VLLM_API_KEY"]
     assert after(argv, "--gpus") == ['"device=2,3"']
     assert "CUDA_VISIBLE_DEVICES=2,3" in argv_for(env=env, devices=None)  # a user's own setting, no lease
 
@@ -114,13 +115,20 @@ def test_container_model_and_relative_paths(tmp_path: Path, monkeypatch: pytest.
     assert after(argv, "--served-model-name") == ["m"]
 
 
-def test_redacted_argv_hides_the_api_key_and_env_values() -> None:
+def test_the_api_key_is_never_on_the_docker_command_line() -> None:
+    """Only the variable's name: docker copies its value from its own environment (not visible in ps)."""
     argv = argv_for()
+    assert "--api-key" not in argv and not any(KEY in a for a in argv)
+    assert "VLLM_API_KEY" in after(argv, "-e")
+
+
+def test_redacted_argv_hides_the_api_key_and_env_values() -> None:
+    argv = argv_for() + ["--api-key", KEY]
     red = redact_argv(argv)
     assert KEY in argv and "HF_TOKEN=hf_secret" in argv  # the real argv has them
     assert not any(KEY in a or "hf_secret" in a for a in red)
     assert after(red, "--api-key") == ["***"]
-    assert after(red, "-e") == ["VLLM_USE_V1=***", "HF_TOKEN=***"]
+    assert after(red, "-e") == ["VLLM_USE_V1=***", "HF_TOKEN=***", "VLLM_API_KEY"]
     assert len(red) == len(argv) and red[:11] == argv[:11]
     assert redact_argv(["x", "--api-key=abc", "--env=A=b", "tok-secret"], secrets=["tok-secret"]) == \
         ["x", "--api-key=***", "--env=A=***", "***"]

