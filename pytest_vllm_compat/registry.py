@@ -218,7 +218,7 @@ def preflight_model_dir(path: str | Path) -> None:
     """Fail early and clearly when a local model directory cannot be served.
 
     Without this, a missing tokenizer shows up minutes later deep inside vLLM as e.g.
-    sentencepiece's ``TypeError: not a string`` (seed 002).
+    sentencepiece's ``TypeError: not a string``.
     """
     p = Path(path)
     if not p.is_dir():

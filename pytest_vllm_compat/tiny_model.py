@@ -8,7 +8,7 @@ only the standard library at module level:
     <env-python> tiny_model.py --arch mistral --output DIR [--no-head-dim]
 
 ``--no-head-dim`` removes ``head_dim`` from config.json and keeps ``sliding_window: null``: the
-Mistral config shape that crashed vLLM < 0.9 with transformers >= 4.52 (seed 000, vllm#18573).
+Mistral config shape that crashed vLLM < 0.9 with transformers >= 4.52 (vllm#18573).
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vllm-compat make-tiny-model", description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=["mistral", "llama"], required=True)
     ap.add_argument("--output", required=True, help="directory to write (created)")
-    ap.add_argument("--no-head-dim", action="store_true", help="omit head_dim from config.json (seed 000's shape)")
+    ap.add_argument("--no-head-dim", action="store_true", help="omit head_dim from config.json "
+                    "(the Mistral config shape of vllm#18573)")
     ap.add_argument("--seed", type=int, default=0)
     ns = ap.parse_args(argv)
     out = generate(ns.arch, ns.output, head_dim=not ns.no_head_dim, seed=ns.seed)

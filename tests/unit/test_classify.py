@@ -27,7 +27,7 @@ FACTS_TABLE_IDS = {
 }
 EXAMPLES = [pytest.param(rule, ex, id=f"{rule.id}-{i}") for rule in KB for i, ex in enumerate(rule.examples)]
 
-SEED000_LOG = """\
+MISTRAL_HEAD_DIM_LOG = """\
 INFO 01-15 22:05:20 api_server.py:651] vLLM API server version 0.6.6.post1
 WARNING 01-15 22:05:21 config.py:1] Failed to import from vllm._C with ModuleNotFoundError("No module named 'vllm._C'")
 ERROR 01-15 22:05:29 engine.py:366] unsupported operand type(s) for *: 'int' and 'NoneType'
@@ -72,18 +72,18 @@ def test_entry_classifies_its_own_example(rule, example: str) -> None:
         assert classify(example, version=inside).id == rule.id
 
 
-def test_first_error_wins_seed000() -> None:
-    c = classify("requests.exceptions.ConnectionError: ('Connection aborted.', RemoteDisconnected('x'))", SEED000_LOG)
+def test_first_error_wins_over_later_connection_errors() -> None:
+    c = classify("requests.exceptions.ConnectionError: ('Connection aborted.', RemoteDisconnected('x'))", MISTRAL_HEAD_DIM_LOG)
     assert c.id == "head_dim_none" and c.kind == "vllm"
     assert "18573" in " ".join(c.refs)
     assert c.matched.startswith("ERROR 01-15 22:05:29 engine.py:366] unsupported operand type(s)")
     # the plugin's own message is a symptom too
-    assert classify("vLLM server died during this test", SEED000_LOG).id == "head_dim_none"
+    assert classify("vLLM server died during this test", MISTRAL_HEAD_DIM_LOG).id == "head_dim_none"
     # the WARNING about vllm._C (a module error) does not count
-    assert classify("", SEED000_LOG.replace("unsupported operand", "boom")).id != "module_not_found"
+    assert classify("", MISTRAL_HEAD_DIM_LOG.replace("unsupported operand", "boom")).id != "module_not_found"
 
 
-def test_seed000_second_crash_xgrammar_then_connection_errors() -> None:
+def test_second_crash_xgrammar_then_connection_errors() -> None:
     log = ("INFO:     127.0.0.1:1 - \"POST /v1/chat/completions HTTP/1.1\" 200 OK\n"
            "ERROR 01-16 00:00:48 engine.py:135] AttributeError(\"type object 'xgrammar.xgrammar_bindings.TokenizerInfo'"
            " has no attribute 'from_huggingface'\")\n"
@@ -167,8 +167,10 @@ def test_error_text_before_log() -> None:
     assert classify("AssertionError: wrong answer", log).id == "nccl"
 
 
-def test_seed_signatures() -> None:
-    # seed 001 (Jetson), 002 (tokenizer, V1 compile cache), 003 (T4 chain), 004 (infrastructure report)
+def test_field_report_signatures() -> None:
+    # failures seen in practice: the NVML assert on a Jetson; a missing tokenizer and the V1 compile cache's
+    # '<frozen os>'; a T4 install chain (FlashInfer on sm_75, outlines/pyairports/huggingface_hub/fa_utils
+    # imports, bf16 below compute capability 8.0); and infrastructure errors
     cases = {
         'RuntimeError: NVML_SUCCESS == r INTERNAL ASSERT FAILED at "/opt/pytorch/c10/cuda/CUDACachingAllocator.cpp":1131,'
         " please report a bug to PyTorch.": "nvml_assert",

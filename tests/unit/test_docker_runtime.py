@@ -73,7 +73,7 @@ def test_argv_for_a_hub_model_without_gpus_or_cache() -> None:
     ]
 
 
-def test_gpus_element_is_the_seed_002_form() -> None:
+def test_gpus_element_is_the_quoted_device_form() -> None:
     """No shell strips quotes, so the element itself carries them: the shell's --gpus '"device=0,1"'."""
     assert after(argv_for(devices=[0, 1]), "--gpus") == ['"device=0,1"']
     assert after(argv_for(devices=(4, 5, 6, 7)), "--gpus") == ['"device=4,5,6,7"']

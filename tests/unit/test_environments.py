@@ -55,8 +55,8 @@ ERROR: Could not find a version that satisfies the requirement pyairports (from 
 ERROR: No matching distribution found for pyairports
 """
 
-# Seed 003's pin chain as pip reports it: vllm 0.6.3 + tokenizers pinned to 0.19.1 + a newer hub
-PIP_SEED003_CHAIN = """\
+# An unsatisfiable pin chain as pip reports it: vllm 0.6.3 + tokenizers pinned to 0.19.1 + a newer hub
+PIP_PIN_CHAIN = """\
 Collecting vllm==0.6.3
   Using cached vllm-0.6.3-cp38-abi3-manylinux1_x86_64.whl.metadata (10 kB)
 Collecting tokenizers==0.19.1
@@ -331,9 +331,9 @@ def test_broken_requirement_could_not_find_only() -> None:
     assert s.startswith("Could not find a version that satisfies the requirement pyairports")
 
 
-def test_broken_requirement_seed003_chain_names_the_packages() -> None:
-    """Seed 003: the summary must say who depends on what, not just a version number."""
-    s = broken_requirement(PIP_SEED003_CHAIN)
+def test_broken_requirement_pin_chain_names_the_packages() -> None:
+    """An unsatisfiable pin chain: the summary must say who depends on what, not just a version number."""
+    s = broken_requirement(PIP_PIN_CHAIN)
     assert "tokenizers" in s
     assert "vllm" in s, f"summary does not name the package that pins tokenizers: {s!r}"
 

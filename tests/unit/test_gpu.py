@@ -497,8 +497,8 @@ def test_tied_embeddings_tensor_parallel_and_moe() -> None:
         estimate_params({"hidden_size": 4096})
 
 
-def test_seed_002_table_70b_on_a100_40gb() -> None:
-    """Seed 002: 70B bf16 on A100 40GB: TP=1 and TP=2 run out of memory, TP=4 works (~35 GB per GPU)."""
+def test_tp_table_70b_on_a100_40gb() -> None:
+    """A 70B bf16 model on 40 GB A100s: TP=1 and TP=2 run out of memory, TP=4 works (~35 GB per GPU)."""
     a100s = discover(runner=fake_runner(A100X8), environ={})
     est1 = estimate_memory(LLAMA_70B, max_model_len=8192)
     assert 135e9 <= est1.weights_gib * 2**30 <= 145e9  # "~140GB"

@@ -28,7 +28,7 @@ ENGINE_DEATH = (DATA / "vllm-v1-engine-core-death.log").read_text(encoding="utf-
 ROOT_MESSAGE = "RuntimeError: index_select(): index 513 is out of bounds for dimension 0 with size 512"
 ENGINE_DEATH_EXC = "(EngineCore_DP0 pid=4242) ERROR 12-02 10:00:01 [core.py:1020] " + ROOT_MESSAGE
 
-# vLLM 0.6.6 (V0) on an A100, seed 000's Mistral-7B startup
+# vLLM 0.6.6 (V0) on an A100, a Mistral-7B-Instruct-v0.2 startup
 V0_066 = """\
 INFO 01-15 23:22:21 api_server.py:651] vLLM API server version 0.6.6.post1
 INFO 01-15 23:22:21 llm_engine.py:234] Initializing an LLM engine (v0.6.6.post1) with config: model='mistralai/Mistral-7B-Instruct-v0.2', speculative_config=None, tokenizer='mistralai/Mistral-7B-Instruct-v0.2', skip_tokenizer_init=False, tokenizer_mode=auto, revision=None, override_neuron_config=None, tokenizer_revision=None, trust_remote_code=True, dtype=torch.bfloat16, max_seq_len=16384, download_dir=None, load_format=LoadFormat.AUTO, tensor_parallel_size=1, pipeline_parallel_size=1, disable_custom_all_reduce=False, quantization=None, enforce_eager=False, kv_cache_dtype=auto, quantization_param_path=None, device_config=cuda, decoding_config=DecodingConfig(guided_decoding_backend='xgrammar'), observability_config=ObservabilityConfig(otlp_traces_endpoint=None, collect_model_forward_time=False, collect_model_execute_time=False), seed=0, served_model_name=mistralai/Mistral-7B-Instruct-v0.2, num_scheduler_steps=1, use_async_output_proc=True, mm_processor_kwargs=None, pooler_config=None, compilation_config={"splitting_ops":[]}
@@ -80,7 +80,7 @@ def test_kv_real_cpu_032_log() -> None:
     assert kv.memory_gib == 1.0  # "Explicitly set (1.0/11.09) GiB for KV cache" (VLLM_CPU_KVCACHE_SPACE=1)
 
 
-def test_kv_v0_gpu_blocks_seed000() -> None:
+def test_kv_v0_gpu_blocks_mistral_7b() -> None:
     kv = parse_kv_cache(V0_066)
     assert kv is not None
     assert kv.format == "v0_gpu_blocks" and kv.blocks == 10370 and kv.device == "gpu"
@@ -122,7 +122,7 @@ def test_kv_last_start_wins() -> None:
 def test_kv_ignores_usage_and_missing() -> None:
     assert parse_kv_cache("INFO Engine 000: Running: 0 reqs, CPU KV cache usage: 0.0%, Prefix cache hit rate: 0.0%") is None
     assert parse_kv_cache("") is None
-    kv = parse_kv_cache("Available KV cache memory: 3.57 GiB\n")  # crashed before sizing (seed 001)
+    kv = parse_kv_cache("Available KV cache memory: 3.57 GiB\n")  # crashed before sizing (NVML assert on a Jetson)
     assert kv is not None and kv.memory_gib == 3.57 and kv.tokens is None and kv.format == "memory_only"
 
 
@@ -200,7 +200,7 @@ def test_line_level() -> None:
     assert line_level("TypeError: x") is None
 
 
-def test_first_error_seed000() -> None:
+def test_first_error_mistral_head_dim() -> None:
     log = ("INFO 01-15 22:05:20 api_server.py:651] vLLM API server version 0.6.6.post1\n"
            "WARNING 01-15 22:05:21 config.py:1] Failed to import from vllm._C with ImportError('x')\n"
            "--- Logging error ---\nTraceback (most recent call last):\n"

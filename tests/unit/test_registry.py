@@ -224,7 +224,7 @@ def test_preflight_no_config(tmp_path: Path) -> None:
 
 
 def test_preflight_no_tokenizer(tmp_path: Path) -> None:
-    """Seed 002: a directory without tokenizer files fails later inside vLLM as sentencepiece's 'not a string'."""
+    """A directory without tokenizer files fails later inside vLLM as sentencepiece's 'not a string'."""
     d = _model_dir(tmp_path, "config.json", "model.safetensors", "tokenizer_config.json")
     with pytest.raises(ModelDirError) as exc:
         preflight_model_dir(d)
