@@ -30,10 +30,10 @@ from typing import IO, Any
 
 import requests
 
+from .reaper import GUARDIAN, MARKER_ENV, processes_with_marker
 from .redact import redact, redact_argv, redact_env
 
 HOST = "127.0.0.1"
-MARKER_ENV = "PYTEST_VLLM_COMPAT_SERVER_ID"  # not VLLM_*: vLLM warns about unknown VLLM_ vars
 DEFAULT_ENTRY_POINT = ("-m", "vllm.entrypoints.openai.api_server")
 # Offline and quiet by default; a spec's env (and the user's environment) can override.
 BASE_ENV = {
@@ -142,22 +142,6 @@ def group_members(pgid: int) -> list[int]:
     return pids
 
 
-def processes_with_marker(marker: str) -> list[int]:
-    """PIDs whose environment carries ``PYTEST_VLLM_COMPAT_SERVER_ID=marker``."""
-    needle = f"{MARKER_ENV}={marker}".encode()
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 class VLLMServer:
     """One vLLM server process. ``start()`` returns once ``/health`` answers 200."""
 
@@ -206,6 +190,7 @@ class VLLMServer:
         self.died_at: float | None = None  # monotonic time the process was seen exiting
         self.exit_code: int | None = None
         self.stopping = False
+        self.hung_after_s: float | None = None  # set by the hang watchdog when it killed this server
         self._tail: deque[str] = deque(maxlen=400)
         self._reader: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
@@ -322,6 +307,8 @@ class VLLMServer:
             env=self.env, start_new_session=True, preexec_fn=_pdeathsig_preexec(),  # noqa: PLW1509
         )
         self._write_pidfile()
+        # If this process dies without stopping the server, the guardian kills the whole tree (reaper.py).
+        GUARDIAN.watch(self.marker, self.cleanup_argv)
         assert self.proc.stdout is not None
         self._reader = threading.Thread(target=self._pump, args=(self.proc.stdout, log), daemon=True,
                                         name=f"vllm-log-{self.port}")
@@ -467,6 +454,8 @@ class VLLMServer:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 subprocess.run(self.cleanup_argv, capture_output=True, timeout=60, check=False)  # noqa: S603
         self._remove_pidfile()
+        if not self.leftover_processes():
+            GUARDIAN.unwatch(self.marker)
         return killed
 
     def leftover_processes(self) -> list[int]:
