@@ -65,12 +65,14 @@ def cmd_make_tiny_model(ns: argparse.Namespace) -> int:
 def cmd_provision(ns: argparse.Namespace) -> int:
     dist = DISTRIBUTIONS[ns.device]
     prov = Provisioner(Path(ns.env_dir or default_env_dir()), installer=ns.installer)
-    versions = [v.strip() for v in ns.vllm.split(",") if v.strip()]
+    from .session import split_versions
+
+    versions = split_versions(ns.vllm)
     avail = available_versions(dist, prov.root)
     rc = 0
     for v in versions:
         try:
-            check_version(dist, v, avail)
+            check_version(dist, v, avail, cache_dir=prov.root)
             env = prov.ensure(dist, v)
         except (UnknownVersionError, ProvisionError) as e:
             print(f"vllm-compat provision: {e}", file=sys.stderr)
@@ -111,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("make-tiny-model", help="generate a tiny random-weight model (no hub)")
     p.add_argument("--arch", choices=["mistral", "llama"], required=True)
     p.add_argument("--output", required=True)
-    p.add_argument("--no-head-dim", action="store_true", help="omit head_dim (the config shape of seed 000)")
+    p.add_argument("--no-head-dim", action="store_true", help="omit head_dim (the Mistral config shape that crashes "
+                   "vLLM < 0.9 with transformers >= 4.52, vllm#18573)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--python", help="a Python with torch+transformers+tokenizers (default: this one, else a "
                    "provisioned vLLM environment)")

@@ -45,6 +45,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_startup_timeout", "--vllm-startup-timeout", "VLLM_COMPAT_STARTUP_TIMEOUT", "900",
            "seconds a vLLM server may take to answer /health (the plugin's own timeout; pytest-timeout never "
            "applies to a startup)", kind="float"),
+    Option("vllm_hang_timeout", "--vllm-hang-timeout", "VLLM_COMPAT_HANG_TIMEOUT", "15",
+           "seconds a server may leave /health unanswered while a test runs before the test fails as "
+           "'stopped responding' and the server is killed (the next test gets a fresh one); 0 = off",
+           kind="float"),
     Option("vllm_port", "--vllm-port", "VLLM_COMPAT_PORT", "0",
            "port for the vLLM server on 127.0.0.1 (0 = a free port)", kind="int"),
     Option("vllm_installer", "--vllm-installer", "VLLM_COMPAT_INSTALLER", "auto",

@@ -6,7 +6,9 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +44,7 @@ from .results import (
 from .server import ServerError, ServerStartupError, VLLMServer, reap_stale
 from .session import CompatSession, Target, split_versions
 from .versions import version_key
+from .watchdog import HangWatchdog
 
 FEATURES = {
     "config": "config loading: a server starts for the model and answers with the asked engine config",
@@ -189,7 +192,8 @@ def pytest_configure(config: pytest.Config) -> None:
     session = CompatSession(
         results_dir=results_dir, env_dir=env_dir, device=device, distribution=distribution, run_id=run_id,
         worker=worker, installer=opts["vllm_installer"].value, vllm_python=vllm_python,
-        startup_timeout=opts["vllm_startup_timeout"].value, port=opts["vllm_port"].value,
+        startup_timeout=opts["vllm_startup_timeout"].value, hang_timeout=opts["vllm_hang_timeout"].value,
+        port=opts["vllm_port"].value,
         max_restarts=opts["vllm_max_restarts"].value, max_servers=opts["vllm_max_servers"].value,
         progress=progress, device_info=device_info, env_errors=dict(winput.get("env_errors", {})),
         runtime=opts["vllm_runtime"].value, gpus=gpus, gpu_lock_dir=opts["vllm_gpu_lock_dir"].value,
@@ -226,6 +230,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if is_worker and winput.get("dist") == "loadgroup":
         config.option.loadgroup = True
     atexit.register(session.stop_all)  # safety net if pytest is torn down without sessionfinish
+    if versions:
+        _terminate_as_interrupt(config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -242,6 +248,24 @@ def pytest_configure_node(node: Any) -> None:
 
 
 
+def _terminate_as_interrupt(config: pytest.Config) -> None:
+    """SIGTERM (a CI runner stopping a job, ``timeout``, ``kill``) ends the session the way Ctrl-C does:
+    the running test is interrupted, servers are stopped, finished records and the manifest are written.
+    Python's default is to die on the spot. A handler someone else installed is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise KeyboardInterrupt(f"received signal {signum} (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                       if signal.getsignal(signal.SIGTERM) is interrupt else None)
+
+
 # --- provisioning (controller only) ----------------------------------------------------------
 
 def _provision(state: PluginState) -> None:
@@ -256,7 +280,7 @@ def _provision(state: PluginState) -> None:
         avail = available_versions(s.distribution, s.env_dir)
         for v in state.versions:
             try:
-                check_version(s.distribution, v, avail)
+                check_version(s.distribution, v, avail, cache_dir=s.env_dir)
             except UnknownVersionError as e:
                 raise pytest.UsageError(str(e)) from None
     reap_stale(s.results_dir / ".servers")
@@ -615,10 +639,16 @@ def vllm_record(request: pytest.FixtureRequest) -> RecordExtras:
 
 # --- reports, crash detection, records -------------------------------------------------------------
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> None:
-    if ITEM in item.stash:
-        item.stash[ITEM].call_started = time.monotonic()
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    st = item.stash.get(ITEM, None)
+    if st is None:
+        return (yield)
+    st.call_started = time.monotonic()
+    # A server that stops answering /health while the test runs is killed, so the test fails instead of
+    # waiting forever (watchdog.py); _check_servers_after_call says so.
+    with HangWatchdog(st.servers, item.config.stash[STATE].session.hang_timeout):
+        return (yield)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -674,6 +704,10 @@ def _check_servers_after_call(item: pytest.Item, st: ItemState, state: PluginSta
             when = f" ({max(0.0, server.died_at - st.call_started):.1f} s into the test)"
         what = (f"exit code {server.exit_code}" if died else "the engine is dead: /health is not 200")
         summary = f"vLLM server died during this test: {what}{when}"
+        if server.hung_after_s is not None:
+            summary = (f"vLLM server stopped responding during this test: /health did not answer for "
+                       f"{server.hung_after_s:.1f} s (--vllm-hang-timeout={state.session.hang_timeout:g}); "
+                       f"the plugin killed it{when}")
         original = str(rep.longrepr) if rep.failed and rep.longrepr else ""
         rep.outcome = "failed"
         rep.longrepr = (f"{summary}\nserver log: {server.log_path}\n--- server log around the first error ---\n"

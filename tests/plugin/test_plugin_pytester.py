@@ -858,3 +858,47 @@ def test_duplicate_versions_run_once_with_records_and_manifest(project: Project)
                                                      "test_a.py::test_x[tiny-mistral-vllm-cpu-9.9]"]
     (manifest,) = [json.loads(p.read_text()) for p in (project.results / "manifests").glob("*.json")]
     assert manifest["versions"] == ["9.9"]
+
+
+SIGTERM_TESTS = """
+import os, time
+from pathlib import Path
+
+def test_a_done(vllm_target):
+    pass
+
+def test_b_waits(vllm_target):
+    Path(os.environ["READY_FILE"]).write_text("ready")
+    time.sleep(120)
+"""
+
+
+def test_sigterm_ends_the_session_like_ctrl_c_and_keeps_records_and_manifest(project: Project,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CI runner stops a job with SIGTERM: the finished test's record and the manifest are written (Python's
+    default would end the process on the spot, writing neither)."""
+    import signal
+    import subprocess
+
+    project.ready("9.9")
+    project.pytester.makepyfile(test_t=SIGTERM_TESTS)
+    ready = project.pytester.path / "ready"
+    monkeypatch.setenv("READY_FILE", str(ready))
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *project.args("--vllm=9.9", "-v")],
+                            cwd=project.pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "KeyboardInterrupt" in out and "SIGTERM" in out, out
+    assert [r["test_name"] for r in project.records()] == ["test_a_done"]
+    manifests = list((project.results / "manifests").glob("*.json"))
+    assert len(manifests) == 1, out
