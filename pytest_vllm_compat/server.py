@@ -255,6 +255,9 @@ class VLLMServer:
         drop = ["PYTHONHOME", "VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_CURRENT_TEST"]
         if not self.keep_pythonpath:
             drop.append("PYTHONPATH")
+        # The plugin's own settings are not vLLM's: releases with --fail-on-environ-validation (0.26+) make
+        # any unknown VLLM_* variable fatal, and older ones warn about each.
+        drop += [k for k in env if k.startswith("VLLM_COMPAT_")]
         for k in drop:
             env.pop(k, None)
         env.update(BASE_ENV)

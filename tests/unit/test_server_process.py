@@ -164,9 +164,14 @@ def test_server_environment(tmp_path: Path, script: Path, servers: list[VLLMServ
                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", "/leak")
     monkeypatch.setenv("PYTEST_ADDOPTS", "-x")
+    monkeypatch.setenv("VLLM_COMPAT_VERSIONS", "0.32.0")  # the plugin's settings never reach vLLM
+    monkeypatch.setenv("VLLM_COMPAT_HANG_TIMEOUT", "30")
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")  # vLLM's own settings do
     server = _server(tmp_path, script, "serve", servers)
     env = server.build_env()
     assert "PYTHONPATH" not in env and "PYTEST_ADDOPTS" not in env
+    assert not [k for k in env if k.startswith("VLLM_COMPAT_")]
+    assert env["VLLM_LOGGING_LEVEL"] == "DEBUG"
     assert env[MARKER_ENV] == server.marker
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
 
