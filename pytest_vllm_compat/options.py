@@ -45,7 +45,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_startup_timeout", "--vllm-startup-timeout", "VLLM_COMPAT_STARTUP_TIMEOUT", "900",
            "seconds a vLLM server may take to answer /health (the plugin's own timeout; pytest-timeout never "
            "applies to a startup)", kind="float"),
-    Option("vllm_hang_timeout", "--vllm-hang-timeout", "VLLM_COMPAT_HANG_TIMEOUT", "15",
+    Option("vllm_hang_timeout", "--vllm-hang-timeout", "VLLM_COMPAT_HANG_TIMEOUT", "10",
            "seconds a server may leave /health unanswered while a test runs before the test fails as "
            "'stopped responding' and the server is killed (the next test gets a fresh one); 0 = off",
            kind="float"),

@@ -98,7 +98,7 @@ class CompatSession:
     installer: str = "auto"
     vllm_python: Path | None = None
     startup_timeout: float = 900.0
-    hang_timeout: float = 15.0  # /health unanswered this long during a test: the server hung (watchdog.py)
+    hang_timeout: float = 10.0  # /health unanswered this long during a test: the server hung (watchdog.py)
     port: int = 0
     max_restarts: int = 2
     max_servers: int = 1

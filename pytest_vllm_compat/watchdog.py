@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import requests
 
-DEFAULT_HANG_TIMEOUT_S = 15.0
+DEFAULT_HANG_TIMEOUT_S = 10.0
 
 
 class Watched(Protocol):
@@ -94,7 +94,10 @@ class HangWatchdog:
                 if server.stopping or not server.alive():  # gone or going: the crash check's business
                     last_answer.pop(id(server))
                     continue
-                if self.probe(server.base_url, max(0.5, min(5.0, self.timeout / 3))):
+                # The probe never waits past the deadline, so a hang is called ``timeout`` s after the last
+                # answer, not up to a probe's wait later.
+                left = last_answer[id(server)] + self.timeout - time.monotonic()
+                if self.probe(server.base_url, min(2.0, max(0.2, left))):
                     last_answer[id(server)] = time.monotonic()
                     continue
                 silent = time.monotonic() - last_answer[id(server)]
@@ -107,4 +110,6 @@ class HangWatchdog:
                         self.on_hang(server, silent)
             if not last_answer:
                 return
-            self._stop.wait(self.interval)
+            # Poll every ``interval`` s, and once more right at the nearest deadline.
+            nearest = min(last_answer.values()) + self.timeout - time.monotonic()
+            self._stop.wait(min(self.interval, max(0.05, nearest)))

@@ -74,7 +74,7 @@ def test_a_stopped_server_is_killed_after_the_timeout(make) -> None:  # type: ig
         assert server.wait_for_death(15.0), "the watchdog never killed the stopped server"
         detected = time.monotonic() - t0
     assert dog.hung == [server] and len(hung) == 1
-    assert server.hung_after_s is not None and 2.0 <= server.hung_after_s < 6.0
+    assert server.hung_after_s is not None and 2.0 <= server.hung_after_s < 3.5  # called at the deadline
     assert 2.0 <= detected < 8.0
     deadline = time.monotonic() + 5
     while group_members(pgid) and time.monotonic() < deadline:  # the child, stopped too, is killed with it
