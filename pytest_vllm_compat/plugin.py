@@ -698,7 +698,10 @@ def _check_servers_after_call(item: pytest.Item, st: ItemState, state: PluginSta
                 engine_dead = True  # API server up, engine gone (/health 500/503)
         if not (died or engine_dead):
             continue
-        excerpt = server.log_excerpt()
+        if died:
+            server.drain_log()
+        log_slice = _log_since(server, st.log_offsets.get(id(server), 0))
+        excerpt = server.log_excerpt(text=log_slice)
         when = ""
         if died and st.call_started is not None and server.died_at is not None:
             when = f" ({max(0.0, server.died_at - st.call_started):.1f} s into the test)"
@@ -708,6 +711,7 @@ def _check_servers_after_call(item: pytest.Item, st: ItemState, state: PluginSta
             summary = (f"vLLM server stopped responding during this test: /health did not answer for "
                        f"{server.hung_after_s:.1f} s (--vllm-hang-timeout={state.session.hang_timeout:g}); "
                        f"the plugin killed it{when}")
+        summary += root_cause_suffix(log_slice)
         original = str(rep.longrepr) if rep.failed and rep.longrepr else ""
         rep.outcome = "failed"
         rep.longrepr = (f"{summary}\nserver log: {server.log_path}\n--- server log around the first error ---\n"
@@ -808,6 +812,15 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def root_cause_suffix(log_slice: str) -> str:
+    """``"; the log's deepest exception: RuntimeError: ... (in EngineCore_DP0 pid=42)"`` for the server log
+    written during a test, or "" when it has no traceback (a kill from outside leaves none)."""
+    from .logparse import root_exception
+
+    root = root_exception(log_slice)
+    return f"; the log's deepest exception: {root.describe(300)}" if root is not None else ""
 
 
 def _log_since(server: VLLMServer, offset: int) -> str:

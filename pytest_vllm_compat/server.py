@@ -399,6 +399,11 @@ class VLLMServer:
         except requests.RequestException:
             return False
 
+    def drain_log(self, timeout: float = 2.0) -> None:
+        """Wait (up to ``timeout``) until the log holds everything an exited server wrote."""
+        if self._reader is not None:
+            self._reader.join(timeout)
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
