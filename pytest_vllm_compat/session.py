@@ -353,7 +353,9 @@ class CompatSession:
                                     "leftover_pids": self.pool.leftovers,
                                     "environments": {v: {"name": e.name, "provenance": e.provenance,
                                                          "provision_s": round(e.provision_s, 3),
-                                                         "created": e.created}
+                                                         "created": e.created,
+                                                         "lock_file": str(e.lock_file) if e.lock_file else None,
+                                                         "lock_sha256": e.lock_sha256}
                                                      for v, e in self.envs.items()},
                                     "env_errors": self.env_errors}, indent=2, default=str))
         return path

