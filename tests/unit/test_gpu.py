@@ -473,7 +473,7 @@ def test_mistral_7b_estimate() -> None:
 
 
 def test_head_dim_none_and_missing_are_derived() -> None:
-    """transformers >= 4.52 writes "head_dim": null into Mistral configs (vllm-facts: head_dim_none)."""
+    """transformers >= 4.52 writes "head_dim": null into Mistral configs (vllm#18573)."""
     base = estimate_memory(MISTRAL_7B, max_model_len=1024)
     assert estimate_memory({**MISTRAL_7B, "head_dim": None}, max_model_len=1024) == base
     assert estimate_memory({**MISTRAL_7B, "head_dim": 128}, max_model_len=1024) == base
