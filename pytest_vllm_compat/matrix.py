@@ -23,6 +23,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from pytest_vllm_compat.lockfiles import cell_locks, load_locks
 from pytest_vllm_compat.versions import sort_versions, version_key
 
 MATRIX_SCHEMA = "pytest-vllm-compat/matrix@1"
@@ -259,7 +260,8 @@ def _test_entry(rec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
                 classifications: Sequence[Mapping[str, Any] | None],
-                manifests_by_run: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+                manifests_by_run: Mapping[str, Mapping[str, Any]],
+                locks: Mapping[str, str] | None = None) -> dict[str, Any]:
     model, version, platform, feature = key
     order = sorted(range(len(recs)), key=lambda i: _chrono_key(recs[i]))
     recs = [recs[i] for i in order]
@@ -352,6 +354,7 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
         "counts": counts,
         "runs": sorted(runs, key=lambda r: (r["started_at"], r["run_id"])),
         "provenance": provenance,
+        **cell_locks(recs, locks or {}),
         "serve_args": server.get("serve_args") or {},
         "argv": server.get("argv") or [],
         "env": server.get("env") or {},
@@ -456,10 +459,12 @@ def _now() -> str:
 
 def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mapping[str, Any]] = (),
                  *, generated_at: str | None = None,
-                 classifier: Classifier | None = default_classifier) -> dict[str, Any]:
+                 classifier: Classifier | None = default_classifier,
+                 locks: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Merge records (from any number of runs) into the matrix object described in docs/matrix.md.
 
-    ``classifier`` (re)classifies failing records that carry no classification or an unknown
+    ``locks``: {sha256: lock text} of the environments (``lockfiles.load_locks``), for each cell's package
+    list and the packages that changed between its runs. ``classifier`` (re)classifies failing records that carry no classification or an unknown
     category; ``None`` keeps the records' own classifications."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
@@ -471,7 +476,7 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
     cells = []
     for key, recs in groups.items():
         classifications = [_classification_of(r, classifier, cache) for r in recs]
-        cells.append(_build_cell(key, recs, classifications, manifests_by_run))
+        cells.append(_build_cell(key, recs, classifications, manifests_by_run, locks))
     cells.sort(key=lambda c: (c["feature"], c["model"], c["platform"], version_key(c["vllm_version"])))
     insights = _insights(cells)  # also flags regression cells
     versions = sort_versions(c["vllm_version"] for c in cells)
@@ -586,11 +591,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not records:
         print(f"vllm-compat matrix: no readable records in {', '.join(map(str, args.results))}", file=sys.stderr)
         return 2
-    matrix = build_matrix(records, load_manifests(args.results))
+    locks = load_locks(args.results)
+    matrix = build_matrix(records, load_manifests(args.results), locks=locks)
     write_matrix(matrix, args.output)
     from pytest_vllm_compat.site import render_site
 
-    index = render_site(matrix, args.output, title=args.title)
+    index = render_site(matrix, args.output, title=args.title, locks=locks)
     if args.allure_categories is not None:
         _write_allure_categories(args.allure_categories)
     failing = sum(c["status"] in (*FAILING, "flaky") for c in matrix["cells"])

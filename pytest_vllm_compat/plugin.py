@@ -885,8 +885,11 @@ def _write_manifest(state: PluginState, exitstatus: int) -> None:
         servers += data.get("servers", [])
         envs.update({e["name"]: e for e in data.get("environments", {}).values()})
         leftovers += data.get("leftover_pids", [])
+    from .lockfiles import store_lock
     from .redact import redact
 
+    for e in envs.values():  # each environment's resolved set, kept with the results (content-addressed)
+        e["lock_stored"] = store_lock(s.results_dir, e.get("lock_file"), e.get("lock_sha256"))
     manifest = {
         "run_id": s.run_id, "started_at": state.started_at, "finished_at": now_iso(),
         "plugin_version": __import__("pytest_vllm_compat").__version__,

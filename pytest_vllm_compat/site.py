@@ -781,12 +781,40 @@ def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], t
            else '<p class="muted">No log excerpt (only failing cells keep one).</p>')
         + "<h2>Metrics</h2>" + _kv_table(cell.get("metrics"), "No metrics reported.")
         + "<h2>Provenance</h2>" + _kv_table(cell.get("provenance"), "No provenance recorded.")
+        + "<h2>Packages</h2>" + _locks_html(cell)
         + "<h2>Serve args</h2>" + _kv_table(cell.get("serve_args"), "No serve args recorded.")
         + (f"<pre>{esc(' '.join(str(a) for a in argv))}</pre>" if argv else "")
         + "<h2>Server environment</h2>" + _kv_table(cell.get("env"), "No environment recorded.")
     )
     heading = f"{cell['model']} · {cell['feature']} · vLLM {cell['vllm_version']} · {cell['platform']}"
     return _page(f"{heading} — {title}", body, heading=heading, nav=_back("../"))
+
+
+def _locks_html(cell: Mapping[str, Any]) -> str:
+    """The environment's lock file(s): which exact package set each run had, and what changed between them."""
+    locks = cell.get("locks") or []
+    if not locks:
+        return '<p class="muted">No lock file recorded (an environment not provisioned by the plugin).</p>'
+    rows = "".join(
+        f"<tr><td><code>{esc(lk['sha256'][:16])}</code></td>"
+        f"<td>{esc(lk['packages']) if lk.get('packages') is not None else ''}</td>"
+        f"<td>{esc(', '.join(lk.get('runs') or []))}</td>"
+        + (f'<td><a href="../locks/{esc(lk["sha256"])}.txt">lock file</a></td>' if lk.get("stored")
+           else '<td class="muted">not in the results</td>') + "</tr>"
+        for lk in locks)
+    out = ("<p>The exact packages each run's environment resolved to (sha256 of its lock file): the same hash "
+           "means the same set.</p><table><thead><tr><th>Lock</th><th>Packages</th><th>Runs</th><th></th></tr>"
+           f"</thead><tbody>{rows}</tbody></table>")
+    for ch in cell.get("lock_changes") or []:
+        head = f"<h3>Changed from <code>{esc(ch['from'][:16])}</code> to <code>{esc(ch['to'][:16])}</code></h3>"
+        if ch.get("changed") is None:
+            out += head + '<p class="muted">A lock text is not in the results directories; no package list.</p>'
+            continue
+        body = "".join(f"<tr><td>{esc(c['package'])}</td><td>{esc(c['from'] or 'absent')}</td>"
+                       f"<td>{esc(c['to'] or 'absent')}</td></tr>" for c in ch["changed"])
+        out += head + ('<table class="lock-changes"><thead><tr><th>Package</th><th>Before</th><th>After</th></tr>'
+                       f"</thead><tbody>{body}</tbody></table>" if body else "<p>No package changed.</p>")
+    return out
 
 
 def _fmt_duration(value: Any) -> str:
@@ -832,11 +860,17 @@ def _cell_link(cell_id: Any, status: Any) -> str:
     return f'<a href="cells/{esc(cell_id)}.html">{_pill(str(status))}</a>'
 
 
-def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEFAULT_TITLE) -> Path:
-    """Write ``index.html``, ``cells/<cell_id>.html``, ``unclassified.html`` and one
-    ``diff-<a>-<b>.html`` per pair of consecutive versions; returns the index path."""
+def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEFAULT_TITLE,
+                locks: Mapping[str, str] | None = None) -> Path:
+    """Write ``index.html``, ``cells/<cell_id>.html``, ``unclassified.html``, one ``diff-<a>-<b>.html`` per
+    pair of consecutive versions and ``locks/<sha256>.txt`` for each lock file a cell names (``locks``:
+    {sha256: text}); returns the index path."""
     out = Path(out_dir)
     (out / "cells").mkdir(parents=True, exist_ok=True)
+    wanted = {lk["sha256"] for c in matrix["cells"] for lk in c.get("locks") or [] if lk.get("stored")}
+    for sha in sorted(wanted & set(locks or {})):
+        (out / "locks").mkdir(exist_ok=True)
+        (out / "locks" / f"{sha}.txt").write_text((locks or {})[sha], encoding="utf-8")
     index = out / "index.html"
     index.write_text(_index(matrix, title), encoding="utf-8")
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)

