@@ -69,10 +69,14 @@ def cmd_make_tiny_model(ns: argparse.Namespace) -> int:
 def cmd_provision(ns: argparse.Namespace) -> int:
     dist = DISTRIBUTIONS[ns.device]
     prov = Provisioner(Path(ns.env_dir or default_env_dir()), installer=ns.installer)
-    from .session import split_versions
+    from .version_spec import VersionSpecError, resolve_versions
 
-    versions = split_versions(ns.vllm)
     avail = available_versions(dist, prov.root)
+    try:
+        versions = resolve_versions(ns.vllm, avail, pre=ns.pre).versions
+    except VersionSpecError as e:
+        print(f"vllm-compat provision: {e}", file=sys.stderr)
+        return 2
     rc = 0
     for v in versions:
         try:
@@ -198,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--env-dir")
     p.set_defaults(fn=cmd_make_tiny_model)
     p = sub.add_parser("provision", help="create (or reuse) the environment of one or more vLLM versions")
-    p.add_argument("--vllm", required=True)
+    p.add_argument("--vllm", required=True, help="as for pytest --vllm: 0.32.0, 0.27.0..0.32.0, latest~2, 0.32, ...")
+    p.add_argument("--pre", action="store_true", help="ranges and latest also select pre-releases and .postN")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--env-dir")
     p.add_argument("--installer", choices=["auto", "uv", "pip"], default="auto")

@@ -19,7 +19,7 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
-    kind: str = "str"  # str | int | float | path | command (a path, or a bare name looked up on PATH)
+    kind: str = "str"  # str | int | float | flag | path | command (a path, or a bare name looked up on PATH)
 
     @property
     def ini_type(self) -> str:
@@ -28,7 +28,11 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("vllm_versions", "--vllm", "VLLM_COMPAT_VERSIONS", "",
-           "vLLM versions to test, comma-separated (e.g. 0.28.0,0.32.0), or 'current' for the vLLM of --vllm-python"),
+           "vLLM versions to test, comma-separated: exact (0.32.0), a range of final releases (0.27.0..0.32.0, "
+           "0.30.0..), latest, latest~3 (the newest four), a minor series (0.32: its newest release), or 'current' "
+           "for the vLLM of --vllm-python"),
+    Option("vllm_pre", "--vllm-pre", "VLLM_COMPAT_PRE", "false",
+           "ranges, latest and minor series also select pre-releases and .postN rebuilds", kind="flag"),
     Option("vllm_python", "--vllm-python", "VLLM_COMPAT_PYTHON", "",
            "use this existing interpreter that has vLLM installed instead of provisioning an environment "
            "(a path, or a name on PATH such as python3)", kind="command"),
@@ -75,6 +79,8 @@ OPTIONS: tuple[Option, ...] = (
            kind="path"),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -83,6 +89,8 @@ def add_options(parser: pytest.Parser) -> None:
         kwargs: dict[str, Any] = {"dest": o.name, "default": None, "help": f"{o.help} (env {o.env}, ini {o.name})"}
         if o.choices:
             kwargs["choices"] = list(o.choices)
+        if o.kind == "flag":
+            kwargs.update(action="store_const", const="true")
         group.addoption(o.flag, **kwargs)
         parser.addini(o.name, o.help, type="string", default=None)
 
@@ -114,6 +122,11 @@ def resolve(config: pytest.Config, name: str, environ: dict[str, str] | None = N
             value: Any = int(raw)
         elif o.kind == "float":
             value = float(raw)
+        elif o.kind == "flag":
+            word = str(raw).strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise ValueError(word)
+            value = word in _TRUE
         elif o.kind == "command" and raw and os.sep not in str(raw):
             found = shutil.which(str(raw))
             if found is None:

@@ -42,7 +42,8 @@ from .results import (
     write_manifest,
 )
 from .server import ServerError, ServerStartupError, VLLMServer, reap_stale
-from .session import CompatSession, Target, split_versions
+from .session import CompatSession, Target
+from .version_spec import VersionSpecError, is_dynamic, resolve_versions
 from .versions import version_key
 from .watchdog import HangWatchdog
 
@@ -90,6 +91,7 @@ class PluginState:
     item_index: dict[str, int] = field(default_factory=dict)
     provisioned: bool = False
     gpus: list[Any] = field(default_factory=list)
+    versions_note: str = ""  # what the range / latest terms of --vllm selected (the report header says it)
 
 
 @dataclass
@@ -156,19 +158,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--vllm-servers-per-gpu: must be 1 or more, not {opts['vllm_servers_per_gpu'].value}")
     is_worker = hasattr(config, "workerinput")
     winput: dict[str, Any] = json.loads(config.workerinput["vllm_compat"]) if is_worker else {}  # type: ignore[attr-defined]
-    duplicates: list[tuple[str, str]] = []
-    versions = split_versions(opts["vllm_versions"].value, duplicates)
-    if duplicates and not is_worker:  # workers parse the same option: the controller says it once
-        named = ", ".join(f"{d} (again)" if d == k else f"{d} (same as {k})" for d, k in duplicates)
-        given = {"env": "VLLM_COMPAT_VERSIONS", "ini": "vllm_versions"}.get(opts["vllm_versions"].source, "--vllm")
-        config.issue_config_time_warning(pytest.PytestConfigWarning(
-            f"{given}={opts['vllm_versions'].value}: each version runs once; ignored the duplicate(s) {named}"),
-            stacklevel=2)
     vllm_python = opts["vllm_python"].value
-    if vllm_python and not versions:
-        versions = ["current"]
-    if "current" in versions and not vllm_python:
-        raise pytest.UsageError("--vllm=current needs --vllm-python=PATH (an interpreter that has vLLM installed)")
+    spec = str(opts["vllm_versions"].value or "")
     if is_worker:
         device, device_info = winput["device"], winput["device_info"]
         gpus = _detect_device("cuda")[1] if device == "cuda" else []  # each worker leases from the same GPUs
@@ -177,6 +168,14 @@ def pytest_configure(config: pytest.Config) -> None:
     distribution = DISTRIBUTIONS[device]
     results_dir = Path(opts["vllm_results"].value)
     env_dir = Path(opts["vllm_env_dir"].value or default_env_dir())
+    if is_worker:  # the controller resolved ranges and "latest" once; every worker runs that list
+        versions, versions_note = list(winput["versions"]), ""
+    else:
+        versions, versions_note = _resolve_versions(config, opts, spec, distribution, env_dir)
+    if vllm_python and not versions:
+        versions = ["current"]
+    if "current" in versions and not vllm_python:
+        raise pytest.UsageError("--vllm=current needs --vllm-python=PATH (an interpreter that has vLLM installed)")
     run_id = winput.get("run_id") or new_run_id()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
 
@@ -219,7 +218,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--vllm-runtime=docker: {reason}")
     state = PluginState(config=config, opts=opts, versions=versions, models=models, registry_error=registry_error,
                         session=session, writer=RecordWriter(results_dir, run_id, worker), is_worker=is_worker,
-                        started_at=now_iso(), gpus=gpus)
+                        started_at=now_iso(), gpus=gpus, versions_note=versions_note)
     config.stash[STATE] = state
     # xdist: keep every server spec on one worker. The controller picks the loadgroup scheduler; the
     # workers must know it too, because they are the ones that append "@<group>" to the node ids
@@ -234,6 +233,35 @@ def pytest_configure(config: pytest.Config) -> None:
         _terminate_as_interrupt(config)
 
 
+def _resolve_versions(config: pytest.Config, opts: dict[str, options.Resolved], spec: str, distribution: str,
+                      env_dir: Path) -> tuple[list[str], str]:
+    """``--vllm`` as typed (ranges, latest, latest~N, a minor series, exact versions) -> the versions to run,
+    and a note of what the dynamic terms selected. The index is listed only when a term needs it."""
+    terms = [t for t in spec.split(",") if t.strip()]
+    avail = available_versions(distribution, env_dir) if any(is_dynamic(t) for t in terms) else None
+    try:
+        res = resolve_versions(spec, avail, pre=bool(opts["vllm_pre"].value))
+    except VersionSpecError as e:
+        raise pytest.UsageError(f"{e} (from {opts['vllm_versions'].source})") from None
+    if res.duplicates:
+        named = ", ".join(f"{d} (again)" if d == k else f"{d} (same as {k})" for d, k in res.duplicates)
+        given = {"env": "VLLM_COMPAT_VERSIONS", "ini": "vllm_versions"}.get(opts["vllm_versions"].source, "--vllm")
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"{given}={spec}: each version runs once; ignored the duplicate(s) {named}"), stacklevel=2)
+    return res.versions, res.describe()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """The versions this run tests, once, above the collection (the controller's header only)."""
+    state = config.stash.get(STATE, None)
+    if state is None or not state.versions:
+        return None
+    spec = state.opts["vllm_versions"].value
+    lines = [f"vllm-compat: {state.session.distribution} {', '.join(state.versions)}"
+             + (f" (--vllm={spec}: {state.versions_note})" if state.versions_note else "")]
+    return lines
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """xdist controller -> worker: the run id, the device and what provisioning found."""
@@ -241,7 +269,7 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput["vllm_compat"] = json.dumps({
         "run_id": state.session.run_id, "device": state.session.device,
         "device_info": state.session.device_info, "env_errors": state.session.env_errors,
-        "dist": getattr(node.config.option, "dist", "no"),
+        "dist": getattr(node.config.option, "dist", "no"), "versions": state.versions,
     })
 
 
@@ -894,6 +922,7 @@ def _write_manifest(state: PluginState, exitstatus: int) -> None:
         "run_id": s.run_id, "started_at": state.started_at, "finished_at": now_iso(),
         "plugin_version": __import__("pytest_vllm_compat").__version__,
         "argv": [redact(a) for a in state.config.invocation_params.args], "versions": state.versions,
+        "versions_requested": state.opts["vllm_versions"].value, "versions_note": state.versions_note,
         "device": s.device_info, "host": host_info(), "environments": envs, "env_errors": s.env_errors,
         "counts": counts, "servers": servers, "leftover_pids": leftovers, "exitstatus": int(exitstatus),
         # Every plugin option as resolved, with where it came from (cli, env, ini, default).

@@ -57,36 +57,6 @@ def tensor_parallel_size(argv: Sequence[str]) -> int:
     return int(flag_value(argv, "--tensor-parallel-size", "-tp") or 1)
 
 
-def split_versions(text: str, duplicates: list[tuple[str, str]] | None = None) -> list[str]:
-    """The comma-separated versions of ``text``, in order, each once.
-
-    Two entries are the same version when they are equal after stripping whitespace or, when both parse as
-    PEP 440 versions, equal as versions (``0.32`` and ``0.32.0`` install the same release); the first
-    spelling is kept. Anything else (``current``) is compared as written. Each dropped entry is appended to
-    ``duplicates`` as ``(dropped, kept)`` when a list is given.
-    """
-    from packaging.version import InvalidVersion, Version
-
-    kept: list[str] = []
-    seen: dict[object, str] = {}  # the Version (or the text, when it does not parse) -> the kept spelling
-    for raw in str(text).split(","):
-        v = raw.strip()
-        if not v:
-            continue
-        key: object
-        try:
-            key = Version(v)
-        except InvalidVersion:
-            key = v
-        if key in seen:
-            if duplicates is not None:
-                duplicates.append((v, seen[key]))
-            continue
-        seen[key] = v
-        kept.append(v)
-    return kept
-
-
 @dataclass
 class CompatSession:
     results_dir: Path

@@ -40,7 +40,7 @@ def test_plain():
 
 @pytest.mark.kv_cache
 def test_x(vllm_target):
-    assert vllm_target.version == "9.9"
+    assert vllm_target.version == "9.9.0"
 """
 
 
@@ -137,26 +137,26 @@ def test_ids_and_collect_only_neither_validates_nor_provisions(project: Project)
 
 def test_versions_from_environment_variable_and_cli_wins(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    monkeypatch.setenv("VLLM_COMPAT_VERSIONS", "9.8")
+    monkeypatch.setenv("VLLM_COMPAT_VERSIONS", "9.8.0")
     ids = _nodeids(project.run("--collect-only", "-q"))
-    assert "test_a.py::test_x[tiny-mistral-vllm-cpu-9.8]" in ids
-    ids = _nodeids(project.run("--vllm=9.9,9.7", "--collect-only", "-q"))
-    assert not any("9.8" in i for i in ids)
-    assert "test_a.py::test_x[tiny-mistral-vllm-cpu-9.7]" in ids and "test_a.py::test_x[tiny-llama-vllm-cpu-9.9]" in ids
+    assert "test_a.py::test_x[tiny-mistral-vllm-cpu-9.8.0]" in ids
+    ids = _nodeids(project.run("--vllm=9.9.0,9.7.0", "--collect-only", "-q"))
+    assert not any("9.8.0" in i for i in ids)
+    assert "test_a.py::test_x[tiny-mistral-vllm-cpu-9.7.0]" in ids and "test_a.py::test_x[tiny-llama-vllm-cpu-9.9.0]" in ids
 
 
 def test_family_marker_selects_models(project: Project) -> None:
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    result = project.run("--vllm=9.9", "-m", "mistral", "-v")
+    result = project.run("--vllm=9.9.0", "-m", "mistral", "-v")
     result.assert_outcomes(passed=1, deselected=2)
-    result.stdout.fnmatch_lines(["*test_a.py::test_x[[]tiny-mistral-vllm-cpu-9.9[]] PASSED*"])
+    result.stdout.fnmatch_lines(["*test_a.py::test_x[[]tiny-mistral-vllm-cpu-9.9.0[]] PASSED*"])
     result.stdout.no_fnmatch_line("*tiny-llama*PASSED*")
-    result.stdout.fnmatch_lines(["*vllm-cpu-9.9-py*: reused in*"])
+    result.stdout.fnmatch_lines(["*vllm-cpu-9.9.0-py*: reused in*"])
 
 
 def test_markers_are_registered_for_strict_markers(project: Project) -> None:
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_a="""
         import pytest
 
@@ -176,7 +176,7 @@ def test_markers_are_registered_for_strict_markers(project: Project) -> None:
         def test_y(vllm_target):
             pass
     """)
-    result = project.run("--vllm=9.9", "--strict-markers", "-m", "llama")
+    result = project.run("--vllm=9.9.0", "--strict-markers", "-m", "llama")
     result.assert_outcomes(passed=2, deselected=2)
 
 
@@ -196,9 +196,9 @@ def test_markers_listed_with_descriptions(project: Project) -> None:
 
 def test_registry_families_become_markers(project: Project) -> None:
     project.registry('[models.tiny-custom]\nbuiltin = "llama"\nfamilies = ["myfamily"]\n')
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_a="def test_x(vllm_target): pass")
-    result = project.run("--vllm=9.9", "--strict-markers", "-m", "myfamily")
+    result = project.run("--vllm=9.9.0", "--strict-markers", "-m", "myfamily")
     result.assert_outcomes(passed=1)
 
 
@@ -219,7 +219,7 @@ def test_vllm_target_without_a_registry_is_a_usage_error(project: Project) -> No
     usage error for a test that needs models."""
     (project.pytester.path / "models.toml").unlink()
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    result = project.pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm=9.9", "--vllm-device=cpu",
+    result = project.pytester.runpytest_subprocess("-p", "no:cacheprovider", "--vllm=9.9.0", "--vllm-device=cpu",
                                                    f"--vllm-env-dir={project.env_dir}")
     assert "suites/models.toml does not exist" in result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR, f"exit {result.ret!r}: reported as a collection error"
@@ -273,42 +273,42 @@ def test_invalid_registry_given_explicitly_is_a_usage_error(project: Project) ->
 def test_default_registry_missing_only_matters_to_vllm_tests(project: Project) -> None:
     (project.pytester.path / "models.toml").unlink()
     project.pytester.makepyfile(test_a="def test_plain(): pass")
-    result = project.pytester.runpytest("--vllm-device=cpu", "--vllm=9.9", f"--vllm-env-dir={project.env_dir}")
+    result = project.pytester.runpytest("--vllm-device=cpu", "--vllm=9.9.0", f"--vllm-env-dir={project.env_dir}")
     result.assert_outcomes(passed=1)
 
 
 def test_bad_shard_is_a_usage_error(project: Project) -> None:
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    result = project.run("--vllm=9.9", "--vllm-shard=3/2", "--collect-only")
+    result = project.run("--vllm=9.9.0", "--vllm-shard=3/2", "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --vllm-shard: invalid shard '3/2'*"])
 
 
 def test_servers_per_gpu_below_one_is_a_usage_error(project: Project) -> None:
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    result = project.run("--vllm=9.9", "--vllm-servers-per-gpu=0", "--collect-only")
+    result = project.run("--vllm=9.9.0", "--vllm-servers-per-gpu=0", "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --vllm-servers-per-gpu: must be 1 or more, not 0"])
 
 
 def test_packing_on_cpu_or_without_workers_warns(project: Project) -> None:
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    result = project.run("--vllm=9.9", "--vllm-servers-per-gpu=4", "--collect-only")
+    result = project.run("--vllm=9.9.0", "--vllm-servers-per-gpu=4", "--collect-only")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*PytestConfigWarning: --vllm-servers-per-gpu=4: this run is on cpu: there is no "
                                  "GPU to pack servers on*"])
-    quiet = project.run("--vllm=9.9", "--collect-only")
+    quiet = project.run("--vllm=9.9.0", "--collect-only")
     assert "vllm-servers-per-gpu" not in quiet.stdout.str()
-    cuda = project.run("--vllm=9.9", "--vllm-device=cuda", "--vllm-servers-per-gpu=2", "--collect-only")
+    cuda = project.run("--vllm=9.9.0", "--vllm-device=cuda", "--vllm-servers-per-gpu=2", "--collect-only")
     cuda.stdout.fnmatch_lines(["*--vllm-servers-per-gpu=2: without xdist workers (-n 2)*run with -n 2*"])
-    packed = project.run("--vllm=9.9", "--vllm-device=cuda", "--vllm-servers-per-gpu=2", "-n", "2", "--collect-only")
+    packed = project.run("--vllm=9.9.0", "--vllm-device=cuda", "--vllm-servers-per-gpu=2", "-n", "2", "--collect-only")
     assert packed.ret == pytest.ExitCode.OK, packed.stdout.str()
     assert "vllm-servers-per-gpu" not in packed.stdout.str()
 
 
 def test_unknown_compile_cache_mode_is_a_usage_error(project: Project) -> None:
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    result = project.run("--vllm=9.9", "--vllm-compile-cache=warm", "--collect-only")
+    result = project.run("--vllm=9.9.0", "--vllm-compile-cache=warm", "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--vllm-compile-cache*invalid choice*warm*"])
 
@@ -340,7 +340,7 @@ def _group(nodeid: str) -> str:
 
 def test_shards_partition_the_items_by_model_and_version(project: Project) -> None:
     project.pytester.makepyfile(test_s=SHARD_TESTS)
-    versions = "--vllm=9.8,9.9"
+    versions = "--vllm=9.8.0,9.9.0"
     everything = [i for i in _nodeids(project.run(versions, "--collect-only", "-q")) if "[" in i]
     assert len(everything) == 3 * 2 * 2
     shards = []
@@ -396,9 +396,9 @@ builtin = "mistral"
 families = ["mistral"]
 requires = { devices = ["cuda"] }
 """)
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    result = project.run("--vllm=9.9", "-rs")
+    result = project.run("--vllm=9.9.0", "-rs")
     result.assert_outcomes(passed=3, skipped=2)
     result.stdout.fnmatch_lines_random([
         "SKIPPED [[]1[]] *: not applicable: big-model needs 2 GPU(s); this run is on cpu",
@@ -421,7 +421,7 @@ def test_plain():
 
 @pytest.mark.kv_cache
 def test_kv(vllm_target):
-    assert vllm_target.version == "9.9"
+    assert vllm_target.version == "9.9.0"
 
 @pytest.mark.vllm_feature("guided_decoding:xgrammar")
 def test_measured(vllm_target, vllm_record):
@@ -441,9 +441,9 @@ def test_fails(vllm_target):
 
 
 def test_one_record_per_test_with_the_schema_fields(project: Project) -> None:
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_r=RECORD_TESTS)
-    result = project.run("--vllm=9.9", "-m", "mistral or not (llama or mistral)")
+    result = project.run("--vllm=9.9.0", "-m", "mistral or not (llama or mistral)")
     result.assert_outcomes(passed=3, skipped=2, failed=1)
     files = list((project.results / "records").glob("*.jsonl"))
     assert len(files) == 1 and files[0].name.endswith("-main.jsonl")
@@ -458,12 +458,12 @@ def test_one_record_per_test_with_the_schema_fields(project: Project) -> None:
         assert r["model"] == "tiny-mistral"
         assert r["model_source"] == "builtin:mistral"
         assert r["families"] == ["mistral"]
-        assert r["vllm_version"] == "9.9"
+        assert r["vllm_version"] == "9.9.0"
         assert r["distribution"] == "vllm-cpu"
         assert r["platform"] == "cpu"
         assert r["device"]["kind"] == "cpu"
-        assert r["test_id"] == f"test_r.py::{r['test_name']}[tiny-mistral-vllm-cpu-9.9]"
-        assert r["provenance"]["vllm"] == "9.9" and r["provenance"]["torch"] == "2.8.0+cpu"
+        assert r["test_id"] == f"test_r.py::{r['test_name']}[tiny-mistral-vllm-cpu-9.9.0]"
+        assert r["provenance"]["vllm"] == "9.9.0" and r["provenance"]["torch"] == "2.8.0+cpu"
         assert r["server"] is None
         assert r["duration_s"] >= 0
         assert r["started_at"] <= r["finished_at"]
@@ -487,19 +487,19 @@ def test_one_record_per_test_with_the_schema_fields(project: Project) -> None:
     assert len(manifests) == 1
     manifest = json.loads(manifests[0].read_text())
     assert manifest["schema"] == "pytest-vllm-compat/manifest@1"
-    assert manifest["versions"] == ["9.9"]
+    assert manifest["versions"] == ["9.9.0"]
     assert sum(manifest["counts"].values()) == 5
     assert manifest["counts"]["pass"] == 2
-    assert manifest["options"]["vllm_versions"] == {"value": "9.9", "source": "cli"}
+    assert manifest["options"]["vllm_versions"] == {"value": "9.9.0", "source": "cli"}
     assert manifest["options"]["vllm_servers_per_gpu"] == {"value": "1", "source": "default"}
     result.stdout.fnmatch_lines(["*vllm-compat*", "results: *2 pass*(5 records in *records)"])
 
 
 def test_records_from_two_runs_do_not_mix(project: Project) -> None:
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    project.run("--vllm=9.9").assert_outcomes(passed=3)
-    project.run("--vllm=9.9").assert_outcomes(passed=3)
+    project.run("--vllm=9.9.0").assert_outcomes(passed=3)
+    project.run("--vllm=9.9.0").assert_outcomes(passed=3)
     records = project.records()
     assert len(records) == 4
     assert len({r["run_id"] for r in records}) == 2
@@ -507,7 +507,7 @@ def test_records_from_two_runs_do_not_mix(project: Project) -> None:
 
 
 def test_setup_error_is_recorded_with_its_phase(project: Project) -> None:
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_e="""
         import pytest
 
@@ -519,7 +519,7 @@ def test_setup_error_is_recorded_with_its_phase(project: Project) -> None:
         def test_e(vllm_target, broken):
             pass
     """)
-    result = project.run("--vllm=9.9", "-m", "mistral")
+    result = project.run("--vllm=9.9.0", "-m", "mistral")
     result.assert_outcomes(errors=1, deselected=1)
     (rec,) = project.records()
     assert rec["outcome"] == "error"
@@ -530,11 +530,11 @@ def test_setup_error_is_recorded_with_its_phase(project: Project) -> None:
 
 
 def test_environment_failure_errors_the_tests_that_need_it(project: Project) -> None:
-    """No environment for 9.7 and no way to make one (the installer, uv here, finds no vllm-cpu 9.7: the
+    """No environment for 9.7.0 and no way to make one (the installer, uv here, finds no vllm-cpu 9.7.0: the
     isolation fixture points pip's configuration, which uv is given too, at an empty find-links folder and no
     index): the run goes on, tests that need the environment error with the reason, once per version, as
     infrastructure."""
-    project.index("9.7")
+    project.index("9.7.0")
     project.pytester.makepyfile(test_v="""
         def test_target_only(vllm_target):
             pass
@@ -542,24 +542,24 @@ def test_environment_failure_errors_the_tests_that_need_it(project: Project) -> 
         def test_env(vllm_env):
             pass
     """)
-    result = project.run("--vllm=9.7", "-m", "mistral")
+    result = project.run("--vllm=9.7.0", "-m", "mistral")
     result.assert_outcomes(passed=1, errors=1, deselected=2)
-    result.stdout.fnmatch_lines(["*9.7: environment FAILED: installing vllm-cpu==9.7 failed: *vllm-cpu*"])
-    result.stdout.fnmatch_lines(["*ProvisionError: installing vllm-cpu==9.7 failed*"])
+    result.stdout.fnmatch_lines(["*9.7.0: environment FAILED: installing vllm-cpu==9.7.0 failed: *vllm-cpu*"])
+    result.stdout.fnmatch_lines(["*ProvisionError: installing vllm-cpu==9.7.0 failed*"])
     by_name = {r["test_name"]: r for r in project.records()}
     assert by_name["test_target_only"]["status"] == "pass"
     env_rec = by_name["test_env"]
     assert env_rec["outcome"] == "error" and env_rec["error"]["phase"] == "setup"
-    assert env_rec["vllm_version"] == "9.7"
+    assert env_rec["vllm_version"] == "9.7.0"
     assert env_rec["status"] == "error", env_rec["classification"]
     assert env_rec["classification"]["kind"] == "infrastructure"
-    assert not (project.env_dir / "envs" / f"vllm-cpu-9.7-py{PY}").exists()
+    assert not (project.env_dir / "envs" / f"vllm-cpu-9.7.0-py{PY}").exists()
 
 
 def test_xdist_workers_write_their_own_files_under_one_run_id(project: Project) -> None:
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_s=SHARD_TESTS)
-    result = project.run("--vllm=9.9", "-n", "2")
+    result = project.run("--vllm=9.9.0", "-n", "2")
     result.assert_outcomes(passed=7)
     files = sorted((project.results / "records").glob("*.jsonl"))
     assert files and all(f.name.rsplit("-", 1)[1] in ("gw0.jsonl", "gw1.jsonl") for f in files)
@@ -575,7 +575,7 @@ def test_xdist_workers_write_their_own_files_under_one_run_id(project: Project) 
 
 def test_pytest_timeout_never_applies_to_fixture_setup_of_vllm_tests(project: Project) -> None:
     """A server startup happens in fixture setup: --timeout must count only the test function there."""
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_t="""
         import time
         import pytest
@@ -597,7 +597,7 @@ def test_pytest_timeout_never_applies_to_fixture_setup_of_vllm_tests(project: Pr
         def test_plain(slow_plain):
             pass
     """)
-    result = project.run_subprocess("--vllm=9.9", "--timeout=1", "-k", "tiny-mistral or plain")
+    result = project.run_subprocess("--vllm=9.9.0", "--timeout=1", "-k", "tiny-mistral or plain")
     # the vLLM test's slow setup is not timed; its slow body is; a plain test keeps pytest-timeout's default
     result.assert_outcomes(passed=1, failed=1, errors=1)
     result.stdout.fnmatch_lines(["*FAILED test_t.py::test_vllm_slow_body*", "*ERROR test_t.py::test_plain*"])
@@ -605,13 +605,13 @@ def test_pytest_timeout_never_applies_to_fixture_setup_of_vllm_tests(project: Pr
 
 
 def test_records_never_carry_secrets_from_a_traceback(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_s="""
         def test_leaks(vllm_target):
             token = "hf_" + "A" * 30
             assert token == "x", f"Authorization: Bearer {token}"
     """)
-    project.run("--vllm=9.9", "-k", "tiny-mistral")
+    project.run("--vllm=9.9.0", "-k", "tiny-mistral")
     (rec,) = project.records()
     assert "hf_" + "A" * 30 not in json.dumps(rec), rec["error"]
     assert "Bearer ***" in rec["error"]["summary"] or "***" in rec["error"]["summary"]
@@ -632,11 +632,11 @@ def test_g(vllm_target, i):
 def test_xdist_keeps_every_server_group_on_one_worker(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each spec's tests on one worker, so each server starts once: the workers must add the group to the
     node ids (xdist's loadgroup), not only the controller choose the loadgroup scheduler."""
-    project.ready("9.9")
+    project.ready("9.9.0")
     log = project.pytester.path / "groups.log"
     monkeypatch.setenv("GROUP_LOG", str(log))
     project.pytester.makepyfile(test_g=GROUP_TESTS)
-    result = project.run_subprocess("--vllm=9.9", "-n", "2")
+    result = project.run_subprocess("--vllm=9.9.0", "-n", "2")
     result.assert_outcomes(passed=12)
     seen: dict[str, set[str]] = {}
     for line in log.read_text().splitlines():
@@ -646,7 +646,7 @@ def test_xdist_keeps_every_server_group_on_one_worker(project: Project, monkeypa
     # Records keep the collected node ids (no "@<group>" scheduling suffix), as without xdist.
     ids = sorted(r["test_id"] for r in project.records())
     assert len(ids) == 12 and not any("@" in i for i in ids), ids
-    assert ids[0] == "test_g.py::test_g[tiny-llama-vllm-cpu-9.9-0]"
+    assert ids[0] == "test_g.py::test_g[tiny-llama-vllm-cpu-9.9.0-0]"
 
 
 # --- registries of any shape: a test no model runs is skipped with the reason, never a crash ----------
@@ -709,20 +709,20 @@ NO_MODEL_SKIP = ("SKIPPED [[]1[]] test_f.py:*: not applicable: no model in the r
 def test_one_model_per_feature_skips_the_feature_no_model_runs(project: Project) -> None:
     project.registry(ONE_MODEL_PER_FEATURE)
     project.pytester.makepyfile(test_f=FEATURE_TESTS)
-    collected = project.run("--vllm=9.9", "--collect-only", "-q")
+    collected = project.run("--vllm=9.9.0", "--collect-only", "-q")
     assert collected.ret == 0, collected.stdout.str()
     assert "INTERNALERROR" not in collected.stdout.str() + collected.stderr.str()
     assert sorted(_nodeids(collected)) == sorted([
         "test_f.py::test_plain",
-        "test_f.py::test_kv[tiny-kv-vllm-cpu-9.9]",
-        "test_f.py::test_config[tiny-config-vllm-cpu-9.9]",
+        "test_f.py::test_kv[tiny-kv-vllm-cpu-9.9.0]",
+        "test_f.py::test_config[tiny-config-vllm-cpu-9.9.0]",
         "test_f.py::test_attention[no-model]",  # one item per test, whatever the number of versions
-        "test_f.py::test_kv_or_attention[tiny-kv-vllm-cpu-9.9]",
-        "test_f.py::test_any[tiny-config-vllm-cpu-9.9]",
-        "test_f.py::test_any[tiny-kv-vllm-cpu-9.9]",
+        "test_f.py::test_kv_or_attention[tiny-kv-vllm-cpu-9.9.0]",
+        "test_f.py::test_any[tiny-config-vllm-cpu-9.9.0]",
+        "test_f.py::test_any[tiny-kv-vllm-cpu-9.9.0]",
     ])
-    project.ready("9.9")
-    result = project.run("--vllm=9.9", "-rs")
+    project.ready("9.9.0")
+    result = project.run("--vllm=9.9.0", "-rs")
     result.assert_outcomes(passed=6, skipped=1)
     result.stdout.fnmatch_lines([NO_MODEL_SKIP.format("attention")])
     records = project.records()
@@ -734,18 +734,18 @@ def test_one_model_per_feature_skips_the_feature_no_model_runs(project: Project)
 
 def test_one_feature_only_registry_skips_every_other_feature(project: Project) -> None:
     project.registry(ONE_FEATURE_ONLY)
-    project.ready("9.8", "9.9")
+    project.ready("9.8.0", "9.9.0")
     project.pytester.makepyfile(test_f=FEATURE_TESTS)
-    result = project.run("--vllm=9.8,9.9", "-rs", "-v")
+    result = project.run("--vllm=9.8.0,9.9.0", "-rs", "-v")
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     # kv: 2 models x 2 versions; kv_or_attention: 4; any: 4; plain: 1; config and attention: skipped once each
     result.assert_outcomes(passed=13, skipped=2)
     result.stdout.fnmatch_lines_random([NO_MODEL_SKIP.format("config"), NO_MODEL_SKIP.format("attention"),
                                         "*test_f.py::test_config[[]no-model[]] SKIPPED*"])
     # -m on a feature keeps the skip visible; -m on a family deselects the tests no model of that family runs
-    kv = project.run("--vllm=9.9", "-m", "config or kv_cache", "-rs")
+    kv = project.run("--vllm=9.9.0", "-m", "config or kv_cache", "-rs")
     kv.assert_outcomes(passed=4, skipped=1, deselected=4)
-    qwen = project.run("--vllm=9.9", "-m", "qwen")
+    qwen = project.run("--vllm=9.9.0", "-m", "qwen")
     qwen.assert_outcomes(passed=3, deselected=6)
 
 
@@ -766,30 +766,30 @@ families = ["qwen"]
 features = ["config"]
 """)
     project.pytester.makepyfile(test_f=FEATURE_TESTS)
-    collected = project.run("--vllm=9.9", "--collect-only", "-q")
+    collected = project.run("--vllm=9.9.0", "--collect-only", "-q")
     assert collected.ret == 0, collected.stdout.str()
     ids = _nodeids(collected)
     assert not any("no-model" in i for i in ids)
     assert sorted(i for i in ids if "::test_attention[" in i) == [
-        "test_f.py::test_attention[tiny-all-vllm-cpu-9.9]", "test_f.py::test_attention[tiny-empty-vllm-cpu-9.9]"]
+        "test_f.py::test_attention[tiny-all-vllm-cpu-9.9.0]", "test_f.py::test_attention[tiny-empty-vllm-cpu-9.9.0]"]
     assert len([i for i in ids if "::test_config[" in i]) == 3
 
 
 def test_no_model_of_the_family_given_with_m_deselects_and_never_crashes(project: Project) -> None:
     project.registry(ONE_FEATURE_ONLY)  # llama and qwen models only, both kv_cache only
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_f=FEATURE_TESTS)
-    result = project.run("--vllm=9.9", "-m", "mistral")
+    result = project.run("--vllm=9.9.0", "-m", "mistral")
     out = result.stdout.str() + result.stderr.str()
     assert "INTERNALERROR" not in out and "Traceback" not in out
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     result.assert_outcomes(deselected=9)
     assert not project.records()
     # and the same with xdist workers and with shards (the no-model items are plain tests there)
-    xdist = project.run_subprocess("--vllm=9.9", "-n", "2", "-rs")
+    xdist = project.run_subprocess("--vllm=9.9.0", "-n", "2", "-rs")
     assert "INTERNALERROR" not in xdist.stdout.str() + xdist.stderr.str()
     xdist.assert_outcomes(passed=7, skipped=2)
-    shards = [project.run("--vllm=9.9", f"--vllm-shard={s}/2", "--collect-only", "-q") for s in (1, 2)]
+    shards = [project.run("--vllm=9.9.0", f"--vllm-shard={s}/2", "--collect-only", "-q") for s in (1, 2)]
     assert all(s.ret == 0 for s in shards)
     assert sorted(i for i in _nodeids(shards[0]) if "no-model" in i) == [
         "test_f.py::test_attention[no-model]", "test_f.py::test_config[no-model]"]
@@ -798,7 +798,7 @@ def test_no_model_of_the_family_given_with_m_deselects_and_never_crashes(project
 
 def test_no_model_item_follows_the_empty_parameter_set_mark_ini_option(project: Project) -> None:
     project.registry(ONE_FEATURE_ONLY)
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_f="""
         import pytest
 
@@ -807,12 +807,12 @@ def test_no_model_item_follows_the_empty_parameter_set_mark_ini_option(project: 
             pass
     """)
     project.pytester.makeini("[pytest]\nempty_parameter_set_mark = xfail\n")
-    xfailed = project.run("--vllm=9.9", "-rx")
+    xfailed = project.run("--vllm=9.9.0", "-rx")
     xfailed.assert_outcomes(xfailed=1)
     xfailed.stdout.fnmatch_lines(["XFAIL *test_f.py::test_config[[]no-model[]] - *not applicable: no model in the "
                                   "registry runs feature config*"])
     project.pytester.makeini("[pytest]\nempty_parameter_set_mark = fail_at_collect\n")
-    strict = project.run("--vllm=9.9")
+    strict = project.run("--vllm=9.9.0")
     assert strict.ret == pytest.ExitCode.INTERRUPTED
     assert "INTERNALERROR" not in strict.stdout.str()
     strict.stdout.fnmatch_lines(["*test_f.py::test_config: not applicable: no model in the registry runs feature "
@@ -823,39 +823,73 @@ def test_no_model_item_follows_the_empty_parameter_set_mark_ini_option(project: 
 
 def test_duplicate_versions_run_once_and_are_named_once(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    result = project.run("--vllm=9.9, 9.9,9.8,9.9.0", "--collect-only", "-q")
+    result = project.run("--vllm=9.9.0, 9.9.0,9.8.0,9.9.0.0", "--collect-only", "-q")
     assert result.ret == 0
     assert _nodeids(result) == [
         "test_a.py::test_plain",
-        "test_a.py::test_x[tiny-llama-vllm-cpu-9.8]",
-        "test_a.py::test_x[tiny-mistral-vllm-cpu-9.8]",
-        "test_a.py::test_x[tiny-llama-vllm-cpu-9.9]",
-        "test_a.py::test_x[tiny-mistral-vllm-cpu-9.9]",
+        "test_a.py::test_x[tiny-llama-vllm-cpu-9.8.0]",
+        "test_a.py::test_x[tiny-mistral-vllm-cpu-9.8.0]",
+        "test_a.py::test_x[tiny-llama-vllm-cpu-9.9.0]",
+        "test_a.py::test_x[tiny-mistral-vllm-cpu-9.9.0]",
     ]
     out = result.stdout.str()
-    assert "9.9_1" not in out and "9.9.0]" not in out
-    result.stdout.fnmatch_lines(["*PytestConfigWarning: --vllm=9.9, 9.9,9.8,9.9.0: each version runs once; ignored "
-                                 "the duplicate(s) 9.9 (again), 9.9.0 (same as 9.9)"])
+    assert "9.9.0_1" not in out and "9.9.0.0]" not in out
+    result.stdout.fnmatch_lines(["*PytestConfigWarning: --vllm=9.9.0, 9.9.0,9.8.0,9.9.0.0: each version runs once; "
+                                 "ignored the duplicate(s) 9.9.0 (again), 9.9.0.0 (same as 9.9.0)"])
     assert out.count("each version runs once") == 1
-    quiet = project.run("--vllm=9.9,9.8", "--collect-only", "-q")
+    quiet = project.run("--vllm=9.9.0,9.8.0", "--collect-only", "-q")
     assert "each version runs once" not in quiet.stdout.str()
-    monkeypatch.setenv("VLLM_COMPAT_VERSIONS", "9.9,9.9")
+    monkeypatch.setenv("VLLM_COMPAT_VERSIONS", "9.9.0,9.9.0")
     from_env = project.run("--collect-only", "-q")
     assert len([i for i in _nodeids(from_env) if "[" in i]) == 2
-    from_env.stdout.fnmatch_lines(["*VLLM_COMPAT_VERSIONS=9.9,9.9: each version runs once*9.9 (again)"])
+    from_env.stdout.fnmatch_lines(["*VLLM_COMPAT_VERSIONS=9.9.0,9.9.0: each version runs once*9.9.0 (again)"])
 
 
 def test_duplicate_versions_run_once_with_records_and_manifest(project: Project) -> None:
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_a=TARGET_TESTS)
-    result = project.run("--vllm=9.9,9.9", "-n", "2")
+    result = project.run("--vllm=9.9.0,9.9.0", "-n", "2")
     result.assert_outcomes(passed=3)
     assert result.stdout.str().count("each version runs once") == 1  # the controller says it, not each worker
     records = project.records()
-    assert sorted(r["test_id"] for r in records) == ["test_a.py::test_x[tiny-llama-vllm-cpu-9.9]",
-                                                     "test_a.py::test_x[tiny-mistral-vllm-cpu-9.9]"]
+    assert sorted(r["test_id"] for r in records) == ["test_a.py::test_x[tiny-llama-vllm-cpu-9.9.0]",
+                                                     "test_a.py::test_x[tiny-mistral-vllm-cpu-9.9.0]"]
     (manifest,) = [json.loads(p.read_text()) for p in (project.results / "manifests").glob("*.json")]
-    assert manifest["versions"] == ["9.9"]
+    assert manifest["versions"] == ["9.9.0"]
+
+
+# --- ranges, latest and minor series, resolved against the index ---------------------------------------
+
+def test_a_range_runs_every_release_in_it_and_says_which(project: Project) -> None:
+    project.index("9.10.0", "9.9.1", "9.9.0", "9.9.0rc1", "9.8.0.post1", "9.8.0", "9.7.0")
+    for v in ("9.8.0", "9.9.0", "9.9.1"):
+        project.fake_env(v)
+    project.pytester.makepyfile(test_a=TARGET_TESTS.replace('== "9.9.0"', 'in ("9.8.0", "9.9.0", "9.9.1")'))
+    result = project.run("--vllm=9.8.0..9.9.1", "-m", "mistral", "-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["vllm-compat: vllm-cpu 9.8.0, 9.9.0, 9.9.1 (--vllm=9.8.0..9.9.1: "
+                                 "9.8.0..9.9.1 -> 9.8.0, 9.9.0, 9.9.1)"])
+    assert sorted({r["vllm_version"] for r in project.records()}) == ["9.8.0", "9.9.0", "9.9.1"]
+    (manifest,) = [json.loads(p.read_text()) for p in (project.results / "manifests").glob("*.json")]
+    assert manifest["versions"] == ["9.8.0", "9.9.0", "9.9.1"] and manifest["versions_requested"] == "9.8.0..9.9.1"
+    ids = _nodeids(project.run("--vllm=latest~1,9.9", "--collect-only", "-q"))
+    assert [i for i in ids if "mistral" in i] == ["test_a.py::test_x[tiny-mistral-vllm-cpu-9.9.1]",
+                                                  "test_a.py::test_x[tiny-mistral-vllm-cpu-9.10.0]"]
+    pre = _nodeids(project.run("--vllm=9.8", "--vllm-pre", "--collect-only", "-q"))
+    assert "test_a.py::test_x[tiny-mistral-vllm-cpu-9.8.0.post1]" in pre
+
+
+def test_a_range_that_selects_nothing_or_no_index_is_one_clear_error(project: Project) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    offline = project.run("--vllm=latest", "--collect-only")  # no index cache and pip cannot reach one
+    assert offline.ret == pytest.ExitCode.USAGE_ERROR
+    offline.stderr.fnmatch_lines(["ERROR: --vllm term 'latest' needs the list of releases*name the versions "
+                                  "exactly*(from cli)"])
+    project.index("9.9.0", "9.8.0")
+    empty = project.run("--vllm=1.0.0..2.0.0", "--collect-only")
+    assert empty.ret == pytest.ExitCode.USAGE_ERROR
+    empty.stderr.fnmatch_lines(["ERROR: --vllm term '1.0.0..2.0.0' selects no release the package index offers "
+                                "(it has 9.8.0 to 9.9.0)*"])
 
 
 SIGTERM_TESTS = """
@@ -878,11 +912,11 @@ def test_sigterm_ends_the_session_like_ctrl_c_and_keeps_records_and_manifest(pro
     import signal
     import subprocess
 
-    project.ready("9.9")
+    project.ready("9.9.0")
     project.pytester.makepyfile(test_t=SIGTERM_TESTS)
     ready = project.pytester.path / "ready"
     monkeypatch.setenv("READY_FILE", str(ready))
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", *project.args("--vllm=9.9", "-v")],
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *project.args("--vllm=9.9.0", "-v")],
                             cwd=project.pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
