@@ -5,6 +5,7 @@
     vllm-compat versions [--device cpu]
     vllm-compat matrix RESULTS_DIR... --output DIR [--title T]
     vllm-compat classify FILE [--version V]
+    vllm-compat bisect --good A --bad B [--results DIR] [--retries N] [-- PYTEST ARGS...]
     vllm-compat envs list [--json] [--env-dir DIR]
     vllm-compat envs remove NAME... [--force] [--env-dir DIR]
     vllm-compat envs prune [--max-size 20G] [--unused-days N] [--dry-run] [--env-dir DIR]
@@ -30,6 +31,7 @@ from .environments import (
     check_version,
     default_env_dir,
 )
+from .versions import version_key
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
 
@@ -107,6 +109,50 @@ def cmd_classify(ns: argparse.Namespace) -> int:
     text = Path(ns.file).read_text(encoding="utf-8", errors="replace")
     print(json.dumps(classify(text, None, version=ns.version).to_dict(), indent=2))
     return 0
+
+
+def cmd_bisect(ns: argparse.Namespace) -> int:
+    from . import bisect as bs
+    from .version_spec import VersionSpecError, resolve_versions
+
+    dist = DISTRIBUTIONS[ns.device]
+    env_dir = Path(ns.env_dir or default_env_dir())
+    pytest_args = list(ns.pytest_args)
+    if pytest_args[:1] == ["--"]:
+        pytest_args = pytest_args[1:]
+    try:
+        bs.check_pytest_args(pytest_args)
+    except bs.BisectError as e:
+        print(f"vllm-compat bisect: {e}", file=sys.stderr)
+        return 2
+    if ns.good == ns.bad:
+        print("vllm-compat bisect: --good and --bad are the same release", file=sys.stderr)
+        return 2
+    avail = available_versions(dist, env_dir)
+    try:
+        releases = resolve_versions(f"{ns.good}..{ns.bad}", avail, pre=ns.pre).versions
+        for end in (ns.good, ns.bad):
+            check_version(dist, end, avail, cache_dir=env_dir)
+    except (VersionSpecError, UnknownVersionError) as e:
+        print(f"vllm-compat bisect: {e}", file=sys.stderr)
+        return 2
+    releases = sorted({*releases, ns.good, ns.bad}, key=version_key)
+    pytest_args += [f"--vllm-device={ns.device}", *([f"--vllm-env-dir={ns.env_dir}"] if ns.env_dir else [])]
+    results = Path(ns.results)
+    print(f"[vllm-compat bisect] {len(releases)} releases of {dist} from {releases[0]} to {releases[-1]}: "
+          f"{', '.join(releases)}", file=sys.stderr)
+    try:
+        res, path = bs.run_bisect(ns.good, ns.bad, releases, pytest_args, results, retries=ns.retries,
+                                  verify_ends=not ns.no_verify_ends)
+    except bs.BisectError as e:
+        print(f"vllm-compat bisect: {e}", file=sys.stderr)
+        return 2
+    for line in bs.report_lines(res):
+        print(line)
+    print(f"result: {path}")
+    if res.interrupted:
+        return 130
+    return 0 if res.boundary else 1
 
 
 def _when(ts: float | None) -> str:
@@ -217,6 +263,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("file")
     p.add_argument("--version")
     p.set_defaults(fn=cmd_classify)
+    p = sub.add_parser("bisect", help="find the first release where a test selection fails (or, with --good "
+                       "newer than --bad, the first that fixed it); pytest arguments after --")
+    p.add_argument("--good", required=True, help="a release where the selection passes")
+    p.add_argument("--bad", required=True, help="a release where it fails")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--env-dir")
+    p.add_argument("--results", default="reports/results", help="results dir every probe's records go to")
+    p.add_argument("--retries", type=int, default=0, help="run each probe again N times; disagreement = mixed")
+    p.add_argument("--no-verify-ends", action="store_true", help="trust --good and --bad without probing them")
+    p.add_argument("--pre", action="store_true", help="probe pre-releases and .postN rebuilds too")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="the selection, e.g. -- suites -m guided_decoding")
+    p.set_defaults(fn=cmd_bisect)
     p = sub.add_parser("envs", help="list, remove or prune provisioned vLLM environments")
     esub = p.add_subparsers(dest="envs_cmd", required=True)
     q = esub.add_parser("list", help="each environment with its size, what removing it frees, and last use")

@@ -548,6 +548,15 @@ def badge(matrix: Mapping[str, Any], model: str) -> dict[str, Any]:
     return {"schemaVersion": 1, "label": f"vLLM {latest}", "message": message, "color": color}
 
 
+def _bisection_entry(b: Mapping[str, Any]) -> dict[str, Any]:
+    """What the matrix keeps of a bisection result: its question, its answer and the tests that flipped."""
+    keys = ("good", "bad", "direction", "first_bad", "last_good", "first_fixed", "last_bad", "conclusion",
+            "compare_url", "selection", "range_size", "probed", "installed", "wall_s", "interrupted")
+    out = {k: b.get(k) for k in keys}
+    out["flipped"] = [{k: f.get(k) for k in ("test", "status", "category", "summary")} for f in b.get("flipped") or []]
+    return out
+
+
 def _dump(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -593,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     locks = load_locks(args.results)
     matrix = build_matrix(records, load_manifests(args.results), locks=locks)
+    from pytest_vllm_compat.bisect import load_results
+
+    matrix["bisections"] = [_bisection_entry(b) for b in load_results(args.results)]
     write_matrix(matrix, args.output)
     from pytest_vllm_compat.site import render_site
 

@@ -710,9 +710,35 @@ def _index(matrix: Mapping[str, Any], title: str) -> str:
         + '<section id="changes"><h2>Changes between consecutive versions</h2>'
         + (f"<ul>{diff_items}</ul>" if diff_items else '<p class="muted">Only one vLLM version tested.</p>')
         + "</section>"
+        + _bisections(matrix)
         + '<section id="runs"><h2>Runs</h2>' + _runs_table(matrix) + "</section>"
     )
     return _page(title, body, script=True, sub=sub, nav=nav)
+
+
+def _bisections(matrix: Mapping[str, Any]) -> str:
+    """``vllm-compat bisect`` results found in the results dirs: which release broke (or fixed) what."""
+    items = []
+    for b in matrix.get("bisections") or []:
+        tests = ", ".join(sorted({str(f.get("test")) for f in b.get("flipped") or []}))
+        cats = ", ".join(sorted({str(f.get("category")) for f in b.get("flipped") or [] if f.get("category")}))
+        if b.get("first_bad"):
+            head = f"<b>broken in {esc(b['first_bad'])}</b> (last good {esc(b.get('last_good'))})"
+        elif b.get("first_fixed"):
+            head = f"<b>fixed in {esc(b['first_fixed'])}</b> (last bad {esc(b.get('last_bad'))})"
+        else:
+            head = f"<b>no boundary</b>: {esc(b.get('conclusion'))}"
+        link = safe_url(b.get("compare_url"))
+        items.append(
+            f"<li>{esc(tests) or '<i>the selection</i>'}: {head}"
+            + (f" — <code>{esc(cats)}</code>" if cats else "")
+            + (f' · <a href="{esc(link)}">what changed</a>' if link else "")
+            + f' <span class="muted">(probed {esc(b.get("probed"))} of {esc(b.get("range_size"))} releases '
+            f"{esc(b.get('good'))} good … {esc(b.get('bad'))} bad; selection "
+            f"<code>{esc(' '.join(b.get('selection') or []))}</code>)</span></li>")
+    if not items:
+        return ""
+    return '<section id="bisections"><h2>Bisections</h2><ul>' + "".join(items) + "</ul></section>"
 
 
 def _change_counts(changes: Sequence[Mapping[str, Any]]) -> dict[str, int]:

