@@ -130,7 +130,8 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
         return 2
     avail = available_versions(dist, env_dir)
     try:
-        releases = resolve_versions(f"{ns.good}..{ns.bad}", avail, pre=ns.pre).versions
+        lo, hi = sorted((ns.good, ns.bad), key=version_key)
+        releases = resolve_versions(f"{lo}..{hi}", avail, pre=ns.pre).versions
         for end in (ns.good, ns.bad):
             check_version(dist, end, avail, cache_dir=env_dir)
     except (VersionSpecError, UnknownVersionError) as e:

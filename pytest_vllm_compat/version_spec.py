@@ -1,8 +1,8 @@
 """What users type for ``--vllm``, resolved against the releases the package index offers.
 
     0.32.0               that release, exactly (checked against the index when provisioning)
-    0.27.0..0.32.0       every final release in the closed range, oldest first (either order of the bounds;
-                         ``0.30.0..`` up to the newest, ``..0.28.0`` from the oldest)
+    0.27.0..0.32.0       every final release in the closed range, oldest first (``0.30.0..`` up to the
+                         newest, ``..0.28.0`` from the oldest; a reversed range is an error)
     latest               the newest final release
     latest~3             the newest four final releases (latest and the three before it)
     0.32                 the newest 0.32.x final release
@@ -85,7 +85,8 @@ def expand_term(term: str, available: Sequence[str] | None, *, pre: bool = False
         lo = _parse(lo_text.strip(), term) if lo_text.strip() else None
         hi = _parse(hi_text.strip(), term) if hi_text.strip() else None
         if lo is not None and hi is not None and lo > hi:
-            lo, hi = hi, lo
+            raise VersionSpecError(f"--vllm term {term!r} is reversed: write {hi_text.strip()}..{lo_text.strip()} "
+                                   "(oldest first)")
         chosen = [s for v, s in releases if (lo is None or v >= lo) and (hi is None or v <= hi)]
         if not chosen:
             raise VersionSpecError(f"--vllm term {term!r} selects no {what} the package index offers "

@@ -1038,3 +1038,20 @@ def test_bisect_retry_that_disagrees_is_mixed_not_bisected_on(project: Project,
     assert probe.verdict == "mixed" and probe.reason.startswith("a retry disagrees: 1 failing") and len(probe.run_ids) == 2
     assert res.conclusion.startswith("9.2.0 is mixed: a retry disagrees")
     assert json.loads(path.read_text())["probes"][-1]["verdict"] == "mixed"
+
+
+def test_bisect_with_good_newer_than_bad_finds_the_fix(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_vllm_compat.cli import main as cli_main
+
+    project.index("9.4.0", "9.3.0", "9.2.0", "9.1.0")
+    for v in ("9.1.0", "9.2.0", "9.3.0", "9.4.0"):
+        project.fake_env(v)
+    project.pytester.makepyfile(test_a=BISECT_TESTS.replace("<", ">="))  # fails before 9.4.0, fixed there
+    rc = cli_main(["bisect", "--good", "9.4.0", "--bad", "9.1.0", f"--env-dir={project.env_dir}",
+                   f"--results={project.results}", "--", "test_a.py", "-p", "no:cacheprovider",
+                   "--vllm-models=models.toml", "-m", "mistral"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "bisect 9.4.0 (good) .. 9.1.0 (bad): fix, 4 releases in range" in out
+    assert "first fixed: 9.4.0; last bad: 9.3.0" in out
+    assert "changes: https://github.com/vllm-project/vllm/compare/v9.3.0...v9.4.0" in out

@@ -179,3 +179,14 @@ def test_report_and_result_json(tmp_path) -> None:
     data = json.loads(path.read_text())
     assert data["schema"] == "pytest-vllm-compat/bisect@1" and data["first_bad"] == "0.29.0"
     assert data["range_size"] == 7 and data["probed"] == len(res.probes) and data["installed"] == 0
+
+
+def test_all_good_and_all_bad_have_no_boundary_and_say_so() -> None:
+    oracle, calls = oracle_from({v: "good" for v in RELEASES})
+    res = bs.search(RELEASES, "0.27.0", "0.32.0", oracle)
+    assert res.boundary is None and res.conclusion.startswith("the bad release 0.32.0 is not bad (good)")
+    assert calls == ["0.32.0"]
+    oracle, calls = oracle_from({v: "bad" for v in RELEASES})
+    res = bs.search(RELEASES, "0.27.0", "0.32.0", oracle)
+    assert res.boundary is None and res.conclusion.startswith("the good release 0.27.0 is not good (bad)")
+    assert calls == ["0.32.0", "0.27.0"]
