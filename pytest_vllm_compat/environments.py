@@ -172,6 +172,16 @@ def available_versions(distribution: str, cache_dir: Path, *, base_python: str =
     return versions
 
 
+def cached_index_versions(distribution: str, cache_dir: Path) -> list[str] | None:
+    """The versions the index offered when it was last listed (any age; no network): what the manifest keeps
+    so the matrix can show the releases a run did not test."""
+    try:
+        data = json.loads((cache_dir / "index" / f"{distribution}.json").read_text())
+        return [str(v) for v in data["versions"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_version(distribution: str, version: str, available: Sequence[str] | None, *,
                   cache_dir: Path | None = None, base_python: str = sys.executable) -> None:
     """Raise :class:`UnknownVersionError` when the index does not offer ``distribution==version``; the

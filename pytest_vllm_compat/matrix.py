@@ -369,7 +369,35 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
 # --------------------------------------------------------------------------- insights
 
 
-def _insights(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _final(version: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        v = Version(version)
+    except InvalidVersion:
+        return False
+    return not (v.is_prerelease or v.is_postrelease or v.is_devrelease or v.local)
+
+
+def _releases(versions: Sequence[str], manifests: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The tested versions plus every final release the runs' package index offered between the oldest and
+    the newest tested one: the columns of the site, where a release no run tested shows as a gap."""
+    tested = [v for v in versions if version_key(v)[0] == 0]
+    if not tested:
+        return list(versions)
+    lo, hi = version_key(tested[0]), version_key(tested[-1])
+    known = {str(r) for m in manifests for r in m.get("index_versions") or [] if _final(str(r))}
+    inside = {r for r in known if lo <= version_key(r) <= hi}
+    return sort_versions({*versions, *inside})
+
+
+def _untested_between(releases: Sequence[str], tested: Sequence[str], a: str | None, b: str) -> list[str]:
+    """Releases strictly between ``a`` (None: from the first) and ``b`` that have no cell in ``tested``."""
+    ka, kb = (version_key(a) if a else None), version_key(b)
+    return [r for r in releases if r not in tested and (ka is None or version_key(r) > ka) and version_key(r) < kb]
+
+
+def _insights(cells: Sequence[dict[str, Any]], releases: Sequence[str] = ()) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for c in cells:
         groups[(c["model"], c["platform"], c["feature"])][c["vllm_version"]] = c
@@ -388,6 +416,8 @@ def _insights(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "from_version": prev, "to_version": nxt,
                     "from_cell_id": by_version[prev]["cell_id"], "to_cell_id": to_cell["cell_id"],
                     "category": to_cell["category"], "summary": to_cell["summary"],
+                    # the change happened in to_version or in one of these releases no run tested
+                    "untested_between": _untested_between(releases, versions, prev, nxt),
                 })
         out.append({
             "model": model, "platform": platform, "feature": feature,
@@ -395,12 +425,22 @@ def _insights(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "statuses": [by_version[v]["status"] for v in versions],
             "first_pass": passing[0] if passing else None,
             "last_pass": passing[-1] if passing else None,
+            # the range around first_pass: the newest tested release before it with a failing verdict, and the
+            # releases between the two that no run tested (first_pass may be one of them, or earlier)
+            "first_pass_after": _last_before(verdicts, by_version, passing[0]) if passing else None,
+            "first_pass_untested_before": _untested_between(
+                releases, versions, _last_before(verdicts, by_version, passing[0]), passing[0]) if passing else [],
             "regressions": regressions,
             "unclassified": [by_version[v]["cell_id"] for v in versions
                              if by_version[v]["status"] in (*FAILING, "flaky")
                              and by_version[v]["category"] == UNKNOWN_CATEGORY],
         })
     return out
+
+
+def _last_before(verdicts: Sequence[str], by_version: Mapping[str, Mapping[str, Any]], version: str) -> str | None:
+    before = [v for v in verdicts if version_key(v) < version_key(version) and by_version[v]["status"] == "fail"]
+    return before[-1] if before else None
 
 
 def _summary_by_version(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -478,13 +518,16 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
         classifications = [_classification_of(r, classifier, cache) for r in recs]
         cells.append(_build_cell(key, recs, classifications, manifests_by_run, locks))
     cells.sort(key=lambda c: (c["feature"], c["model"], c["platform"], version_key(c["vllm_version"])))
-    insights = _insights(cells)  # also flags regression cells
     versions = sort_versions(c["vllm_version"] for c in cells)
+    releases = _releases(versions, manifests)
+    insights = _insights(cells, releases)  # also flags regression cells
     return {
         "schema": MATRIX_SCHEMA,
         "generated_at": generated_at or _now(),
         "runs": _runs(records, manifests),
         "versions": versions,
+        "releases": releases,
+        "untested_releases": [r for r in releases if r not in versions],
         "models": sorted({c["model"] for c in cells}),
         "families": sorted({f for c in cells for f in c["families"]}),
         "platforms": sorted({c["platform"] for c in cells}),

@@ -25,6 +25,7 @@ from .environments import (
     ProvisionError,
     UnknownVersionError,
     available_versions,
+    cached_index_versions,
     check_version,
     default_env_dir,
 )
@@ -923,6 +924,8 @@ def _write_manifest(state: PluginState, exitstatus: int) -> None:
         "plugin_version": __import__("pytest_vllm_compat").__version__,
         "argv": [redact(a) for a in state.config.invocation_params.args], "versions": state.versions,
         "versions_requested": state.opts["vllm_versions"].value, "versions_note": state.versions_note,
+        # The releases the index offered (as last listed): the matrix shows the ones no run tested as gaps.
+        "index_versions": cached_index_versions(s.distribution, s.env_dir) if s.vllm_python is None else None,
         "device": s.device_info, "host": host_info(), "environments": envs, "env_errors": s.env_errors,
         "counts": counts, "servers": servers, "leftover_pids": leftovers, "exitstatus": int(exitstatus),
         # Every plugin option as resolved, with where it came from (cli, env, ini, default).

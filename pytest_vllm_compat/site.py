@@ -87,6 +87,7 @@ table.grid td.fam{color:var(--muted);font-size:12px}
 .st-unsupported{background:#eceff1;color:#455a64}
 .st-not_applicable{background:#f8f8f8;color:#6b7280}
 .st-untested{color:#9aa4ad}
+th.ver.untested{color:#9aa4ad;font-weight:400;font-style:italic}
 td.regression{outline:3px solid #d50000;outline-offset:-3px}
 table.overview{table-layout:fixed;width:100%}
 table.overview th.model{width:160px}
@@ -487,7 +488,10 @@ def _overview(matrix: Mapping[str, Any]) -> str:
     for platform in sorted(by_platform):
         models = by_platform[platform]
         pcells = [c for c in cells if c["platform"] == platform]
-        versions = sorted({c["vllm_version"] for c in pcells}, key=lambda v: order.get(v, len(order)))
+        tested = sorted({c["vllm_version"] for c in pcells}, key=lambda v: order.get(v, len(order)))
+        span = {v for v in matrix.get("untested_releases") or []
+                if tested and version_key(tested[0]) < version_key(v) < version_key(tested[-1])}
+        versions = sorted({*tested, *span}, key=version_key)  # a release no run tested is a "–" chip
         groups = sorted({feature_group(c["feature"]) for c in pcells}, key=_group_key)
         features_of = {g: {c["feature"] for c in pcells if feature_group(c["feature"]) == g} for g in groups}
         head = "".join(
@@ -501,7 +505,7 @@ def _overview(matrix: Mapping[str, Any]) -> str:
                 f'<td class="g" data-group="{esc(g)}"><div class="chips">'
                 + "".join(_chip(g, v, sorted(models[model].get((g, v), []), key=lambda c: c["feature"]))
                           for v in versions)
-                + "</div></td>" if any((g, v) in models[model] for v in versions)
+                + "</div></td>" if any((g, v) in models[model] for v in tested)
                 else f'<td class="g" data-group="{esc(g)}"><span class="none">not tested</span></td>'
                 for g in groups)
             rows.append(f'<tr data-model="{esc(model)}" data-platform="{esc(platform)}" '
@@ -509,20 +513,29 @@ def _overview(matrix: Mapping[str, Any]) -> str:
                         f'<span class="fam">{esc(", ".join(fams))}</span></td>{tds}</tr>')
         blocks.append(
             f'<div class="ov-platform" data-platform="{esc(platform)}"><h3>Platform: <code>{esc(platform)}</code> '
-            f'<span class="muted">· vLLM {esc(", ".join(versions))}</span></h3>'
+            f'<span class="muted">· vLLM {esc(", ".join(tested))}'
+            + (f"; not tested: {esc(', '.join(sorted(span, key=version_key)))}" if span else "") + "</span></h3>"
             f'<table class="overview"><thead><tr><th class="model" scope="col">Model (families)</th>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')
     return "".join(blocks)
 
 
+def _ver_head(version: str, untested: set[str]) -> str:
+    if version in untested:
+        return (f'<th class="ver untested" scope="col" title="a release no run tested">vLLM {esc(version)}'
+                '<span class="n">not tested</span></th>')
+    return f'<th class="ver" scope="col">vLLM {esc(version)}</th>'
+
+
 def _grid(matrix: Mapping[str, Any]) -> str:
-    versions = matrix["versions"]
+    versions = matrix.get("releases") or matrix["versions"]
+    untested = set(matrix.get("untested_releases") or [])
     by_feature: dict[str, dict[tuple[str, str], dict[str, Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     families = _families(matrix["cells"])
     for c in matrix["cells"]:
         by_feature[c["feature"]][(c["model"], c["platform"])][c["vllm_version"]] = c
     shown, skipped = [], []
-    head = "".join(f'<th class="ver" scope="col">vLLM {esc(v)}</th>' for v in versions)
+    head = "".join(_ver_head(v, untested) for v in versions)
     for feature in sorted(by_feature, key=_feature_key):
         rows = []
         for (model, platform), by_version in sorted(by_feature[feature].items()):
@@ -578,7 +591,9 @@ def _regression_banner(matrix: Mapping[str, Any]) -> str:
     items = "".join(
         f'<li><a href="cells/{esc(r["to_cell_id"])}.html"><b>{esc(r["model"])}</b> · {esc(r["feature"])} · '
         f'{esc(r["platform"])}</a>: pass in vLLM {esc(r["from_version"])} → <b>fail</b> in vLLM '
-        f'{esc(r["to_version"])} <span class="muted">({esc(r.get("category"))})</span></li>'
+        f'{esc(r["to_version"])}'
+        + (f' or earlier: {esc(", ".join(r["untested_between"]))} not tested' if r.get("untested_between") else "")
+        + f' <span class="muted">({esc(r.get("category"))})</span></li>'
         for r in regs)
     return (f'<section class="banner" id="regressions"><h2>{len(regs)} regression{"s" if len(regs) != 1 else ""}</h2>'
             f"<ul>{items}</ul></section>")
