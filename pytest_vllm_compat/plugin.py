@@ -42,7 +42,7 @@ from .results import (
     summarize_error,
     write_manifest,
 )
-from .server import ServerError, ServerStartupError, VLLMServer, reap_stale
+from .server import INHERITED_SELECTORS, ServerError, ServerStartupError, VLLMServer, reap_stale
 from .session import CompatSession, Target
 from .version_spec import VersionSpecError, is_dynamic, resolve_versions
 from .versions import version_key
@@ -211,6 +211,12 @@ def pytest_configure(config: pytest.Config) -> None:
         if why:
             config.issue_config_time_warning(
                 pytest.PytestConfigWarning(f"--vllm-servers-per-gpu={packing}: {why}"), stacklevel=2)
+    stale = {k: os.environ[k] for k in INHERITED_SELECTORS if os.environ.get(k)}
+    if stale and versions and not is_worker:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"{', '.join(f'{k}={v}' for k, v in stale.items())} is set in this shell: servers do not inherit it "
+            "(it would pick the backend of every server, or be an unknown variable where vLLM dropped it, "
+            "vllm#50292); set it per model in the registry (env = {...}) or run the attention suite"), stacklevel=2)
     if session.runtime == "docker" and not is_worker:
         from .docker_runtime import docker_available
 

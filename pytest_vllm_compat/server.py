@@ -46,6 +46,8 @@ BASE_ENV = {
 # the capability table; the table's `api_key_env` names it per version).
 API_KEY_ENV = "VLLM_API_KEY"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# Variables that choose vLLM behaviour per test; inherited from the shell they would apply to every server.
+INHERITED_SELECTORS = ("VLLM_ATTENTION_BACKEND",)
 
 
 class ServerError(RuntimeError):
@@ -249,6 +251,8 @@ class VLLMServer:
         return argv
 
     def build_env(self) -> dict[str, str]:
+        """The server's environment: the user's, less what must not leak into vLLM (see ``INHERITED_SELECTORS``),
+        plus the plugin's defaults, the registry entry's env, the test's env, the marker and the API key."""
         env = dict(os.environ)
         # The pytest process's own venv must not leak into a provisioned environment's interpreter; an
         # external one (--vllm-python, e.g. vLLM installed with --target and PYTHONPATH) keeps PYTHONPATH.
@@ -258,6 +262,10 @@ class VLLMServer:
         # The plugin's own settings are not vLLM's: releases with --fail-on-environ-validation (0.26+) make
         # any unknown VLLM_* variable fatal, and older ones warn about each.
         drop += [k for k in env if k.startswith("VLLM_COMPAT_")]
+        # A backend selector left in the shell would silently pick the backend of every server on releases that
+        # honour it (and is an unknown variable, fatal with --fail-on-environ-validation, where it is gone,
+        # vllm#50292): only a registry entry's env or a test sets it.
+        drop += [k for k in INHERITED_SELECTORS if k in env]
         for k in drop:
             env.pop(k, None)
         env.update(BASE_ENV)

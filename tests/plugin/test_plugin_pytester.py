@@ -1055,3 +1055,15 @@ def test_bisect_with_good_newer_than_bad_finds_the_fix(project: Project, capsys:
     assert "bisect 9.4.0 (good) .. 9.1.0 (bad): fix, 4 releases in range" in out
     assert "first fixed: 9.4.0; last bad: 9.3.0" in out
     assert "changes: https://github.com/vllm-project/vllm/compare/v9.3.0...v9.4.0" in out
+
+
+def test_a_backend_selector_in_the_shell_is_named_once_and_not_inherited(project: Project,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    monkeypatch.setenv("VLLM_ATTENTION_BACKEND", "XFORMERS")
+    result = project.run("--vllm=9.9.0", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*PytestConfigWarning: VLLM_ATTENTION_BACKEND=XFORMERS is set in this shell: servers "
+                                 "do not inherit it*"])
+    assert result.stdout.str().count("is set in this shell") == 1
+    monkeypatch.delenv("VLLM_ATTENTION_BACKEND")
+    assert "is set in this shell" not in project.run("--vllm=9.9.0", "--collect-only", "-q").stdout.str()

