@@ -210,6 +210,18 @@ def parse_attention_backend(log: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Engine config
 # ---------------------------------------------------------------------------------------------
+# V0 guided decoding (vLLM 0.6.x-0.10) hands a request the backend cannot do to another one and logs it, e.g.
+# "xgrammar only supports json or grammar guided decoding. Falling back to use outlines instead." (0.6.6,
+# model_executor/guided_decoding/__init__.py maybe_backend_fallback); the response carries no trace of it.
+_FALLBACK_RE = re.compile(r"(?P<why>[^\n]*?)\s*Falling back to use (?P<to>[\w-]+) instead")
+
+
+def backend_fallbacks(log: str) -> list[tuple[str, str]]:
+    """Each structured-output fallback the log records: (the backend used instead, the reason logged)."""
+    return [(m.group("to"), strip_head(m.group("why")).strip() or "no reason logged")
+            for m in _FALLBACK_RE.finditer(log)]
+
+
 _ENGINE_LINE_RE = re.compile(
     r"Initializing (?:a |an )?(?P<v1>V1 )?LLM engine(?: \(v(?P<version>[^)\s]+)\))? with config: (?P<config>.*)"
 )

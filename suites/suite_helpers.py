@@ -20,6 +20,20 @@ def server_log(server: VLLMServer) -> str:
     return Path(server.log_path).read_text(encoding="utf-8", errors="replace")
 
 
+def log_size(server: VLLMServer) -> int:
+    """Where the server log ends now (read what a request adds with :func:`log_since`)."""
+    try:
+        return Path(server.log_path).stat().st_size
+    except OSError:
+        return 0
+
+
+def log_since(server: VLLMServer, offset: int) -> str:
+    with open(server.log_path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", errors="replace")
+
+
 def client_for(server: VLLMServer) -> VLLMClient:
     return VLLMClient(server.base_url, server.api_key, server.served_model_name)
 

@@ -355,3 +355,24 @@ def test_root_exception_chains_and_what_does_not_count() -> None:
                      "TypeError: %d format: a real number is required, not NoneType\nArguments: (None,)\n")
     assert root_exception(logging_error) is None
     assert root_exception("") is None and root_exception(CPU_032) is None
+
+
+# --- structured-output fallbacks (V0 guided decoding logs them; the response does not say) --------------
+
+FALLBACK_LOG = """INFO 12-03 10:00:00 api_server.py:712] vLLM API server version 0.6.6
+INFO:     127.0.0.1:51234 - "POST /v1/chat/completions HTTP/1.1" 200 OK
+WARNING 12-03 10:00:01 __init__.py:51] xgrammar only supports json or grammar guided decoding. Falling back to use outlines instead.
+(VllmWorkerProcess pid=812) WARNING 12-03 10:00:02 __init__.py:44] lm-format-enforcer does not support grammar guided decoding. Falling back to use xgrammar instead.
+INFO 12-03 10:00:03 metrics.py:467] Avg prompt throughput: 2.0 tokens/s
+"""
+
+
+def test_backend_fallbacks_name_the_backend_used_and_the_logged_reason() -> None:
+    from pytest_vllm_compat.logparse import backend_fallbacks
+
+    assert backend_fallbacks(FALLBACK_LOG) == [
+        ("outlines", "xgrammar only supports json or grammar guided decoding."),
+        ("xgrammar", "lm-format-enforcer does not support grammar guided decoding."),
+    ]
+    assert backend_fallbacks("INFO 12-03 10:00:00 x.py:1] Using xgrammar for structured output\n") == []
+    assert backend_fallbacks("Falling back to use outlines instead.") == [("outlines", "no reason logged")]
