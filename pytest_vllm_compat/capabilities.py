@@ -64,6 +64,8 @@ class VersionCaps:
     attention_env_ignored: bool
     attention_backends: dict[str, tuple[str, ...]]
     attention_min_compute_capability: dict[str, str]
+    # backends that serve only a configuration the suites' plain models do not have -> what they need
+    attention_backend_requires: dict[str, str]
     kv_log_formats: tuple[str, ...]
     cpu_kv_env: str
     cpu_tensor_parallel: bool
@@ -160,6 +162,7 @@ def _caps_from(version: str, data: dict, extra_notes: tuple[str, ...] = ()) -> V
         attention_env_ignored=bool(data["attention_env_ignored"]),
         attention_backends={k: tuple(v) for k, v in data["attention_backends"].items()},
         attention_min_compute_capability=dict(data.get("attention_min_compute_capability", {})),
+        attention_backend_requires=dict(data.get("attention_backend_requires", {})),
         kv_log_formats=tuple(data["kv_log_formats"]),
         cpu_kv_env=data["cpu_kv_env"],
         cpu_tensor_parallel=bool(data["cpu_tensor_parallel"]),
@@ -255,6 +258,9 @@ def attention_selection(caps: VersionCaps, backend: str, device: str) -> tuple[l
         raise Unsupported(
             f"vLLM {caps.version} has no {backend!r} attention backend on {device} (has: {', '.join(offered)})"
         )
+    needs = caps.attention_backend_requires.get(backend)
+    if needs:
+        raise Unsupported(f"vLLM {caps.version}: the {backend} attention backend needs {needs}")
     if caps.attention_selection == "flag":
         return ["--attention-backend", backend], {}
     if caps.attention_selection == "env":

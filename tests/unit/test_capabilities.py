@@ -365,3 +365,16 @@ def test_help_has_flag_present(flag):
 )
 def test_help_has_flag_absent(flag):
     assert not help_has_flag(HELP, flag)
+
+
+def test_turboquant_is_never_selected_for_a_plain_kv_cache() -> None:
+    """0.20+ CUDA lists TURBOQUANT, which serves only turboquant_* KV dtypes: selecting it alone is a startup
+    error, so the attention test must say what it needs instead of starting a server that refuses it."""
+    from pytest_vllm_compat.capabilities import Unsupported, attention_selection, capabilities
+
+    for version in ("0.20.0", "0.26.0", "0.32.0"):
+        caps = capabilities(version)
+        assert "TURBOQUANT" in caps.attention_backends["cuda"]
+        with pytest.raises(Unsupported, match=r"TURBOQUANT attention backend needs a turboquant_\* --kv-cache-dtype"):
+            attention_selection(caps, "TURBOQUANT", "cuda")
+        assert attention_selection(caps, "FLASH_ATTN", "cuda") == (["--attention-backend", "FLASH_ATTN"], {})
