@@ -124,12 +124,9 @@ Classifier = Callable[[str, str | None, str | None], Mapping[str, Any] | None]
 
 
 def default_classifier(error_text: str, log_text: str | None, version: str | None) -> dict[str, Any] | None:
-    """Classify with the failure knowledge base (``pytest_vllm_compat.classify``); None when that
-    module is unavailable."""
-    try:
-        from pytest_vllm_compat.classify import classify, exception_lines
-    except ImportError:
-        return None
+    """Classify with the failure knowledge base (``pytest_vllm_compat.classify``)."""
+    from pytest_vllm_compat.classify import classify, exception_lines
+
     return dict(classify(exception_lines(error_text), log_text, version=version).to_dict())
 
 
@@ -662,14 +659,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _write_allure_categories(target: Path) -> None:
     from pytest_vllm_compat.allure_support import categories_from_kb
+    from pytest_vllm_compat.classify import load_knowledge_base
 
-    try:
-        from pytest_vllm_compat.classify import load_knowledge_base
-        rules: list[Any] = list(load_knowledge_base())
-    except ImportError:
-        warnings.warn("pytest_vllm_compat.classify is unavailable: categories.json holds only the "
-                      "unclassified entry", stacklevel=2)
-        rules = []
+    rules: list[Any] = list(load_knowledge_base())
     path = target if target.suffix == ".json" else target / "categories.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(categories_from_kb(rules), indent=1) + "\n", encoding="utf-8")

