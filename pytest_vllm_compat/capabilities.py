@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,6 +67,8 @@ class VersionCaps:
     attention_min_compute_capability: dict[str, str]
     # backends that serve only a configuration the suites' plain models do not have -> what they need
     attention_backend_requires: dict[str, str]
+    # conditions under which a release whose default engine is V1 runs V0 instead (see engine_for)
+    engine_v0_when: dict[str, Any]
     kv_log_formats: tuple[str, ...]
     cpu_kv_env: str
     cpu_tensor_parallel: bool
@@ -163,6 +166,7 @@ def _caps_from(version: str, data: dict, extra_notes: tuple[str, ...] = ()) -> V
         attention_backends={k: tuple(v) for k, v in data["attention_backends"].items()},
         attention_min_compute_capability=dict(data.get("attention_min_compute_capability", {})),
         attention_backend_requires=dict(data.get("attention_backend_requires", {})),
+        engine_v0_when=dict(data.get("engine_v0_when", {})),
         kv_log_formats=tuple(data["kv_log_formats"]),
         cpu_kv_env=data["cpu_kv_env"],
         cpu_tensor_parallel=bool(data["cpu_tensor_parallel"]),
@@ -195,6 +199,27 @@ def capabilities(version: str) -> VersionCaps:
 
 
 # --------------------------------------------------------------------------- adapters
+
+
+def engine_for(caps: VersionCaps, device: str | None = None, *, compute_capability: str | None = None,
+               attention_backend: str | None = None, structured_backend: str | None = None) -> str:
+    """The engine a server of this release runs under these conditions: the row's ``engine``, unless one of its
+    ``engine_v0_when`` conditions holds (0.8.x: the CPU platform, a GPU below compute capability 8.0, an
+    attention backend or a structured-output backend V1 does not have). Unknown conditions (None) do not
+    count."""
+    when = caps.engine_v0_when
+    if caps.engine != "v1" or not when:
+        return caps.engine
+    if device is not None and device in when.get("devices", ()):
+        return "v0"
+    below = when.get("below_compute_capability")
+    if below and compute_capability and parse_version(compute_capability) < parse_version(below):
+        return "v0"
+    if attention_backend is not None and attention_backend in when.get("attention_backends", ()):
+        return "v0"
+    if structured_backend is not None and structured_backend in when.get("structured_backends", ()):
+        return "v0"
+    return "v1"
 
 
 def structured_server_args(caps: VersionCaps, backend: str, disable_any_whitespace: bool = True) -> list[str]:
@@ -241,7 +266,7 @@ def structured_request_fields(
         raise Unsupported(f"vLLM {caps.version} has no structured-output backend {backend!r}")
     if caps.structured_request == "guided_fields":
         fields: dict[str, object] = {f"guided_{kind}": value}
-        if backend is not None and caps.engine == "v0":
+        if backend is not None and engine_for(caps, structured_backend=backend) == "v0":
             fields["guided_decoding_backend"] = backend
         return fields
     if caps.structured_request == "structured_outputs":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_vllm_compat.capabilities import help_has_flag
+from pytest_vllm_compat.capabilities import engine_for, help_has_flag
 from pytest_vllm_compat.client import finish_reason, text_of
 from pytest_vllm_compat.logparse import parse_engine_config
 from pytest_vllm_compat.registry import serve_args_to_argv
@@ -23,7 +23,8 @@ def test_engine_config_matches_request(vllm_server, vllm_target, vllm_caps, vllm
     assert cfg.get("max_model_len") == int(asked["max_model_len"]), cfg
     if "dtype" in asked:
         assert str(cfg.get("dtype", "")).removeprefix("torch.") == asked["dtype"], cfg
-    assert cfg.get("engine") == vllm_caps.engine, f"log says engine {cfg.get('engine')}, table says {vllm_caps.engine}"
+    expected = engine_for(vllm_caps, vllm_target.device)
+    assert cfg.get("engine") == expected, f"log says engine {cfg.get('engine')}, table says {expected}"
 
 
 def test_greedy_completion(vllm_client):

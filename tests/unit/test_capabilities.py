@@ -378,3 +378,29 @@ def test_turboquant_is_never_selected_for_a_plain_kv_cache() -> None:
         with pytest.raises(Unsupported, match=r"TURBOQUANT attention backend needs a turboquant_\* --kv-cache-dtype"):
             attention_selection(caps, "TURBOQUANT", "cuda")
         assert attention_selection(caps, "FLASH_ATTN", "cuda") == (["--attention-backend", "FLASH_ATTN"], {})
+
+
+def test_0_8_engine_is_v0_on_cpu_old_gpus_and_v0_only_backends() -> None:
+    """0.8.x defaults to V1 but its oracle falls back to V0 for the CPU platform, compute capability < 8.0 and
+    V0-only attention or guided backends (arg_utils.py _is_v1_supported_oracle @v0.8.5)."""
+    from pytest_vllm_compat.capabilities import capabilities, engine_for, structured_request_fields
+
+    for version in ("0.8.0", "0.8.5"):
+        caps = capabilities(version)
+        assert caps.engine == "v1"
+        assert engine_for(caps, "cuda") == "v1"
+        assert engine_for(caps, "cpu") == "v0"
+        assert engine_for(caps, "cuda", compute_capability="7.5") == "v0"
+        assert engine_for(caps, "cuda", compute_capability="8.0") == "v1"
+        assert engine_for(caps, "cuda", attention_backend="XFORMERS") == "v0"
+        assert engine_for(caps, "cuda", attention_backend="FLASH_ATTN") == "v1"
+        assert engine_for(caps, "cuda", structured_backend="outlines") == "v0"
+        assert engine_for(caps, "cuda", structured_backend="xgrammar") == "v1"
+    caps = capabilities("0.8.5")
+    # a V0 request may name its backend; a V1 one must not (V1 rejects a backend different from the server's)
+    assert structured_request_fields(caps, "regex", "a+", "outlines") == {"guided_regex": "a+",
+                                                                         "guided_decoding_backend": "outlines"}
+    assert structured_request_fields(caps, "regex", "a+", "xgrammar") == {"guided_regex": "a+"}
+    # rows without conditions keep their engine wherever they run
+    assert engine_for(capabilities("0.10.2"), "cpu") == "v1"
+    assert engine_for(capabilities("0.6.6"), "cuda") == capabilities("0.6.6").engine
