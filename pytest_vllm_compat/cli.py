@@ -121,7 +121,7 @@ def cmd_classify(ns: argparse.Namespace) -> int:
 
 
 def cmd_bisect(ns: argparse.Namespace) -> int:
-    from . import bisect as bs
+    from . import bisection as bs
     from .version_spec import VersionSpecError, resolve_versions
 
     dist = DISTRIBUTIONS[ns.device]

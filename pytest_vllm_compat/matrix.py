@@ -642,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     locks = load_locks(args.results)
     matrix = build_matrix(records, load_manifests(args.results), locks=locks)
-    from pytest_vllm_compat.bisect import load_results
+    from pytest_vllm_compat.bisection import load_results
 
     matrix["bisections"] = [_bisection_entry(b) for b in load_results(args.results)]
     write_matrix(matrix, args.output)

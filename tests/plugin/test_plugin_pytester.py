@@ -1023,7 +1023,7 @@ def test_flaky(vllm_target):
 
 def test_bisect_retry_that_disagrees_is_mixed_not_bisected_on(project: Project,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from pytest_vllm_compat import bisect as bs
+    from pytest_vllm_compat import bisection as bs
 
     project.index("9.3.0", "9.2.0", "9.1.0")
     for v in ("9.1.0", "9.2.0", "9.3.0"):

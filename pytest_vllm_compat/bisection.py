@@ -9,6 +9,8 @@ land in the results directory like any run's, so the matrix shows every probe. A
   mixed           some of them fail and some pass, or other tests fail, or a retry disagrees: reported as
                   such and never bisected on silently (the search stops and says where)
   uninstallable   the release cannot be installed here: skipped with its reason, the search goes on
+  error           the selected tests only errored (the test infrastructure failed: no verdict on vLLM):
+                  skipped with the first error, like an uninstallable release
   empty           the selection ran no test against the release (nothing to judge)
 
 The search itself (:func:`search`) is pure: it takes the ordered releases and an oracle function, so it is
@@ -29,7 +31,8 @@ from typing import Any
 
 from .versions import version_key
 
-GOOD, BAD, MIXED, UNINSTALLABLE, EMPTY = "good", "bad", "mixed", "uninstallable", "empty"
+GOOD, BAD, MIXED, UNINSTALLABLE, ERROR, EMPTY = "good", "bad", "mixed", "uninstallable", "error", "empty"
+NO_VERDICT = (UNINSTALLABLE, ERROR, EMPTY)
 COMPARE_URL = "https://github.com/vllm-project/vllm/compare/v{a}...v{b}"
 
 
@@ -147,7 +150,7 @@ def search(releases: Sequence[str], good: str, bad: str, oracle: Oracle, *,
         mid = (lo + hi) // 2
         # an uninstallable release drops out; look at its nearest neighbour inside (lo, hi)
         p = probe(cands[mid])
-        if p.verdict in (UNINSTALLABLE, EMPTY):
+        if p.verdict in NO_VERDICT:
             del cands[mid]
             hi -= 1
             continue
@@ -169,7 +172,7 @@ def search(releases: Sequence[str], good: str, bad: str, oracle: Oracle, *,
         src = seen.get(bad)
     res.compare_url = COMPARE_URL.format(a=before, b=boundary)
     res.flipped = [{"test": k, **v} for k, v in sorted((src.failing if src else {}).items())]
-    skipped = [f"{p.version} ({p.verdict})" for p in res.probes if p.verdict in (UNINSTALLABLE, EMPTY)]
+    skipped = [f"{p.version} ({p.verdict})" for p in res.probes if p.verdict in NO_VERDICT]
     note = f" (skipped: {', '.join(skipped)})" if skipped else ""
     if direction == "regression":
         return finish(f"first bad: {boundary}; last good: {before}{note}")
@@ -177,7 +180,7 @@ def search(releases: Sequence[str], good: str, bad: str, oracle: Oracle, *,
 
 
 def _mixed_reason(p: Probe, bad_keys: set[str] | None) -> str:
-    if p.reason:
+    if p.reason.startswith("a retry disagrees"):
         return p.reason
     keys = set(p.failing)
     also = sorted(keys - (bad_keys or set()))
@@ -189,6 +192,8 @@ def _mixed_reason(p: Probe, bad_keys: set[str] | None) -> str:
         parts.append(f"{len(missing)} of the bad end's failing tests pass")
     if also:
         parts.append(f"other tests fail: {', '.join(also[:5])}")
+    if p.reason:
+        parts.append(p.reason)
     return "; ".join(parts) or "outcomes differ"
 
 
@@ -274,19 +279,31 @@ def pytest_probe(version: str, pytest_args: Sequence[str], results_dir: Path, *,
             probe.verdict, probe.reason = UNINSTALLABLE, str(env_error)
             break
         failing: dict[str, dict[str, Any]] = {}
+        errors: dict[str, dict[str, Any]] = {}
         passing: list[str] = []
         for rec in read_records(results_dir, str(manifest["run_id"])):
             key = test_key(str(rec.get("test_id")), version)
-            if rec.get("status") in ("fail", "error"):
-                cls = rec.get("classification") or {}
-                failing[key] = {"status": rec["status"], "category": cls.get("category"), "kind": cls.get("kind"),
-                                "summary": (rec.get("error") or {}).get("summary")}
+            cls = rec.get("classification") or {}
+            entry = {"status": rec.get("status"), "category": cls.get("category"), "kind": cls.get("kind"),
+                     "summary": (rec.get("error") or {}).get("summary")}
+            if rec.get("status") == "fail":
+                failing[key] = entry
+            elif rec.get("status") == "error":  # the infrastructure failed: no verdict on vLLM
+                errors[key] = entry
             elif rec.get("status") == "pass":
                 passing.append(key)
         attempts.append(failing)
         probe.failing, probe.passing = failing, sorted(passing)
         if probe.failing or probe.passing:
             probe.verdict = GOOD if not failing else BAD  # judged against the bad end by search()
+            if errors:
+                probe.reason = f"{len(errors)} test(s) errored and carry no verdict"
+        elif errors:
+            first = next(iter(errors.values()))
+            probe.verdict = ERROR
+            probe.reason = (f"{len(errors)} test(s) errored, none ran to a verdict: "
+                            f"[{first.get('category') or 'unknown'}] {first.get('summary') or ''}")[:400]
+            break
     if len({frozenset(a) for a in attempts}) > 1:
         probe.verdict = MIXED
         probe.reason = "a retry disagrees: " + " vs ".join(

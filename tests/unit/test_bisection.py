@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_vllm_compat import bisect as bs
+from pytest_vllm_compat import bisection as bs
 
 RELEASES = ["0.27.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0"]
 CAUSE = {"status": "fail", "category": "guided_decoding_regex", "kind": "vllm", "summary": "regex ignored"}
@@ -79,6 +79,19 @@ def test_an_uninstallable_release_is_skipped_with_its_reason_and_the_search_goes
     skipped = [p for p in res.probes if p.verdict == bs.UNINSTALLABLE]
     assert [p.version for p in skipped] == ["0.29.0"] and "torch==9" in skipped[0].reason
     assert res.conclusion.endswith("(skipped: 0.29.0 (uninstallable))")
+
+
+def test_a_probe_whose_tests_only_errored_carries_no_verdict_and_is_skipped() -> None:
+    oracle, _ = oracle_from(states(4))
+
+    def flaky_infra(v: str) -> bs.Probe:
+        if v == "0.29.0":
+            return bs.Probe(version=v, verdict=bs.ERROR, reason="2 test(s) errored, none ran to a verdict: [model_files]")
+        return oracle(v)
+
+    res = bs.search(RELEASES, "0.27.0", "0.32.0", flaky_infra)
+    assert res.first_bad == "0.30.0" and res.last_good == "0.28.0"
+    assert res.conclusion.endswith("(skipped: 0.29.0 (error))")
 
 
 def test_every_release_between_uninstallable_leaves_the_ends_as_the_boundary() -> None:

@@ -1,0 +1,20 @@
+"""No module of the package shadows a standard-library module: tiny_model.py runs as a script from the package
+directory (its directory is then first on sys.path), and a module there named like a stdlib one (a `bisect.py`
+did) replaces it for everything that script imports: transformers' `import random` then fails."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest_vllm_compat
+
+# imported while the interpreter starts, before a script's directory joins sys.path: never shadowed
+STARTUP_MODULES = {"site"}
+
+
+def test_no_package_module_is_named_like_a_stdlib_module() -> None:
+    pkg = Path(pytest_vllm_compat.__file__).parent
+    names = {p.stem for p in pkg.glob("*.py")} - {"__init__"}
+    shadowing = sorted((names & set(sys.stdlib_module_names)) - STARTUP_MODULES)
+    assert shadowing == [], f"rename {shadowing}: they shadow the standard library for scripts run from {pkg}"
