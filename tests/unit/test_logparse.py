@@ -376,3 +376,29 @@ def test_backend_fallbacks_name_the_backend_used_and_the_logged_reason() -> None
     ]
     assert backend_fallbacks("INFO 12-03 10:00:00 x.py:1] Using xgrammar for structured output\n") == []
     assert backend_fallbacks("Falling back to use outlines instead.") == [("outlines", "no reason logged")]
+
+
+def test_attention_rejection_only_when_another_backend_serves() -> None:
+    from pytest_vllm_compat.logparse import attention_rejection
+
+    cpu_010 = ("INFO 09-10 10:00:00 [cpu.py:98] Cannot use _Backend.TORCH_SDPA_VLLM_V1 backend on CPU.\n"
+               "INFO 09-10 10:00:00 [cpu.py:101] Using Torch SDPA backend.\n")
+    assert attention_rejection(cpu_010, "TORCH_SDPA_VLLM_V1") is None  # the same backend, plain name
+    ignored = ("INFO 09-10 10:00:00 [cpu.py:98] Cannot use _Backend.FLASH_ATTN backend on CPU.\n"
+               "INFO 09-10 10:00:00 [cpu.py:101] Using Torch SDPA backend.\n")
+    assert attention_rejection(ignored, "FLASH_ATTN") == "Cannot use _Backend.FLASH_ATTN backend on CPU"
+    assert attention_rejection("INFO x.py:1] Using Flash Attention backend.\n", "FLASH_ATTN") is None
+
+
+def test_0_9_and_0_10_cpu_attention_rows() -> None:
+    from pytest_vllm_compat.capabilities import attention_selection, capabilities, engine_for
+
+    c10 = capabilities("0.10.2")
+    assert c10.attention_backends["cpu"] == ("TORCH_SDPA_VLLM_V1",)  # TORCH_SDPA stops the server (V0 on CPU)
+    assert attention_selection(c10, "TORCH_SDPA_VLLM_V1", "cpu") == ([], {"VLLM_ATTENTION_BACKEND": "TORCH_SDPA_VLLM_V1"})
+    assert engine_for(c10, "cuda", attention_backend="XFORMERS") == "v0"
+    assert engine_for(c10, "cuda", attention_backend="XFORMERS_VLLM_V1") == "v1"
+    c9 = capabilities("0.9.2")
+    assert set(c9.attention_backends["cpu"]) == {"TORCH_SDPA", "TORCH_SDPA_VLLM_V1"}
+    assert engine_for(c9, "cpu", attention_backend="TORCH_SDPA") == "v0"
+    assert engine_for(c9, "cpu", attention_backend="TORCH_SDPA_VLLM_V1") == "v1"
