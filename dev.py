@@ -106,6 +106,7 @@ def cmd_test(ns: argparse.Namespace) -> int:
     bootstrap()
     ensure_chromium()
     run([str(PY), "-m", "ruff", "check", "pytest_vllm_compat", "tests", "suites", "benchmarks", "dev.py", "conftest.py"])
+    run([str(PY), "-m", "mypy"])  # the package, as configured in pyproject.toml
     selection = ["tests"] if not ns.fast else ["tests", "-m", "not e2e"]
     return run([str(PY), "-m", "pytest", *selection, "-p", "no:cacheprovider", "-rfEs", *ns.pytest_args],
                check=False)

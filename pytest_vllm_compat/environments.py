@@ -472,19 +472,19 @@ def _uv_summary(body: str) -> str:
     text = " ".join(_UV_MARKER_RE.sub("", body).split())
     depends: dict[str, tuple[str, str]] = {}  # package -> (who, requirement), the first "depends on" each
     required: dict[str, str] = {}  # package -> what the user requires
-    for m in _UV_CLAUSE_RE.finditer(text):
-        req = _requirement(m.group("req"))
-        if req is None:
+    for clause in _UV_CLAUSE_RE.finditer(text):
+        parsed = _requirement(clause.group("req"))
+        if parsed is None:
             continue
-        if m.group("who"):
-            depends.setdefault(req[0], (m.group("who"), m.group("req")))
-        elif not m.group("derived"):
-            required.setdefault(req[0], m.group("req"))
+        if clause.group("who"):
+            depends.setdefault(parsed[0], (clause.group("who"), clause.group("req")))
+        elif not clause.group("derived"):
+            required.setdefault(parsed[0], clause.group("req"))
     for name, (who, req) in depends.items():
         if name in required and required[name] != req:
             return f"conflict: {who} depends on {req}; you require {required[name]}"
-    m = re.search(r"Because .+?\.(?=\s|$)", text)
-    return m.group(0) if m else text[:300]
+    because = re.search(r"Because .+?\.(?=\s|$)", text)
+    return because.group(0) if because else text[:300]
 
 
 def broken_requirement(output: str) -> str:

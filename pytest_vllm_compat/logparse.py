@@ -157,14 +157,19 @@ def parse_kv_cache(log: str) -> KVCacheInfo | None:
 
     bs_matches = _BLOCK_SIZE_RE.findall(log)
     block_size = int(bs_matches[-1]) if bs_matches else None
-    tokens = blocks = None
+    tokens: int | None = None
+    blocks: int | None = None
     if "size" in chosen:
+        unit: str
+        n: int
         unit, n = chosen["size"]  # type: ignore[misc]
         if unit == "tokens":
             tokens = n
         else:
             blocks = n
             tokens = n * block_size if block_size else None
+    clen: int | None
+    conc: float | None
     clen, conc = chosen.get("conc", (None, None))  # type: ignore[misc]
     fmt = chosen.get("format")
     if fmt is None:

@@ -268,7 +268,7 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
     by_run: dict[str, list[int]] = defaultdict(list)
     for i, rec in enumerate(recs):
         by_run[str(rec.get("run_id") or "")].append(i)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for run_id, idx in by_run.items():
         run_statuses = [statuses[i] for i in idx]
         runs.append({

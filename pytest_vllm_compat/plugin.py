@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,8 +291,11 @@ def _terminate_as_interrupt(config: pytest.Config) -> None:
         raise KeyboardInterrupt(f"received signal {signum} (SIGTERM)")
 
     signal.signal(signal.SIGTERM, interrupt)
-    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                       if signal.getsignal(signal.SIGTERM) is interrupt else None)
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is interrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    config.add_cleanup(restore)
 
 
 # --- provisioning (controller only) ----------------------------------------------------------
@@ -442,7 +445,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             index, total = parse_shard(shard)
         except ValueError as e:
             raise pytest.UsageError(f"--vllm-shard: {e}") from None
-        keep, drop = [], []
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
         for it in items:
             g = groups[it.nodeid]
             # Plain tests (no vLLM server) run in shard 1 only, so merged shards hold each test once.
@@ -454,7 +458,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     order = {g: i for i, g in enumerate(sorted({g for g in groups.values() if g},
                                                key=lambda g: (version_key(g.split("|")[0]), g)))}
     indexed = list(enumerate(items))
-    indexed.sort(key=lambda p: (-1, p[0]) if groups[p[1].nodeid] is None else (order[groups[p[1].nodeid]], p[0]))
+    indexed.sort(key=lambda p: (-1, p[0]) if groups[p[1].nodeid] is None else (order[groups[p[1].nodeid] or ""], p[0]))
     items[:] = [it for _, it in indexed]
     state.item_index = {it.nodeid: i for i, it in enumerate(items)}
     state.group_last_index = {}
@@ -490,7 +494,7 @@ def _set_nodeid(item: pytest.Item, nodeid: str) -> None:
 
         item._id = NodeId.parse(nodeid)  # type: ignore[attr-defined]
     else:  # pragma: no cover - older pytest: xdist's own assignment already worked
-        item._nodeid = nodeid
+        item._nodeid = nodeid  # type: ignore[attr-defined]
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -663,7 +667,7 @@ def vllm_record(request: pytest.FixtureRequest) -> RecordExtras:
 # --- reports, crash detection, records -------------------------------------------------------------
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     st = item.stash.get(ITEM, None)
     if st is None:
         return (yield)
@@ -680,7 +684,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     rep: pytest.TestReport = yield
     if ITEM not in item.stash or item.stash[ITEM].target is None:
         return rep
@@ -773,7 +778,7 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
         outcome = "passed"
     skip_reason = None
     if outcome == "skipped":
-        rep = reps.get("call") if "call" in reps and reps["call"].skipped else reps["setup"]
+        rep = reps["call"] if "call" in reps and reps["call"].skipped else reps["setup"]
         lr = rep.longrepr
         skip_reason = str(lr[2]) if isinstance(lr, tuple) else str(lr)
         skip_reason = skip_reason.removeprefix("Skipped: ")

@@ -534,7 +534,8 @@ def _grid(matrix: Mapping[str, Any]) -> str:
     families = _families(matrix["cells"])
     for c in matrix["cells"]:
         by_feature[c["feature"]][(c["model"], c["platform"])][c["vllm_version"]] = c
-    shown, skipped = [], []
+    shown: list[str] = []
+    skipped: list[str] = []
     head = "".join(_ver_head(v, untested) for v in versions)
     for feature in sorted(by_feature, key=_feature_key):
         rows = []

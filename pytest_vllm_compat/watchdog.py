@@ -26,9 +26,11 @@ DEFAULT_HANG_TIMEOUT_S = 10.0
 
 
 class Watched(Protocol):
-    base_url: str
     stopping: bool
     hung_after_s: float | None
+
+    @property
+    def base_url(self) -> str: ...
 
     @property
     def pid(self) -> int | None: ...
