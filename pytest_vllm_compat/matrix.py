@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllm_compat.lockfiles import cell_locks, load_locks
+from pytest_vllm_compat.version_spec import is_final
 from pytest_vllm_compat.versions import sort_versions, version_key
 
 MATRIX_SCHEMA = "pytest-vllm-compat/matrix@1"
@@ -366,16 +367,6 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
 # --------------------------------------------------------------------------- insights
 
 
-def _final(version: str) -> bool:
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        v = Version(version)
-    except InvalidVersion:
-        return False
-    return not (v.is_prerelease or v.is_postrelease or v.is_devrelease or v.local)
-
-
 def _releases(versions: Sequence[str], manifests: Sequence[Mapping[str, Any]]) -> list[str]:
     """The tested versions plus every final release the runs' package index offered between the oldest and
     the newest tested one: the columns of the site, where a release no run tested shows as a gap."""
@@ -383,7 +374,7 @@ def _releases(versions: Sequence[str], manifests: Sequence[Mapping[str, Any]]) -
     if not tested:
         return list(versions)
     lo, hi = version_key(tested[0]), version_key(tested[-1])
-    known = {str(r) for m in manifests for r in m.get("index_versions") or [] if _final(str(r))}
+    known = {str(r) for m in manifests for r in m.get("index_versions") or [] if is_final(str(r))}
     inside = {r for r in known if lo <= version_key(r) <= hi}
     return sort_versions({*versions, *inside})
 

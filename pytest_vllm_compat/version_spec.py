@@ -55,6 +55,15 @@ def _parse(text: str, term: str) -> Version:
         raise VersionSpecError(f"--vllm term {term!r}: {text!r} is not a version") from None
 
 
+def is_final(version: str | Version) -> bool:
+    """A final release: a PEP 440 version without pre-release, .postN, dev or local parts."""
+    try:
+        v = version if isinstance(version, Version) else Version(version)
+    except InvalidVersion:
+        return False
+    return not (v.is_prerelease or v.is_postrelease or v.is_devrelease or v.local)
+
+
 def _eligible(available: Sequence[str], pre: bool) -> list[tuple[Version, str]]:
     out = []
     for a in available:
@@ -62,7 +71,7 @@ def _eligible(available: Sequence[str], pre: bool) -> list[tuple[Version, str]]:
             v = Version(a)
         except InvalidVersion:
             continue
-        if not pre and (v.is_prerelease or v.is_postrelease or v.is_devrelease):
+        if not pre and not is_final(v):
             continue
         out.append((v, a))
     return sorted(out)
