@@ -578,6 +578,8 @@ class Provisioner:
         if env is not None:
             if env.path is not None:
                 touch_last_used(env.path)
+                if env.lock_sha256 is None:
+                    env = self._backfill_lock(env)
             env.provision_s = time.monotonic() - t0
             return env
         path = self.path_for(distribution, version)
@@ -593,6 +595,38 @@ class Provisioner:
         env.created = True
         env.provision_s = time.monotonic() - t0
         return env
+
+    def _backfill_lock(self, env: VLLMEnvironment) -> VLLMEnvironment:
+        """Write the lock of a complete environment that has none: one made before lock files existed, or
+        whose freeze failed at install. Its runs then name their package set like any other. The installer
+        that made it freezes it first (pip's when the marker does not say), the other one second; when both
+        fail the environment is used as it is and the reason is shown."""
+        assert env.path is not None
+        path = env.path
+        with file_lock(self.root / "locks" / f"{path.name}.lock"):
+            marker_path = path / MARKER
+            data = json.loads(marker_path.read_text())
+            if data.get("lock_sha256"):  # another process wrote it while we waited
+                return self.load(env.distribution, env.version) or env
+            uv = find_uv() if self.installer != "pip" else None
+            order = [True, False] if data.get("installer") == "uv" else [False, True]
+            errors: list[str] = []
+            for use_uv in order:
+                if use_uv and uv is None:
+                    continue
+                try:
+                    lock_file, sha = write_lock(path, env.python, use_uv, uv)
+                except ProvisionError as e:
+                    errors.append(str(e))
+                    continue
+                data.update(lock_file=str(lock_file), lock_sha256=sha, lock_written_at=time.time())
+                tmp = marker_path.with_name(marker_path.name + ".tmp")
+                tmp.write_text(json.dumps(data, indent=2))
+                os.replace(tmp, marker_path)
+                self.progress(f"[vllm-compat] {path.name}: wrote the missing {LOCK_FILE} (sha256 {sha[:12]})")
+                return self.load(env.distribution, env.version) or env
+            self.progress(f"[vllm-compat] {path.name}: no {LOCK_FILE} ({'; '.join(errors) or 'no installer'})")
+            return env
 
     def _uv_bin(self) -> str | None:
         """The uv executable to install with, None for pip: ``installer`` "pip" never uses uv, "auto" uses it

