@@ -76,6 +76,9 @@ class VersionCaps:
     log_requests_flag: str | None
     notes: tuple[str, ...]
     api_key_env: str | None = "VLLM_API_KEY"
+    # the claims `vllm-compat capabilities check` verified against the source of every release of the row;
+    # every other field was read by hand
+    machine_verified: tuple[str, ...] = ()
 
     def __hash__(self) -> int:  # dict fields make the generated hash fail
         return hash((self.version, self.range))
@@ -174,6 +177,7 @@ def _caps_from(version: str, data: dict, extra_notes: tuple[str, ...] = ()) -> V
         log_requests_flag=data.get("log_requests_flag") or None,
         notes=tuple(data.get("notes", ())) + extra_notes,
         api_key_env=data.get("api_key_env") or None,
+        machine_verified=tuple(data.get("machine_verified", ())),
     )
 
 

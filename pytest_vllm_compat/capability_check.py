@@ -1,0 +1,580 @@
+"""Check the capability table's claims against a release's own source, mechanically.
+
+``capabilities.toml`` is what the plugin acts on for every release it cannot run here. This module reads
+the Python files of a release (fetched by :mod:`wheel_sources`, never imported or run), extracts facts with
+:mod:`ast` (argparse flags and dataclass fields, string ``Literal`` choices, enum members, ``envs.py``
+variables and defaults, request model fields, log format strings) and checks each claim of the table's row
+for that release against them. Each claim gets a :class:`ClaimResult`: ``verified``, ``contradicted`` or
+``not_checkable`` (what the source cannot show without running it), with the evidence (file and fact).
+
+A contradiction is a bug in the table. ``benchmarks/check_capabilities.py`` runs this over every release the
+table covers and commits the report; ``machine_verified`` in each table row lists the claims it verified.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import time
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import wheel_sources
+from .capabilities import VersionCaps, capabilities
+
+# The files a check reads, as globs over wheel paths (``*`` crosses ``/``).
+PATTERNS = (
+    "vllm/engine/arg_utils.py", "vllm/config.py", "vllm/config/*.py", "vllm/envs.py",
+    "vllm/platforms/interface.py", "vllm/platforms/cpu.py", "vllm/platforms/cuda.py",
+    "vllm/attention/selector.py", "vllm/attention/backends/registry.py", "vllm/v1/attention/backends/registry.py",
+    "vllm/v1/attention/selector.py",
+    "vllm/entrypoints/openai/*protocol*.py", "vllm/entrypoints/openai/api_server.py",
+    "vllm/entrypoints/openai/cli_args.py", "vllm/entrypoints/cli/*.py",
+    "vllm/executor/*.py", "vllm/worker/*.py", "vllm/engine/llm_engine.py",
+    "vllm/v1/core/*.py", "vllm/v1/worker/*.py", "vllm/v1/executor/*.py", "vllm/v1/engine/*.py",
+    "vllm/model_executor/guided_decoding/__init__.py",
+)
+
+# The KV-cache log line of each ``kv_log_formats`` id, as a regex over the source's format strings (f-string
+# values and %-placeholders read as "{}"); docs/capabilities.md has the lines they print.
+KV_LOG_MARKERS: dict[str, str] = {
+    "v0_gpu_blocks": r"# GPU blocks: ",
+    "v0_device_blocks": r"# (?:\{\}|%s) blocks: ",
+    "v0_max_concurrency": r"Maximum concurrency for ",
+    "v1_gpu_blocks": r"# GPU blocks: ",
+    "v1_kv_cache_size": r"KV cache size: ",
+    "v1_max_concurrency": r"Maximum concurrency for ",
+    "v1_available_memory": r"Available KV cache memory: ",
+    "v1_kv_cache_size_concurrency": r"GPU KV cache size: .*Maximum concurrency for ",
+    "v1_device_kv_cache_size_concurrency": r"(?:\{\}|%s) KV cache size: .*Maximum concurrency for ",
+}
+
+_BACKEND_ENUMS = ("_Backend", "AttentionBackendEnum", "Backend")
+_REQUEST_CLASSES = ("ChatCompletionRequest", "CompletionRequest")
+_ARGS_CLASSES = ("EngineArgs", "AsyncEngineArgs", "FrontendArgs")
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    claim: str  # e.g. "structured_backends", "attention_backends.cuda.FLASH_ATTN"
+    status: str  # verified | contradicted | not_checkable
+    claimed: str
+    evidence: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- extractors (pure, on source text)
+
+
+def _parse(src: str) -> ast.Module | None:
+    try:
+        return ast.parse(src)
+    except SyntaxError:
+        return None
+
+
+def _strings(node: ast.AST) -> list[str] | None:
+    """The strings of a literal list/tuple/set of string constants, else None."""
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and node.elts and all(
+            isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+        return [e.value for e in node.elts]  # type: ignore[attr-defined]
+    return None
+
+
+def string_choices(src: str) -> list[list[str]]:
+    """Every literal collection of strings: ``["a", "b"]``, ``("a",)``, ``Literal["a", "b"]`` (each Literal of
+    a ``Union[Literal[...], Literal[...]]`` separately), in source order."""
+    tree = _parse(src)
+    if tree is None:
+        return []
+    out: list[list[str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, (ast.Name, ast.Attribute)):
+            name = node.value.id if isinstance(node.value, ast.Name) else node.value.attr
+            if name == "Literal":
+                inner = node.slice
+                vals = _strings(inner) if isinstance(inner, ast.Tuple) else (
+                    [inner.value] if isinstance(inner, ast.Constant) and isinstance(inner.value, str) else None)
+                if vals:
+                    out.append(vals)
+                continue
+        vals = _strings(node)
+        if vals:
+            out.append(vals)
+    return out
+
+
+def union_of_literals(src: str, members: Iterable[str]) -> bool:
+    """Whether some ``Union[Literal[...], Literal[...]]`` (or ``Literal[...] | Literal[...]``) mixes two string
+    Literals holding any of ``members``: an argparse ``choices`` built from such a type by iterating a set
+    depends on the process's string hash seed (vLLM 0.8.x ``get_kwargs``)."""
+    tree = _parse(src)
+    if tree is None:
+        return False
+    wanted = set(members)
+
+    aliases: dict[str, ast.AST] = {}  # module-level `Name = Literal[...]`
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            aliases[stmt.targets[0].id] = stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+            aliases[stmt.target.id] = stmt.value
+
+    def literal_values(n: ast.AST) -> set[str]:
+        if isinstance(n, ast.Name) and n.id in aliases:
+            n = aliases[n.id]
+        if (isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) and n.value.id == "Literal"):
+            s = n.slice
+            elts = s.elts if isinstance(s, ast.Tuple) else [s]
+            return {e.value for e in elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+        return set()
+
+    for node in ast.walk(tree):
+        parts: list[ast.AST] = []
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Union":
+            parts = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            parts = [node.left, node.right]
+        lits = [literal_values(p) for p in parts]
+        if sum(1 for v in lits if v) >= 2 and set().union(*lits) & wanted:
+            return True
+    return False
+
+
+def class_fields(src: str, class_names: Iterable[str]) -> set[str]:
+    """The annotated attribute names (dataclass / pydantic fields) of the named classes in ``src``."""
+    tree = _parse(src)
+    names = set(class_names)
+    out: set[str] = set()
+    if tree is None:
+        return out
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name in names:
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                    out.add(stmt.target.id)
+    return out
+
+
+def enum_members(src: str, class_names: Iterable[str] = _BACKEND_ENUMS) -> set[str]:
+    """Member names of the named enum classes (``NAME = enum.auto()`` / ``NAME = "..."``)."""
+    tree = _parse(src)
+    names = set(class_names)
+    out: set[str] = set()
+    if tree is None:
+        return out
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name in names and any(
+                (isinstance(b, ast.Attribute) and b.attr.endswith("Enum")) or
+                (isinstance(b, ast.Name) and b.id.endswith("Enum")) for b in node.bases):
+            for stmt in node.body:
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else (
+                    [stmt.target] if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else [])
+                for t in targets:
+                    if isinstance(t, ast.Name) and t.id[:1].isupper():
+                        out.add(t.id)
+    return out
+
+
+def identifiers_used(src: str) -> set[str]:
+    """Upper-case names the code refers to: ``X.NAME`` attributes and ``"NAME"`` strings (backend names in a
+    platform's selection code)."""
+    tree = _parse(src)
+    out: set[str] = set()
+    if tree is None:
+        return out
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and re.fullmatch(r"[A-Z][A-Z0-9_]+", node.attr):
+            out.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[A-Z][A-Z0-9_]+",
+                                                                                               node.value):
+            out.add(node.value)
+    return out
+
+
+def format_strings(src: str) -> list[str]:
+    """Every string constant and f-string, f-string values as ``{}`` (log messages, flags)."""
+    tree = _parse(src)
+    if tree is None:
+        return []
+    out: list[str] = []
+    inside: set[int] = set()
+    specs = {id(n.format_spec) for n in ast.walk(tree) if isinstance(n, ast.FormattedValue) and n.format_spec}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr) and id(node) not in specs:
+            text = ""
+            for v in node.values:
+                inside.add(id(v))
+                if isinstance(v, ast.Constant) and isinstance(v.value, str):
+                    text += v.value
+                else:
+                    text += "{}"
+                    if isinstance(v, ast.FormattedValue) and v.format_spec is not None:
+                        inside.update(id(fv) for fv in ast.walk(v.format_spec))
+            out.append(text)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in inside:
+            out.append(node.value)
+    return out
+
+
+_ENV_GETENV = re.compile(r"""os\.(?:getenv|environ\.get)\(\s*["'](VLLM_USE_V1)["']\s*,\s*["'](\w*)["']""")
+
+
+def env_variables(src: str) -> dict[str, str | None]:
+    """``envs.py``: the keys of its ``environment_variables`` dict, each with the literal default of its
+    ``os.getenv(NAME, "default")`` where the lambda has one (else None)."""
+    tree = _parse(src)
+    out: dict[str, str | None] = {}
+    if tree is None:
+        return out
+    for node in ast.walk(tree):
+        target = None
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            target, value = node.target.id, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target, value = node.targets[0].id, node.value
+        if target != "environment_variables" or not isinstance(value, ast.Dict):
+            continue
+        for k, v in zip(value.keys, value.values, strict=True):
+            if isinstance(k, ast.Constant) and isinstance(k.value, str):
+                default = None
+                for call in ast.walk(v):
+                    if (isinstance(call, ast.Call) and len(call.args) >= 2
+                            and isinstance(call.args[0], ast.Constant) and call.args[0].value == k.value
+                            and isinstance(call.args[1], ast.Constant)):
+                        value_ = call.args[1].value
+                        default = None if value_ is None else str(value_)
+                        break
+                out[k.value] = default
+    return out
+
+
+# --------------------------------------------------------------------------- facts of one release
+
+
+@dataclass
+class SourceFacts:
+    """What the checks need, extracted once per release from ``files`` (path -> text) and ``names`` (every
+    path in the wheel)."""
+
+    names: frozenset[str]
+    files: Mapping[str, str]
+    flags: dict[str, str] = field(default_factory=dict)  # "--flag" -> file it is defined in
+    arg_fields: dict[str, str] = field(default_factory=dict)  # EngineArgs/AsyncEngineArgs/FrontendArgs field -> file
+    backend_choices: list[tuple[str, list[str]]] = field(default_factory=list)  # (file, choices)
+    mixed_backend_literals: list[str] = field(default_factory=list)  # files with Union[Literal, Literal]
+    attention_enum: dict[str, str] = field(default_factory=dict)  # member -> file
+    cpu_attention_refs: dict[str, str] = field(default_factory=dict)  # names the CPU selection code uses -> file
+    request_fields: dict[str, str] = field(default_factory=dict)  # Chat/CompletionRequest field -> file
+    so_config_fields: dict[str, str] = field(default_factory=dict)  # StructuredOutputsConfig / DecodingConfig
+    envs: dict[str, str | None] = field(default_factory=dict)
+    strings: list[tuple[str, str]] = field(default_factory=list)  # (file, format string)
+
+    @classmethod
+    def extract(cls, names: Iterable[str], files: Mapping[str, str]) -> SourceFacts:
+        f = cls(frozenset(names), files)
+        backend_words = {"outlines", "lm-format-enforcer", "xgrammar", "guidance"}
+        for path, src in sorted(files.items()):
+            strings = format_strings(src)
+            f.strings += [(path, s) for s in strings]
+            for s in strings:
+                if re.fullmatch(r"--[a-z0-9][a-z0-9-]+", s):
+                    f.flags.setdefault(s, path)
+            for name in class_fields(src, _ARGS_CLASSES):
+                f.arg_fields.setdefault(name, path)
+            if path.startswith(("vllm/engine/", "vllm/config")):
+                for choices in string_choices(src):
+                    if "lm-format-enforcer" in choices or len(backend_words & set(choices)) >= 2:
+                        f.backend_choices.append((path, choices))
+                if union_of_literals(src, backend_words):
+                    f.mixed_backend_literals.append(path)
+                for name in class_fields(src, ("StructuredOutputsConfig", "DecodingConfig")):
+                    f.so_config_fields.setdefault(name, path)
+            if path.startswith(("vllm/platforms/interface.py", "vllm/attention/", "vllm/v1/attention/")):
+                for m in enum_members(src):
+                    f.attention_enum.setdefault(m, path)
+            # the CPU platform's backend choice (vllm/attention/selector.py before platforms/cpu.py existed),
+            # and the engine's list of V1 backends (0.9-0.10 `_is_v1_supported_oracle`)
+            if path in ("vllm/platforms/cpu.py", "vllm/attention/selector.py", "vllm/engine/arg_utils.py"):
+                for name in identifiers_used(src):
+                    f.cpu_attention_refs.setdefault(name, path)
+            if path.startswith("vllm/entrypoints/"):
+                for name in class_fields(src, _REQUEST_CLASSES):
+                    f.request_fields.setdefault(name, path)
+            if path == "vllm/envs.py":
+                f.envs = env_variables(src)
+        return f
+
+    def has_flag(self, flag: str) -> str | None:
+        """Where ``--flag`` is defined: a literal flag string, or an args dataclass field (vLLM builds its
+        flags from ``EngineArgs`` fields from 0.8 on)."""
+        if flag in self.flags:
+            return f"{self.flags[flag]}: literal {flag!r}"
+        name = flag.lstrip("-").replace("-", "_")
+        if name in self.arg_fields:
+            return f"{self.arg_fields[name]}: field {name}"
+        return None
+
+    def string_matching(self, pattern: str) -> str | None:
+        rx = re.compile(pattern)
+        for path, s in self.strings:
+            if rx.search(s.replace("%s", "{}").replace("%d", "{}")):
+                return f"{path}: {s.strip()[:100]!r}"
+        return None
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def _r(claim: str, ok: bool | None, claimed: object, evidence: str) -> ClaimResult:
+    status = "not_checkable" if ok is None else ("verified" if ok else "contradicted")
+    return ClaimResult(claim, status, claimed if isinstance(claimed, str) else repr(claimed), evidence)
+
+
+def check(caps: VersionCaps, facts: SourceFacts) -> list[ClaimResult]:
+    """Every claim of ``caps`` (the table's row for the release) against the release's ``facts``."""
+    out: list[ClaimResult] = []
+
+    # entry point: the module exists
+    module = caps.entry_point[1] if caps.entry_point[:1] == ("-m",) else None
+    if module:
+        path = module.replace(".", "/") + ".py"
+        out.append(_r("entry_point", path in facts.names, module,
+                      f"{path} in the wheel" if path in facts.names else f"no {path} in the wheel"))
+
+    # engine: VLLM_USE_V1's default, else whether V1 exists
+    v1_dir = any(n.startswith("vllm/v1/engine/") for n in facts.names)
+    out.append(_r("v1_available", v1_dir == caps.v1_available, caps.v1_available,
+                  "vllm/v1/engine/ in the wheel" if v1_dir else "no vllm/v1/engine/"))
+    if "VLLM_USE_V1" in facts.envs and facts.envs["VLLM_USE_V1"] is not None:
+        default = "v1" if facts.envs["VLLM_USE_V1"] == "1" else "v0"
+        out.append(_r("engine", default == caps.engine, caps.engine,
+                      f"vllm/envs.py: VLLM_USE_V1 defaults to {facts.envs['VLLM_USE_V1']!r}"))
+    else:
+        engine = "v1" if v1_dir else "v0"
+        out.append(_r("engine", engine == caps.engine, caps.engine,
+                      "vllm/envs.py has no VLLM_USE_V1 default; " + ("V1 only" if v1_dir else "no V1 engine")))
+
+    # structured-output backends: the union of the choices lists / Literals that name them
+    found: set[str] = set()
+    where: list[str] = []
+    for path, choices in facts.backend_choices:
+        found |= set(choices)
+        where.append(f"{path}: {choices}")
+    found_b = {c for c in found if c in {"auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"}}
+    claimed = set(caps.structured_backends)
+    if found_b:
+        diff = []
+        if claimed - found_b:
+            diff.append(f"not in the source: {sorted(claimed - found_b)}")
+        if found_b - claimed:
+            diff.append(f"in the source, not in the table: {sorted(found_b - claimed)}")
+        out.append(_r("structured_backends", not diff, sorted(claimed),
+                      "; ".join(diff + where[:3])))
+    else:
+        out.append(_r("structured_backends", None, sorted(claimed), "no literal backend choices found"))
+    if facts.mixed_backend_literals:
+        out.append(_r("structured_backends.choices_deterministic", None, "argparse choices",
+                      f"{facts.mixed_backend_literals[0]}: the backend type is a Union of string Literals; the "
+                      "accepted choices depend on the process's hash seed (see the failure KB "
+                      "guided_backend_choices_vary_per_start)"))
+
+    # how the server selects a backend
+    if caps.structured_server == "flag":
+        ev = facts.has_flag("--guided-decoding-backend")
+        out.append(_r("structured_server", ev is not None, "flag", ev or "no --guided-decoding-backend"))
+    elif caps.structured_server == "config_json":
+        ev = facts.has_flag("--structured-outputs-config")
+        out.append(_r("structured_server", ev is not None, "config_json", ev or "no --structured-outputs-config"))
+
+    # the request shape
+    want = "guided_json" if caps.structured_request == "guided_fields" else "structured_outputs"
+    if facts.request_fields:
+        ok = want in facts.request_fields
+        out.append(_r("structured_request", ok, caps.structured_request,
+                      f"{facts.request_fields[want]}: field {want}" if ok else
+                      f"ChatCompletionRequest has no field {want}"))
+    else:
+        out.append(_r("structured_request", None, caps.structured_request, "no request model found"))
+
+    # whitespace
+    daw = caps.disable_any_whitespace
+    if daw == "flag":
+        ev = facts.has_flag("--guided-decoding-disable-any-whitespace")
+        out.append(_r("disable_any_whitespace", ev is not None, daw,
+                      ev or "no --guided-decoding-disable-any-whitespace"))
+    elif daw == "config_json":
+        ok = "disable_any_whitespace" in facts.so_config_fields
+        out.append(_r("disable_any_whitespace", ok, daw,
+                      f"{facts.so_config_fields.get('disable_any_whitespace')}: field disable_any_whitespace"
+                      if ok else "no disable_any_whitespace field in the structured outputs config"))
+    elif daw == "backend_suffix":
+        ev = facts.string_matching(r"disable-any-whitespace")
+        out.append(_r("disable_any_whitespace", ev is not None, daw, ev or "no 'disable-any-whitespace' string"))
+    else:
+        ev = facts.string_matching(r"disable[-_]any[-_]whitespace")
+        out.append(_r("disable_any_whitespace", ev is None, daw,
+                      f"the source has it: {ev}" if ev else "no 'disable_any_whitespace' in the source"))
+
+    # attention backend selection
+    has_env = "VLLM_ATTENTION_BACKEND" in facts.envs
+    if caps.attention_selection == "env":
+        out.append(_r("attention_selection", has_env, "env",
+                      "vllm/envs.py: VLLM_ATTENTION_BACKEND" if has_env else "vllm/envs.py lacks VLLM_ATTENTION_BACKEND"))
+    else:
+        ev = facts.has_flag("--attention-backend")
+        out.append(_r("attention_selection", ev is not None, "flag", ev or "no --attention-backend"))
+    if facts.envs:
+        out.append(_r("attention_env_ignored", caps.attention_env_ignored != has_env, caps.attention_env_ignored,
+                      "vllm/envs.py " + ("reads" if has_env else "does not read") + " VLLM_ATTENTION_BACKEND"))
+    for device, backends in sorted(caps.attention_backends.items()):
+        for b in backends:
+            if not facts.attention_enum:
+                out.append(_r(f"attention_backends.{device}.{b}", None, b, "no backend enum found"))
+            elif b in facts.attention_enum and device == "cpu":
+                ref = facts.cpu_attention_refs.get(b)
+                out.append(_r(f"attention_backends.{device}.{b}", ref is not None, b,
+                              f"{facts.attention_enum[b]}: enum member; {ref} selects it" if ref else
+                              f"{facts.attention_enum[b]}: enum member, but no CPU selection code names it"))
+            elif b in facts.attention_enum:
+                out.append(_r(f"attention_backends.{device}.{b}", True, b, f"{facts.attention_enum[b]}: enum member"))
+            else:
+                out.append(_r(f"attention_backends.{device}.{b}", False, b,
+                              f"not a member of the backend enum ({len(facts.attention_enum)} members)"))
+    for b, cc in sorted(caps.attention_min_compute_capability.items()):
+        out.append(_r(f"attention_min_compute_capability.{b}", None, cc,
+                      "a runtime check in the platform code; read by hand"))
+
+    # KV-cache log lines
+    for fmt in caps.kv_log_formats:
+        marker = KV_LOG_MARKERS.get(fmt)
+        if marker is None:
+            out.append(_r(f"kv_log_formats.{fmt}", None, fmt, "no source marker for this id"))
+            continue
+        ev = facts.string_matching(marker)
+        out.append(_r(f"kv_log_formats.{fmt}", ev is not None, fmt, ev or f"no format string matching {marker!r}"))
+
+    # environment variables the plugin sets
+    if facts.envs:
+        for claim, var in (("cpu_kv_env", caps.cpu_kv_env), ("api_key_env", caps.api_key_env)):
+            if var:
+                out.append(_r(claim, var in facts.envs, var,
+                              f"vllm/envs.py {'reads' if var in facts.envs else 'does not read'} {var}"))
+    if caps.log_requests_flag:
+        ev = facts.has_flag(caps.log_requests_flag)
+        out.append(_r("log_requests_flag", ev is not None, caps.log_requests_flag, ev or "flag not found"))
+    return out
+
+
+def verified_claims(results: Iterable[ClaimResult]) -> list[str]:
+    """The top-level claim names whose every check was verified (``attention_backends.cuda.X`` counts for
+    ``attention_backends``)."""
+    status: dict[str, set[str]] = {}
+    for r in results:
+        status.setdefault(r.claim.split(".")[0], set()).add(r.status)
+    return sorted(c for c, s in status.items() if s == {"verified"})
+
+
+# --------------------------------------------------------------------------- over releases: report and table
+
+
+def check_release(distribution: str, version: str, cache_dir: Path, *,
+                  index_url: str = wheel_sources.DEFAULT_INDEX) -> dict[str, Any]:
+    """One release's entry of the report: its wheel, the table row, and every claim's result (or, when its
+    sources cannot be read, ``error``)."""
+    caps = capabilities(version)
+    entry: dict[str, Any] = {"distribution": distribution, "version": version, "row": caps.range}
+    t0 = time.monotonic()
+    try:
+        src = wheel_sources.fetch_sources(distribution, version, PATTERNS, cache_dir, index_url=index_url)
+    except (wheel_sources.SourceUnavailable, OSError, zipfile.BadZipFile) as e:
+        entry["error"] = str(e)
+        return entry
+    results = check(caps, SourceFacts.extract(src.names, src.files))
+    entry.update(wheel=src.filename, files_read=len(src.files), fetched_bytes=src.fetched_bytes,
+                 requests=src.requests, seconds=round(time.monotonic() - t0, 1),
+                 results=[r.as_dict() for r in results])
+    return entry
+
+
+def summarize(entries: list[dict[str, Any]]) -> dict[str, int]:
+    counts = {"releases": len(entries), "unreadable": sum(1 for e in entries if "error" in e),
+              "verified": 0, "contradicted": 0, "not_checkable": 0}
+    for e in entries:
+        for r in e.get("results", []):
+            counts[r["status"]] += 1
+    return counts
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The committed report: a summary, then one table per release (claim, status, claimed, evidence)."""
+    s = report["summary"]
+    lines = [
+        "# The capability table checked against each release's source",
+        "",
+        f"Generated by `vllm-compat capabilities check` on {report['generated_at']} from the wheels on "
+        f"{report['index']} (range requests: only the archive directory and the files read are fetched).",
+        "",
+        f"{s['releases']} releases, {s['verified']} claims verified, **{s['contradicted']} contradicted**, "
+        f"{s['not_checkable']} not checkable from the source, {s['unreadable']} releases unreadable.",
+        "",
+        "`not_checkable` claims (compute capability minimums, a CLI whose choices depend on the hash seed) stay "
+        "read by hand; each table row's `machine_verified` lists the claims verified at every release of it.",
+        "",
+    ]
+    for e in report["releases"]:
+        lines.append(f"## {e['distribution']} {e['version']} (table row `{e['row']}`)")
+        lines.append("")
+        if "error" in e:
+            lines += [f"Sources not readable: {e['error']}", ""]
+            continue
+        lines.append(f"`{e['wheel']}`: {e['files_read']} files read, {e['fetched_bytes'] / 1e6:.1f} MB in "
+                     f"{e['requests']} range requests.")
+        lines.append("")
+        lines.append("| claim | status | claimed | evidence |")
+        lines.append("|---|---|---|---|")
+        for r in e["results"]:
+            ev = r["evidence"].replace("|", "\\|").replace("\n", " ")
+            claimed = r["claimed"].replace("|", "\\|")
+            lines.append(f"| `{r['claim']}` | {r['status']} | {claimed} | {ev} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def machine_verified_by_row(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Row range -> the claims verified at every release checked in it (none when a release of the row could
+    not be read)."""
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_row.setdefault(e["row"], []).append(e)
+    out: dict[str, list[str]] = {}
+    for row, es in by_row.items():
+        if any("error" in e for e in es):
+            out[row] = []
+            continue
+        sets = [set(verified_claims(ClaimResult(**r) for r in e["results"])) for e in es]
+        out[row] = sorted(set.intersection(*sets)) if sets else []
+    return out
+
+
+_ROW_RE = re.compile(r'^range = "(?P<range>[^"]+)"\n', re.M)
+
+
+def update_table_text(text: str, verified: Mapping[str, list[str]]) -> str:
+    """``capabilities.toml`` with each checked row's ``machine_verified = [...]`` line written (after its
+    ``range`` line, replacing an earlier one); comments and everything else stay as they are."""
+    text = re.sub(r"^machine_verified = \[[^\]]*\]\n", "", text, flags=re.M)
+
+    def put(m: re.Match[str]) -> str:
+        claims = verified.get(m.group("range"))
+        if claims is None:
+            return m.group(0)
+        return m.group(0) + "machine_verified = [" + ", ".join(f'"{c}"' for c in claims) + "]\n"
+
+    return _ROW_RE.sub(put, text)
