@@ -50,6 +50,8 @@ KV_LOG_MARKERS: dict[str, str] = {
     "v1_available_memory": r"Available KV cache memory: ",
     "v1_kv_cache_size_concurrency": r"GPU KV cache size: .*Maximum concurrency for ",
     "v1_device_kv_cache_size_concurrency": r"(?:\{\}|%s) KV cache size: .*Maximum concurrency for ",
+    "v0_cpu_blocks": r"^# CPU blocks: \{\}$",
+    "cpu_kv_memory_set": r"(?:Explicitly|Auto) set \(\{\}/\{\}\) GiB for KV cache",
 }
 
 _BACKEND_ENUMS = ("_Backend", "AttentionBackendEnum", "Backend")
