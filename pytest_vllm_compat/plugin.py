@@ -42,6 +42,7 @@ from .results import (
     summarize_error,
     write_manifest,
 )
+from .scheduling import GroupKey, parse_shard, plan
 from .server import INHERITED_SELECTORS, ServerError, ServerStartupError, VLLMServer, reap_stale
 from .session import CompatSession, Target
 from .version_spec import VersionSpecError, is_dynamic, resolve_versions
@@ -408,7 +409,7 @@ def _server_marker(item: pytest.Item) -> tuple[str, Any]:
     return label, m
 
 
-def _group_of(item: pytest.Item) -> str | None:
+def _group_of(item: pytest.Item) -> GroupKey | None:
     callspec = getattr(item, "callspec", None)
     if callspec is None or "vllm_target" not in callspec.params:
         return None
@@ -416,7 +417,7 @@ def _group_of(item: pytest.Item) -> str | None:
     if not isinstance(target, Target):  # a test no model runs (_no_model_param), or pytest's NOTSET
         return None
     label, _ = _server_marker(item)
-    return f"{target.version}|{target.model.name}|{label}"
+    return GroupKey(target.version, target.model.name, label)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -424,48 +425,30 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     state = config.stash[STATE]
     if state.usage_errors:
         raise pytest.UsageError(state.usage_errors[0])
-    groups: dict[str, str | None] = {}
-    for it in items:
-        g = _group_of(it)
-        groups[it.nodeid] = g
+    groups = [_group_of(it) for it in items]
+    for it, g in zip(items, groups, strict=True):
         if g is None:
             continue
         it.stash[ITEM] = ItemState(target=it.callspec.params["vllm_target"], nodeid=it.nodeid)  # type: ignore[attr-defined]
-        it.add_marker(pytest.mark.xdist_group(name=g.replace("|", "_")))
+        it.add_marker(pytest.mark.xdist_group(name=g.xdist_name))
         tm = it.get_closest_marker("timeout")
         if tm is None:
             it.add_marker(pytest.mark.timeout(func_only=True))
         elif "func_only" not in tm.kwargs:
             it.add_marker(pytest.mark.timeout(*tm.args, **tm.kwargs, func_only=True), append=False)
-    shard = state.opts["vllm_shard"].value
-    if shard:
-        from .sharding import parse_shard, shard_of
-
+    shard = None
+    if state.opts["vllm_shard"].value:
         try:
-            index, total = parse_shard(shard)
+            shard = parse_shard(state.opts["vllm_shard"].value)
         except ValueError as e:
             raise pytest.UsageError(f"--vllm-shard: {e}") from None
-        keep: list[pytest.Item] = []
-        drop: list[pytest.Item] = []
-        for it in items:
-            g = groups[it.nodeid]
-            # Plain tests (no vLLM server) run in shard 1 only, so merged shards hold each test once.
-            (keep if (g is None and index == 1) or (g is not None and shard_of(g, total) == index) else drop).append(it)
-        if drop:
-            config.hook.pytest_deselected(items=drop)
-            items[:] = keep
-    # Order by server group so each spec's server starts once; plain tests keep their order, first.
-    order = {g: i for i, g in enumerate(sorted({g for g in groups.values() if g},
-                                               key=lambda g: (version_key(g.split("|")[0]), g)))}
-    indexed = list(enumerate(items))
-    indexed.sort(key=lambda p: (-1, p[0]) if groups[p[1].nodeid] is None else (order[groups[p[1].nodeid] or ""], p[0]))
-    items[:] = [it for _, it in indexed]
+    # Each server group's tests back to back so its server starts once; plain tests keep their order, first.
+    p = plan(groups, shard)
+    if p.dropped:
+        config.hook.pytest_deselected(items=[items[i] for i in p.dropped])
+    items[:] = [items[i] for i in p.order]
     state.item_index = {it.nodeid: i for i, it in enumerate(items)}
-    state.group_last_index = {}
-    for i, it in enumerate(items):
-        g = groups[it.nodeid]
-        if g:
-            state.group_last_index[g] = i
+    state.group_last_index = p.last_index
 
 
 @pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
@@ -590,12 +573,13 @@ class ServerFactory:
     def __call__(self, args: Sequence[str] = (), env: dict[str, str] | None = None, label: str = "",
                  gpus: int | None = None) -> VLLMServer:
         spec = self.spec(args, env, label, gpus)
-        g = _group_of(self.request.node) or ""
+        key = _group_of(self.request.node)
+        g = key.key if key else ""
         _, marker = _server_marker(self.request.node)
         if label and (marker is None or label != marker.kwargs.get("label", "")):
             # A side server started inside one test: its own group, so it is stopped right after the
             # test and never evicts the server the following tests of this group share.
-            g = f"{g}|side:{label}"
+            g = key.side(label) if key else f"|side:{label}"
         try:
             server = self.state.session.pool.get(spec, group=g)
         except ServerError as e:

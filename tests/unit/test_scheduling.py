@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat import sharding
-from pytest_vllm_compat.sharding import balance, parse_shard, shard_of
+from pytest_vllm_compat import scheduling as sharding
+from pytest_vllm_compat.scheduling import balance, parse_shard, shard_of
 
 KEYS = [f"{model}|vllm-{v}|{args}" for model in ("tiny-mistral", "tiny-llama", "mistral-7b", "qwen-0.5b")
         for v in ("0.26.0", "0.32.0") for args in ("", "--enforce-eager", "--max-model-len 512")]
@@ -35,7 +35,7 @@ def test_parse_shard_errors(text: str, message: str) -> None:
 def test_shard_of_is_stable_across_processes_and_hash_seeds() -> None:
     """Each CI machine computes the shard in its own process: hash() would differ, sha256 does not."""
     here = {k: shard_of(k, 4) for k in KEYS}
-    code = ("import json, sys; from pytest_vllm_compat.sharding import shard_of; "
+    code = ("import json, sys; from pytest_vllm_compat.scheduling import shard_of; "
             "keys = json.loads(sys.stdin.read()); print(json.dumps({k: shard_of(k, 4) for k in keys}))")
     for seed in ("1", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
@@ -90,3 +90,40 @@ def test_balance_longest_first() -> None:
 def test_module_never_uses_a_shell() -> None:
     source = Path(sharding.__file__).read_text()
     assert "shell=True" not in source and "os.system" not in source
+
+
+# --- server groups and run order ----------------------------------------------------------------------
+
+
+def test_group_key_strings_stay_what_shards_and_the_pool_used() -> None:
+    from pytest_vllm_compat.scheduling import GroupKey
+
+    g = GroupKey("0.32.0", "tiny-mistral", "attn-CPU_ATTN")
+    assert g.key == "0.32.0|tiny-mistral|attn-CPU_ATTN"  # shard assignment hashes this exact string
+    assert g.xdist_name == "0.32.0_tiny-mistral_attn-CPU_ATTN"
+    assert g.side("kv2x") == "0.32.0|tiny-mistral|attn-CPU_ATTN|side:kv2x"
+    assert GroupKey("0.32.0", "m") == GroupKey("0.32.0", "m", "") and len({g, GroupKey(*g.key.split("|"))}) == 1
+
+
+def test_plan_orders_plain_tests_first_then_groups_by_release() -> None:
+    from pytest_vllm_compat.scheduling import GroupKey, plan
+
+    new, old, old_b = GroupKey("0.10.0", "m"), GroupKey("0.9.2", "m"), GroupKey("0.9.2", "m", "b")
+    groups = [new, None, old_b, old, new, None, old]
+    p = plan(groups)
+    # plain tests (1, 5) first in collection order; 0.9.2 before 0.10.0 (release order, not string order)
+    assert p.order == [1, 5, 3, 6, 2, 0, 4] and p.dropped == []
+    assert p.last_index == {old.key: 3, old_b.key: 4, new.key: 6}
+
+
+def test_plan_shards_by_group_and_keeps_plain_tests_in_shard_one() -> None:
+    from pytest_vllm_compat.scheduling import GroupKey, plan
+
+    groups = [GroupKey(f"0.{i}.0", "m") for i in range(20)] + [None, None]
+    shards = [plan(groups, (i, 3)) for i in (1, 2, 3)]
+    kept = sorted(i for p in shards for i in p.order)
+    assert kept == list(range(22))  # every test in exactly one shard
+    for index, p in zip((1, 2, 3), shards, strict=True):
+        assert set(p.order) | set(p.dropped) == set(range(22))
+        assert all(shard_of(groups[i].key, 3) == index for i in p.order if groups[i] is not None)  # type: ignore[union-attr]
+    assert {20, 21} <= set(shards[0].order) and not ({20, 21} & set(shards[1].order))
