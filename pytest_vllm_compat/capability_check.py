@@ -148,38 +148,30 @@ def union_of_literals(src: str, members: Iterable[str]) -> bool:
     return False
 
 
-def class_fields(src: str, class_names: Iterable[str]) -> set[str]:
-    """The annotated attribute names (dataclass / pydantic fields) of the named classes in ``src``."""
+def _classes(src: str, class_names: Iterable[str]) -> Iterable[ast.ClassDef]:
     tree = _parse(src)
     names = set(class_names)
-    out: set[str] = set()
-    if tree is None:
-        return out
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name in names:
-            for stmt in node.body:
-                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                    out.add(stmt.target.id)
-    return out
+    if tree is not None:
+        yield from (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name in names)
+
+
+def class_fields(src: str, class_names: Iterable[str]) -> set[str]:
+    """The annotated attribute names (dataclass / pydantic fields) of the named classes in ``src``."""
+    return {stmt.target.id for node in _classes(src, class_names) for stmt in node.body
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
 
 
 def enum_members(src: str, class_names: Iterable[str] = _BACKEND_ENUMS) -> set[str]:
     """Member names of the named enum classes (``NAME = enum.auto()`` / ``NAME = "..."``)."""
-    tree = _parse(src)
-    names = set(class_names)
     out: set[str] = set()
-    if tree is None:
-        return out
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name in names and any(
-                (isinstance(b, ast.Attribute) and b.attr.endswith("Enum")) or
-                (isinstance(b, ast.Name) and b.id.endswith("Enum")) for b in node.bases):
-            for stmt in node.body:
-                targets = stmt.targets if isinstance(stmt, ast.Assign) else (
-                    [stmt.target] if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else [])
-                for t in targets:
-                    if isinstance(t, ast.Name) and t.id[:1].isupper():
-                        out.add(t.id)
+    for node in _classes(src, class_names):
+        if not any((isinstance(b, ast.Attribute) and b.attr.endswith("Enum")) or
+                   (isinstance(b, ast.Name) and b.id.endswith("Enum")) for b in node.bases):
+            continue
+        for stmt in node.body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else (
+                [stmt.target] if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else [])
+            out.update(t.id for t in targets if isinstance(t, ast.Name) and t.id[:1].isupper())
     return out
 
 
