@@ -114,8 +114,9 @@ class WheelSource:
     url: str
     names: frozenset[str]
     files: dict[str, str] = field(default_factory=dict)
-    fetched_bytes: int = 0
+    fetched_bytes: int = 0  # what reading it from the index took (the first time, when it comes from the cache)
     requests: int = 0
+    cached: bool = False
 
     def glob(self, pattern: str) -> list[str]:
         """The fetched files matching a glob (``*`` crosses ``/``), sorted."""
@@ -169,7 +170,8 @@ def fetch_sources(distribution: str, version: str, patterns: Iterable[str], cach
         wanted = [n for n in names if n.endswith(".py") and any(fnmatch.fnmatchcase(n, p) for p in patterns)]
         if all((where / "files" / n).is_file() for n in wanted):
             return WheelSource(distribution, version, meta["filename"], meta["url"], names,
-                               {n: (where / "files" / n).read_text("utf-8", errors="replace") for n in wanted})
+                               {n: (where / "files" / n).read_text("utf-8", errors="replace") for n in wanted},
+                               meta.get("fetched_bytes", 0), meta.get("requests", 0), cached=True)
     filename, url, size = wheel_url(distribution, version, index_url)
     raw = RangeFile(url, size or None)
     with zipfile.ZipFile(io.BufferedReader(raw, buffer_size=_BLOCK)) as z:  # type: ignore[arg-type]
@@ -183,5 +185,6 @@ def fetch_sources(distribution: str, version: str, patterns: Iterable[str], cach
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text, encoding="utf-8")
     index_file.parent.mkdir(parents=True, exist_ok=True)
-    index_file.write_text(json.dumps({"filename": filename, "url": url, "names": sorted(names)}))
+    index_file.write_text(json.dumps({"filename": filename, "url": url, "names": sorted(names),
+                                      "fetched_bytes": raw.fetched, "requests": raw.requests}))
     return WheelSource(distribution, version, filename, url, names, files, raw.fetched, raw.requests)

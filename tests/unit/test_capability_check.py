@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pytest_vllm_compat import capability_check as cc
+from pytest_vllm_compat import source_facts as sf
 from pytest_vllm_compat import wheel_sources
 from pytest_vllm_compat.capabilities import _load_text, capabilities, table_versions
 
@@ -93,28 +94,28 @@ def release_085() -> tuple[set[str], dict[str, str]]:
 
 def test_string_choices_lists_and_literals() -> None:
     src = 'x = ["a", "b"]\ny: Literal["c"] = "c"\nz = ("d", 1)\nparser.add_argument("--f", choices=["e", "f"])\n'
-    assert cc.string_choices(src) == [["a", "b"], ["c"], ["e", "f"]]
-    assert cc.string_choices("def (:\n") == []  # unparseable source: nothing, no crash
+    assert sf.string_choices(src) == [["a", "b"], ["c"], ["e", "f"]]
+    assert sf.string_choices("def (:\n") == []  # unparseable source: nothing, no crash
 
 
 def test_union_of_literals_through_aliases() -> None:
-    assert cc.union_of_literals(CONFIG_085, {"outlines"})
-    assert not cc.union_of_literals(CONFIG_085, {"nothing-of-these"})
+    assert sf.union_of_literals(CONFIG_085, {"outlines"})
+    assert not sf.union_of_literals(CONFIG_085, {"nothing-of-these"})
     single = 'B = Literal["auto", "xgrammar", "outlines"]\nclass C:\n    b: B = "auto"\n'
-    assert not cc.union_of_literals(single, {"outlines"})
-    assert cc.union_of_literals('t: Literal["a", "outlines"] | Literal["b"]\n', {"outlines"})
+    assert not sf.union_of_literals(single, {"outlines"})
+    assert sf.union_of_literals('t: Literal["a", "outlines"] | Literal["b"]\n', {"outlines"})
 
 
 def test_enum_members_fields_and_env_defaults() -> None:
-    assert cc.enum_members(INTERFACE) == {"FLASH_ATTN", "TORCH_SDPA", "XFORMERS"}  # PlatformEnum is not named
-    assert cc.class_fields(ARG_UTILS, ["EngineArgs"]) == {"model", "guided_decoding_backend"}
-    envs = cc.env_variables(ENVS)
+    assert sf.enum_members(INTERFACE) == {"FLASH_ATTN", "TORCH_SDPA", "XFORMERS"}  # PlatformEnum is not named
+    assert sf.class_fields(ARG_UTILS, ["EngineArgs"]) == {"model", "guided_decoding_backend"}
+    envs = sf.env_variables(ENVS)
     assert envs["VLLM_USE_V1"] == "1" and envs["VLLM_ATTENTION_BACKEND"] is None
     assert set(envs) == {"VLLM_USE_V1", "VLLM_ATTENTION_BACKEND", "VLLM_CPU_KVCACHE_SPACE", "VLLM_API_KEY"}
 
 
 def test_format_strings_read_fstring_values_as_placeholders() -> None:
-    got = cc.format_strings('logger.info(f"{dev} KV cache size: {n:,} tokens, Maximum concurrency for {l}")\n')
+    got = sf.format_strings('logger.info(f"{dev} KV cache size: {n:,} tokens, Maximum concurrency for {l}")\n')
     assert got == ["{} KV cache size: {} tokens, Maximum concurrency for {}"]
     assert "KV cache" not in " ".join(s for s in got if s == ",")  # the format spec is not a separate string
 
@@ -130,7 +131,7 @@ def test_check_verifies_a_matching_release() -> None:
     names, files = release_085()
     caps = dataclasses.replace(capabilities("0.8.5"), kv_log_formats=("v0_device_blocks", "v1_kv_cache_size"),
                                attention_backends={"cuda": ("FLASH_ATTN", "XFORMERS"), "cpu": ("TORCH_SDPA",)})
-    got = _statuses(cc.check(caps, cc.SourceFacts.extract(names, files)))
+    got = _statuses(cc.check(caps, sf.SourceFacts.extract(names, files)))
     assert got["entry_point"] == got["engine"] == got["v1_available"] == "verified"
     assert got["structured_backends"] == "verified" and got["structured_server"] == "verified"
     assert got["structured_backends.choices_deterministic"] == "not_checkable"  # the Union of two Literals
@@ -139,7 +140,7 @@ def test_check_verifies_a_matching_release() -> None:
     assert got["log_requests_flag"] == got["cpu_kv_env"] == got["api_key_env"] == "verified"
     assert got["attention_min_compute_capability.FLASH_ATTN"] == "not_checkable"
     assert "contradicted" not in got.values()
-    verified = cc.verified_claims(cc.check(caps, cc.SourceFacts.extract(names, files)))
+    verified = cc.verified_claims(cc.check(caps, sf.SourceFacts.extract(names, files)))
     assert "structured_backends" not in verified and "attention_backends" in verified  # nondeterministic CLI
 
 
@@ -152,7 +153,7 @@ def test_check_finds_each_kind_of_contradiction() -> None:
         attention_backends={"cuda": ("FLASH_ATTN", "TREE_ATTN"), "cpu": ("XFORMERS",)},
         kv_log_formats=("v1_available_memory",), log_requests_flag="--enable-log-requests",
         attention_selection="flag", attention_env_ignored=True)
-    got = _statuses(cc.check(caps, cc.SourceFacts.extract(names, files)))
+    got = _statuses(cc.check(caps, sf.SourceFacts.extract(names, files)))
     for claim in ("entry_point", "engine", "structured_backends", "structured_request",
                   "attention_backends.cuda.TREE_ATTN",  # no such enum member
                   "attention_backends.cpu.XFORMERS",  # a member, but the CPU code never selects it
@@ -248,7 +249,8 @@ def test_fetch_sources_reads_only_the_wanted_members_and_caches(index: str, tmp_
     assert all(g.startswith(("/pypi/", "/files/v.whl")) for g in _Index.gets)
     _Index.gets.clear()
     again = wheel_sources.fetch_sources("vllm", "9.9.0", ["vllm/envs.py"], tmp_path, index_url=index)
-    assert again.files == {"vllm/envs.py": ENVS} and again.fetched_bytes == 0 and _Index.gets == []
+    assert again.files == {"vllm/envs.py": ENVS} and _Index.gets == [] and again.cached
+    assert (again.fetched_bytes, again.requests) == (src.fetched_bytes, src.requests)  # the first fetch's cost
 
 
 def test_fetch_sources_names_what_is_missing(index: str, tmp_path: Path) -> None:
