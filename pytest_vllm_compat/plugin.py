@@ -33,10 +33,16 @@ from .registry import ModelSpec, RegistryError, load_registry
 from .results import (
     NOT_APPLICABLE_PREFIX,
     RecordWriter,
+    classify_failure,
+    file_size,
     host_info,
+    log_since,
     new_run_id,
     now_iso,
+    phase_outcome,
     read_records,
+    read_text,
+    root_cause_suffix,
     server_fields,
     status_for,
     summarize_error,
@@ -587,7 +593,7 @@ class ServerFactory:
             raise
         if server not in self.item.servers:
             self.item.servers.append(server)
-            self.item.log_offsets[id(server)] = _size(server.log_path)
+            self.item.log_offsets[id(server)] = file_size(server.log_path)
         return server
 
     def try_start(self, args: Sequence[str] = (), env: dict[str, str] | None = None,
@@ -712,7 +718,7 @@ def _check_servers_after_call(item: pytest.Item, st: ItemState, state: PluginSta
             continue
         if died:
             server.drain_log()
-        log_slice = _log_since(server, st.log_offsets.get(id(server), 0))
+        log_slice = log_since(server.log_path, st.log_offsets.get(id(server), 0))
         excerpt = server.log_excerpt(text=log_slice)
         when = ""
         if died and st.call_started is not None and server.died_at is not None:
@@ -750,22 +756,7 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
     target = st.target
     assert target is not None
     reps = st.reports
-    failed_phase = next((w for w in ("setup", "call", "teardown") if w in reps and reps[w].failed), None)
-    skipped = "setup" in reps and reps["setup"].skipped or ("call" in reps and reps["call"].skipped)
-    if failed_phase == "call":
-        outcome = "failed"
-    elif failed_phase:
-        outcome = "error"
-    elif skipped:
-        outcome = "skipped"
-    else:
-        outcome = "passed"
-    skip_reason = None
-    if outcome == "skipped":
-        rep = reps["call"] if "call" in reps and reps["call"].skipped else reps["setup"]
-        lr = rep.longrepr
-        skip_reason = str(lr[2]) if isinstance(lr, tuple) else str(lr)
-        skip_reason = skip_reason.removeprefix("Skipped: ")
+    outcome, failed_phase, skip_reason = phase_outcome(reps)
     error = None
     classification = None
     server = st.servers[-1] if st.servers else None
@@ -783,11 +774,11 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
         log_text = None
         if st.server_error is not None:
             log_excerpt = st.server_error.log_excerpt
-            log_text = _read(st.server_error.log_path) or log_excerpt
+            log_text = read_text(st.server_error.log_path) or log_excerpt
         elif server is not None:
-            log_text = _log_since(server, st.log_offsets.get(id(server), 0))
+            log_text = log_since(server.log_path, st.log_offsets.get(id(server), 0))
             log_excerpt = server.log_excerpt(text=log_text)
-        classification = _classify(text, log_text, target.version)
+        classification = classify_failure(text, log_text, target.version)
     status = status_for(outcome, skip_reason, classification.get("kind") if classification else None)
     feature = st.feature or _feature_of(item)
     server_info = None
@@ -813,52 +804,13 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
     if failed_phase and (log_excerpt or log_path):
         from .allure_support import attach_text
 
-        attach_text("vLLM server log (around the first error)", log_excerpt or _read(log_path) or "")
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def root_cause_suffix(log_slice: str) -> str:
-    """``"; the log's deepest exception: RuntimeError: ... (in EngineCore_DP0 pid=42)"`` for the server log
-    written during a test, or "" when it has no traceback (a kill from outside leaves none)."""
-    from .logparse import root_exception
-
-    root = root_exception(log_slice)
-    return f"; the log's deepest exception: {root.describe(300)}" if root is not None else ""
-
-
-def _log_since(server: VLLMServer, offset: int) -> str:
-    """The server log written while this test ran: an error an earlier test provoked in a shared server
-    (a deliberately malformed request, say) must not become this test's cause."""
-    with open(server.log_path, "rb") as f:
-        f.seek(offset)
-        return f.read().decode("utf-8", errors="replace")
+        attach_text("vLLM server log (around the first error)", log_excerpt or read_text(log_path) or "")
 
 
 def _summary(text: str, st: ItemState) -> str:
     if st.server_error is not None:
         return str(st.server_error).splitlines()[0][:500]
     return summarize_error(text)
-
-
-def _read(path: Any) -> str | None:
-    if not path:
-        return None
-    try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def _classify(error_text: str, log_text: str | None, version: str) -> dict[str, Any]:
-    from .classify import classify, exception_lines
-
-    return classify(exception_lines(error_text), log_text, version=version).to_dict()
 
 
 # --- session end ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 import platform
 import socket
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,67 @@ def server_fields(server: Any, *, restarts: int, died_during_test: bool) -> dict
             "start_time_s": server.start_time_s, "compile_cache": cache.describe() if cache else None,
             "gpus": lease_fields(server.lease), "restarts": restarts, "died_during_test": died_during_test,
             "hung_after_s": getattr(server, "hung_after_s", None)}
+
+
+# --- a test's outcome and failure, from its reports and its server's log -----------------------------------
+
+
+def phase_outcome(reports: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
+    """``(outcome, failed_phase, skip_reason)`` of a test from its setup/call/teardown reports (objects with
+    ``failed``, ``skipped`` and ``longrepr``): a failed call is "failed", a failed setup or teardown "error"."""
+    failed_phase = next((w for w in ("setup", "call", "teardown") if w in reports and reports[w].failed), None)
+    skipped = ("setup" in reports and reports["setup"].skipped) or ("call" in reports and reports["call"].skipped)
+    if failed_phase == "call":
+        outcome = "failed"
+    elif failed_phase:
+        outcome = "error"
+    elif skipped:
+        outcome = "skipped"
+    else:
+        outcome = "passed"
+    skip_reason = None
+    if outcome == "skipped":
+        rep = reports["call"] if "call" in reports and reports["call"].skipped else reports["setup"]
+        lr = rep.longrepr
+        skip_reason = (str(lr[2]) if isinstance(lr, tuple) else str(lr)).removeprefix("Skipped: ")
+    return outcome, failed_phase, skip_reason
+
+
+def root_cause_suffix(log_slice: str) -> str:
+    """``"; the log's deepest exception: RuntimeError: ... (in EngineCore_DP0 pid=42)"`` for the server log
+    written during a test, or "" when it has no traceback (a kill from outside leaves none)."""
+    from .logparse import root_exception
+
+    root = root_exception(log_slice)
+    return f"; the log's deepest exception: {root.describe(300)}" if root is not None else ""
+
+
+def log_since(path: Path, offset: int) -> str:
+    """The server log written while this test ran: an error an earlier test provoked in a shared server
+    (a deliberately malformed request, say) must not become this test's cause."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", errors="replace")
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def read_text(path: Any) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def classify_failure(error_text: str, log_text: str | None, version: str) -> dict[str, Any]:
+    """The knowledge base's verdict on a failed test (its exception lines, its server's log), as a dict."""
+    from .classify import classify, exception_lines
+
+    return classify(exception_lines(error_text), log_text, version=version).to_dict()

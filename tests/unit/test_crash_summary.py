@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_vllm_compat.plugin import root_cause_suffix
+from pytest_vllm_compat.results import root_cause_suffix
 
 DATA = Path(__file__).parent / "data"
 
@@ -19,3 +19,18 @@ def test_the_engine_cores_exception_is_named_with_its_process() -> None:
 
 def test_a_log_without_a_traceback_adds_nothing() -> None:
     assert root_cause_suffix("INFO Application startup complete.\nINFO 127.0.0.1 GET /health 200\n") == ""
+
+
+def test_phase_outcome_from_reports() -> None:
+    from types import SimpleNamespace as R
+
+    from pytest_vllm_compat.results import phase_outcome
+
+    ok = R(failed=False, skipped=False, longrepr=None)
+    bad = R(failed=True, skipped=False, longrepr="boom")
+    skip = R(failed=False, skipped=True, longrepr=("f.py", 3, "Skipped: not applicable: needs 8 CPUs"))
+    assert phase_outcome({"setup": ok, "call": ok, "teardown": ok}) == ("passed", None, None)
+    assert phase_outcome({"setup": ok, "call": bad, "teardown": ok}) == ("failed", "call", None)
+    assert phase_outcome({"setup": bad}) == ("error", "setup", None)
+    assert phase_outcome({"setup": ok, "call": ok, "teardown": bad}) == ("error", "teardown", None)
+    assert phase_outcome({"setup": skip, "teardown": ok}) == ("skipped", None, "not applicable: needs 8 CPUs")
