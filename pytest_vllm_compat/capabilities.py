@@ -290,10 +290,16 @@ def attention_selection(caps: VersionCaps, backend: str, device: str) -> tuple[l
     needs = caps.attention_backend_requires.get(backend)
     if needs:
         raise Unsupported(f"vLLM {caps.version}: the {backend} attention backend needs {needs}")
+    return attention_selector(caps, backend)
+
+
+def attention_selector(caps: VersionCaps, name: str) -> tuple[list[str], dict[str, str]]:
+    """(extra argv, extra env) that name attention backend ``name`` the way the version selects one, whether
+    or not the version has it (:func:`attention_selection` checks that first)."""
     if caps.attention_selection == "flag":
-        return ["--attention-backend", backend], {}
+        return ["--attention-backend", name], {}
     if caps.attention_selection == "env":
-        return [], {"VLLM_ATTENTION_BACKEND": backend}
+        return [], {"VLLM_ATTENTION_BACKEND": name}
     raise ValueError(f"unknown attention_selection mode {caps.attention_selection!r} for {caps.range}")
 
 

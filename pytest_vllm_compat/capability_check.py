@@ -75,6 +75,12 @@ def _r(claim: str, ok: bool | None, claimed: object, evidence: str) -> ClaimResu
     return ClaimResult(claim, status, claimed if isinstance(claimed, str) else repr(claimed), evidence)
 
 
+def _flag(facts: SourceFacts, claim: str, flag: str, claimed: str) -> ClaimResult:
+    """A claim that holds when the release defines ``flag``."""
+    ev = facts.has_flag(flag)
+    return _r(claim, ev is not None, claimed, ev or f"no {flag}")
+
+
 def check(caps: VersionCaps, facts: SourceFacts) -> list[ClaimResult]:
     """Every claim of ``caps`` (the table's row for the release) against the release's ``facts``."""
     out: list[ClaimResult] = []
@@ -124,12 +130,9 @@ def check(caps: VersionCaps, facts: SourceFacts) -> list[ClaimResult]:
                       "guided_backend_choices_vary_per_start)"))
 
     # how the server selects a backend
-    if caps.structured_server == "flag":
-        ev = facts.has_flag("--guided-decoding-backend")
-        out.append(_r("structured_server", ev is not None, "flag", ev or "no --guided-decoding-backend"))
-    elif caps.structured_server == "config_json":
-        ev = facts.has_flag("--structured-outputs-config")
-        out.append(_r("structured_server", ev is not None, "config_json", ev or "no --structured-outputs-config"))
+    server_flag = {"flag": "--guided-decoding-backend", "config_json": "--structured-outputs-config"}
+    if caps.structured_server in server_flag:
+        out.append(_flag(facts, "structured_server", server_flag[caps.structured_server], caps.structured_server))
 
     # the request shape
     want = "guided_json" if caps.structured_request == "guided_fields" else "structured_outputs"
@@ -144,9 +147,7 @@ def check(caps: VersionCaps, facts: SourceFacts) -> list[ClaimResult]:
     # whitespace
     daw = caps.disable_any_whitespace
     if daw == "flag":
-        ev = facts.has_flag("--guided-decoding-disable-any-whitespace")
-        out.append(_r("disable_any_whitespace", ev is not None, daw,
-                      ev or "no --guided-decoding-disable-any-whitespace"))
+        out.append(_flag(facts, "disable_any_whitespace", "--guided-decoding-disable-any-whitespace", daw))
     elif daw == "config_json":
         ok = "disable_any_whitespace" in facts.so_config_fields
         out.append(_r("disable_any_whitespace", ok, daw,
@@ -166,8 +167,7 @@ def check(caps: VersionCaps, facts: SourceFacts) -> list[ClaimResult]:
         out.append(_r("attention_selection", has_env, "env",
                       "vllm/envs.py: VLLM_ATTENTION_BACKEND" if has_env else "vllm/envs.py lacks VLLM_ATTENTION_BACKEND"))
     else:
-        ev = facts.has_flag("--attention-backend")
-        out.append(_r("attention_selection", ev is not None, "flag", ev or "no --attention-backend"))
+        out.append(_flag(facts, "attention_selection", "--attention-backend", "flag"))
     if facts.envs:
         out.append(_r("attention_env_ignored", caps.attention_env_ignored != has_env, caps.attention_env_ignored,
                       "vllm/envs.py " + ("reads" if has_env else "does not read") + " VLLM_ATTENTION_BACKEND"))
@@ -205,8 +205,7 @@ def check(caps: VersionCaps, facts: SourceFacts) -> list[ClaimResult]:
                 out.append(_r(claim, var in facts.envs, var,
                               f"vllm/envs.py {'reads' if var in facts.envs else 'does not read'} {var}"))
     if caps.log_requests_flag:
-        ev = facts.has_flag(caps.log_requests_flag)
-        out.append(_r("log_requests_flag", ev is not None, caps.log_requests_flag, ev or "flag not found"))
+        out.append(_flag(facts, "log_requests_flag", caps.log_requests_flag, caps.log_requests_flag))
     return out
 
 

@@ -389,10 +389,15 @@ def write_lock(path: Path, python: str | Path, use_uv: bool, uv_bin: str | None 
         raise ProvisionError(f"{' '.join(argv)} listed no packages")
     text = "\n".join(lines) + "\n"
     lock = Path(path) / LOCK_FILE
-    tmp = lock.with_name(lock.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, lock)
+    _write_atomic(lock, text)
     return lock, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 _BROKE_PATTERNS = (
@@ -620,9 +625,7 @@ class Provisioner:
                     errors.append(str(e))
                     continue
                 data.update(lock_file=str(lock_file), lock_sha256=sha, lock_written_at=time.time())
-                tmp = marker_path.with_name(marker_path.name + ".tmp")
-                tmp.write_text(json.dumps(data, indent=2))
-                os.replace(tmp, marker_path)
+                _write_atomic(marker_path, json.dumps(data, indent=2))
                 self.progress(f"[vllm-compat] {path.name}: wrote the missing {LOCK_FILE} (sha256 {sha[:12]})")
                 return self.load(env.distribution, env.version) or env
             self.progress(f"[vllm-compat] {path.name}: no {LOCK_FILE} ({'; '.join(errors) or 'no installer'})")

@@ -3,11 +3,11 @@
 A vLLM wheel is 200-500 MB; the capability checker needs a few dozen of its Python files. A wheel is a zip
 archive, and package indexes serve files with HTTP range requests, so :class:`RangeFile` gives
 :mod:`zipfile` a seekable file over the URL: the archive's central directory and the chosen members are the
-only bytes fetched (about 1-3 MB per release). What was fetched is kept under a cache directory, so a
+only bytes fetched (1.2-5.2 MB per vLLM release). What was fetched is kept under a cache directory, so a
 second run reads nothing from the network.
 
-The wheel's URL comes from the index's JSON API (``https://pypi.org/pypi/<name>/<version>/json``); the
-index can be changed with ``index_url``.
+The wheel's URL comes from the index's JSON API for the project (``https://pypi.org/pypi/<name>/json``, read
+once per process); the index can be changed with ``index_url``.
 """
 
 from __future__ import annotations
@@ -118,10 +118,6 @@ class WheelSource:
     requests: int = 0
     cached: bool = False
 
-    def glob(self, pattern: str) -> list[str]:
-        """The fetched files matching a glob (``*`` crosses ``/``), sorted."""
-        return sorted(p for p in self.files if fnmatch.fnmatchcase(p, pattern))
-
 
 _PROJECTS: dict[str, dict] = {}
 
@@ -157,6 +153,11 @@ def releases(distribution: str, index_url: str = DEFAULT_INDEX) -> list[str]:
     return list(_project(distribution, index_url)[1].get("releases", {}))
 
 
+def _wanted(names: Iterable[str], patterns: tuple[str, ...]) -> list[str]:
+    """The Python files among ``names`` that match a pattern (globs, ``*`` crosses ``/``)."""
+    return [n for n in names if n.endswith(".py") and any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
 def fetch_sources(distribution: str, version: str, patterns: Iterable[str], cache_dir: Path, *,
                   index_url: str = DEFAULT_INDEX) -> WheelSource:
     """The files of ``distribution==version``'s wheel that match ``patterns`` (globs over archive paths),
@@ -167,7 +168,7 @@ def fetch_sources(distribution: str, version: str, patterns: Iterable[str], cach
     if index_file.is_file():
         meta = json.loads(index_file.read_text())
         names = frozenset(meta["names"])
-        wanted = [n for n in names if n.endswith(".py") and any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        wanted = _wanted(names, patterns)
         if all((where / "files" / n).is_file() for n in wanted):
             return WheelSource(distribution, version, meta["filename"], meta["url"], names,
                                {n: (where / "files" / n).read_text("utf-8", errors="replace") for n in wanted},
@@ -176,7 +177,7 @@ def fetch_sources(distribution: str, version: str, patterns: Iterable[str], cach
     raw = RangeFile(url, size or None)
     with zipfile.ZipFile(io.BufferedReader(raw, buffer_size=_BLOCK)) as z:  # type: ignore[arg-type]
         names = frozenset(z.namelist())
-        wanted = [n for n in names if n.endswith(".py") and any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        wanted = _wanted(names, patterns)
         # in archive order, so neighbouring members share range requests
         offsets = {i.filename: i.header_offset for i in z.infolist()}
         files = {n: z.read(n).decode("utf-8", errors="replace") for n in sorted(wanted, key=offsets.__getitem__)}

@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 from suite_helpers import greedy_outputs, reference_outputs, server_log, store_reference
 
-from pytest_vllm_compat.capabilities import Unsupported, attention_selection, capabilities, table_versions
+from pytest_vllm_compat.capabilities import (
+    Unsupported,
+    attention_selection,
+    attention_selector,
+    capabilities,
+    table_versions,
+)
 from pytest_vllm_compat.classify import classify
 from pytest_vllm_compat.logparse import attention_rejection, normalize_backend, parse_attention_backend
 from pytest_vllm_compat.outcomes import not_applicable, unsupported
@@ -82,10 +88,7 @@ UNKNOWN_BACKEND = "NO_SUCH_BACKEND"
 def test_unknown_backend_name_is_refused(vllm_caps, vllm_target, vllm_server_factory, vllm_record):
     """A backend name the release does not have (a typo, or a name from another release) must stop the server at
     startup with a message naming it, not start it on the default backend as if the selection had worked."""
-    if vllm_caps.attention_selection == "flag":
-        args, env = ["--attention-backend", UNKNOWN_BACKEND], {}
-    else:
-        args, env = [], {"VLLM_ATTENTION_BACKEND": UNKNOWN_BACKEND}
+    args, env = attention_selector(vllm_caps, UNKNOWN_BACKEND)
     server, error = vllm_server_factory.try_start(args=args, env=env, label="attn-unknown")
     how = " ".join(args) or f"VLLM_ATTENTION_BACKEND={UNKNOWN_BACKEND}"
     assert error is not None, f"vLLM {vllm_target.version} started with {how}: an unknown backend name was ignored"
