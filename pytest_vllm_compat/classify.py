@@ -51,7 +51,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_KB_PATH = Path(__file__).parent / "data" / "failures.toml"
-KINDS = ("vllm", "infrastructure", "platform")
+KINDS = ("vllm", "infrastructure", "platform", "stack")
 BLOCK_LINES = 40
 DEFAULT_PRIORITY = 50
 
@@ -70,7 +70,7 @@ LINE_HINTS: tuple[str, ...] = (
 
 _REQUIRED = ("id", "patterns", "category", "kind", "title", "explanation", "affected", "fixed_in", "refs",
              "workaround")
-_OPTIONAL = ("priority", "symptom", "versions", "example")
+_OPTIONAL = ("priority", "symptom", "versions", "example", "workaround_pin")
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _PLACEHOLDER_RE = re.compile(r"\{(\w+)\}")
 
@@ -98,6 +98,8 @@ class FailureRule:
     versions: SpecifierSet | None = None
     examples: tuple[str, ...] = ()
     order: int = 0  # position in the file
+    # a requirement whose stack (--vllm-with) works around the failure; the site checks it against runs
+    workaround_pin: str = ""
 
     needles: tuple[tuple[str, bool], ...] = ()  # per pattern: a literal it requires, and its ignorecase flag
 
@@ -136,8 +138,10 @@ class Classification:
     workaround: str
     fixed_in: str
     matched: str  # the text line that matched ("" for unknown)
+    workaround_pin: str = ""
 
     def to_dict(self) -> dict[str, object]:
+        extra: dict[str, object] = {"workaround_pin": self.workaround_pin} if self.workaround_pin else {}
         return {
             "id": self.id,
             "category": self.category,
@@ -148,6 +152,7 @@ class Classification:
             "workaround": self.workaround,
             "fixed_in": self.fixed_in,
             "matched": self.matched,
+            **extra,
         }
 
 
@@ -239,6 +244,14 @@ def _rule(entry: dict[str, Any], order: int) -> FailureRule:
             versions = SpecifierSet(str(entry["versions"]))
         except InvalidSpecifier as e:
             raise KnowledgeBaseError(f"failure {rid!r}: bad 'versions' specifier {entry['versions']!r}") from e
+    pin = entry.get("workaround_pin", "")
+    if pin:
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        try:
+            Requirement(str(pin))
+        except InvalidRequirement as e:
+            raise KnowledgeBaseError(f"failure {rid!r}: 'workaround_pin' is not a requirement: {e}") from e
     example = entry.get("example", ())
     examples = (example,) if isinstance(example, str) else tuple(example)
     if not all(isinstance(x, str) for x in examples):
@@ -248,7 +261,7 @@ def _rule(entry: dict[str, Any], order: int) -> FailureRule:
         id=rid, patterns=tuple(compiled), category=category, kind=kind, title=texts["title"],
         explanation=" ".join(texts["explanation"].split()), affected=texts["affected"],
         fixed_in=texts["fixed_in"], refs=tuple(refs), workaround=texts["workaround"], priority=priority,
-        symptom=symptom, versions=versions, examples=examples, order=order,
+        symptom=symptom, versions=versions, examples=examples, order=order, workaround_pin=str(pin),
         needles=tuple(_needle(rx) for rx in compiled),
     )
 
@@ -397,7 +410,7 @@ def _result(hit: _Hit) -> Classification:
     return Classification(
         id=r.id, category=r.category, kind=r.kind, title=_fill(r.title, hit.match),
         explanation=_fill(r.explanation, hit.match), refs=r.refs, workaround=_fill(r.workaround, hit.match),
-        fixed_in=r.fixed_in, matched=hit.line[:2000],
+        fixed_in=r.fixed_in, matched=hit.line[:2000], workaround_pin=r.workaround_pin,
     )
 
 

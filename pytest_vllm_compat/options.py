@@ -20,6 +20,7 @@ class Option:
     help: str
     choices: tuple[str, ...] | None = None
     kind: str = "str"  # str | int | float | flag | path | command (a path, or a bare name looked up on PATH)
+    # | multi (the flag may be given several times; the values are joined with ";")
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -29,6 +30,11 @@ OPTIONS: tuple[Option, ...] = (
            "for the vLLM of --vllm-python"),
     Option("vllm_pre", "--vllm-pre", "VLLM_COMPAT_PRE", "false",
            "ranges, latest and minor series also select pre-releases and .postN rebuilds", kind="flag"),
+    Option("vllm_with", "--vllm-with", "VLLM_COMPAT_WITH", "",
+           "dependency stacks to test each version with: pip requirement specifiers installed in one resolve with "
+           "vLLM, comma-separated (transformers==5.16.1,xgrammar==0.2.8); give the option several times or "
+           "separate stacks with ';' to run several, 'default' for the stack that pins nothing (the default when "
+           "the option is absent); each stack gets its own environment", kind="multi"),
     Option("vllm_python", "--vllm-python", "VLLM_COMPAT_PYTHON", "",
            "use this existing interpreter that has vLLM installed instead of provisioning an environment "
            "(a path, or a name on PATH such as python3)", kind="command"),
@@ -87,6 +93,8 @@ def add_options(parser: pytest.Parser) -> None:
             kwargs["choices"] = list(o.choices)
         if o.kind == "flag":
             kwargs.update(action="store_const", const="true")
+        elif o.kind == "multi":
+            kwargs.update(action="append")
         group.addoption(o.flag, **kwargs)
         parser.addini(o.name, o.help, type="string", default=None)
 
@@ -123,6 +131,8 @@ def resolve(config: pytest.Config, name: str, environ: dict[str, str] | None = N
             if word not in _TRUE + _FALSE:
                 raise ValueError(word)
             value = word in _TRUE
+        elif o.kind == "multi":
+            value = ";".join(raw) if isinstance(raw, list) else str(raw)
         elif o.kind == "command" and raw and os.sep not in str(raw):
             found = shutil.which(str(raw))
             if found is None:

@@ -51,6 +51,7 @@ from .results import (
 from .scheduling import GroupKey, parse_shard, plan
 from .server import INHERITED_SELECTORS, ServerError, ServerStartupError, VLLMServer, reap_stale
 from .session import CompatSession, Target
+from .stacks import DEFAULT_STACK, Stack, StackError, line_of, parse_stacks, stack_record
 from .version_spec import VersionSpecError, is_dynamic, resolve_versions
 from .versions import version_key
 from .watchdog import HangWatchdog
@@ -100,6 +101,12 @@ class PluginState:
     provisioned: bool = False
     gpus: list[Any] = field(default_factory=list)
     versions_note: str = ""  # what the range / latest terms of --vllm selected (the report header says it)
+    stacks: list[Stack] = field(default_factory=lambda: [DEFAULT_STACK])  # --vllm-with, default stack first
+
+    @property
+    def lines(self) -> list[str]:
+        """Every (version, stack) this run tests, as matrix lines (stacks.line_of)."""
+        return [line_of(v, st) for v in sorted(self.versions, key=version_key) for st in self.stacks]
 
 
 @dataclass
@@ -178,6 +185,13 @@ def pytest_configure(config: pytest.Config) -> None:
         versions = ["current"]
     if "current" in versions and not vllm_python:
         raise pytest.UsageError("--vllm=current needs --vllm-python=PATH (an interpreter that has vLLM installed)")
+    try:
+        stacks = parse_stacks(opts["vllm_with"].value or "")
+    except StackError as e:
+        raise pytest.UsageError(f"--vllm-with: {e} (from {opts['vllm_with'].source})") from None
+    if any(not st.is_default for st in stacks) and (vllm_python or opts["vllm_runtime"].value == "docker"):
+        raise pytest.UsageError("--vllm-with installs a stack into a provisioned environment; it cannot change "
+                                "--vllm-python's interpreter or a --vllm-runtime=docker image")
     run_id = winput.get("run_id") or new_run_id()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
 
@@ -199,7 +213,7 @@ def pytest_configure(config: pytest.Config) -> None:
         progress=progress, device_info=device_info, env_errors=dict(winput.get("env_errors", {})),
         runtime=opts["vllm_runtime"].value, gpus=gpus, gpu_lock_dir=opts["vllm_gpu_lock_dir"].value,
         warn=lambda msg: warnings.warn(msg, stacklevel=1), compile_cache=opts["vllm_compile_cache"].value,
-        servers_per_gpu=opts["vllm_servers_per_gpu"].value,
+        servers_per_gpu=opts["vllm_servers_per_gpu"].value, stacks=stacks,
     )
     packing = opts["vllm_servers_per_gpu"].value
     if packing > 1 and not is_worker and versions:
@@ -226,7 +240,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--vllm-runtime=docker: {reason}")
     state = PluginState(config=config, opts=opts, versions=versions, models=models, registry_error=registry_error,
                         session=session, writer=RecordWriter(results_dir, run_id, worker), is_worker=is_worker,
-                        started_at=now_iso(), gpus=gpus, versions_note=versions_note)
+                        started_at=now_iso(), gpus=gpus, versions_note=versions_note, stacks=stacks)
     config.stash[STATE] = state
     # xdist: keep every server spec on one worker. The controller picks the loadgroup scheduler; the
     # workers must know it too, because they are the ones that append "@<group>" to the node ids
@@ -267,6 +281,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     spec = state.opts["vllm_versions"].value
     lines = [f"vllm-compat: {state.session.distribution} {', '.join(state.versions)}"
              + (f" (--vllm={spec}: {state.versions_note})" if state.versions_note else "")]
+    if state.stacks != [DEFAULT_STACK]:
+        lines.append("vllm-compat stacks: " + "; ".join(st.describe() for st in state.stacks))
     return lines
 
 
@@ -323,7 +339,7 @@ def _provision(state: PluginState) -> None:
             except UnknownVersionError as e:
                 raise pytest.UsageError(str(e)) from None
     reap_stale(s.results_dir / ".servers")
-    for v in state.versions:
+    for v in state.lines:
         try:
             env = s.env_for(v)
             s.progress(f"[vllm-compat] {env.name}: {'created' if env.created else 'reused'} "
@@ -373,13 +389,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     feature_markers = {m.name for m in metafunc.definition.iter_markers() if m.name in FEATURES}
     params = []
     for version in sorted(state.versions, key=version_key):
-        for model in state.models:
-            if model.features and feature_markers and not (feature_markers & set(model.features)):
-                continue
-            target = Target(model=model, version=version, distribution=state.session.distribution,
-                            device=state.session.device)
-            marks = [getattr(pytest.mark, fam) for fam in model.families]
-            params.append(pytest.param(target, id=target.id, marks=marks))
+        for stack in state.stacks:
+            for model in state.models:
+                if model.features and feature_markers and not (feature_markers & set(model.features)):
+                    continue
+                target = Target(model=model, version=version, distribution=state.session.distribution,
+                                device=state.session.device, stack=stack)
+                marks = [getattr(pytest.mark, fam) for fam in model.families]
+                params.append(pytest.param(target, id=target.id, marks=marks))
     if not params:
         params = [_no_model_param(metafunc, sorted(feature_markers))]
     metafunc.parametrize("vllm_target", params, indirect=True)
@@ -423,7 +440,7 @@ def _group_of(item: pytest.Item) -> GroupKey | None:
     if not isinstance(target, Target):  # a test no model runs (_no_model_param), or pytest's NOTSET
         return None
     label, _ = _server_marker(item)
-    return GroupKey(target.version, target.model.name, label)
+    return GroupKey(target.line, target.model.name, label)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -537,7 +554,7 @@ def _unmet(request: pytest.FixtureRequest, target: Target) -> str | None:
 @pytest.fixture
 def vllm_env(request: pytest.FixtureRequest, vllm_target: Target) -> Any:
     """The provisioned environment (interpreter + provenance) of the version under test."""
-    return _state(request).session.env_for(vllm_target.version)
+    return _state(request).session.env_for(vllm_target.line)
 
 
 @pytest.fixture
@@ -787,12 +804,13 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
                                     died_during_test=st.crash_note is not None)
         if server.start_time_s is not None:
             st.metrics.setdefault("server_start_s", server.start_time_s)
-    env = state.session.envs.get(target.version)
+    env = state.session.envs.get(target.line)
     duration = sum(r.duration for r in reps.values())
     record = {
         "run_id": state.session.run_id, "test_id": st.nodeid or item.nodeid, "test_name": getattr(item, "originalname", item.name),
         "model": target.model.name, "model_source": target.model.source, "families": list(target.model.families),
         "vllm_version": env.vllm_version if env else target.version, "distribution": target.distribution,
+        "stack": stack_record(target.stack),
         "device": state.session.device_info, "platform": _platform(state), "feature": feature,
         "outcome": outcome, "status": status, "duration_s": round(duration, 3),
         "started_at": st.started_at or now_iso(), "finished_at": now_iso(), "error": error,
@@ -853,6 +871,7 @@ def _write_manifest(state: PluginState, exitstatus: int) -> None:
         "plugin_version": __import__("pytest_vllm_compat").__version__,
         "argv": [redact(a) for a in state.config.invocation_params.args], "versions": state.versions,
         "versions_requested": state.opts["vllm_versions"].value, "versions_note": state.versions_note,
+        "stacks": [stack_record(st) for st in state.stacks],
         # The releases the index offered (as last listed): the matrix shows the ones no run tested as gaps.
         "index_versions": cached_index_versions(s.distribution, s.env_dir) if s.vllm_python is None else None,
         "device": s.device_info, "host": host_info(), "environments": envs, "env_errors": s.env_errors,

@@ -17,7 +17,7 @@ from typing import Any
 
 RECORD_SCHEMA = "pytest-vllm-compat/record@1"
 MANIFEST_SCHEMA = "pytest-vllm-compat/manifest@1"
-STATUSES = ("pass", "fail", "error", "unsupported", "not_applicable")
+STATUSES = ("pass", "fail", "error", "conflict", "unsupported", "not_applicable")
 UNSUPPORTED_PREFIX = "unsupported: "
 NOT_APPLICABLE_PREFIX = "not applicable: "
 MAX_ERROR_TEXT = 20_000
@@ -41,6 +41,8 @@ def status_for(outcome: str, skip_reason: str | None, classification_kind: str |
         return "not_applicable"
     if classification_kind == "infrastructure":
         return "error"
+    if classification_kind == "stack":  # the stack's pins and the release cannot be installed together
+        return "conflict"
     return "fail"
 
 

@@ -24,22 +24,30 @@ from .locks import file_lock
 from .registry import ModelDirError, ModelSpec, preflight_model_dir, serve_args_to_argv
 from .server import API_KEY_ENV, DEFAULT_ENTRY_POINT, ServerSpec, VLLMServer
 from .server_pool import ServerPool
+from .stacks import DEFAULT_STACK, Stack, line_of, split_line
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
 
 
 @dataclass(frozen=True)
 class Target:
-    """One model x vLLM version: the parameter every compat test runs over."""
+    """One model x vLLM version (x dependency stack): the parameter every compat test runs over."""
 
     model: ModelSpec
     version: str
     distribution: str
     device: str
+    stack: Stack = DEFAULT_STACK
+
+    @property
+    def line(self) -> str:
+        """The release and its stack, ``0.32.0`` or ``0.32.0+transformers-5.16.1`` (stacks.line_of): what
+        environments, servers and server groups are keyed by."""
+        return line_of(self.version, self.stack)
 
     @property
     def id(self) -> str:
-        return f"{self.model.name}-{self.distribution}-{self.version}"
+        return f"{self.model.name}-{self.distribution}-{self.line}"
 
 
 def flag_value(argv: Sequence[str], *names: str) -> str | None:
@@ -82,6 +90,7 @@ class CompatSession:
     warn: Callable[[str], None] | None = None
     compile_cache: str = "keep"  # keep | fresh | user (compile_cache.py)
     servers_per_gpu: int = 1  # >1 packs servers on a GPU, each with 0.9/N of its memory
+    stacks: list[Stack] = field(default_factory=lambda: [DEFAULT_STACK])  # --vllm-with
 
     def __post_init__(self) -> None:
         self.provisioner = Provisioner(self.env_dir, installer=self.installer, progress=self.progress)
@@ -99,12 +108,23 @@ class CompatSession:
                                         servers_per_gpu=self.servers_per_gpu)
 
     # --- environments -------------------------------------------------------------------
+    def stack_named(self, name: str) -> Stack:
+        for stack in self.stacks:
+            if stack.name == name:
+                return stack
+        raise ProvisionError(f"no stack named {name!r} in this run (--vllm-with)")
+
     def env_for(self, version: str) -> VLLMEnvironment:
+        """The environment of a line: a release (``0.32.0``), or a release with a stack of this run's
+        ``--vllm-with`` (``0.32.0+transformers-5.16.1``)."""
         if version in self.env_errors:
             raise ProvisionError(self.env_errors[version])
         env = self.envs.get(version)
         if env is not None:
             return env
+        key = version
+        version, stack_name = split_line(key)
+        stack = self.stack_named(stack_name) if stack_name else DEFAULT_STACK
         if self.runtime == "docker":
             # The official image is the environment: nothing is installed on the host.
             from .docker_runtime import image_for
@@ -112,7 +132,7 @@ class CompatSession:
             env = VLLMEnvironment(name=f"docker-vllm-openai-{version}", distribution="vllm", version=version,
                                   python=Path("docker"), path=None,
                                   provenance={"packages": {"vllm": version}, "image": image_for(version)})
-            self.envs[version] = env
+            self.envs[key] = env
             return env
         try:
             if version == "current" or self.vllm_python is not None:
@@ -120,11 +140,11 @@ class CompatSession:
                     raise ProvisionError("--vllm=current needs --vllm-python=PATH (an interpreter that has vLLM)")
                 env = self.provisioner.from_python(self.vllm_python)
             else:
-                env = self.provisioner.ensure(self.distribution, version)
+                env = self.provisioner.ensure(self.distribution, version, stack)
         except ProvisionError as e:
-            self.env_errors[version] = str(e)
+            self.env_errors[key] = str(e)
             raise
-        self.envs[version] = env
+        self.envs[key] = env
         return env
 
     # --- models ---------------------------------------------------------------------------
@@ -173,7 +193,7 @@ class CompatSession:
                  env: Mapping[str, str] | None = None, label: str = "", gpus: int | None = None) -> ServerSpec:
         argv = serve_args_to_argv(dict(target.model.serve_args)) + list(args)
         merged_env = {**target.model.env, **(env or {})}
-        return ServerSpec(model=target.model.name, model_path=model_path, version=target.version,
+        return ServerSpec(model=target.model.name, model_path=model_path, version=target.line,
                           distribution=target.distribution, device=target.device, serve_args=tuple(argv),
                           env=tuple(sorted(merged_env.items())), trust_remote_code=target.model.trust_remote_code,
                           gpus=target.model.requires.gpus if gpus is None else gpus, label=label)

@@ -27,11 +27,12 @@ from urllib.parse import urlsplit
 from pytest_vllm_compat.matrix import FAILING, UNKNOWN_CATEGORY, diff_versions, sort_versions, version_key
 
 DEFAULT_TITLE = "vLLM compatibility matrix"
-STATUS_ORDER = ("pass", "fail", "error", "flaky", "unsupported", "not_applicable")
+STATUS_ORDER = ("pass", "fail", "error", "conflict", "flaky", "unsupported", "not_applicable")
 STATUS_HELP = {
     "pass": "every test passed",
     "fail": "vLLM is broken here (a test failed or the server could not start)",
     "error": "the test infrastructure failed; says nothing about vLLM",
+    "conflict": "the pinned dependency stack cannot be installed together with this vLLM version",
     "flaky": "runs disagree: passed in one, failed in another",
     "unsupported": "this vLLM version does not offer the feature",
     "not_applicable": "this platform cannot run the test",
@@ -40,13 +41,14 @@ KIND_LABELS = {
     "vllm": "vLLM is broken here",
     "platform": "Platform limitation",
     "infrastructure": "Test infrastructure failed",
+    "stack": "Cannot be installed together",
 }
 # The overview's columns, in this order (any other feature group follows, alphabetically).
 GROUP_ORDER = ("config", "kv_cache", "guided_decoding", "stability", "tensor_parallel", "attention")
 # Worst first: the status an overview chip shows for a feature group is the first of these any of
 # its sub-features has.
-SEVERITY = ("fail", "error", "flaky", "pass", "unsupported", "not_applicable")
-ABBREV = {"pass": "PASS", "fail": "FAIL", "error": "ERR", "flaky": "FLAKY", "unsupported": "UNSUP",
+SEVERITY = ("fail", "error", "conflict", "flaky", "pass", "unsupported", "not_applicable")
+ABBREV = {"pass": "PASS", "fail": "FAIL", "error": "ERR", "conflict": "CONFL", "flaky": "FLAKY", "unsupported": "UNSUP",
           "not_applicable": "N/A"}
 SKIPPED = ("unsupported", "not_applicable")
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -83,6 +85,7 @@ table.grid td.fam{color:var(--muted);font-size:12px}
 .st-pass{background:#dcf5e3;color:#14532d}
 .st-fail{background:#fde0de;color:#9b1c1c}
 .st-error{background:#fff0d1;color:#7a4100}
+.st-conflict{background:#fde7f3;color:#86198f}
 .st-flaky{background:#efe4fb;color:#55238a}
 .st-unsupported{background:#eceff1;color:#455a64}
 .st-not_applicable{background:#f8f8f8;color:#6b7280}
@@ -610,7 +613,7 @@ def _failure_split(matrix: Mapping[str, Any]) -> str:
     if not groups:
         return '<p id="failures-none">No failing cells.</p>'
     blocks = []
-    for kind in [k for k in ("vllm", "platform", "infrastructure") if k in groups] + \
+    for kind in [k for k in ("vllm", "platform", "stack", "infrastructure") if k in groups] + \
             sorted(k for k in groups if k not in ("vllm", "platform", "infrastructure")):
         rows = []
         for category, cs in sorted(groups[kind].items(), key=lambda kv: (-len(kv[1]), kv[0])):
@@ -707,6 +710,11 @@ def _index(matrix: Mapping[str, Any], title: str) -> str:
         f'{len(d["changes"])} change{"s" if len(d["changes"]) != 1 else ""}'
         f'{"".join(f", {n} {esc(k)}" for k, n in _change_counts(d["changes"]).items())}</li>'
         for d in _diffs(matrix))
+    stack_items = "".join(
+        f'<li><a href="{esc(diff_page_name(d["a"], d["b"]))}">vLLM {esc(d["release"])}: default stack → '
+        f'<code>{esc(d["stack"])}</code></a>: {len(d["changes"])} change{"s" if len(d["changes"]) != 1 else ""}'
+        f'{"".join(f", {n} {esc(k)}" for k, n in _change_counts(d["changes"]).items())}</li>'
+        for d in matrix.get("stack_diffs") or [])
     body = (
         _regression_banner(matrix)
         + '<section id="overview"><h2>Which vLLM versions work for each model</h2>'
@@ -725,6 +733,10 @@ def _index(matrix: Mapping[str, Any], title: str) -> str:
         + '<section id="plots"><h2>Trends by vLLM version</h2>' + _plots(matrix) + _summary_table(matrix) + "</section>"
         + '<section id="changes"><h2>Changes between consecutive versions</h2>'
         + (f"<ul>{diff_items}</ul>" if diff_items else '<p class="muted">Only one vLLM version tested.</p>')
+        + ("<h3>What pinning a dependency stack changes</h3><p class=\"muted\">A column "
+           "<code>0.32.0+transformers-5.16.1</code> is vLLM 0.32.0 installed in one resolve with "
+           "<code>transformers==5.16.1</code> (<code>--vllm-with</code>); each link compares it with the "
+           f"release's default stack.</p><ul>{stack_items}</ul>" if stack_items else "")
         + "</section>"
         + _bisections(matrix)
         + '<section id="runs"><h2>Runs</h2>' + _runs_table(matrix) + "</section>"
@@ -771,6 +783,17 @@ def _back(prefix: str = "") -> str:
     return f'<nav class="toc"><a href="{prefix}index.html">← matrix</a><a href="{prefix}unclassified.html">unclassified</a></nav>'
 
 
+def _workaround_check(check: Mapping[str, Any]) -> str:
+    """Whether a run with the knowledge base's workaround pin exists for this cell's release, and its result."""
+    pin = f"<code>{esc(check.get('pin'))}</code>"
+    cells = check.get("cells") or []
+    if not cells:
+        return f"no run of this release with {pin} (run it with <code>--vllm-with={esc(check.get('pin'))}</code>)"
+    head = f"<b>workaround verified</b> with {pin} on " if check.get("verified") else f"tried {pin}, not verified: "
+    return head + ", ".join(f'<a href="{esc(c["cell_id"])}.html">{esc(c["line"])}</a> ({esc(c["installed"])}) '
+                            f'{_pill(c["status"])}' for c in cells)
+
+
 def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], title: str) -> str:
     status = cell["status"]
     facts = [
@@ -786,9 +809,16 @@ def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], t
                   ("Explanation", esc(cell.get("explanation"))),
                   ("Workaround", esc(cell.get("workaround"))),
                   ("Fixed in", esc(cell.get("fixed_in")))]
+    if cell.get("workaround_check"):
+        facts.append(("Workaround checked", _workaround_check(cell["workaround_check"])))
     if cell.get("refs"):
         facts.append(("References", "<br>".join(_ref(r) for r in cell["refs"])))
-    facts += [("vLLM", esc(cell["vllm_version"]) + f' <span class="muted">({esc(cell.get("distribution"))})</span>'),
+    stack = cell.get("stack")
+    facts += [("vLLM", esc(cell.get("release") or cell["vllm_version"])
+               + f' <span class="muted">({esc(cell.get("distribution"))})</span>'),
+              ("Dependency stack", "default (no pins)" if not stack else
+               esc(", ".join(f"{k}=={v}" for k, v in ((cell.get("provenance") or {}).get("pins") or {}).items())
+                   or stack)),
               ("Platform", esc(cell["platform"])),
               ("Families", esc(", ".join(cell.get("families") or []))),
               ("Model source", f"<code>{esc(cell.get('model_source'))}</code>"),
@@ -923,7 +953,7 @@ def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEF
         for c in siblings:
             (out / "cells" / f"{c['cell_id']}.html").write_text(_cell_page(c, siblings, title), encoding="utf-8")
     (out / "unclassified.html").write_text(_unclassified_page(matrix, title), encoding="utf-8")
-    for d in _diffs(matrix):
+    for d in _diffs(matrix) + list(matrix.get("stack_diffs") or []):
         (out / diff_page_name(d["a"], d["b"])).write_text(_diff_page(d, title), encoding="utf-8")
     return index
 

