@@ -638,8 +638,10 @@ def diff_versions(matrix: Mapping[str, Any], a: str, b: str) -> list[dict[str, A
 
 
 def badge(matrix: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """A shields.io endpoint badge: the model's cells at its latest tested vLLM version."""
+    """A shields.io endpoint badge: the model's cells at its latest tested vLLM version, on the default stack
+    (pinned stacks only when the model has no default-stack cell)."""
     cells = [c for c in matrix["cells"] if c["model"] == model]
+    cells = [c for c in cells if not c.get("stack")] or cells
     latest = sort_versions(c["vllm_version"] for c in cells)[-1]
     at_latest = [c for c in cells if c["vllm_version"] == latest and c["status"] not in SKIPPED]
     passed = sum(c["status"] == "pass" for c in at_latest)

@@ -203,3 +203,10 @@ def test_workaround_pin_is_checked_against_runs_of_the_same_release() -> None:
     assert check["verified"] is True
     assert [(c["line"], c["status"], c["installed"]) for c in check["cells"]] == [
         ("0.6.6+transformers-4.51.3", "pass", "transformers==4.51.3")]
+
+
+def test_badge_reads_the_default_stack() -> None:
+    recs = [_rec("0.32.0", "pass"),
+            _rec("0.32.0", "fail", "transformers-5.16.1", {"transformers": "5.16.1"}, classification=cls("x"))]
+    b = mx.badge(mx.build_matrix(recs, classifier=None), "m")
+    assert (b["label"], b["message"]) == ("vLLM 0.32.0", "1/1 pass")
