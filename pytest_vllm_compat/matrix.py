@@ -520,6 +520,10 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
     releases = _releases(versions, manifests)
     insights = _insights(cells, releases)  # also flags regression cells
     _check_workarounds(cells)
+    from pytest_vllm_compat import drift, performance
+
+    drift_rows = drift.annotate_cells(cells)
+    perf_regressions = performance.annotate_cells(cells)
     return {
         "schema": MATRIX_SCHEMA,
         "generated_at": generated_at or _now(),
@@ -539,6 +543,8 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
         "diffs": [{"a": a, "b": b, "changes": diff_versions({"cells": cells}, a, b)}
                   for a, b in pairwise(versions)],
         "stacks": sorted({c["stack"] for c in cells}),
+        "drift": drift_rows,  # per model/platform/dtype/stack: each version's drift verdict against the previous
+        "performance_regressions": perf_regressions,
         # per release tested with more than one stack: what each pinned stack changes against the default one
         "stack_diffs": _stack_diffs(cells),
     }

@@ -76,6 +76,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_servers_per_gpu", "--vllm-servers-per-gpu", "VLLM_COMPAT_SERVERS_PER_GPU", "1",
            "pack up to N servers on one GPU, each with --gpu-memory-utilization 0.9/N (use with -n N); "
            "1 = a GPU per server", kind="int"),
+    Option("vllm_golden", "--vllm-golden", "VLLM_COMPAT_GOLDEN", "",
+           "directory of golden outputs saved from a trusted version (--vllm-save-golden); the drift suite fails "
+           "when a version's outputs changed against them beyond the drift tolerance", kind="path"),
+    Option("vllm_save_golden", "--vllm-save-golden", "VLLM_COMPAT_SAVE_GOLDEN", "",
+           "save each model's drift outputs into this directory as the golden outputs (one file per model)",
+           kind="path"),
+    Option("vllm_drift_tolerance", "--vllm-drift-tolerance", "VLLM_COMPAT_DRIFT_TOLERANCE", "0.1",
+           "largest |delta logprob| (nats) that still counts as numerical drift rather than a changed output",
+           kind="float"),
     Option("vllm_gpu_lock_dir", "--vllm-gpu-lock-dir", "VLLM_COMPAT_GPU_LOCK_DIR", "",
            "directory of per-GPU lock files shared by every process leasing GPUs (default: under the env dir)",
            kind="path"),

@@ -63,6 +63,8 @@ FEATURES = {
     "stability": "many concurrent, streaming, cancelled and mixed requests; the server stays healthy",
     "tensor_parallel": "tensor-parallel sizes give identical greedy output; bad sizes fail cleanly",
     "attention": "attention backends: selected as the version expects, confirmed in the log",
+    "drift": "greedy outputs and top-k logprobs of a fixed prompt set, compared across versions and golden files",
+    "performance": "a fixed serving workload (vllm bench serve): tokens/s, TTFT, ITL, server start time",
 }
 DEFAULT_FAMILIES = ("mistral", "llama", "qwen", "gemma", "phi", "mixtral", "deepseek")
 STATE = pytest.StashKey["PluginState"]()
@@ -662,6 +664,23 @@ def vllm_client(vllm_server: VLLMServer) -> Iterator[VLLMClient]:
     client = VLLMClient(vllm_server.base_url, vllm_server.api_key, vllm_server.served_model_name)
     yield client
     client.close()
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """The drift suite's options: where golden outputs are read from / saved to, and the tolerance."""
+
+    golden_dir: Path | None
+    save_dir: Path | None
+    tolerance: float
+
+
+@pytest.fixture
+def vllm_drift(request: pytest.FixtureRequest) -> DriftSettings:
+    """``--vllm-golden``, ``--vllm-save-golden`` and ``--vllm-drift-tolerance`` as resolved."""
+    opts = _state(request).opts
+    return DriftSettings(opts["vllm_golden"].value, opts["vllm_save_golden"].value,
+                         float(opts["vllm_drift_tolerance"].value))
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pytest_vllm_compat import site_measures
 from pytest_vllm_compat.matrix import FAILING, UNKNOWN_CATEGORY, diff_versions, sort_versions, version_key
 
 DEFAULT_TITLE = "vLLM compatibility matrix"
@@ -44,7 +45,8 @@ KIND_LABELS = {
     "stack": "Cannot be installed together",
 }
 # The overview's columns, in this order (any other feature group follows, alphabetically).
-GROUP_ORDER = ("config", "kv_cache", "guided_decoding", "stability", "tensor_parallel", "attention")
+GROUP_ORDER = ("config", "kv_cache", "guided_decoding", "stability", "tensor_parallel", "attention", "drift",
+               "performance")
 # Worst first: the status an overview chip shows for a feature group is the first of these any of
 # its sub-features has.
 SEVERITY = ("fail", "error", "conflict", "flaky", "pass", "unsupported", "not_applicable")
@@ -90,6 +92,8 @@ table.grid td.fam{color:var(--muted);font-size:12px}
 .st-unsupported{background:#eceff1;color:#455a64}
 .st-not_applicable{background:#f8f8f8;color:#6b7280}
 .st-untested{color:#9aa4ad}
+.drift-changed{color:#9b1c1c;font-weight:700}.drift-drift{color:#7a4100}.drift-identical{color:#14532d}
+pre.side{white-space:pre-wrap;margin:0;max-width:420px}mark{background:#ffe08a}
 th.ver.untested{color:#9aa4ad;font-weight:400;font-style:italic}
 td.regression{outline:3px solid #d50000;outline-offset:-3px}
 table.overview{table-layout:fixed;width:100%}
@@ -403,6 +407,7 @@ def _grid_cell(cell: Mapping[str, Any] | None, prefix: str = "cells/") -> str:
         extra = f'<span class="cat">{esc(cell.get("category") or UNKNOWN_CATEGORY)}</span>'
     if cell.get("regression"):
         extra += '<span class="cat">▼ regression</span>'
+    extra += site_measures.grid_note(cell)
     return (f'<td class="{classes}" data-status="{esc(status)}" data-cell-id="{esc(cell["cell_id"])}" '
             f'data-version="{esc(cell["vllm_version"])}">'
             f'<a href="{esc(prefix + cell["cell_id"] + ".html")}" title="{esc(cell.get("summary"))}">'
@@ -652,15 +657,18 @@ def _plots(matrix: Mapping[str, Any]) -> str:
         ("plot-start-time", "server_start_s", "Server start time per vLLM version (seconds, median)",
          lambda v: f"{v:.1f} s"),
         ("plot-kv-cache", "kv_cache_tokens", "KV-cache capacity per vLLM version (tokens)", lambda v: f"{v:,.0f}"),
+        *site_measures.PERF_PLOTS,
     ):
         series = _metric_series(matrix["cells"], metric)
+        if not series and ident in site_measures.PERF_PLOT_IDS:
+            continue  # no run measured performance: no empty plots for it
         if series:
             figures.append(f'<figure id="{ident}"><figcaption>{esc(caption)}</figcaption>'
                            f"{svg_line_chart(caption, versions, series, fmt, colors)}{_data_table(versions, series, fmt)}</figure>")
         else:
             figures.append(f'<figure id="{ident}"><figcaption>{esc(caption)}</figcaption>'
                            f'<p class="muted">No cell reported <code>{esc(metric)}</code>.</p></figure>')
-    return f'<div class="plots">{"".join(figures)}</div>'
+    return f'<div class="plots">{"".join(figures)}</div>' + site_measures.index_section(matrix)
 
 
 def _pct(value: Any) -> str:
@@ -851,7 +859,9 @@ def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], t
         + "<h2>Server log excerpt</h2>"
         + (f'<pre id="log-excerpt">{esc(cell["log_excerpt"])}</pre>' if cell.get("log_excerpt")
            else '<p class="muted">No log excerpt (only failing cells keep one).</p>')
-        + "<h2>Metrics</h2>" + _kv_table(cell.get("metrics"), "No metrics reported.")
+        + site_measures.drift_section(cell) + site_measures.performance_section(cell)
+        + "<h2>Metrics</h2>" + _kv_table({k: v for k, v in (cell.get("metrics") or {}).items()
+                                          if k not in site_measures.HIDDEN_METRICS}, "No metrics reported.")
         + "<h2>Provenance</h2>" + _kv_table(cell.get("provenance"), "No provenance recorded.")
         + "<h2>Packages</h2>" + _locks_html(cell)
         + "<h2>Serve args</h2>" + _kv_table(cell.get("serve_args"), "No serve args recorded.")
