@@ -285,6 +285,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
              + (f" (--vllm={spec}: {state.versions_note})" if state.versions_note else "")]
     if state.stacks != [DEFAULT_STACK]:
         lines.append("vllm-compat stacks: " + "; ".join(st.describe() for st in state.stacks))
+    s = state.session
+    lines.append(f"vllm-compat device: {s.device_info.get('name')} x{s.device_info.get('count')} ({s.device}); "
+                 f"registry: {state.opts['vllm_models'].value}; env dir: {s.env_dir}; results: {s.results_dir}")
     return lines
 
 

@@ -87,7 +87,16 @@ def test_platform_facts_are_not_applicable(suite_runs, version: str) -> None:
         assert all(r["status"] == "not_applicable" and "needs 8" in r["skip_reason"] for r in tp8), tp8
     # Every area ran against a real server at least once.
     features = {r["feature"].split(":")[0] for r in recs if r["status"] in ("pass", "fail")}
-    assert features >= {"config", "kv_cache", "guided_decoding", "stability", "tensor_parallel", "attention"}
+    assert features >= {"config", "kv_cache", "guided_decoding", "stability", "tensor_parallel", "attention", "drift",
+                        "performance"}
+    # The measured columns measured something: outputs with top-k logprobs, and throughput from vllm bench serve.
+    # (A failing one is a result; the check above made sure it is classified.)
+    drifts = [r for r in recs if r["feature"] == "drift"]
+    assert drifts and all(len(o["top"][0]) >= 5 for r in drifts if r["status"] == "pass"
+                          for o in r["metrics"]["drift_outputs"])
+    perf = [r for r in recs if r["test_name"] == "test_serving_throughput_and_latency"]
+    assert perf and all(r["metrics"]["tokens_per_s"] > 0 and len(r["metrics"]["perf_repeats"]) == 3
+                        for r in perf if r["status"] == "pass")
     # Each distinct server spec was started once (no crash in a healthy run restarts it).
     servers = [s for f in (suite_runs[version][0] / "servers").glob("*.json")
                for s in json.loads(f.read_text())["servers"]]
@@ -101,6 +110,10 @@ def test_matrix_merges_versions_and_flags_a_planted_regression(suite_runs, tmp_p
     matrix = build_matrix(records)
     assert set(VERSIONS) <= {c["vllm_version"] for c in matrix["cells"]}
     render_site(matrix, tmp_path / "site")
+    # Drift: each version's outputs compared with the previous tested version's (same model and weights).
+    if len(VERSIONS) > 1:
+        assert any(r["verdicts"][0] == "baseline" and len(r["versions"]) == len(VERSIONS)
+                   and r["verdicts"][1] in ("identical", "drift", "changed") for r in matrix["drift"]), matrix["drift"]
     assert (tmp_path / "site" / "index.html").is_file()
     # Plant a regression: a cell that passes in the older version fails in the newest one.
     old, new = VERSIONS[0], VERSIONS[-1]

@@ -166,7 +166,9 @@ def test_each_stack_runs_in_its_environment_and_records_it(project: Project) -> 
     project.pytester.makepyfile(test_a=TARGET_TESTS)
     result = project.run("--vllm=9.9.0", "--vllm-with=default;transformers==5.16.1", "-m", "mistral")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["vllm-compat stacks: the default stack (no pins); transformers==5.16.1"])
+    result.stdout.fnmatch_lines(["vllm-compat stacks: the default stack (no pins); transformers==5.16.1",
+                                 f"vllm-compat device: cpu x1 (cpu); registry: *models.toml; env dir: "
+                                 f"{project.env_dir}; results: {project.results}"])
     recs = {r["stack"]["name"]: r for r in project.records()}
     assert set(recs) == {"", "transformers-5.16.1"}
     assert recs[""]["provenance"]["transformers"] == "5.19.0" and recs[""]["provenance"]["pins"] == {}
