@@ -67,6 +67,9 @@ class ModelSpec:
     trust_remote_code: bool = False
     requires: Requirements = Requirements()
     features: tuple[str, ...] = ()  # empty: every feature applies
+    revision: str | None = None  # a hub model's pinned revision (commit sha, tag or branch)
+    config: dict[str, Any] = field(default_factory=dict)  # config.json fields for the memory estimate
+    estimate: dict[str, Any] | None = None  # memory.Estimate.to_dict() when ``config`` is given
 
     @property
     def source(self) -> str:
@@ -131,7 +134,33 @@ def _requirements(raw: Any, where: str) -> Requirements:
 
 
 _MODEL_KEYS = {"builtin", "builtin_options", "path", "hub", "families", "serve_args", "env",
-               "trust_remote_code", "requires", "features"}
+               "trust_remote_code", "requires", "features", "revision", "config"}
+
+
+def _with_estimate(requires: Requirements, config: dict[str, Any], serve_args: dict[str, Any],
+                   where: str) -> tuple[Requirements, dict[str, Any] | None]:
+    """The memory estimate of a model whose ``config`` fields are given: it fills ``requires.gpu_memory_gib``
+    when the entry leaves it out, and an entry that declares less than the estimate is an error."""
+    if not config:
+        return requires, None
+    from .memory import ConfigError, estimate
+
+    tp = int(serve_args.get("tensor_parallel_size") or requires.gpus or 1)
+    try:
+        est = estimate(config, dtype=str(serve_args.get("dtype") or "bfloat16"),
+                       max_model_len=serve_args.get("max_model_len"), tensor_parallel=tp)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise RegistryError(f"{where}: 'config' cannot be estimated: {e}") from None
+    if not requires.gpu_memory_gib:
+        requires = Requirements(gpus=requires.gpus, gpu_memory_gib=est.card_gib,
+                                compute_capability=requires.compute_capability, devices=requires.devices)
+    elif requires.gpu_memory_gib < est.card_gib:
+        raise RegistryError(
+            f"{where}: requires.gpu_memory_gib = {requires.gpu_memory_gib:g} but serving it needs about "
+            f"{est.card_gib:g} GiB per GPU ({est.parameters / 1e9:.2f} B parameters = {est.weights_gib:.1f} GiB of "
+            f"weights, {est.kv_gib:.2f} GiB of KV cache for one sequence, over {tp} GPU(s), at "
+            f"--gpu-memory-utilization 0.9)")
+    return requires, est.to_dict()
 
 
 def parse_registry(data: dict[str, Any], base_dir: Path | None = None, where: str = "registry") -> list[ModelSpec]:
@@ -186,11 +215,19 @@ def parse_registry(data: dict[str, Any], base_dir: Path | None = None, where: st
                 raise RegistryError(f"{w}: family {fam!r} is not a valid marker name")
         serve_args = {**default_args, **raw.get("serve_args", {})}
         env = {**default_env, **{str(k): str(v) for k, v in raw.get("env", {}).items()}}
+        if not isinstance(raw.get("config", {}), dict):
+            raise RegistryError(f"{w}: 'config' must be a table of config.json fields")
+        revision = raw.get("revision")
+        if revision is not None and (not raw.get("hub") or not isinstance(revision, str) or not revision.strip()):
+            raise RegistryError(f"{w}: 'revision' pins a hub model: a non-empty string beside hub = ...")
+        requires, est = _with_estimate(_requirements(raw.get("requires"), w), dict(raw.get("config", {})),
+                                       serve_args, w)
         specs.append(ModelSpec(
             name=name, families=families, builtin=builtin,
             builtin_options=dict(raw.get("builtin_options", {})), path=path, hub=raw.get("hub"),
             serve_args=serve_args, env=env, trust_remote_code=bool(raw.get("trust_remote_code", False)),
-            requires=_requirements(raw.get("requires"), w), features=tuple(raw.get("features", ())),
+            requires=requires, features=tuple(raw.get("features", ())), revision=revision,
+            config=dict(raw.get("config", {})), estimate=est,
         ))
     return specs
 

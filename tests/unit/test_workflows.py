@@ -71,6 +71,15 @@ def test_packing_inputs_reach_the_suite() -> None:
     assert "inputs.workers" in step["env"]["WORKERS"] and '-n "$WORKERS"' in step["run"]
 
 
+def test_gpu_workflow_serves_the_hub_registry_by_default() -> None:
+    wf = _load("gpu-compat.yml")
+    assert wf["on"]["workflow_dispatch"]["inputs"]["models"]["default"] == "suites/models-hub.toml"
+    step = next(s for s in wf["jobs"]["compat"]["steps"] if "pytest suites" in str(s.get("run", "")))
+    assert "--vllm-models=${{ github.event.inputs.models || 'suites/models-hub.toml' }}" in step["run"]
+    assert step["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
+    assert (WORKFLOWS.parents[1] / "suites" / "models-hub.toml").is_file()
+
+
 def test_cpu_ci_runs_the_ci_script() -> None:
     wf = _load("ci.yml")
     (job,) = wf["jobs"].values()
