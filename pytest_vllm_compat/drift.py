@@ -229,6 +229,19 @@ def load_golden(directory: Path, model: str) -> dict[str, Any]:
 
 # --- across versions, in the matrix ---------------------------------------------------------------
 
+def _dtype(serve_args: Any) -> str:
+    """The ``--dtype`` of a cell's serve args (records keep them as the argv list; a table also works)."""
+    if isinstance(serve_args, Mapping):
+        return str(serve_args.get("dtype") or "")
+    args = [str(a) for a in serve_args or []]
+    for i, a in enumerate(args):
+        if a == "--dtype" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--dtype="):
+            return a.split("=", 1)[1]
+    return ""
+
+
 def annotate_cells(cells: Sequence[dict[str, Any]], tolerance: float = DEFAULT_TOLERANCE) -> list[dict[str, Any]]:
     """Give each drift cell (metrics ``drift_outputs``) a ``drift`` verdict against the previous tested version
     of the same model, platform, dtype and stack: ``baseline`` for the first, ``not_comparable`` when the two
@@ -239,7 +252,7 @@ def annotate_cells(cells: Sequence[dict[str, Any]], tolerance: float = DEFAULT_T
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for c in cells:
         if (c.get("metrics") or {}).get("drift_outputs"):
-            dtype = str((c.get("serve_args") or {}).get("dtype") or "")
+            dtype = _dtype(c.get("serve_args"))
             groups.setdefault((c["model"], c["platform"], dtype, str(c.get("stack") or "")), []).append(c)
     rows = []
     for (model, platform, dtype, stack), cs in sorted(groups.items()):

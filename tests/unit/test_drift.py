@@ -95,7 +95,8 @@ def _rec(version: str, outputs: list[Output], *, sha: str = "w", stack: str = ""
     return {"schema": "pytest-vllm-compat/record@1", "run_id": "r", "test_id": f"t[{version}]", "model": "m",
             "vllm_version": version, "platform": "cpu", "feature": "drift", "outcome": "passed", "status": "pass",
             "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",
-            "stack": {"name": stack, "requirements": []}, "server": {"serve_args": {"dtype": "bfloat16"}},
+            "stack": {"name": stack, "requirements": []},
+            "server": {"serve_args": ["--max-model-len", "512", "--dtype", "bfloat16"]},
             "metrics": {"drift_outputs": [o.to_dict() for o in outputs], "weights_sha256": sha,
                         "drift_repeatability": "identical", "drift_repeat_max_abs_dlogprob": 0.0}}
 
@@ -116,3 +117,5 @@ def test_matrix_compares_each_version_with_the_previous_of_its_series() -> None:
     rows = {r["stack"]: r for r in m["drift"]}
     assert rows[""]["verdicts"] == ["baseline", "identical", "drift", "changed", "not_comparable"]
     assert all(c["status"] == "pass" for c in m["cells"])  # drift is its own status, not a failure
+    assert {r["dtype"] for r in m["drift"]} == {"bfloat16"}
+    assert drift._dtype({"dtype": "float16"}) == "float16" and drift._dtype(["--dtype=half"]) == "half"
