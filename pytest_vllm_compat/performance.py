@@ -172,15 +172,16 @@ FLAGGED = ("tokens_per_s", "ttft_p50_ms")
 
 def annotate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flag performance regressions: each performance cell (metrics ``tokens_per_s``) against the previous
-    tested version of the same model, platform, stack and host class, for the ``FLAGGED`` figures (threshold:
-    :func:`regression`). Sets ``perf_regressions`` on the cell; returns every regression found."""
+    tested version of the same model, platform, stack, host class and workload, for the ``FLAGGED`` figures
+    (threshold: :func:`regression`). Sets ``perf_regressions`` on the cell; returns every regression found."""
     from .versions import version_key
 
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for c in cells:
         m = c.get("metrics") or {}
         if m.get("tokens_per_s") is not None:
-            key = (c["model"], c["platform"], str(c.get("stack") or ""), str(m.get("host_class") or ""))
+            workload = json.dumps(m.get("perf_workload") or {}, sort_keys=True)
+            key = (c["model"], c["platform"], str(c.get("stack") or ""), f"{m.get('host_class') or ''}|{workload}")
             groups.setdefault(key, []).append(c)
     found = []
     for (model, plat, stack, host), cs in sorted(groups.items()):
@@ -188,7 +189,7 @@ def annotate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for prev, cur in zip(cs, cs[1:], strict=False):
             flags = [r for fig in FLAGGED if (r := regression(prev["metrics"], cur["metrics"], fig)) is not None]
             cur["perf_regressions"] = [{**f, "vs": prev["vllm_version"], "vs_cell_id": prev["cell_id"]} for f in flags]
-            found += [{"model": model, "platform": plat, "stack": stack, "host_class": host,
+            found += [{"model": model, "platform": plat, "stack": stack, "host_class": host.split("|{")[0],
                        "from_version": prev["vllm_version"], "to_version": cur["vllm_version"],
                        "cell_id": cur["cell_id"], **f} for f in flags]
     return found

@@ -64,8 +64,10 @@ def _rec(version: str, tps: float, host: str = "x86_64|cpu|2 cpus") -> dict[str,
             "metrics": {"tokens_per_s": tps, "tokens_per_s_spread": 0.02, "ttft_p50_ms": 10.0, "host_class": host}}
 
 
-def test_matrix_flags_regressions_within_a_host_class_only() -> None:
-    recs = [_rec("0.30.0", 100.0), _rec("0.31.0", 60.0), _rec("0.32.0", 20.0, host="x86_64|big|64 cpus")]
+def test_matrix_flags_regressions_within_a_host_class_and_workload_only() -> None:
+    recs = [_rec("0.30.0", 100.0), _rec("0.31.0", 60.0), _rec("0.32.0", 20.0, host="x86_64|big|64 cpus"),
+            _rec("0.33.0", 10.0)]
+    recs[-1]["metrics"]["perf_workload"] = {"num_prompts": 999}  # another workload: never compared either
     m = mx.build_matrix(recs, classifier=None)
     (reg,) = m["performance_regressions"]
     assert (reg["from_version"], reg["to_version"], reg["figure"], reg["change"]) == ("0.30.0", "0.31.0",
@@ -73,6 +75,8 @@ def test_matrix_flags_regressions_within_a_host_class_only() -> None:
     by = {c["vllm_version"]: c for c in m["cells"]}
     assert by["0.31.0"]["perf_regressions"][0]["vs"] == "0.30.0"
     assert "perf_regressions" not in by["0.32.0"]  # another machine: never compared
+    assert "perf_regressions" not in by["0.33.0"]
+    assert reg["host_class"] == "x86_64|cpu|2 cpus"
     assert by["0.31.0"]["status"] == "pass"
 
 
