@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_vllm_compat.matrix import build_matrix, load_manifests, load_records  # noqa: E402
+from pytest_vllm_compat.stacks import line_of  # noqa: E402
 from pytest_vllm_compat.versions import version_key  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> int:
     cost: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     total: dict[str, float] = defaultdict(float)
     for r in records:
-        line = r["vllm_version"] + (f"+{r['stack']['name']}" if (r.get("stack") or {}).get("name") else "")
+        line = line_of(r["vllm_version"], (r.get("stack") or {}).get("name") or "")
         total[line] += float(r.get("duration_s") or 0.0)
         feature = str(r.get("feature") or "").split(":")[0]
         if feature in ("drift", "performance"):

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .matrix import model_slug
+from .versions import version_key
+
 GOLDEN_SCHEMA = "pytest-vllm-compat/golden@1"
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a", "1, 2, 3, 4, 5,")
 MAX_TOKENS = 16
@@ -168,7 +171,8 @@ def compare(a: Sequence[Output], b: Sequence[Output], tolerance: float = DEFAULT
         prompts.append(compare_one(o, other, tolerance) if other is not None else
                        {"prompt": o.prompt, "verdict": "changed", "first_divergence": 0,
                         "max_abs_dlogprob_before": None, "text_a": o.text, "text_b": None, "missing": "b"})
-    missing = [o for o in b if o.prompt not in {x.prompt for x in a}]
+    asked = {o.prompt for o in a}
+    missing = [o for o in b if o.prompt not in asked]
     prompts += [{"prompt": o.prompt, "verdict": "changed", "first_divergence": 0, "max_abs_dlogprob_before": None,
                  "text_a": None, "text_b": o.text, "missing": "a"} for o in missing]
     deltas = [p["max_abs_dlogprob_before"] for p in prompts if p["max_abs_dlogprob_before"] is not None]
@@ -188,10 +192,7 @@ def settings() -> dict[str, Any]:
 # --- golden files ---------------------------------------------------------------------------------
 
 def golden_path(directory: Path, model: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
-    if slug != model:
-        slug += "-" + hashlib.sha1(model.encode()).hexdigest()[:6]
-    return Path(directory) / f"{slug}.json"
+    return Path(directory) / f"{model_slug(model)}.json"
 
 
 def save_golden(directory: Path, model: str, outputs: Sequence[Output], *, vllm_version: str, stack: str = "",
@@ -247,8 +248,6 @@ def annotate_cells(cells: Sequence[dict[str, Any]], tolerance: float = DEFAULT_T
     of the same model, platform, dtype and stack: ``baseline`` for the first, ``not_comparable`` when the two
     served different weights, else :func:`compare`'s verdict with its per-prompt detail. Returns one summary
     row per series (model, platform, dtype, stack) for the index."""
-    from .versions import version_key
-
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for c in cells:
         if (c.get("metrics") or {}).get("drift_outputs"):

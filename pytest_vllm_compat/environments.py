@@ -24,7 +24,7 @@ from typing import Any
 
 from .locks import file_lock
 from .progress import Progress, ticking
-from .stacks import DEFAULT_STACK, Stack, line_of
+from .stacks import DEFAULT_STACK, Stack, canonical_name, line_of
 
 MARKER = ".vllm-compat-complete.json"
 # The exact resolved set of an environment (`uv pip freeze` / `pip freeze --all`), written beside it after a
@@ -444,7 +444,7 @@ def _requirement(text: str) -> tuple[str, str] | None:
         req = Requirement(text)
     except InvalidRequirement:
         return None
-    return re.sub(r"[-_.]+", "-", req.name).lower(), str(req.specifier)
+    return canonical_name(req.name), str(req.specifier)
 
 
 def _pip_conflict(lines: list[str]) -> str:

@@ -263,6 +263,7 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
                 manifests_by_run: Mapping[str, Mapping[str, Any]],
                 locks: Mapping[str, str] | None = None) -> dict[str, Any]:
     model, version, platform, feature = key
+    release, stack = split_line(version)
     order = sorted(range(len(recs)), key=lambda i: _chrono_key(recs[i]))
     recs = [recs[i] for i in order]
     classifications = [classifications[i] for i in order]
@@ -337,8 +338,8 @@ def _build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
         "families": sorted({str(f) for r in recs for f in r.get("families") or []}),
         "model_source": latest.get("model_source"),
         "vllm_version": version,  # the column: the release, +stack name for a pinned stack (stacks.line_of)
-        "release": split_line(version)[0],
-        "stack": split_line(version)[1],
+        "release": release,
+        "stack": stack,
         "distribution": distribution,
         "platform": platform,
         "device": latest.get("device"),
@@ -520,6 +521,7 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
     releases = _releases(versions, manifests)
     insights = _insights(cells, releases)  # also flags regression cells
     _check_workarounds(cells)
+    # Imported here: drift and performance use this module's helpers (model_slug).
     from pytest_vllm_compat import drift, performance
 
     drift_rows = drift.annotate_cells(cells)
@@ -559,13 +561,10 @@ def _stack_diffs(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     lines: dict[str, set[str]] = defaultdict(set)
     for c in cells:
         lines[c["release"]].add(c["vllm_version"])
-    out = []
-    for release in sort_versions(lines):
-        for other in sort_versions(lines[release] - {release}):
-            if release in lines[release]:
-                out.append({"release": release, "a": release, "b": other, "stack": split_line(other)[1],
-                            "changes": diff_versions({"cells": cells}, release, other)})
-    return out
+    return [{"release": release, "a": release, "b": other, "stack": split_line(other)[1],
+             "changes": diff_versions({"cells": cells}, release, other)}
+            for release in sort_versions(lines) if release in lines[release]
+            for other in sort_versions(lines[release] - {release})]
 
 
 def _installed(cell: Mapping[str, Any], package: str) -> str | None:

