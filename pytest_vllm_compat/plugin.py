@@ -4,6 +4,7 @@ modules (session, server, server_pool, environments, registry, classify, results
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -201,8 +202,11 @@ def pytest_configure(config: pytest.Config) -> None:
         if is_worker:
             return
         tr = config.pluginmanager.get_plugin("terminalreporter")
+        capman = config.pluginmanager.get_plugin("capturemanager")
         if tr is not None:
-            tr.write_line(msg)
+            # Said during a test (a server start, a hub download): past pytest's capture, on the terminal.
+            with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+                tr.write_line(msg)
         else:
             print(msg, file=sys.stderr, flush=True)
 
@@ -831,6 +835,7 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
     record = {
         "run_id": state.session.run_id, "test_id": st.nodeid or item.nodeid, "test_name": getattr(item, "originalname", item.name),
         "model": target.model.name, "model_source": target.model.source, "families": list(target.model.families),
+        "hub": snap.record() if (snap := state.session.snapshots.get(target.model.name)) else None,
         "vllm_version": env.vllm_version if env else target.version, "distribution": target.distribution,
         "stack": stack_record(target.stack),
         "device": state.session.device_info, "platform": _platform(state), "feature": feature,

@@ -230,7 +230,8 @@ class VLLMServer:
         return redact_argv(self.argv, self.secrets())
 
     def redacted_env(self) -> dict[str, str]:
-        env = redact_env(self.default_env | dict(self.spec.env) | self.extra_env)
+        offline = dict(OFFLINE_ENV) if self.offline else {}  # shown: a local model is served without the hub
+        env = redact_env(offline | self.default_env | dict(self.spec.env) | self.extra_env)
         if self.api_key_env:  # shown, so a record says how the key travelled; never its value
             env[self.api_key_env] = "***"
         return env
