@@ -221,6 +221,13 @@ def pytest_configure(config: pytest.Config) -> None:
         warn=lambda msg: warnings.warn(msg, stacklevel=1), compile_cache=opts["vllm_compile_cache"].value,
         servers_per_gpu=opts["vllm_servers_per_gpu"].value, stacks=stacks,
     )
+    if is_worker and device == "cpu" and session.runtime == "venv":
+        from .cpu_cores import pin, worker_share
+
+        # -n N on a CPU: this worker's servers get its own share of the cores and KV-cache memory (cpu_cores.py).
+        session.core_share = worker_share(worker, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+        if session.core_share is not None:
+            pin(session.core_share)
     packing = opts["vllm_servers_per_gpu"].value
     if packing > 1 and not is_worker and versions:
         why = None

@@ -116,7 +116,8 @@ def server_fields(server: Any, *, restarts: int, died_during_test: bool) -> dict
     return {"spec_key": server.spec.key, "log_path": str(server.log_path), "argv": server.redacted_argv(),
             "serve_args": list(server.spec.serve_args), "env": server.redacted_env(),
             "start_time_s": server.start_time_s, "compile_cache": cache.describe() if cache else None,
-            "gpus": lease_fields(server.lease), "restarts": restarts, "died_during_test": died_during_test,
+            "gpus": lease_fields(server.lease), "cpu_share": server.cpu_share,
+            "restarts": restarts, "died_during_test": died_during_test,
             "hung_after_s": getattr(server, "hung_after_s", None)}
 
 

@@ -176,6 +176,7 @@ class VLLMServer:
         self.argv_builder = argv_builder  # e.g. the docker runtime: needs the chosen port and API key
         self.cleanup_argv = list(cleanup_argv) if cleanup_argv else None  # e.g. `docker rm -f NAME`
         self.lease: Any = None  # GPUs held for this server (cuda), released by the session on stop
+        self.cpu_share: dict[str, Any] | None = None  # -n N on a CPU: the worker's cores (cpu_cores.py)
         self.keep_pythonpath = keep_pythonpath  # an external interpreter (--vllm-python) may need it
         # Hex only: a urlsafe token can start with "-", which argparse then reads as an option (1 in 64 starts).
         self.api_key = secrets.token_hex(24)

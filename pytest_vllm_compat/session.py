@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .compile_cache import CompileCachePolicy, ServerCache
+from .cpu_cores import CoreShare
 from .environments import Provisioner, ProvisionError, VLLMEnvironment
 from .hub import Snapshot, SnapshotStore
 from .locks import file_lock
@@ -92,6 +93,7 @@ class CompatSession:
     compile_cache: str = "keep"  # keep | fresh | user (compile_cache.py)
     servers_per_gpu: int = 1  # >1 packs servers on a GPU, each with 0.9/N of its memory
     stacks: list[Stack] = field(default_factory=lambda: [DEFAULT_STACK])  # --vllm-with
+    core_share: CoreShare | None = None  # -n N on a CPU: this worker's cores and KV-cache memory (cpu_cores.py)
 
     def __post_init__(self) -> None:
         self.provisioner = Provisioner(self.env_dir, installer=self.installer, progress=self.progress)
@@ -242,6 +244,11 @@ class CompatSession:
             if lease.shared and flag_value(spec.serve_args, "--gpu-memory-utilization") is None:
                 extra_args = ["--gpu-memory-utilization", f"{lease.share:g}"]
             self._memory_preflight(spec, lease)
+        defaults: dict[str, str] = {}
+        if self.core_share is not None and self.runtime == "venv":
+            # Raises CoreShareError when the share has fewer cores than the server has TP ranks.
+            extra_env.update(self.core_share.env(spec.env_dict(), tensor_parallel_size(spec.serve_args)))
+            defaults = self.core_share.defaults()
         cache = None
         guard = lease.phase_guard if lease is not None and lease.shared else None
         try:
@@ -252,7 +259,7 @@ class CompatSession:
                 server = VLLMServer(spec, env.python, log_path, port=self.port, startup_timeout=self.startup_timeout,
                                     entry_point=self.entry_point(env.version), extra_env=extra_env, offline=local,
                                     pid_dir=self.results_dir / ".servers", keep_pythonpath=env.path is None,
-                                    default_env=cache.env, extra_args=extra_args, phase_guard=guard,
+                                    default_env={**defaults, **cache.env}, extra_args=extra_args, phase_guard=guard,
                                     api_key_env=self.api_key_env(env.version))
         except BaseException:
             if cache is not None:
@@ -262,6 +269,7 @@ class CompatSession:
             raise
         server.lease = lease
         server.compile_cache = cache
+        server.cpu_share = self.core_share.describe() if self.core_share is not None else None
         return server
 
     def _docker_server(self, spec: ServerSpec, log_path: Path, lease: Any, local: bool, cache: ServerCache,

