@@ -85,6 +85,7 @@ class ItemState:
     crash_note: str | None = None
     log_offsets: dict[int, int] = field(default_factory=dict)  # id(server) -> log size when handed to the test
     started_at: str = ""
+    server_start_s: float = 0.0  # seconds of server starts this test waited for (not part of its duration)
 
 
 @dataclass
@@ -619,11 +620,14 @@ class ServerFactory:
             # A side server started inside one test: its own group, so it is stopped right after the
             # test and never evicts the server the following tests of this group share.
             g = key.side(label) if key else f"|side:{label}"
+        starts = self.state.session.pool.record(spec).starts
         try:
             server = self.state.session.pool.get(spec, group=g)
         except ServerError as e:
             self.item.server_error = e
             raise
+        if self.state.session.pool.record(spec).starts != starts and server.start_time_s:
+            self.item.server_start_s += server.start_time_s
         if server not in self.item.servers:
             self.item.servers.append(server)
             self.item.log_offsets[id(server)] = file_size(server.log_path)
@@ -646,6 +650,7 @@ class ServerFactory:
             return server, e
         self.request.addfinalizer(lambda: session.stop_one_off(server))
         self.item.servers.append(server)
+        self.item.server_start_s += server.start_time_s or 0.0
         return server, None
 
 
@@ -677,6 +682,33 @@ def vllm_client(vllm_server: VLLMServer) -> Iterator[VLLMClient]:
     """A client for ``vllm_server`` (OpenAI-compatible API, the server's API key, the served model name)."""
     client = VLLMClient(vllm_server.base_url, vllm_server.api_key, vllm_server.served_model_name)
     yield client
+    client.close()
+
+
+@dataclass(frozen=True)
+class OpenAISDK:
+    """``vllm_openai``: the official ``openai.OpenAI`` client bound to the server (base URL, API key), and the
+    served model name; attributes not defined here are the client's (``vllm_openai.chat.completions.create``)."""
+
+    client: Any
+    model: str
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+def vllm_openai(vllm_server: VLLMServer) -> Iterator[OpenAISDK]:
+    """The official OpenAI Python SDK bound to ``vllm_server`` (optional dependency:
+    ``pip install 'pytest-vllm-compat[openai]'``), so "works with the SDK users use" is tested, not assumed."""
+    try:
+        import openai
+    except ImportError:
+        pytest.skip("not applicable: the openai package is not installed "
+                    "(pip install 'pytest-vllm-compat[openai]')")
+    client = openai.OpenAI(base_url=vllm_server.base_url + "/v1", api_key=vllm_server.api_key, max_retries=0,
+                           timeout=120.0)
+    yield OpenAISDK(client, vllm_server.served_model_name)
     client.close()
 
 
@@ -846,7 +878,8 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
         "vllm_version": env.vllm_version if env else target.version, "distribution": target.distribution,
         "stack": stack_record(target.stack),
         "device": state.session.device_info, "platform": _platform(state), "feature": feature,
-        "outcome": outcome, "status": status, "duration_s": round(duration, 3),
+        "outcome": outcome, "status": status, "duration_s": round(max(0.0, duration - st.server_start_s), 3),
+        "server_start_s": round(st.server_start_s, 3),
         "started_at": st.started_at or now_iso(), "finished_at": now_iso(), "error": error,
         "classification": classification, "skip_reason": skip_reason, "server": server_info,
         "log_excerpt": log_excerpt, "metrics": st.metrics, "log_path": log_path,

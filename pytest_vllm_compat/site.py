@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pytest_vllm_compat import site_measures
+from pytest_vllm_compat import site_logs, site_measures
 from pytest_vllm_compat.matrix import FAILING, UNKNOWN_CATEGORY, diff_versions, sort_versions, version_key
 
 DEFAULT_TITLE = "vLLM compatibility matrix"
@@ -802,7 +802,8 @@ def _workaround_check(check: Mapping[str, Any]) -> str:
                             f'{_pill(c["status"])}' for c in cells)
 
 
-def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], title: str) -> str:
+def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], title: str,
+               logs: Mapping[str, str] | None = None) -> str:
     status = cell["status"]
     facts = [
         ("Status", _pill(status) + f' <span class="muted">{esc(STATUS_HELP.get(status, ""))}</span>'),
@@ -846,7 +847,7 @@ def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], t
         f"<td>{esc(t.get('outcome'))}</td><td>{_pill(str(t.get('status')))}</td>"
         f'<td class="num">{esc(_fmt_duration(t.get("duration_s")))}</td>'
         f"<td>{esc(t.get('error_summary') or t.get('skip_reason') or '')}</td>"
-        f"<td><code>{esc(t.get('log_path') or '')}</code></td></tr>"
+        f"<td>{site_logs.log_cell(t.get('log_path'), logs or {}, esc)}</td></tr>"
         for t in cell.get("tests") or [])
     argv = cell.get("argv") or []
     body = (
@@ -857,7 +858,8 @@ def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], t
         + "<h2>Tests</h2><table><thead><tr><th>Test</th><th>Run</th><th>Outcome</th><th>Status</th>"
         f"<th>Duration</th><th>Error / reason</th><th>Server log</th></tr></thead><tbody>{tests}</tbody></table>"
         + "<h2>Server log excerpt</h2>"
-        + (f'<pre id="log-excerpt">{esc(cell["log_excerpt"])}</pre>' if cell.get("log_excerpt")
+        + (f'<pre id="log-excerpt">{esc(cell["log_excerpt"])}</pre>' + site_logs.excerpt_link(cell, esc)
+           if cell.get("log_excerpt")
            else '<p class="muted">No log excerpt (only failing cells keep one).</p>')
         + site_measures.drift_section(cell) + site_measures.performance_section(cell)
         + "<h2>Metrics</h2>" + _kv_table({k: v for k, v in (cell.get("metrics") or {}).items()
@@ -953,6 +955,7 @@ def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEF
     for sha in sorted(wanted & set(locks or {})):
         (out / "locks").mkdir(exist_ok=True)
         (out / "locks" / f"{sha}.txt").write_text((locks or {})[sha], encoding="utf-8")
+    logs = site_logs.copy_logs(matrix, out)
     index = out / "index.html"
     index.write_text(_index(matrix, title), encoding="utf-8")
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
@@ -961,7 +964,8 @@ def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEF
     for siblings in groups.values():
         siblings = sorted(siblings, key=lambda c: version_key(c["vllm_version"]))
         for c in siblings:
-            (out / "cells" / f"{c['cell_id']}.html").write_text(_cell_page(c, siblings, title), encoding="utf-8")
+            (out / "cells" / f"{c['cell_id']}.html").write_text(_cell_page(c, siblings, title, logs),
+                                                                 encoding="utf-8")
     (out / "unclassified.html").write_text(_unclassified_page(matrix, title), encoding="utf-8")
     for d in _diffs(matrix) + list(matrix.get("stack_diffs") or []):
         (out / diff_page_name(d["a"], d["b"])).write_text(_diff_page(d, title), encoding="utf-8")

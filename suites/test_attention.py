@@ -58,9 +58,12 @@ def test_default_backend_reference(request, vllm_target, vllm_server, vllm_recor
     vllm_record.metrics["backend_in_log"] = parse_attention_backend(server_log(vllm_server))
 
 
-@pytest.mark.parametrize("backend", [pytest.param(b, id=b, marks=[
-    pytest.mark.vllm_server(label=f"attn-{b}", builder=_builder(b)),
-    pytest.mark.vllm_feature(f"attention:{b}")]) for b in _all_backends()])
+BACKEND_PARAMS = [pytest.param(b, id=b, marks=[pytest.mark.vllm_server(label=f"attn-{b}", builder=_builder(b)),
+                                                pytest.mark.vllm_feature(f"attention:{b}")])
+                  for b in _all_backends()]
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_backend_selected_and_confirmed(backend, vllm_server, vllm_caps, vllm_target, vllm_record,
                                         vllm_server_factory, request):
     log = server_log(vllm_server)
@@ -95,3 +98,14 @@ def test_unknown_backend_name_is_refused(vllm_caps, vllm_target, vllm_server_fac
     c = classify(str(error), server.log_text(), version=vllm_target.version)
     vllm_record.metrics["unknown_backend_classification"] = c.id
     assert c.id == "attention_backend_unknown", f"startup failed, but not on the backend name: {c.id}: {error}"
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_openai_sdk_on_the_backend(backend, vllm_openai):
+    """The official OpenAI SDK against the server started with this attention backend: a greedy chat."""
+    chat = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=8, temperature=0,
+                                               messages=[{"role": "user", "content": "Hello"}])
+    again = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=8, temperature=0,
+                                                messages=[{"role": "user", "content": "Hello"}])
+    assert chat.usage.completion_tokens >= 1
+    assert chat.choices[0].message.content == again.choices[0].message.content, "greedy output must repeat"

@@ -69,3 +69,17 @@ def test_capability_table_flags_exist(vllm_caps, vllm_help, vllm_record):
     vllm_record.metrics["flags_checked"] = flags
     missing = [f for f in flags if not help_has_flag(vllm_help, f)]
     assert not missing, f"capability table row {vllm_caps.range} claims flags this version lacks: {missing}"
+
+
+def test_openai_sdk_lists_completes_and_chats(vllm_openai):
+    """The official OpenAI SDK against the server: model list, a greedy completion and a chat."""
+    assert [m.id for m in vllm_openai.models.list().data] == [vllm_openai.model]
+    c = vllm_openai.completions.create(model=vllm_openai.model, prompt="The quick brown fox", max_tokens=8,
+                                       temperature=0)
+    assert c.usage.completion_tokens == 8 or c.choices[0].finish_reason == "stop"
+    again = vllm_openai.completions.create(model=vllm_openai.model, prompt="The quick brown fox", max_tokens=8,
+                                           temperature=0)
+    assert c.choices[0].text == again.choices[0].text, "temperature 0 must be deterministic"
+    chat = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=4,
+                                               messages=[{"role": "user", "content": "Hello"}])
+    assert chat.choices[0].message.role == "assistant" and chat.usage.prompt_tokens > 1

@@ -3,6 +3,7 @@ that version expects; outputs validated; bad schemas get a 4xx and leave the eng
 
 from __future__ import annotations
 
+import json
 import re
 
 import jsonschema
@@ -93,8 +94,6 @@ def test_json_schema(backend, vllm_client, vllm_caps, vllm_server):
     assert finish_reason(r) == "stop", (
         f"guided output did not finish within max_tokens (finish_reason={finish_reason(r)}): the backend let the "
         f"output run past the schema's bounds; output so far: {text[:200]!r}")
-    import json
-
     jsonschema.validate(json.loads(text), SCHEMA)
 
 
@@ -143,3 +142,16 @@ def test_valid_request_after_invalid_one(backend, vllm_client, vllm_caps, vllm_s
     r = _guided(vllm_client, vllm_caps, "choice", CHOICES, backend, vllm_server)
     assert text_of(r) in CHOICES
     assert vllm_client.health() == 200
+
+
+@backend_param
+def test_json_schema_through_openai_sdk(backend, vllm_openai, vllm_caps, vllm_server):
+    """The same JSON-schema request through the official OpenAI SDK (the version's fields in ``extra_body``)."""
+    fields = _fields(vllm_caps, "json", SCHEMA, backend)
+    offset = log_size(vllm_server)
+    r = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=64, temperature=0,
+                                            messages=[{"role": "user", "content": "Answer:"}], extra_body=fields)
+    not_by(backend, "json", vllm_server, offset)
+    text = r.choices[0].message.content or ""
+    assert r.choices[0].finish_reason == "stop", f"output did not finish within 64 tokens: {text!r}"
+    jsonschema.validate(json.loads(text), SCHEMA)

@@ -87,3 +87,14 @@ def test_max_model_len_beyond_capacity_fails_cleanly(vllm_server_factory, vllm_t
     c = classify(str(error), server.log_text(), version=vllm_target.version)
     vllm_record.metrics["kv_maxlen_classification"] = c.id
     assert c.category == "kv_cache_capacity", f"startup failed but not with the KV-capacity message: {c.id}: {error}"
+
+
+def test_full_length_sequence_through_openai_sdk(vllm_openai, vllm_target):
+    """A sequence of exactly max_model_len tokens (prompt token ids + completion) through the official OpenAI
+    SDK: the KV cache admits the longest sequence the server was configured for."""
+    max_len = int(vllm_target.model.serve_args.get("max_model_len") or 256)
+    prompt = [10] * (max_len - 16)
+    r = vllm_openai.completions.create(model=vllm_openai.model, prompt=prompt, max_tokens=16, temperature=0,
+                                       extra_body={"ignore_eos": True})
+    assert r.usage.prompt_tokens == max_len - 16
+    assert r.usage.completion_tokens == 16, r.choices[0].finish_reason

@@ -105,3 +105,13 @@ def test_long_sequential_run(vllm_client, vllm_record):
         assert vllm_client.completion(f"seq {i}", max_tokens=4)["choices"]
     vllm_record.metrics.update(sequential_requests=n, sequential_wall_s=round(time.monotonic() - t0, 2))
     assert vllm_client.health() == 200
+
+
+def test_openai_sdk_streaming(vllm_openai, vllm_client):
+    """A streamed chat through the official OpenAI SDK: chunks arrive, the last one says why it stopped."""
+    stream = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=16, stream=True,
+                                                 messages=[{"role": "user", "content": "Stream this:"}])
+    chunks = list(stream)
+    assert len(chunks) >= 2, chunks
+    assert any(c.choices and c.choices[0].finish_reason in ("length", "stop") for c in chunks), chunks[-1]
+    assert vllm_client.health() == 200

@@ -55,8 +55,11 @@ def test_tp1_reference(request, vllm_target, vllm_server):
     assert greedy_outputs(vllm_server) == first, "greedy (temperature 0) output changed between two runs"
 
 
-@pytest.mark.parametrize("tp", [pytest.param(n, id=f"tp{n}", marks=[
-    pytest.mark.vllm_server(label=f"tp{n}", builder=_tp_builder(n))]) for n in SIZES])
+TP_PARAMS = [pytest.param(n, id=f"tp{n}", marks=[pytest.mark.vllm_server(label=f"tp{n}", builder=_tp_builder(n))])
+             for n in SIZES]
+
+
+@pytest.mark.parametrize("tp", TP_PARAMS)
 def test_greedy_output_matches_tp1(tp, request, vllm_target, vllm_server, vllm_server_factory, vllm_record):
     have, what = _devices(vllm_target, request)
     if have < tp:
@@ -82,3 +85,17 @@ def test_tp_size_not_dividing_heads_fails_cleanly(vllm_target, vllm_model_path, 
     c = classify(str(error), server.log_text(), version=vllm_target.version)
     vllm_record.metrics["classification"] = c.id
     assert c.id == "tp_heads", f"startup failed, but not with the heads/TP message: {c.id}: {c.matched or error}"
+
+
+@pytest.mark.parametrize("tp", TP_PARAMS)
+def test_openai_sdk_on_the_tp_server(tp, request, vllm_target, vllm_openai):
+    """The official OpenAI SDK against the TP=N server: a chat and a streamed completion."""
+    have, what = _devices(vllm_target, request)
+    if have < tp:
+        not_applicable(f"TP={tp} needs {tp} {what}; this machine has {have}")
+    chat = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=8, temperature=0,
+                                               messages=[{"role": "user", "content": "Hello"}])
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens >= 1
+    chunks = list(vllm_openai.completions.create(model=vllm_openai.model, prompt="Count:", max_tokens=8,
+                                                 temperature=0, stream=True))
+    assert len(chunks) >= 2

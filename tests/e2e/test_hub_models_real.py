@@ -99,6 +99,9 @@ def test_a_hub_model_is_fetched_before_the_server_and_served_from_the_cache(
     argv = rec["server"]["argv"]
     assert argv[argv.index("--model") + 1] == str(snapshot)  # the local snapshot, not the hub id
     assert rec["server"]["env"]["HF_HUB_OFFLINE"] == "1"
+    # The test's duration leaves out the server start it waited for; that is in server_start_s.
+    assert rec["server_start_s"] == pytest.approx(rec["server"]["start_time_s"], abs=0.01)
+    assert rec["duration_s"] < rec["server_start_s"]
     assert sorted(hub.downloads("acme/tiny-mistral")) == sorted(repo.files)  # each file once
 
     # Offline now: the cached snapshot is found without asking the hub.
@@ -111,6 +114,7 @@ def test_a_hub_model_is_fetched_before_the_server_and_served_from_the_cache(
     recs = records(again)
     assert [r["status"] for r in recs] == ["pass", "pass"]
     assert {r["hub"]["sha"] for r in recs} == {repo.sha} and all(r["hub"]["cached"] for r in recs)
+    assert [r["server_start_s"] for r in recs] == [0.0, 0.0]  # no server
     assert len(hub.requests) == asked
 
 

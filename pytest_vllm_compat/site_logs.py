@@ -1,0 +1,59 @@
+"""Server logs next to the site: each failing cell's log excerpt, and each test's server log when the site is
+built where the run's logs are, copied under ``logs/`` and linked relatively. The pages then work wherever
+the site is opened or published; a page never shows an absolute path of the machine that ran the test."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+MAX_LOG_BYTES = 2_000_000  # a longer log keeps its last 2 MB (the failure is at the end)
+LOGS = "logs"
+
+
+def excerpt_name(cell_id: str) -> str:
+    return f"{cell_id}.excerpt.txt"
+
+
+def copy_logs(matrix: Mapping[str, Any], out: Path) -> dict[str, str]:
+    """Write the excerpts and copy the logs that exist here; returns {log_path: file name under logs/}."""
+    links: dict[str, str] = {}
+    target = out / LOGS
+    for cell in matrix.get("cells") or []:
+        if cell.get("log_excerpt"):
+            target.mkdir(parents=True, exist_ok=True)
+            (target / excerpt_name(cell["cell_id"])).write_text(str(cell["log_excerpt"]), encoding="utf-8")
+        for test in cell.get("tests") or []:
+            path = test.get("log_path")
+            if not path or path in links:
+                continue
+            src = Path(path)
+            if not src.is_file():
+                continue
+            name = f"{hashlib.sha1(str(path).encode()).hexdigest()[:10]}-{src.name}"
+            target.mkdir(parents=True, exist_ok=True)
+            with src.open("rb") as f:
+                size = src.stat().st_size
+                if size > MAX_LOG_BYTES:
+                    f.seek(size - MAX_LOG_BYTES)
+                (target / name).write_bytes(f.read())
+            links[str(path)] = name
+    return links
+
+
+def log_cell(path: str | None, links: Mapping[str, str], esc: Callable[[Any], str]) -> str:
+    """A test row's log: a relative link to the copy, else the file name alone."""
+    if not path:
+        return ""
+    base = Path(str(path)).name
+    if str(path) in links:
+        return f'<a href="../{LOGS}/{esc(links[str(path)])}">{esc(base)}</a>'
+    return f'<code title="not copied: the log was not on the machine that built this site">{esc(base)}</code>'
+
+
+def excerpt_link(cell: Mapping[str, Any], esc: Callable[[Any], str]) -> str:
+    if not cell.get("log_excerpt"):
+        return ""
+    return f'<p><a href="../{LOGS}/{esc(excerpt_name(str(cell["cell_id"])))}">The excerpt as a text file</a></p>'
