@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import json
 import re
 import shlex
@@ -25,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pytest_vllm_compat import site_logs, site_measures
+from pytest_vllm_compat.escaping import esc
 from pytest_vllm_compat.matrix import FAILING, UNKNOWN_CATEGORY, diff_versions, sort_versions, version_key
 
 DEFAULT_TITLE = "vLLM compatibility matrix"
@@ -183,13 +183,6 @@ apply();
 
 
 # --------------------------------------------------------------------------- escaping
-
-
-def esc(value: Any) -> str:
-    """The one way a value reaches HTML: ``html.escape(str(value), quote=True)``; None -> ''."""
-    if value is None:
-        return ""
-    return html.escape(str(value), quote=True)
 
 
 def safe_url(url: Any) -> str | None:
@@ -847,7 +840,7 @@ def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], t
         f"<td>{esc(t.get('outcome'))}</td><td>{_pill(str(t.get('status')))}</td>"
         f'<td class="num">{esc(_fmt_duration(t.get("duration_s")))}</td>'
         f"<td>{esc(t.get('error_summary') or t.get('skip_reason') or '')}</td>"
-        f"<td>{site_logs.log_cell(t.get('log_path'), logs or {}, esc)}</td></tr>"
+        f"<td>{site_logs.log_cell(t.get('log_path'), logs or {})}</td></tr>"
         for t in cell.get("tests") or [])
     argv = cell.get("argv") or []
     body = (
@@ -858,7 +851,7 @@ def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], t
         + "<h2>Tests</h2><table><thead><tr><th>Test</th><th>Run</th><th>Outcome</th><th>Status</th>"
         f"<th>Duration</th><th>Error / reason</th><th>Server log</th></tr></thead><tbody>{tests}</tbody></table>"
         + "<h2>Server log excerpt</h2>"
-        + (f'<pre id="log-excerpt">{esc(cell["log_excerpt"])}</pre>' + site_logs.excerpt_link(cell, esc)
+        + (f'<pre id="log-excerpt">{esc(cell["log_excerpt"])}</pre>' + site_logs.excerpt_link(cell)
            if cell.get("log_excerpt")
            else '<p class="muted">No log excerpt (only failing cells keep one).</p>')
         + site_measures.drift_section(cell) + site_measures.performance_section(cell)

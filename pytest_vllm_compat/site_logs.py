@@ -5,9 +5,11 @@ the site is opened or published; a page never shows an absolute path of the mach
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from .escaping import esc
 
 MAX_LOG_BYTES = 2_000_000  # a longer log keeps its last 2 MB (the failure is at the end)
 LOGS = "logs"
@@ -43,7 +45,7 @@ def copy_logs(matrix: Mapping[str, Any], out: Path) -> dict[str, str]:
     return links
 
 
-def log_cell(path: str | None, links: Mapping[str, str], esc: Callable[[Any], str]) -> str:
+def log_cell(path: str | None, links: Mapping[str, str]) -> str:
     """A test row's log: a relative link to the copy, else the file name alone."""
     if not path:
         return ""
@@ -53,7 +55,7 @@ def log_cell(path: str | None, links: Mapping[str, str], esc: Callable[[Any], st
     return f'<code title="not copied: the log was not on the machine that built this site">{esc(base)}</code>'
 
 
-def excerpt_link(cell: Mapping[str, Any], esc: Callable[[Any], str]) -> str:
+def excerpt_link(cell: Mapping[str, Any]) -> str:
     if not cell.get("log_excerpt"):
         return ""
     return f'<p><a href="../{LOGS}/{esc(excerpt_name(str(cell["cell_id"])))}">The excerpt as a text file</a></p>'

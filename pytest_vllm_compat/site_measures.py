@@ -4,8 +4,9 @@ divergence marked) and performance (figures per version, regression flags). Ever
 from __future__ import annotations
 
 from collections.abc import Mapping
-from html import escape
 from typing import Any
+
+from .escaping import esc
 
 # Metrics shown in their own sections, not in the cell page's metrics table.
 HIDDEN_METRICS = ("drift_outputs", "drift_settings", "perf_repeats", "perf_workload")
@@ -28,10 +29,6 @@ PERF_PLOTS = (
 )
 
 PERF_PLOT_IDS = tuple(p[0] for p in PERF_PLOTS)
-
-
-def esc(value: Any) -> str:
-    return escape("" if value is None else str(value), quote=True)
 
 
 def grid_note(cell: Mapping[str, Any]) -> str:

@@ -1,0 +1,13 @@
+"""The one way a value reaches the site's HTML (site.py, site_measures.py, site_logs.py)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+
+def esc(value: Any) -> str:
+    """``html.escape(str(value), quote=True)``; None -> ''."""
+    if value is None:
+        return ""
+    return html.escape(str(value), quote=True)
