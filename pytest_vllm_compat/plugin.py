@@ -883,7 +883,8 @@ def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
         "started_at": st.started_at or now_iso(), "finished_at": now_iso(), "error": error,
         "classification": classification, "skip_reason": skip_reason, "server": server_info,
         "log_excerpt": log_excerpt, "metrics": st.metrics, "log_path": log_path,
-        "provenance": env.record_provenance() if env else {},
+        "provenance": {**(env.record_provenance() if env else {}),
+                       **({"model_revision": snap.sha} if snap else {})},
     }
     state.writer.write(record)
     if failed_phase and (log_excerpt or log_path):

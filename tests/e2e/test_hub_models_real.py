@@ -95,6 +95,7 @@ def test_a_hub_model_is_fetched_before_the_server_and_served_from_the_cache(
     assert rec["status"] == "pass", rec
     assert rec["hub"]["sha"] == repo.sha and rec["hub"]["repo"] == "acme/tiny-mistral"
     assert rec["hub"]["cached"] is False and rec["hub"]["files"] == len(repo.files)
+    assert rec["provenance"]["model_revision"] == repo.sha
     snapshot = tmp_path / "hf-home" / "hub" / "models--acme--tiny-mistral" / "snapshots" / repo.sha
     argv = rec["server"]["argv"]
     assert argv[argv.index("--model") + 1] == str(snapshot)  # the local snapshot, not the hub id
