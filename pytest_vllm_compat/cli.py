@@ -24,6 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .allure_support import categories_from_kb
+from .bisection import load_results
+from .classify import load_knowledge_base
 from .environments import (
     DISTRIBUTIONS,
     Provisioner,
@@ -33,6 +36,17 @@ from .environments import (
     check_version,
     default_env_dir,
 )
+from .lockfiles import load_locks
+from .matrix import (
+    FAILING,
+    bisection_entry,
+    build_matrix,
+    load_manifests,
+    load_records,
+    record_files,
+    write_matrix,
+)
+from .site import render_site
 from .versions import version_key
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
@@ -287,11 +301,59 @@ def cmd_capabilities_check(ns: argparse.Namespace) -> int:
     return 1 if s["contradicted"] or s["unreadable"] else 0
 
 
+# --- vllm-compat matrix ------------------------------------------------------------------------------
+
+def _matrix_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vllm-compat matrix",
+        description="Merge result records of one or more runs into matrix.json, badges and a static site.")
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS_DIR",
+                   help="a results directory (holding records/*.jsonl and manifests/*.json)")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="where to write the matrix")
+    p.add_argument("--title", default="vLLM compatibility matrix", help="the site's title")
+    p.add_argument("--allure-categories", type=Path, metavar="PATH",
+                   help="also write allure categories.json from the failure knowledge base (a .json path "
+                        "or an allure results directory)")
+    return p
+
+
+def matrix_main(argv: Sequence[str] | None = None) -> int:
+    """``vllm-compat matrix``: exit 0 whatever the cells say; 2 when a results dir has no records."""
+    args = _matrix_parser().parse_args(argv)
+    for d in args.results:
+        if not d.exists():
+            print(f"vllm-compat matrix: {d}: no such results directory", file=sys.stderr)
+            return 2
+        if not record_files(d):
+            print(f"vllm-compat matrix: {d}: no records (expected {d}/records/*.jsonl)", file=sys.stderr)
+            return 2
+    records = load_records(args.results)
+    if not records:
+        print(f"vllm-compat matrix: no readable records in {', '.join(map(str, args.results))}", file=sys.stderr)
+        return 2
+    locks = load_locks(args.results)
+    matrix = build_matrix(records, load_manifests(args.results), locks=locks)
+    matrix["bisections"] = [bisection_entry(b) for b in load_results(args.results)]
+    write_matrix(matrix, args.output)
+    index = render_site(matrix, args.output, title=args.title, locks=locks)
+    if args.allure_categories is not None:
+        _write_allure_categories(args.allure_categories)
+    failing = sum(c["status"] in (*FAILING, "flaky") for c in matrix["cells"])
+    print(f"vllm-compat matrix: {len(matrix['cells'])} cells ({failing} failing or flaky, "
+          f"{len(matrix['regressions'])} regressions) -> {index}")
+    return 0
+
+
+def _write_allure_categories(target: Path) -> None:
+    rules: list[Any] = list(load_knowledge_base())
+    path = target if target.suffix == ".json" else target / "categories.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(categories_from_kb(rules), indent=1) + "\n", encoding="utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "matrix":
-        from .matrix import main as matrix_main
-
         return matrix_main(argv[1:])
     ap = argparse.ArgumentParser(prog="vllm-compat", description="pytest-vllm-compat tools (see also: "
                                  "vllm-compat matrix RESULTS_DIR... --output DIR)")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .matrix import model_slug
+from .results import model_slug
 from .versions import version_key
 
 GOLDEN_SCHEMA = "pytest-vllm-compat/golden@1"

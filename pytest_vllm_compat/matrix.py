@@ -9,12 +9,10 @@ This module knows nothing of pytest: ``vllm-compat matrix RESULTS_DIR... --outpu
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
 import statistics
-import sys
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +21,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from pytest_vllm_compat.lockfiles import cell_locks, load_locks
+from pytest_vllm_compat import drift, performance
+from pytest_vllm_compat.lockfiles import cell_locks
+from pytest_vllm_compat.results import model_slug
 from pytest_vllm_compat.stacks import canonical_name, line_of, split_line
 from pytest_vllm_compat.version_spec import is_final
 from pytest_vllm_compat.versions import sort_versions, version_key
@@ -56,7 +56,7 @@ class MatrixError(Exception):
 # --------------------------------------------------------------------------- loading
 
 
-def _record_files(directory: Path) -> list[Path]:
+def record_files(directory: Path) -> list[Path]:
     if directory.is_file():
         return [directory]
     return sorted(directory.glob("records/*.jsonl")) + sorted(directory.glob("*.jsonl"))
@@ -88,7 +88,7 @@ def load_records(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
     seen: set[tuple[Any, ...]] = set()
     records: list[dict[str, Any]] = []
     for d in dirs:
-        for path in _record_files(Path(d)):
+        for path in record_files(Path(d)):
             for rec in _read_jsonl(path):
                 key = (rec.get("run_id"), rec.get("test_id"), rec.get("started_at"))
                 if key in seen:
@@ -178,11 +178,6 @@ def cell_slug(model: str, vllm_version: str, platform: str, feature: str) -> str
     readable = re.sub(r"[^a-z0-9._]+", "-", f"{model}--{vllm_version}--{platform}--{feature}".lower())
     readable = re.sub(r"-{3,}", "--", readable).strip("-.")[:96]
     return f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-
-
-def model_slug(model: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
-    return slug if slug == model else f"{slug}-{hashlib.sha1(model.encode()).hexdigest()[:6]}"
 
 
 def _chrono_key(rec: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -521,9 +516,6 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
     releases = _releases(versions, manifests)
     insights = _insights(cells, releases)  # also flags regression cells
     _check_workarounds(cells)
-    # Imported here: drift and performance use this module's helpers (model_slug).
-    from pytest_vllm_compat import drift, performance
-
     drift_rows = drift.annotate_cells(cells)
     perf_regressions = performance.annotate_cells(cells)
     return {
@@ -659,7 +651,7 @@ def badge(matrix: Mapping[str, Any], model: str) -> dict[str, Any]:
     return {"schemaVersion": 1, "label": f"vLLM {latest}", "message": message, "color": color}
 
 
-def _bisection_entry(b: Mapping[str, Any]) -> dict[str, Any]:
+def bisection_entry(b: Mapping[str, Any]) -> dict[str, Any]:
     """What the matrix keeps of a bisection result: its question, its answer and the tests that flipped."""
     keys = ("good", "bad", "direction", "first_bad", "last_good", "first_fixed", "last_bad", "conclusion",
             "compare_url", "selection", "range_size", "probed", "installed", "wall_s", "interrupted")
@@ -681,62 +673,3 @@ def write_matrix(matrix: Mapping[str, Any], out_dir: Path | str) -> Path:
     for model in matrix.get("models") or sorted({c["model"] for c in matrix["cells"]}):
         _dump(badge(matrix, model), out / "badges" / f"{model_slug(model)}.json")
     return path
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vllm-compat matrix",
-        description="Merge result records of one or more runs into matrix.json, badges and a static site.")
-    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS_DIR",
-                   help="a results directory (holding records/*.jsonl and manifests/*.json)")
-    p.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="where to write the matrix")
-    p.add_argument("--title", default="vLLM compatibility matrix", help="the site's title")
-    p.add_argument("--allure-categories", type=Path, metavar="PATH",
-                   help="also write allure categories.json from the failure knowledge base (a .json path "
-                        "or an allure results directory)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``vllm-compat matrix``: exit 0 whatever the cells say; 2 when a results dir has no records."""
-    args = _parser().parse_args(argv)
-    for d in args.results:
-        if not d.exists():
-            print(f"vllm-compat matrix: {d}: no such results directory", file=sys.stderr)
-            return 2
-        if not _record_files(d):
-            print(f"vllm-compat matrix: {d}: no records (expected {d}/records/*.jsonl)", file=sys.stderr)
-            return 2
-    records = load_records(args.results)
-    if not records:
-        print(f"vllm-compat matrix: no readable records in {', '.join(map(str, args.results))}", file=sys.stderr)
-        return 2
-    locks = load_locks(args.results)
-    matrix = build_matrix(records, load_manifests(args.results), locks=locks)
-    from pytest_vllm_compat.bisection import load_results
-
-    matrix["bisections"] = [_bisection_entry(b) for b in load_results(args.results)]
-    write_matrix(matrix, args.output)
-    from pytest_vllm_compat.site import render_site
-
-    index = render_site(matrix, args.output, title=args.title, locks=locks)
-    if args.allure_categories is not None:
-        _write_allure_categories(args.allure_categories)
-    failing = sum(c["status"] in (*FAILING, "flaky") for c in matrix["cells"])
-    print(f"vllm-compat matrix: {len(matrix['cells'])} cells ({failing} failing or flaky, "
-          f"{len(matrix['regressions'])} regressions) -> {index}")
-    return 0
-
-
-def _write_allure_categories(target: Path) -> None:
-    from pytest_vllm_compat.allure_support import categories_from_kb
-    from pytest_vllm_compat.classify import load_knowledge_base
-
-    rules: list[Any] = list(load_knowledge_base())
-    path = target if target.suffix == ".json" else target / "categories.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(categories_from_kb(rules), indent=1) + "\n", encoding="utf-8")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -6,9 +6,11 @@ Format: docs/records.md.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import uuid
 from collections.abc import Mapping
@@ -183,3 +185,9 @@ def classify_failure(error_text: str, log_text: str | None, version: str) -> dic
     from .classify import classify, exception_lines
 
     return classify(exception_lines(error_text), log_text, version=version).to_dict()
+
+
+def model_slug(model: str) -> str:
+    """A model name as a file name (golden files, badges): itself when safe, else a slug with a short hash."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
+    return slug if slug == model else f"{slug}-{hashlib.sha1(model.encode()).hexdigest()[:6]}"

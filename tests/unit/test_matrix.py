@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from pytest_vllm_compat import matrix as mx
+from pytest_vllm_compat.cli import matrix_main
 
 EVIL = "<script>alert(1)</script>\" onmouseover=\"x"
 EVIL_MODEL = f"evil{EVIL}"
@@ -356,7 +357,7 @@ def test_main_writes_everything_and_exits_zero_with_failures(tmp_path: Path, cap
     results = tmp_path / "results"
     write_jsonl(results / "records" / "run-a-main.jsonl", sample_records())
     out = tmp_path / "site"
-    rc = mx.main([str(results), "--output", str(out), "--title", "My matrix",
+    rc = matrix_main([str(results), "--output", str(out), "--title", "My matrix",
                   "--allure-categories", str(tmp_path / "allure")])
     assert rc == 0, capsys.readouterr().err
     assert json.loads((out / "matrix.json").read_text())["schema"] == mx.MATRIX_SCHEMA
@@ -371,8 +372,8 @@ def test_main_writes_everything_and_exits_zero_with_failures(tmp_path: Path, cap
 
 def test_main_exits_2_when_a_results_dir_has_no_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty" / "records").mkdir(parents=True)
-    assert mx.main([str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 2
+    assert matrix_main([str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no records" in err
-    assert mx.main([str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 2
+    assert matrix_main([str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
