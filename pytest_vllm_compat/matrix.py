@@ -242,6 +242,7 @@ def _test_entry(rec: Mapping[str, Any]) -> dict[str, Any]:
         "outcome": rec.get("outcome"),
         "status": _status_of(rec),
         "duration_s": rec.get("duration_s"),
+        "server_start_s": rec.get("server_start_s"),
         "run_id": rec.get("run_id"),
         "started_at": rec.get("started_at"),
         "error_summary": _one_line(error.get("summary")) if error.get("summary") else None,

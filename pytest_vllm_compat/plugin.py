@@ -33,20 +33,19 @@ from .environments import (
 from .registry import ModelSpec, RegistryError, load_registry
 from .results import (
     NOT_APPLICABLE_PREFIX,
+    FinishedTest,
     RecordWriter,
-    classify_failure,
+    RunSummary,
+    compose_record,
     file_size,
     host_info,
     log_since,
     new_run_id,
     now_iso,
-    phase_outcome,
-    read_records,
+    read_run,
     read_text,
     root_cause_suffix,
-    server_fields,
-    status_for,
-    summarize_error,
+    summary_lines,
     write_manifest,
 )
 from .scheduling import GroupKey, parse_shard, plan
@@ -105,6 +104,7 @@ class PluginState:
     provisioned: bool = False
     gpus: list[Any] = field(default_factory=list)
     versions_note: str = ""  # what the range / latest terms of --vllm selected (the report header says it)
+    run: RunSummary | None = None  # the run as its files say it, read once at session end (results.read_run)
     stacks: list[Stack] = field(default_factory=lambda: [DEFAULT_STACK])  # --vllm-with, default stack first
 
     @property
@@ -837,66 +837,21 @@ def _after_test(item: pytest.Item, st: ItemState, state: PluginState) -> None:
 def _write_record(item: pytest.Item, st: ItemState, state: PluginState) -> None:
     target = st.target
     assert target is not None
-    reps = st.reports
-    outcome, failed_phase, skip_reason = phase_outcome(reps)
-    error = None
-    classification = None
+    session = state.session
     server = st.servers[-1] if st.servers else None
-    log_path = str(server.log_path) if server else (str(st.server_error.log_path) if st.server_error and
-                                                    st.server_error.log_path else None)
-    log_excerpt = None
-    if failed_phase:
-        from .redact import redact
-
-        # A traceback may quote an API key or token (e.g. with --showlocals): stored records never carry them.
-        secrets = [sec for srv in st.servers for sec in srv.secrets()]
-        text = redact(reps[failed_phase].longreprtext, secrets)
-        error = {"phase": failed_phase, "summary": redact(st.crash_note or _summary(text, st), secrets),
-                 "text": text[-20000:]}
-        log_text = None
-        if st.server_error is not None:
-            log_excerpt = st.server_error.log_excerpt
-            log_text = read_text(st.server_error.log_path) or log_excerpt
-        elif server is not None:
-            log_text = log_since(server.log_path, st.log_offsets.get(id(server), 0))
-            log_excerpt = server.log_excerpt(text=log_text)
-        classification = classify_failure(text, log_text, target.version)
-    status = status_for(outcome, skip_reason, classification.get("kind") if classification else None)
-    feature = st.feature or _feature_of(item)
-    server_info = None
-    if server is not None:
-        server_info = server_fields(server, restarts=state.session.pool.restarts(server.spec),
-                                    died_during_test=st.crash_note is not None)
-        if server.start_time_s is not None:
-            st.metrics.setdefault("server_start_s", server.start_time_s)
-    env = state.session.envs.get(target.line)
-    duration = sum(r.duration for r in reps.values())
-    record = {
-        "run_id": state.session.run_id, "test_id": st.nodeid or item.nodeid, "test_name": getattr(item, "originalname", item.name),
-        "model": target.model.name, "model_source": target.model.source, "families": list(target.model.families),
-        "hub": snap.record() if (snap := state.session.snapshots.get(target.model.name)) else None,
-        "vllm_version": env.vllm_version if env else target.version, "distribution": target.distribution,
-        "stack": stack_record(target.stack),
-        "device": state.session.device_info, "platform": _platform(state), "feature": feature,
-        "outcome": outcome, "status": status, "duration_s": round(max(0.0, duration - st.server_start_s), 3),
-        "server_start_s": round(st.server_start_s, 3),
-        "started_at": st.started_at or now_iso(), "finished_at": now_iso(), "error": error,
-        "classification": classification, "skip_reason": skip_reason, "server": server_info,
-        "log_excerpt": log_excerpt, "metrics": st.metrics, "log_path": log_path,
-        "provenance": {**(env.record_provenance() if env else {}),
-                       **({"model_revision": snap.sha} if snap else {})},
-    }
+    record = compose_record(FinishedTest(
+        run_id=session.run_id, test_id=st.nodeid or item.nodeid, test_name=getattr(item, "originalname", item.name),
+        target=target, env=session.envs.get(target.line), reports=st.reports, feature=st.feature or _feature_of(item),
+        platform=_platform(state), device_info=session.device_info, servers=st.servers, server_error=st.server_error,
+        crash_note=st.crash_note, log_offset=st.log_offsets.get(id(server), 0) if server else 0,
+        restarts=session.pool.restarts(server.spec) if server else 0, metrics=st.metrics, started_at=st.started_at,
+        server_start_s=st.server_start_s, snapshot=session.snapshots.get(target.model.name)))
     state.writer.write(record)
-    if failed_phase and (log_excerpt or log_path):
+    if record["error"] and (record["log_excerpt"] or record["log_path"]):
         from .allure_support import attach_text
 
-        attach_text("vLLM server log (around the first error)", log_excerpt or read_text(log_path) or "")
-
-
-def _summary(text: str, st: ItemState) -> str:
-    if st.server_error is not None:
-        return str(st.server_error).splitlines()[0][:500]
-    return summarize_error(text)
+        attach_text("vLLM server log (around the first error)",
+                    record["log_excerpt"] or read_text(record["log_path"]) or "")
 
 
 # --- session end ---------------------------------------------------------------------------------
@@ -915,20 +870,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def _write_manifest(state: PluginState, exitstatus: int) -> None:
     s = state.session
-    records = read_records(s.results_dir, s.run_id)
-    if not records and not s.pool.records:
+    run = state.run = read_run(s.results_dir, s.run_id)
+    if not run.records and not s.pool.records:
         return
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    servers: list[dict[str, Any]] = []
-    envs: dict[str, Any] = {}
-    leftovers: list[int] = []
-    for f in sorted((s.results_dir / "servers").glob(f"{s.run_id}-*.json")):
-        data = json.loads(f.read_text())
-        servers += data.get("servers", [])
-        envs.update({e["name"]: e for e in data.get("environments", {}).values()})
-        leftovers += data.get("leftover_pids", [])
+    envs, servers, leftovers, counts = run.environments, run.servers, run.leftover_pids, run.counts
     from .lockfiles import store_lock
     from .redact import redact
 
@@ -972,24 +917,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if state is None or state.is_worker or not state.versions:
         return
     s = state.session
-    records = read_records(s.results_dir, s.run_id)
-    if not records:
+    run = state.run or read_run(s.results_dir, s.run_id)  # read once, by the manifest, when it was written
+    if not run.records:
         return
-    tr = terminalreporter
-    tr.section("vllm-compat")
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    tr.write_line("results: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) +
-                  f"  ({len(records)} records in {s.results_dir / 'records'})")
-    for f in sorted((s.results_dir / "servers").glob(f"{s.run_id}-*.json")):
-        for srv in json.loads(f.read_text()).get("servers", []):
-            times = ", ".join(f"{t:.0f}s" for t in srv["start_times_s"])
-            extra = f", {len(srv['crashes'])} crash(es)" if srv["crashes"] else ""
-            extra += ", FAILED TO START" if srv.get("startup_error") else ""
-            tr.write_line(f"server {srv['spec_key']}: {srv['starts']} start(s) [{times}]{extra}")
-    failing = [r for r in records if r["status"] in ("fail", "error")]
-    for r in failing[:30]:
-        c = r.get("classification") or {}
-        tr.write_line(f"{r['status'].upper()} {r['test_id']}: [{c.get('category', 'unknown')}] "
-                      f"{(r.get('error') or {}).get('summary', '')[:160]}")
+    terminalreporter.section("vllm-compat")
+    for line in summary_lines(run, s.results_dir / "records"):
+        terminalreporter.write_line(line)

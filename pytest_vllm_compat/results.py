@@ -13,7 +13,8 @@ import platform
 import re
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,124 @@ def model_slug(model: str) -> str:
     """A model name as a file name (golden files, badges): itself when safe, else a slug with a short hash."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
     return slug if slug == model else f"{slug}-{hashlib.sha1(model.encode()).hexdigest()[:6]}"
+
+
+# --- a test's record and a run's manifest, composed from typed inputs ---------------------------------------
+
+
+@dataclass
+class FinishedTest:
+    """What the pytest layer knows about one finished compat test; :func:`compose_record` makes its record."""
+
+    run_id: str
+    test_id: str
+    test_name: str
+    target: Any  # session.Target
+    env: Any  # environments.VLLMEnvironment or None (the environment could not be provisioned)
+    reports: Mapping[str, Any]  # phase -> pytest.TestReport (``failed``, ``skipped``, ``duration``, ``longreprtext``)
+    feature: str
+    platform: str
+    device_info: Mapping[str, Any]
+    servers: Sequence[Any] = ()  # the VLLMServers the test used, the last one is "its" server
+    server_error: Any = None  # server.ServerError when the server could not start / was given up
+    crash_note: str | None = None  # the server died during the test
+    log_offset: int = 0  # where the test's part of its server's log starts
+    restarts: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    started_at: str = ""
+    server_start_s: float = 0.0
+    snapshot: Any = None  # hub.Snapshot of a hub model
+
+
+def compose_record(f: FinishedTest) -> dict[str, Any]:
+    """The record of one test (docs/records.md): outcome and status, the failure with its classification and
+    the server log around it, the server, provenance. Secrets of the test's servers are redacted."""
+    from .redact import redact
+    from .stacks import stack_record
+
+    outcome, failed_phase, skip_reason = phase_outcome(f.reports)
+    server = f.servers[-1] if f.servers else None
+    error_log = getattr(f.server_error, "log_path", None)
+    log_path = str(server.log_path) if server else (str(error_log) if error_log else None)
+    error = classification = log_excerpt = None
+    if failed_phase:
+        # A traceback may quote an API key or token (e.g. with --showlocals): stored records never carry them.
+        secrets = [sec for srv in f.servers for sec in srv.secrets()]
+        text = redact(f.reports[failed_phase].longreprtext, secrets)
+        summary = (str(f.server_error).splitlines()[0][:500] if f.server_error is not None
+                   else summarize_error(text))
+        error = {"phase": failed_phase, "summary": redact(f.crash_note or summary, secrets), "text": text[-MAX_ERROR_TEXT:]}
+        log_text = None
+        if f.server_error is not None:
+            log_excerpt = f.server_error.log_excerpt
+            log_text = read_text(error_log) or log_excerpt
+        elif server is not None:
+            log_text = log_since(server.log_path, f.log_offset)
+            log_excerpt = server.log_excerpt(text=log_text)
+        classification = classify_failure(text, log_text, f.target.version)
+    status = status_for(outcome, skip_reason, classification.get("kind") if classification else None)
+    server_info = None
+    if server is not None:
+        server_info = server_fields(server, restarts=f.restarts, died_during_test=f.crash_note is not None)
+        if server.start_time_s is not None:
+            f.metrics.setdefault("server_start_s", server.start_time_s)
+    duration = sum(r.duration for r in f.reports.values())
+    model = f.target.model
+    return {
+        "run_id": f.run_id, "test_id": f.test_id, "test_name": f.test_name,
+        "model": model.name, "model_source": model.source, "families": list(model.families),
+        "hub": f.snapshot.record() if f.snapshot else None,
+        "vllm_version": f.env.vllm_version if f.env else f.target.version, "distribution": f.target.distribution,
+        "stack": stack_record(f.target.stack),
+        "device": dict(f.device_info), "platform": f.platform, "feature": f.feature,
+        "outcome": outcome, "status": status, "duration_s": round(max(0.0, duration - f.server_start_s), 3),
+        "server_start_s": round(f.server_start_s, 3),
+        "started_at": f.started_at or now_iso(), "finished_at": now_iso(), "error": error,
+        "classification": classification, "skip_reason": skip_reason, "server": server_info,
+        "log_excerpt": log_excerpt, "metrics": f.metrics, "log_path": log_path,
+        "provenance": {**(f.env.record_provenance() if f.env else {}),
+                       **({"model_revision": f.snapshot.sha} if f.snapshot else {})},
+    }
+
+
+@dataclass
+class RunSummary:
+    """A run as its files say it, read once (the manifest and the terminal summary both use it)."""
+
+    records: list[dict[str, Any]]
+    counts: dict[str, int]
+    servers: list[dict[str, Any]]
+    environments: dict[str, Any]
+    leftover_pids: list[int]
+
+
+def read_run(results_dir: Path, run_id: str) -> RunSummary:
+    records = read_records(results_dir, run_id)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    servers: list[dict[str, Any]] = []
+    envs: dict[str, Any] = {}
+    leftovers: list[int] = []
+    for f in sorted((results_dir / "servers").glob(f"{run_id}-*.json")):
+        data = json.loads(f.read_text())
+        servers += data.get("servers", [])
+        envs.update({e["name"]: e for e in data.get("environments", {}).values()})
+        leftovers += data.get("leftover_pids", [])
+    return RunSummary(records, counts, servers, envs, leftovers)
+
+
+def summary_lines(run: RunSummary, records_dir: Path, max_failures: int = 30) -> list[str]:
+    """The terminal summary's lines: counts, each server's starts, the first failures with their category."""
+    lines = ["results: " + ", ".join(f"{n} {k}" for k, n in sorted(run.counts.items())) +
+             f"  ({len(run.records)} records in {records_dir})"]
+    for srv in run.servers:
+        times = ", ".join(f"{t:.0f}s" for t in srv["start_times_s"])
+        extra = f", {len(srv['crashes'])} crash(es)" if srv["crashes"] else ""
+        extra += ", FAILED TO START" if srv.get("startup_error") else ""
+        lines.append(f"server {srv['spec_key']}: {srv['starts']} start(s) [{times}]{extra}")
+    for r in [r for r in run.records if r["status"] in ("fail", "error")][:max_failures]:
+        c = r.get("classification") or {}
+        lines.append(f"{r['status'].upper()} {r['test_id']}: [{c.get('category', 'unknown')}] "
+                     f"{(r.get('error') or {}).get('summary', '')[:160]}")
+    return lines

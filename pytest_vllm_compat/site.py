@@ -838,7 +838,9 @@ def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], t
     tests = "".join(
         f"<tr><td><code>{esc(t.get('test_id'))}</code></td><td><code>{esc(t.get('run_id'))}</code></td>"
         f"<td>{esc(t.get('outcome'))}</td><td>{_pill(str(t.get('status')))}</td>"
-        f'<td class="num">{esc(_fmt_duration(t.get("duration_s")))}</td>'
+        f'<td class="num">{esc(_fmt_duration(t.get("duration_s")))}'
+        + (f'<br><span class="muted">+ {esc(_fmt_duration(t["server_start_s"]))} server start</span>'
+           if t.get("server_start_s") else "") + "</td>"
         f"<td>{esc(t.get('error_summary') or t.get('skip_reason') or '')}</td>"
         f"<td>{site_logs.log_cell(t.get('log_path'), logs or {})}</td></tr>"
         for t in cell.get("tests") or [])

