@@ -98,7 +98,7 @@ def group_times(results: Path) -> list[float]:
     by: dict[str, float] = defaultdict(float)
     for r in read_records(results):
         key = (r.get("server") or {}).get("spec_key") or r["test_id"]
-        by[key] += float(r.get("duration_s") or 0.0)
+        by[key] += float(r.get("duration_s") or 0.0) + float(r.get("server_start_s") or 0.0)
     return list(by.values())
 
 
@@ -108,11 +108,17 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench"))
     ap.add_argument("--work", default="/tmp/bench-cpu-workers")
+    ap.add_argument("--reuse-serial", action="store_true",
+                    help="keep the serial run (results and wall time) of an earlier invocation; run -n again")
     ap.add_argument("pytest_args", nargs="*")
     ns = ap.parse_args()
     work = Path(ns.work)
     serial_dir, parallel_dir = work / "serial", work / f"n{ns.n}"
-    serial_s = run(serial_dir, ns.vllm, 1, ns.pytest_args)
+    if ns.reuse_serial and (work / "serial-wall.txt").is_file():
+        serial_s = float((work / "serial-wall.txt").read_text())  # the serial run of an earlier invocation
+    else:
+        serial_s = run(serial_dir, ns.vllm, 1, ns.pytest_args)
+        (work / "serial-wall.txt").write_text(f"{serial_s}")
     parallel_s = run(parallel_dir, ns.vllm, ns.n, ns.pytest_args)
     a, b = statuses(serial_dir), statuses(parallel_dir)
     differ = {t: {"serial": a.get(t), f"n{ns.n}": b.get(t)} for t in sorted(set(a) | set(b)) if a.get(t) != b.get(t)}

@@ -95,9 +95,16 @@ class CompatSession:
     stacks: list[Stack] = field(default_factory=lambda: [DEFAULT_STACK])  # --vllm-with
     core_share: CoreShare | None = None  # -n N on a CPU: this worker's cores and KV-cache memory (cpu_cores.py)
 
+    @property
+    def log_dir(self) -> Path:
+        """Server logs of this run; an xdist worker's in a folder of its own, so two workers serving the same spec
+        never write into one file."""
+        base = self.results_dir / "logs" / self.run_id
+        return base if self.worker == "main" else base / self.worker
+
     def __post_init__(self) -> None:
         self.provisioner = Provisioner(self.env_dir, installer=self.installer, progress=self.progress)
-        self.pool = ServerPool(self._make_server, self.results_dir / "logs" / self.run_id,
+        self.pool = ServerPool(self._make_server, self.log_dir,
                                max_restarts=self.max_restarts, max_live=self.max_servers,
                                on_stop=self._on_stop, progress=self.progress)
         self._caps_cache: dict[str, Any] = {}
@@ -343,7 +350,7 @@ class CompatSession:
         """A server outside the pool (for tests that expect a startup to fail, or must not share).
 
         Stop it with :meth:`stop_one_off` so its GPU lease (if any) is released."""
-        log_path = self.results_dir / "logs" / self.run_id / f"{spec.key}.{name}.{int(time.time() * 1000)}.log"
+        log_path = self.log_dir / f"{spec.key}.{name}.{int(time.time() * 1000)}.log"
         return self._make_server(spec, log_path)
 
     def stop_one_off(self, server: VLLMServer) -> None:
