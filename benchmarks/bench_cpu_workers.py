@@ -67,12 +67,15 @@ def servers(results: Path) -> list[dict[str, Any]]:
             continue
         year = datetime.now().year
         first, last = (datetime.strptime(f"{year}-{s}", "%Y-%m-%d %H:%M:%S").timestamp() for s in (stamps[0], stamps[-1]))
-        out.append({"log": log.name, "cores": cores, "first": first, "last": last})
+        worker = log.parent.name if log.parent.name.startswith("gw") else "main"
+        out.append({"log": log.name, "worker": worker, "cores": cores, "first": first, "last": last})
     return out
 
 
 def overlap(srv: list[dict[str, Any]]) -> tuple[float, bool, int]:
-    """Seconds with >= 2 servers alive, whether every pair alive together had disjoint cores, the most at once."""
+    """Seconds with >= 2 servers alive, whether servers of different workers alive together had disjoint cores
+    (a worker's own servers share its cores by design: a side server runs beside the one a test holds), the most
+    servers alive at once."""
     events = sorted([(s["first"], 1) for s in srv] + [(s["last"], -1) for s in srv])
     alive, since, together, most = 0, 0.0, 0.0, 0
     for t, d in events:
@@ -83,7 +86,8 @@ def overlap(srv: list[dict[str, Any]]) -> tuple[float, bool, int]:
         since = t
     disjoint = all(not (set(a["cores"]) & set(b["cores"]))
                    for i, a in enumerate(srv) for b in srv[i + 1:]
-                   if a["first"] < b["last"] and b["first"] < a["last"] and a["cores"] and b["cores"])
+                   if a["worker"] != b["worker"] and a["first"] < b["last"] and b["first"] < a["last"]
+                   and a["cores"] and b["cores"])
     return together, disjoint, most
 
 
@@ -110,6 +114,8 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/bench-cpu-workers")
     ap.add_argument("--reuse-serial", action="store_true",
                     help="keep the serial run (results and wall time) of an earlier invocation; run -n again")
+    ap.add_argument("--analyse-only", action="store_true",
+                    help="with --reuse-serial: analyse the runs of an earlier invocation again, run nothing")
     ap.add_argument("pytest_args", nargs="*")
     ns = ap.parse_args()
     work = Path(ns.work)
@@ -119,7 +125,12 @@ def main() -> int:
     else:
         serial_s = run(serial_dir, ns.vllm, 1, ns.pytest_args)
         (work / "serial-wall.txt").write_text(f"{serial_s}")
-    parallel_s = run(parallel_dir, ns.vllm, ns.n, ns.pytest_args)
+    wall_file = work / f"n{ns.n}-wall.txt"
+    if ns.analyse_only and wall_file.is_file():
+        parallel_s = float(wall_file.read_text())  # the -n run of an earlier invocation, analysed again
+    else:
+        parallel_s = run(parallel_dir, ns.vllm, ns.n, ns.pytest_args)
+        wall_file.write_text(f"{parallel_s}")
     a, b = statuses(serial_dir), statuses(parallel_dir)
     differ = {t: {"serial": a.get(t), f"n{ns.n}": b.get(t)} for t in sorted(set(a) | set(b)) if a.get(t) != b.get(t)}
     srv = servers(parallel_dir)
