@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pytest_vllm_compat import lockfiles as lf
 from pytest_vllm_compat import matrix as mx
+from pytest_vllm_compat.cli import matrix_main
 
 
 def record(model: str, version: str, feature: str, status: str, *, run: str = "run-a", test: str = "test_x",
@@ -109,7 +110,7 @@ def test_matrix_command_puts_lock_files_and_their_differences_on_the_cell_page(t
         (d / "locks" / f"{day}.txt").write_text(lock)
         dirs.append(str(d))
     site = tmp_path / "site"
-    assert mx.main([*dirs, "--output", str(site)]) == 0
+    assert matrix_main([*dirs, "--output", str(site)]) == 0
     matrix = json.loads((site / "matrix.json").read_text())
     (cell,) = matrix["cells"]
     page = (site / "cells" / f"{cell['cell_id']}.html").read_text()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllm_compat import matrix as mx
+from pytest_vllm_compat.cli import matrix_main
 
 INDEX = ["0.33.0rc1", "0.32.0", "0.31.0", "0.30.0", "0.29.0", "0.28.0", "0.27.1", "0.27.0", "0.26.0",
          "0.12.0.post2"]
@@ -59,7 +60,7 @@ def test_site_shows_untested_releases_as_gaps(tmp_path: Path) -> None:
     (results / "records" / "r.jsonl").write_text(
         "\n".join(json.dumps(rec(v, s)) for v, s in (("0.27.0", "pass"), ("0.30.0", "fail"))) + "\n")
     (results / "manifests" / "r1.json").write_text(json.dumps({"run_id": "r1", "index_versions": INDEX}))
-    assert mx.main([str(results), "--output", str(tmp_path / "site")]) == 0
+    assert matrix_main([str(results), "--output", str(tmp_path / "site")]) == 0
     index = (tmp_path / "site" / "index.html").read_text()
     for v in ("0.27.1", "0.28.0", "0.29.0"):
         assert f'title="a release no run tested">vLLM {v}<span class="n">not tested</span></th>' in index
