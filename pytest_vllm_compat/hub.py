@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .locks import file_lock
+from .results import model_slug
 
 SCRIPT = Path(__file__).with_name("hub_snapshot.py")
 
@@ -175,7 +175,7 @@ class SnapshotStore:
 
     @staticmethod
     def key(repo: str, revision: str | None) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "--", f"{repo}@{revision or 'main'}")
+        return model_slug(f"{repo}@{revision or 'main'}")
 
     def get(self, python: Path | str, repo: str, revision: str | None = None, *, trust_remote_code: bool = False,
             progress: Callable[[str], None] = lambda _m: None) -> Snapshot:

@@ -55,13 +55,10 @@ def selected(files: dict[str, int], patterns: list[str]) -> dict[str, int]:
 
 
 def describe(exc: BaseException) -> dict[str, Any]:
-    """The exception as data: the root cause's type (and its bases), HTTP status, errno, message."""
-    root: BaseException = exc
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    errno = getattr(exc, "errno", None)
-    return {"type": type(root).__name__, "mro": [c.__name__ for c in type(root).__mro__],
-            "status": status, "errno": errno, "message": str(root)[:3000],
+    """The exception as data: its type (and bases), HTTP status, errno, message, and its cause."""
+    return {"type": type(exc).__name__, "mro": [c.__name__ for c in type(exc).__mro__],
+            "status": getattr(getattr(exc, "response", None), "status_code", None),
+            "errno": getattr(exc, "errno", None), "message": str(exc)[:3000],
             "cause": (f"{type(exc.__cause__).__name__}: {str(exc.__cause__)[:1000]}"
                       if exc.__cause__ is not None else None)}
 

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .redact import redact
+from .stacks import stack_record
+
 RECORD_SCHEMA = "pytest-vllm-compat/record@1"
 MANIFEST_SCHEMA = "pytest-vllm-compat/manifest@1"
 STATUSES = ("pass", "fail", "error", "conflict", "unsupported", "not_applicable")
@@ -224,9 +227,6 @@ class FinishedTest:
 def compose_record(f: FinishedTest) -> dict[str, Any]:
     """The record of one test (docs/records.md): outcome and status, the failure with its classification and
     the server log around it, the server, provenance. Secrets of the test's servers are redacted."""
-    from .redact import redact
-    from .stacks import stack_record
-
     outcome, failed_phase, skip_reason = phase_outcome(f.reports)
     server = f.servers[-1] if f.servers else None
     error_log = getattr(f.server_error, "log_path", None)

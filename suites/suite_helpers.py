@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_vllm_compat.client import VLLMClient, text_of
+from pytest_vllm_compat.cpu_cores import usable_cores
 from pytest_vllm_compat.server import VLLMServer
 
 GREEDY_PROMPTS = ("The quick brown fox", "vLLM serves", '{"name": ', "Hello, world")
@@ -71,7 +71,4 @@ def model_config(model_path: str) -> dict[str, Any]:
 
 
 def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
+    return len(usable_cores())

