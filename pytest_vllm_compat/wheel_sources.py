@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_INDEX = "https://pypi.org/pypi"
 _BLOCK = 256 * 1024  # bytes per range request: members are small and often neighbours in the archive
@@ -119,10 +120,10 @@ class WheelSource:
     cached: bool = False
 
 
-_PROJECTS: dict[str, dict] = {}
+_PROJECTS: dict[str, dict[str, Any]] = {}  # the index's JSON, as it is
 
 
-def _project(distribution: str, index_url: str) -> tuple[str, dict]:
+def _project(distribution: str, index_url: str) -> tuple[str, dict[str, Any]]:
     """The index's JSON for the whole project (every release's files), read once per process."""
     api = f"{index_url.rstrip('/')}/{distribution}/json"
     if api not in _PROJECTS:
@@ -175,7 +176,7 @@ def fetch_sources(distribution: str, version: str, patterns: Iterable[str], cach
                                meta.get("fetched_bytes", 0), meta.get("requests", 0), cached=True)
     filename, url, size = wheel_url(distribution, version, index_url)
     raw = RangeFile(url, size or None)
-    with zipfile.ZipFile(io.BufferedReader(raw, buffer_size=_BLOCK)) as z:  # type: ignore[arg-type]
+    with zipfile.ZipFile(io.BufferedReader(raw, buffer_size=_BLOCK)) as z:
         names = frozenset(z.namelist())
         wanted = _wanted(names, patterns)
         # in archive order, so neighbouring members share range requests
