@@ -1,0 +1,280 @@
+"""Matrix cells: the statuses of records, runs and cells, the (re)classification of failures, and one cell
+per (model, vLLM line, platform, feature) built from its records (``docs/matrix.md``)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pytest_vllm_compat.lockfiles import cell_locks
+from pytest_vllm_compat.results import STATUSES as RECORD_STATUSES
+from pytest_vllm_compat.stacks import split_line
+
+# a cell's statuses: a record's, and "flaky" for runs that disagree
+STATUSES = (*RECORD_STATUSES, "flaky")
+# conflict: the stack (--vllm-with) and the release cannot be installed together (stacks.py)
+FAILING = ("fail", "error", "conflict")
+SKIPPED = ("unsupported", "not_applicable")
+# Statuses that say something about vLLM; the others carry no verdict for regressions.
+VERDICT = ("pass", "fail")
+UNKNOWN_CATEGORY = "unknown"
+_UNKNOWN_CATEGORIES = {"", "unknown", "unclassified", "none"}
+_OUTCOME_TO_STATUS = {"passed": "pass", "failed": "fail", "error": "error", "skipped": "not_applicable"}
+_SEVERITY = {"fail": 4, "error": 3, "conflict": 2, "pass": 1}
+_SUMMARY_MAX = 200
+
+
+# --------------------------------------------------------------------------- statuses
+
+
+def _status_of(rec: Mapping[str, Any]) -> str:
+    status = rec.get("status")
+    if status in RECORD_STATUSES:
+        return str(status)
+    return _OUTCOME_TO_STATUS.get(str(rec.get("outcome")), "error")
+
+
+def _worst(statuses: Sequence[str]) -> str:
+    """The status of one run of a cell: the worst of its tests (fail > error > pass); a cell
+    whose tests were all skipped is ``not_applicable`` if all were so, else ``unsupported``."""
+    decisive = [s for s in statuses if s in _SEVERITY]
+    if decisive:
+        return max(decisive, key=_SEVERITY.__getitem__)
+    if statuses and all(s == "not_applicable" for s in statuses):
+        return "not_applicable"
+    return "unsupported"
+
+
+def merge_run_statuses(per_run: Sequence[str]) -> str:
+    """The status of a cell across runs: ``flaky`` when runs disagree between pass and
+    fail/error; otherwise the runs' common verdict (the worst one, fail over error) -- runs in
+    which every test was skipped say nothing when another run has a verdict."""
+    decisive = [s for s in per_run if s in _SEVERITY]
+    if "pass" in decisive and any(s in FAILING for s in decisive):
+        return "flaky"
+    return _worst(list(per_run))
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _is_unknown_category(category: Any) -> bool:
+    return category is None or str(category).strip().lower() in _UNKNOWN_CATEGORIES
+
+
+Classifier = Callable[[str, str | None, str | None], Mapping[str, Any] | None]
+
+
+def default_classifier(error_text: str, log_text: str | None, version: str | None) -> dict[str, Any] | None:
+    """Classify with the failure knowledge base (``pytest_vllm_compat.classify``)."""
+    from pytest_vllm_compat.classify import classify, exception_lines
+
+    return dict(classify(exception_lines(error_text), log_text, version=version).to_dict())
+
+
+def classification_of(rec: Mapping[str, Any], classifier: Classifier | None,
+                      cache: dict[tuple[Any, ...], Mapping[str, Any] | None]) -> Mapping[str, Any] | None:
+    """The record's classification; a failing record without one (or with an unknown category)
+    is classified again -- the knowledge base may have learned the failure since the run."""
+    cls = rec.get("classification")
+    cls = cls if isinstance(cls, Mapping) else None
+    if _status_of(rec) not in FAILING or classifier is None:
+        return cls
+    if cls is not None and not _is_unknown_category(cls.get("category")):
+        return cls
+    error = rec.get("error") or {}
+    error_text = str(error.get("text") or error.get("summary") or "")
+    log_text = rec.get("log_excerpt")
+    version = rec.get("vllm_version")
+    key = (error_text, log_text, version)
+    if key not in cache:
+        cache[key] = classifier(error_text, log_text, version)
+    new = cache[key]
+    if new is not None and not _is_unknown_category(new.get("category")):
+        return new
+    return cls or new
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def _one_line(text: Any, limit: int = _SUMMARY_MAX) -> str:
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def cell_slug(model: str, vllm_version: str, platform: str, feature: str) -> str:
+    """A stable, filename-safe id: a readable slug plus a short hash of the exact key, so two
+    keys that slug alike (``a:b`` and ``a-b``) never collide."""
+    key = "\x1f".join((model, vllm_version, platform, feature))
+    readable = re.sub(r"[^a-z0-9._]+", "-", f"{model}--{vllm_version}--{platform}--{feature}".lower())
+    readable = re.sub(r"-{3,}", "--", readable).strip("-.")[:96]
+    return f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def _chrono_key(rec: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(rec.get("finished_at") or rec.get("started_at") or ""), str(rec.get("run_id") or ""),
+            str(rec.get("test_id") or ""))
+
+
+def _merge_metrics(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Numeric metrics: the median of the values the cell's tests reported; anything else: the
+    latest value. The server's start time and restarts are folded in as ``server_start_s`` and
+    ``server_restarts``."""
+    values: dict[str, list[Any]] = defaultdict(list)
+    for rec in recs:  # chronological
+        for k, v in (rec.get("metrics") or {}).items():
+            if v is not None:
+                values[str(k)].append(v)
+        server = rec.get("server") or {}
+        if isinstance(server.get("start_time_s"), (int, float)):
+            values["server_start_s"].append(server["start_time_s"])
+        if isinstance(server.get("restarts"), int):
+            values["server_restarts"].append(server["restarts"])
+    merged: dict[str, Any] = {}
+    for k, vs in values.items():
+        nums = [v for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if k == "server_restarts":
+            merged[k] = max(nums)
+        elif nums and len(nums) == len(vs):
+            med = statistics.median(nums)
+            merged[k] = int(med) if all(isinstance(v, int) for v in nums) and med == int(med) else med
+        else:
+            merged[k] = vs[-1]
+    return merged
+
+
+def _test_entry(rec: Mapping[str, Any]) -> dict[str, Any]:
+    error = rec.get("error") or {}
+    server = rec.get("server") or {}
+    return {
+        "test_id": rec.get("test_id"),
+        "test_name": rec.get("test_name"),
+        "outcome": rec.get("outcome"),
+        "status": _status_of(rec),
+        "duration_s": rec.get("duration_s"),
+        "server_start_s": rec.get("server_start_s"),
+        "run_id": rec.get("run_id"),
+        "started_at": rec.get("started_at"),
+        "error_summary": _one_line(error.get("summary")) if error.get("summary") else None,
+        "skip_reason": rec.get("skip_reason"),
+        "log_path": server.get("log_path"),
+    }
+
+
+def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
+               classifications: Sequence[Mapping[str, Any] | None],
+               manifests_by_run: Mapping[str, Mapping[str, Any]],
+               locks: Mapping[str, str] | None = None) -> dict[str, Any]:
+    model, version, platform, feature = key
+    release, stack = split_line(version)
+    order = sorted(range(len(recs)), key=lambda i: _chrono_key(recs[i]))
+    recs = [recs[i] for i in order]
+    classifications = [classifications[i] for i in order]
+    statuses = [_status_of(r) for r in recs]
+
+    by_run: dict[str, list[int]] = defaultdict(list)
+    for i, rec in enumerate(recs):
+        by_run[str(rec.get("run_id") or "")].append(i)
+    runs: list[dict[str, Any]] = []
+    for run_id, idx in by_run.items():
+        run_statuses = [statuses[i] for i in idx]
+        runs.append({
+            "run_id": run_id,
+            "status": _worst(run_statuses),
+            "counts": dict(Counter(run_statuses)),
+            "started_at": min((str(recs[i].get("started_at") or "") for i in idx), default=""),
+        })
+    status = merge_run_statuses([r["status"] for r in runs])
+
+    # The representative test: the latest of the worst status (the failing one for flaky cells).
+    if status == "flaky":
+        wanted = max((s for s in statuses if s in FAILING), key=_SEVERITY.__getitem__)
+    elif status in SKIPPED:
+        wanted = status if status in statuses else statuses[-1]
+    else:
+        wanted = status
+    rep = max(i for i, s in enumerate(statuses) if s == wanted) if wanted in statuses else len(recs) - 1
+    rep_rec, rep_cls = recs[rep], classifications[rep] or {}
+
+    category = kind = title = explanation = workaround = workaround_pin = fixed_in = None
+    refs: list[str] = []
+    if wanted in FAILING:
+        category = rep_cls.get("category")
+        category = UNKNOWN_CATEGORY if _is_unknown_category(category) else str(category)
+        kind = rep_cls.get("kind") or ("vllm" if wanted == "fail" else "infrastructure")
+        title = rep_cls.get("title")
+        explanation = rep_cls.get("explanation")
+        workaround = rep_cls.get("workaround")
+        workaround_pin = rep_cls.get("workaround_pin") or None
+        fixed_in = rep_cls.get("fixed_in")
+        refs = [str(r) for r in rep_cls.get("refs") or []]
+
+    counts = {s: 0 for s in RECORD_STATUSES}
+    counts.update(Counter(statuses))
+    latest = recs[-1]
+    server = latest.get("server") or {}
+    distribution = ",".join(sorted({str(r.get("distribution")) for r in recs if r.get("distribution")}))
+    provenance = latest.get("provenance") or {}
+    if not provenance:
+        envs = (manifests_by_run.get(str(latest.get("run_id"))) or {}).get("environments") or {}
+        provenance = (envs.get(f"{latest.get('distribution')}-{version}") or {}).get("provenance") or {}
+    error = rep_rec.get("error") or {}
+
+    if status == "pass":
+        summary = f"{counts['pass']} of {len(recs)} tests passed" + (
+            f" in {len(runs)} runs" if len(runs) > 1 else "")
+        if counts["pass"] < len(recs):
+            summary += f" ({len(recs) - counts['pass']} skipped)"
+    elif status in FAILING:
+        summary = f"{title or category}: {error.get('summary') or rep_rec.get('outcome') or status}"
+    elif status == "flaky":
+        passed = [r["run_id"] for r in runs if r["status"] == "pass"]
+        failed = [r["run_id"] for r in runs if r["status"] in FAILING]
+        summary = (f"flaky: passed in {len(passed)} run(s), {wanted} in {len(failed)} run(s) -- "
+                   f"{title or category}: {error.get('summary') or ''}")
+    else:
+        summary = rep_rec.get("skip_reason") or status.replace("_", " ")
+
+    return {
+        "cell_id": cell_slug(*key),
+        "model": model,
+        "families": sorted({str(f) for r in recs for f in r.get("families") or []}),
+        "model_source": latest.get("model_source"),
+        "vllm_version": version,  # the column: the release, +stack name for a pinned stack (stacks.line_of)
+        "release": release,
+        "stack": stack,
+        "distribution": distribution,
+        "platform": platform,
+        "device": latest.get("device"),
+        "feature": feature,
+        "status": status,
+        "category": category,
+        "kind": kind,
+        "title": title,
+        "summary": _one_line(summary),
+        "explanation": explanation,
+        "refs": refs,
+        "workaround": workaround,
+        "workaround_pin": workaround_pin,
+        "fixed_in": fixed_in,
+        "regression": False,
+        "tests": [_test_entry(r) for r in recs],
+        "counts": counts,
+        "runs": sorted(runs, key=lambda r: (r["started_at"], r["run_id"])),
+        "provenance": provenance,
+        **cell_locks(recs, locks or {}),
+        "serve_args": server.get("serve_args") or {},
+        "argv": server.get("argv") or [],
+        "env": server.get("env") or {},
+        "log_excerpt": rep_rec.get("log_excerpt") if wanted in FAILING else None,
+        "metrics": _merge_metrics(recs),
+        "first_seen": min((str(r.get("started_at")) for r in recs if r.get("started_at")), default=None),
+        "last_seen": max((str(r.get("finished_at") or r.get("started_at")) for r in recs
+                          if r.get("finished_at") or r.get("started_at")), default=None),
+    }
+
