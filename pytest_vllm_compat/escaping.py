@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import html
-from typing import Any
 
 
-def esc(value: Any) -> str:
+def esc(value: object) -> str:
     """``html.escape(str(value), quote=True)``; None -> ''."""
     if value is None:
         return ""
