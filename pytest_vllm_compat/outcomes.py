@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-# --- schema ids of the files the plugin writes (docs/records.md, docs/matrix.md) ------------------------------
+# --- schema ids of the files the plugin writes (docs/records.md, docs/matrix.md) ----------------------------
 RECORD_SCHEMA = "pytest-vllm-compat/record@1"
 MANIFEST_SCHEMA = "pytest-vllm-compat/manifest@1"
 MATRIX_SCHEMA = "pytest-vllm-compat/matrix@1"
 GOLDEN_SCHEMA = "pytest-vllm-compat/golden@1"
+BISECT_SCHEMA = "pytest-vllm-compat/bisect@1"
 
-# --- statuses -------------------------------------------------------------------------------------------------
+# --- statuses -----------------------------------------------------------------------------------------------
 # A test's record. conflict: the stack (--vllm-with) and the release cannot be installed together.
 STATUSES: tuple[str, ...] = ("pass", "fail", "error", "conflict", "unsupported", "not_applicable")
 # A matrix cell's: a record's, or flaky when runs disagree between pass and fail.
@@ -30,7 +31,7 @@ SEVERITY: tuple[str, ...] = ("fail", "error", "conflict", "flaky", "pass", "unsu
 UNSUPPORTED_PREFIX = "unsupported: "
 NOT_APPLICABLE_PREFIX = "not applicable: "
 
-# --- classification kinds (data/failures.toml ``kind``) --------------------------------------------------------
+# --- classification kinds (data/failures.toml ``kind``) -----------------------------------------------------
 # vllm: the vLLM under test is broken; infrastructure: the test machinery failed (status error); platform: the
 # platform cannot do it; stack: the pinned dependency stack cannot be installed with the release (conflict).
 KINDS: tuple[str, ...] = ("vllm", "infrastructure", "platform", "stack")
@@ -38,7 +39,7 @@ KINDS: tuple[str, ...] = ("vllm", "infrastructure", "platform", "stack")
 
 def unsupported(reason: str) -> NoReturn:
     """The vLLM version under test does not offer this feature (capability table): status `unsupported`."""
-    import pytest  # here, not above: the vocabulary is read by modules that run without pytest (the matrix CLI)
+    import pytest  # here, not above: modules that run without pytest (the matrix CLI) read the vocabulary
 
     pytest.skip(UNSUPPORTED_PREFIX + reason)
 
