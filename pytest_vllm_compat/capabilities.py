@@ -15,6 +15,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -86,17 +88,16 @@ class VersionCaps:
 
 # --------------------------------------------------------------------------- versions
 
-_VERSION_RE = re.compile(r"^\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:\.(\d+))?(?=$|[.+\-_a-zA-Z])")
-
-
 def parse_version(version: str) -> tuple[int, int, int]:
-    """``"0.6.4.post1"`` -> ``(0, 6, 4)``; rc/dev/post/local suffixes are dropped."""
+    """``"0.6.4.post1"`` -> ``(0, 6, 4)`` (PEP 440, ``packaging.version``): the release's first three numbers,
+    rc/dev/post/local suffixes dropped."""
     if not isinstance(version, str):
         raise UnknownVersion(f"not a version string: {version!r}")
-    m = _VERSION_RE.match(version)
-    if not m:
-        raise UnknownVersion(f"cannot parse vLLM version {version!r}")
-    major, minor, patch = (int(g) if g is not None else 0 for g in m.groups()[:3])
+    try:
+        release = Version(version).release
+    except InvalidVersion:
+        raise UnknownVersion(f"cannot parse vLLM version {version!r}") from None
+    major, minor, patch = (*release, 0, 0)[:3]
     return (major, minor, patch)
 
 
@@ -122,7 +123,7 @@ def _parse_range(spec: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]
 class _Row:
     lo: tuple[int, int, int]
     hi: tuple[int, int, int]
-    data: dict
+    data: dict[str, Any]  # a TOML row, defaults merged in
 
 
 def _load_text() -> str:
@@ -130,7 +131,7 @@ def _load_text() -> str:
 
 
 @lru_cache(maxsize=1)
-def _table() -> tuple[dict, tuple[_Row, ...]]:
+def _table() -> tuple[dict[str, Any], tuple[_Row, ...]]:
     doc = tomllib.loads(_load_text())
     defaults = doc.get("defaults", {})
     rows = []
@@ -151,7 +152,7 @@ def _fmt(v: tuple[int, int, int]) -> str:
     return ".".join(map(str, v))
 
 
-def _caps_from(version: str, data: dict, extra_notes: tuple[str, ...] = ()) -> VersionCaps:
+def _caps_from(version: str, data: dict[str, Any], extra_notes: tuple[str, ...] = ()) -> VersionCaps:
     return VersionCaps(
         version=version,
         range=data["range"],
