@@ -18,14 +18,11 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from .stacks import canonical_name  # PEP 503, by packaging: Lm_Format.Enforcer is lm-format-enforcer
+
 LOCKS_DIR = "locks"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(==|===|@)\s*(.+?)\s*$")
-
-
-def canonical_name(name: str) -> str:
-    """PEP 503 normalisation: ``Lm_Format.Enforcer`` and ``lm-format-enforcer`` are one package."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def parse_lock(text: str) -> dict[str, str]:
