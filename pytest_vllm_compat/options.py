@@ -163,3 +163,59 @@ def resolve(config: pytest.Config, name: str, environ: dict[str, str] | None = N
 
 def resolve_all(config: pytest.Config, environ: dict[str, str] | None = None) -> dict[str, Resolved]:
     return {o.name: resolve(config, o.name, environ) for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option as resolved (:func:`resolve_settings`), typed: ``settings.startup_timeout`` rather than a
+    lookup by name. ``resolved`` keeps each option's value and where it came from (the run manifest lists
+    them); the field names are the ini names without their ``vllm_`` prefix (``with_`` for ``vllm_with``)."""
+
+    versions: str
+    pre: bool
+    with_: str
+    python: Path | None
+    device: str
+    models: Path
+    results: Path
+    env_dir: Path | None
+    startup_timeout: float
+    hang_timeout: float
+    port: int
+    installer: str
+    max_restarts: int
+    max_servers: int
+    shard: str
+    runtime: str
+    compile_cache: str
+    servers_per_gpu: int
+    golden: Path | None
+    save_golden: Path | None
+    drift_tolerance: float
+    gpu_lock_dir: Path | None
+    resolved: dict[str, Resolved]
+
+    def source(self, name: str) -> str:
+        """Where the option ``name`` (its ini name, e.g. ``vllm_versions``) came from: cli, env, ini or default."""
+        return self.resolved[name].source
+
+    def given_as(self, name: str) -> str:
+        """How the user wrote the option that set ``name``: its flag, env variable or ini key."""
+        o = BY_NAME[name]
+        return {"env": o.env, "ini": o.name}.get(self.source(name), o.flag)
+
+
+def field_name(option: str) -> str:
+    """The :class:`Settings` field of an option's ini name: ``vllm_with`` -> ``with_``."""
+    short = option.removeprefix("vllm_")
+    return "with_" if short == "with" else short
+
+
+def resolve_settings(config: pytest.Config, environ: dict[str, str] | None = None) -> Settings:
+    """Every option resolved (CLI > env > ini > default) into one typed :class:`Settings`."""
+    resolved = resolve_all(config, environ)
+    values = {field_name(name): r.value for name, r in resolved.items()}
+    values["versions"] = str(values["versions"] or "")
+    values["with_"] = str(values["with_"] or "")
+    values["shard"] = str(values["shard"] or "")
+    return Settings(**values, resolved=resolved)

@@ -273,6 +273,46 @@ def compose_record(f: FinishedTest) -> dict[str, Any]:
 
 
 @dataclass
+class FinishedRun:
+    """What the pytest layer knows about a finished run; :func:`compose_manifest` makes its manifest."""
+
+    run_id: str
+    started_at: str
+    argv: Sequence[str]
+    versions: Sequence[str]
+    versions_requested: str
+    versions_note: str
+    stacks: Sequence[Any]  # stacks.Stack
+    index_versions: list[str] | None
+    device_info: Mapping[str, Any]
+    env_errors: Mapping[str, str]
+    options: Mapping[str, Any]  # option name -> options.Resolved
+    exitstatus: int
+
+
+def compose_manifest(f: FinishedRun, run: RunSummary) -> dict[str, Any]:
+    """The run manifest (docs/records.md): what ran, on what, with which options (secrets redacted), and what
+    the run's files say (environments, servers, counts, leftover processes)."""
+    from . import __version__
+
+    return {
+        "run_id": f.run_id, "started_at": f.started_at, "finished_at": now_iso(),
+        "plugin_version": __version__,
+        "argv": [redact(a) for a in f.argv], "versions": list(f.versions),
+        "versions_requested": f.versions_requested, "versions_note": f.versions_note,
+        "stacks": [stack_record(st) for st in f.stacks],
+        # The releases the index offered (as last listed): the matrix shows the ones no run tested as gaps.
+        "index_versions": f.index_versions,
+        "device": f.device_info, "host": host_info(), "environments": run.environments,
+        "env_errors": f.env_errors, "counts": run.counts, "servers": run.servers,
+        "leftover_pids": run.leftover_pids, "exitstatus": int(f.exitstatus),
+        # Every plugin option as resolved, with where it came from (cli, env, ini, default).
+        "options": {name: {"value": redact(str(r.value)) if r.value is not None else None, "source": r.source}
+                    for name, r in f.options.items()},
+    }
+
+
+@dataclass
 class RunSummary:
     """A run as its files say it, read once (the manifest and the terminal summary both use it)."""
 

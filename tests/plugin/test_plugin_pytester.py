@@ -1113,3 +1113,45 @@ def test_a_backend_selector_in_the_shell_is_named_once_and_not_inherited(project
     assert result.stdout.str().count("is set in this shell") == 1
     monkeypatch.delenv("VLLM_ATTENTION_BACKEND")
     assert "is set in this shell" not in project.run("--vllm=9.9.0", "--collect-only", "-q").stdout.str()
+
+
+HOOK_CONFTEST = """
+import json
+
+calls = []
+
+def pytest_vllm_compat_target(item, target, platform, feature):
+    calls.append(["target", item.name, target.version, platform, feature])
+
+def pytest_vllm_compat_record(item, record):
+    calls.append(["record", item.name, record["status"], record["feature"]])
+
+def pytest_vllm_compat_run_finished(config, manifest):
+    calls.append(["run_finished", manifest["run_id"], sum(manifest["counts"].values())])
+    with open("hook_calls.json", "w") as f:
+        json.dump(calls, f)
+"""
+
+
+def test_other_plugins_hear_of_targets_records_and_the_finished_run(project: Project) -> None:
+    """The plugin's own hooks (newhooks.py): what the allure integration hangs off, open to any plugin."""
+    project.ready("9.9.0")
+    project.pytester.makeconftest(HOOK_CONFTEST)
+    project.pytester.makepyfile(test_r=RECORD_TESTS)
+    result = project.run("--vllm=9.9.0", "-m", "mistral or not (llama or mistral)")
+    result.assert_outcomes(passed=3, skipped=2, failed=1)
+    calls = json.loads((project.pytester.path / "hook_calls.json").read_text())
+    targets = [c for c in calls if c[0] == "target"]
+    records = {c[1]: c[2:] for c in calls if c[0] == "record"}
+    assert sorted(c[1] for c in targets) == sorted(
+        f"{n}[tiny-mistral-vllm-cpu-9.9.0]" for n in
+        ("test_kv", "test_measured", "test_unsupported", "test_not_applicable", "test_fails"))
+    assert all(c[2:4] == ["9.9.0", "cpu"] for c in targets)
+    assert records["test_kv[tiny-mistral-vllm-cpu-9.9.0]"] == ["pass", "kv_cache"]
+    assert records["test_fails[tiny-mistral-vllm-cpu-9.9.0]"] == ["fail", "stability"]
+    assert records["test_unsupported[tiny-mistral-vllm-cpu-9.9.0]"] == ["unsupported", "other"]
+    assert len(records) == 5
+    finished = [c for c in calls if c[0] == "run_finished"]
+    assert len(finished) == 1 and finished[0][2] == 5 and calls[-1][0] == "run_finished"
+    run_ids = {r["run_id"] for r in project.records()}
+    assert run_ids == {finished[0][1]}

@@ -199,3 +199,20 @@ def test_vllm_python_bare_name_is_looked_up_on_path(pytester: pytest.Pytester, t
     assert rel.value == Path(pytester.path) / "venv" / "bin" / "python"  # a path stays a path
     with pytest.raises(pytest.UsageError, match=r"--vllm-python: 'no-such-python' is not on PATH \(from env\)"):
         resolve(pytester.parseconfig(), "vllm_python", {"VLLM_COMPAT_PYTHON": "no-such-python"})
+
+
+def test_settings_has_a_typed_field_per_option_with_its_source(ini_dir: pytest.Pytester) -> None:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(options.Settings)} - {"resolved"}
+    assert fields == {options.field_name(o.name) for o in OPTIONS}
+    s = options.resolve_settings(ini_dir.parseconfig("--vllm=0.32.0", "--vllm-with=transformers==5.16.1"),
+                                 {"VLLM_COMPAT_HANG_TIMEOUT": "3"})
+    assert (s.versions, s.with_, s.port, s.startup_timeout, s.hang_timeout) == (
+        "0.32.0", "transformers==5.16.1", 8123, 11.0, 3.0)
+    assert (s.source("vllm_versions"), s.source("vllm_port"), s.source("vllm_hang_timeout"),
+            s.source("vllm_max_servers")) == ("cli", "ini", "env", "default")
+    assert s.given_as("vllm_port") == "vllm_port" and s.given_as("vllm_hang_timeout") == "VLLM_COMPAT_HANG_TIMEOUT"
+    assert s.given_as("vllm_versions") == "--vllm" and s.given_as("vllm_max_servers") == "--vllm-max-servers"
+    assert isinstance(s.results, Path) and s.env_dir is None and s.pre is False and s.shard == ""
+    assert s.resolved["vllm_port"] == resolve(ini_dir.parseconfig(), "vllm_port", {})
