@@ -35,7 +35,7 @@ class Estimate:
     per_gpu_gib: float  # (weights + KV) / TP + overhead
     card_gib: float  # the smallest card that holds it at GPU_MEMORY_UTILIZATION
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, int | float]:
         return {"parameters": self.parameters, "weights_gib": round(self.weights_gib, 2),
                 "kv_bytes_per_token": self.kv_bytes_per_token, "kv_gib": round(self.kv_gib, 3),
                 "per_gpu_gib": round(self.per_gpu_gib, 2), "card_gib": round(self.card_gib, 2)}

@@ -69,7 +69,7 @@ class ModelSpec:
     features: tuple[str, ...] = ()  # empty: every feature applies
     revision: str | None = None  # a hub model's pinned revision (commit sha, tag or branch)
     config: dict[str, Any] = field(default_factory=dict)  # config.json fields for the memory estimate
-    estimate: dict[str, Any] | None = None  # memory.Estimate.to_dict() when ``config`` is given
+    estimate: dict[str, int | float] | None = None  # memory.Estimate.to_dict() when ``config`` is given
 
     @property
     def source(self) -> str:
@@ -138,7 +138,7 @@ _MODEL_KEYS = {"builtin", "builtin_options", "path", "hub", "families", "serve_a
 
 
 def _with_estimate(requires: Requirements, config: dict[str, Any], serve_args: dict[str, Any],
-                   where: str) -> tuple[Requirements, dict[str, Any] | None]:
+                   where: str) -> tuple[Requirements, dict[str, int | float] | None]:
     """The memory estimate of a model whose ``config`` fields are given: it fills ``requires.gpu_memory_gib``
     when the entry leaves it out, and an entry that declares less than the estimate is an error."""
     if not config:
