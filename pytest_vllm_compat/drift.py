@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .results import model_slug
 from .versions import version_key
@@ -74,7 +74,16 @@ def request_body(prompt: str, model: str) -> dict[str, Any]:
             "logprobs": TOP_K, "ignore_eos": True, "return_tokens_as_token_ids": True}
 
 
-def generate(client: Any, prompts: Sequence[str] = PROMPTS) -> list[Output]:
+class CompletionClient(Protocol):
+    """What :func:`generate` uses of a ``client.VLLMClient``."""
+
+    model: str
+
+    def completion(self, prompt: str, *, max_tokens: int = ..., temperature: float = ...,
+                   **extra: Any) -> dict[str, Any]: ...
+
+
+def generate(client: CompletionClient, prompts: Sequence[str] = PROMPTS) -> list[Output]:
     """Each prompt's output, one request at a time in a fixed order (``client``: a ``VLLMClient``)."""
     out = []
     for prompt in prompts:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pytest_vllm_compat.gpu_discovery import GPU, discover
 from pytest_vllm_compat.locks import file_lock, release, try_lock
@@ -219,8 +218,9 @@ class DeviceLeaser:
         return None
 
     @contextlib.contextmanager
-    def leased(self, count: int, **kwargs: Any) -> Iterator[Lease]:
-        lease = self.lease(count, **kwargs)
+    def leased(self, count: int, *, min_free_mib: int = 0, timeout: float = 600.0,
+               where: Callable[[GPU], bool] | None = None) -> Iterator[Lease]:
+        lease = self.lease(count, min_free_mib=min_free_mib, timeout=timeout, where=where)
         try:
             yield lease
         finally:

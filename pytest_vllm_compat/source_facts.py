@@ -30,10 +30,10 @@ def _parse(src: str) -> ast.Module | None:
 
 def _strings(node: ast.AST) -> list[str] | None:
     """The strings of a literal list/tuple/set of string constants, else None."""
-    if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and node.elts and all(
-            isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
-        return [e.value for e in node.elts]  # type: ignore[attr-defined]
-    return None
+    if not isinstance(node, (ast.List, ast.Tuple, ast.Set)) or not node.elts:
+        return None
+    found = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return found if len(found) == len(node.elts) else None
 
 
 def string_choices(src: str) -> list[list[str]]:
