@@ -28,6 +28,11 @@ class ProvisionError(RuntimeError):
         self.output = output
 
 
+# Tracebacks, and so result records, name the error by its module: it keeps the name it was recorded and
+# classified under before it moved here (pytest_vllm_compat.environments re-exports it).
+ProvisionError.__module__ = "pytest_vllm_compat.environments"
+
+
 _BROKE_PATTERNS = (
     re.compile(r"Cannot install (.+?) because"),
     re.compile(r"Because (.+?) (?:depends on|requires|and you require)"),

@@ -11,7 +11,7 @@
 Terms are comma-separated and may be mixed; a release named twice runs once (the first position wins).
 "Final" leaves out pre-releases (``rc``, ``a``, ``b``, ``dev``) and ``.postN`` rebuilds; ``pre=True``
 (``--vllm-pre``) takes them in. Exact versions pass through unchanged whatever ``pre`` says. Pure logic:
-the caller lists the index (``environments.available_versions``).
+the caller lists the index (``package_index.available_versions``).
 """
 
 from __future__ import annotations

