@@ -24,9 +24,9 @@ from .environments import (
 from .fixture_types import ItemState
 from .lockfiles import store_lock
 from .markers import FEATURES, feature_of, group_of, target_of
+from .outcomes import NOT_APPLICABLE_PREFIX
 from .registry import ModelSpec
 from .results import (
-    NOT_APPLICABLE_PREFIX,
     FinishedRun,
     FinishedTest,
     RecordWriter,

@@ -17,7 +17,7 @@ from .configure import build_plugin, load_models
 from .environments import VLLMEnvironment, server_help
 from .fixture_types import DriftSettings, ItemState, OpenAISDK, RecordExtras, ServerFactory
 from .markers import register_markers, server_marker
-from .results import NOT_APPLICABLE_PREFIX
+from .outcomes import NOT_APPLICABLE_PREFIX
 from .server import VLLMServer
 from .session import Target
 

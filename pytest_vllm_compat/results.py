@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .outcomes import (
+    MANIFEST_SCHEMA,
+    RECORD_SCHEMA,
+    UNSUPPORTED_PREFIX,
+)
 from .redact import redact
 from .stacks import stack_record
 
-RECORD_SCHEMA = "pytest-vllm-compat/record@1"
-MANIFEST_SCHEMA = "pytest-vllm-compat/manifest@1"
-STATUSES = ("pass", "fail", "error", "conflict", "unsupported", "not_applicable")
-UNSUPPORTED_PREFIX = "unsupported: "
-NOT_APPLICABLE_PREFIX = "not applicable: "
 MAX_ERROR_TEXT = 20_000
 
 
