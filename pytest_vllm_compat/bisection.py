@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .outcomes import BISECT_SCHEMA
 from .versions import version_key
 
 GOOD, BAD, MIXED, UNINSTALLABLE, ERROR, EMPTY = "good", "bad", "mixed", "uninstallable", "error", "empty"
@@ -337,7 +338,7 @@ def load_results(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if isinstance(data, dict) and data.get("schema") == "pytest-vllm-compat/bisect@1":
+            if isinstance(data, dict) and data.get("schema") == BISECT_SCHEMA:
                 out.append(data)
     return out
 
@@ -345,7 +346,7 @@ def load_results(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
 def write_result(res: BisectResult, results_dir: Path) -> Path:
     out = Path(results_dir) / "bisect" / f"bisect-{res.good}-{res.bad}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"schema": "pytest-vllm-compat/bisect@1", **res.to_dict()}, indent=2, default=str))
+    out.write_text(json.dumps({"schema": BISECT_SCHEMA, **res.to_dict()}, indent=2, default=str))
     return out
 
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .outcomes import GOLDEN_SCHEMA
 from .results import model_slug
 from .versions import version_key
 
-GOLDEN_SCHEMA = "pytest-vllm-compat/golden@1"
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a", "1, 2, 3, 4, 5,")
 MAX_TOKENS = 16
 TOP_K = 5

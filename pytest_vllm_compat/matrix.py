@@ -21,9 +21,6 @@ from typing import Any
 
 from pytest_vllm_compat import drift, performance
 from pytest_vllm_compat.matrix_cells import (
-    FAILING,
-    SKIPPED,
-    STATUSES,
     UNKNOWN_CATEGORY,
     VERDICT,
     Classifier,
@@ -48,7 +45,9 @@ from pytest_vllm_compat.matrix_records import (
     load_records,
     record_files,
 )
-from pytest_vllm_compat.results import STATUSES as RECORD_STATUSES
+from pytest_vllm_compat.outcomes import CELL_STATUSES as STATUSES
+from pytest_vllm_compat.outcomes import FAILING, MATRIX_SCHEMA, SKIPPED
+from pytest_vllm_compat.outcomes import STATUSES as RECORD_STATUSES
 from pytest_vllm_compat.results import model_slug
 from pytest_vllm_compat.stacks import line_of
 from pytest_vllm_compat.versions import sort_versions, version_key
@@ -79,9 +78,6 @@ __all__ = [
     "version_key",
     "write_matrix",
 ]
-
-MATRIX_SCHEMA = "pytest-vllm-compat/matrix@1"
-
 
 class MatrixError(Exception):
     """A results directory cannot be turned into a matrix (e.g. it holds no records)."""

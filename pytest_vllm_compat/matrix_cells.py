@@ -11,20 +11,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pytest_vllm_compat.lockfiles import cell_locks
-from pytest_vllm_compat.results import STATUSES as RECORD_STATUSES
+from pytest_vllm_compat.outcomes import FAILING, SEVERITY, SKIPPED
+from pytest_vllm_compat.outcomes import STATUSES as RECORD_STATUSES
 from pytest_vllm_compat.stacks import split_line
 
-# a cell's statuses: a record's, and "flaky" for runs that disagree
-STATUSES = (*RECORD_STATUSES, "flaky")
-# conflict: the stack (--vllm-with) and the release cannot be installed together (stacks.py)
-FAILING = ("fail", "error", "conflict")
-SKIPPED = ("unsupported", "not_applicable")
 # Statuses that say something about vLLM; the others carry no verdict for regressions.
 VERDICT = ("pass", "fail")
 UNKNOWN_CATEGORY = "unknown"
 _UNKNOWN_CATEGORIES = {"", "unknown", "unclassified", "none"}
 _OUTCOME_TO_STATUS = {"passed": "pass", "failed": "fail", "error": "error", "skipped": "not_applicable"}
-_SEVERITY = {"fail": 4, "error": 3, "conflict": 2, "pass": 1}
+# the statuses that decide a run or a cell (the others are skips), ranked worst first by outcomes.SEVERITY
+_DECISIVE = (*FAILING, "pass")
 _SUMMARY_MAX = 200
 
 
@@ -41,9 +38,9 @@ def _status_of(rec: Mapping[str, Any]) -> str:
 def _worst(statuses: Sequence[str]) -> str:
     """The status of one run of a cell: the worst of its tests (fail > error > pass); a cell
     whose tests were all skipped is ``not_applicable`` if all were so, else ``unsupported``."""
-    decisive = [s for s in statuses if s in _SEVERITY]
+    decisive = [s for s in statuses if s in _DECISIVE]
     if decisive:
-        return max(decisive, key=_SEVERITY.__getitem__)
+        return min(decisive, key=SEVERITY.index)
     if statuses and all(s == "not_applicable" for s in statuses):
         return "not_applicable"
     return "unsupported"
@@ -53,7 +50,7 @@ def merge_run_statuses(per_run: Sequence[str]) -> str:
     """The status of a cell across runs: ``flaky`` when runs disagree between pass and
     fail/error; otherwise the runs' common verdict (the worst one, fail over error) -- runs in
     which every test was skipped say nothing when another run has a verdict."""
-    decisive = [s for s in per_run if s in _SEVERITY]
+    decisive = [s for s in per_run if s in _DECISIVE]
     if "pass" in decisive and any(s in FAILING for s in decisive):
         return "flaky"
     return _worst(list(per_run))
@@ -193,7 +190,7 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
 
     # The representative test: the latest of the worst status (the failing one for flaky cells).
     if status == "flaky":
-        wanted = max((s for s in statuses if s in FAILING), key=_SEVERITY.__getitem__)
+        wanted = min((s for s in statuses if s in FAILING), key=SEVERITY.index)
     elif status in SKIPPED:
         wanted = status if status in statuses else statuses[-1]
     else:

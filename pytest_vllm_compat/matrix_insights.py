@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
-from pytest_vllm_compat.matrix_cells import FAILING, STATUSES, UNKNOWN_CATEGORY, VERDICT
+from pytest_vllm_compat.matrix_cells import UNKNOWN_CATEGORY, VERDICT
+from pytest_vllm_compat.outcomes import CELL_STATUSES, FAILING
 from pytest_vllm_compat.stacks import canonical_name, line_of, split_line
 from pytest_vllm_compat.version_spec import is_final
 from pytest_vllm_compat.versions import sort_versions, version_key
@@ -89,7 +90,7 @@ def summary_by_version(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
         groups[(c["platform"], c["vllm_version"])].append(c)
     out = []
     for (platform, version), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], version_key(kv[0][1]))):
-        counts = {s: 0 for s in STATUSES}
+        counts = {s: 0 for s in CELL_STATUSES}
         counts.update(Counter(c["status"] for c in cs))
         applicable = len(cs) - counts["unsupported"] - counts["not_applicable"]
         out.append({

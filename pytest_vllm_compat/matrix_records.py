@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_vllm_compat.results import MANIFEST_SCHEMA, RECORD_SCHEMA
+from pytest_vllm_compat.outcomes import MANIFEST_SCHEMA, RECORD_SCHEMA
 
 __all__ = ["MANIFEST_SCHEMA", "RECORD_SCHEMA", "load_manifests", "load_records", "record_files"]
 
