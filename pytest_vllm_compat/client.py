@@ -81,4 +81,5 @@ def text_of(response: dict[str, Any]) -> str:
 
 
 def finish_reason(response: dict[str, Any]) -> str | None:
-    return response["choices"][0].get("finish_reason")
+    reason = response["choices"][0].get("finish_reason")
+    return None if reason is None else str(reason)
