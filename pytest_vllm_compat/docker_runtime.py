@@ -1,17 +1,26 @@
 """Run a vLLM server in the official ``vllm/vllm-openai`` image instead of a provisioned venv.
 
-Only argv is built here (no shell anywhere: every argument is its own list element); the server
-module starts and stops the process like any other server command. ``docker run --rm --init``
-in the foreground makes the docker client's lifetime the container's; ``stop_container_argv``
-removes it when the client is gone but the container is not.
+Everything about Docker lives here: :class:`DockerRuntime` (a ``runtime.Runtime``), the image as the
+environment (:func:`docker_environment`), the engine check. Only argv is built (no shell anywhere: every
+argument is its own list element); ``VLLMServer`` starts and stops the process like any other server
+command. ``docker run --rm --init`` in the foreground makes the docker client's lifetime the container's;
+the runtime's cleanup command (``docker rm -f NAME``) removes it when the client is gone but the container
+is not.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
+
+from .environments import VLLMEnvironment
+from .runtime import API_KEY_ENV, process_env, shown_env
+from .server_spec import ServerSpec
 
 DEFAULT_REPOSITORY = "vllm/vllm-openai"
 DEFAULT_ENTRYPOINT = ("python3", "-m", "vllm.entrypoints.openai.api_server")
@@ -134,3 +143,81 @@ def container_cache_env(host_cache_env: Mapping[str, str]) -> dict[str, str]:
 def stop_container_argv(name: str, docker: str = "docker") -> list[str]:
     """``docker rm -f NAME``: stops and removes the container (a no-op error if it is already gone)."""
     return [docker, "rm", "-f", name]
+
+
+def docker_environment(version: str) -> VLLMEnvironment:
+    """The environment of a release under Docker: the official image; nothing is installed on the host."""
+    return VLLMEnvironment(name=f"docker-vllm-openai-{version}", distribution="vllm", version=version,
+                           python=Path("docker"), path=None,
+                           provenance={"packages": {"vllm": version}, "image": image_for(version)})
+
+
+@dataclass
+class DockerRuntime:
+    """One server in a ``docker run`` of the official image (a ``runtime.Runtime``).
+
+    The container gets ``container_env`` (``-e``), the lease's ``devices`` (``--gpus``), the model
+    directory read-only and the Hugging Face cache; the docker client process gets the same environment a
+    venv server would (``process_env``), from which ``-e VLLM_API_KEY`` copies the key into the container.
+    """
+
+    version: str
+    name: str  # the container's
+    container_env: dict[str, str] = field(default_factory=dict)
+    devices: list[int] | None = None  # nvidia-smi indices of the lease; None: no GPU
+    hf_cache: Path | None = None
+    model_dir: Path | None = None  # a local model, mounted read-only; None: a hub id fetched in the container
+    extra_docker_args: list[str] = field(default_factory=list)  # docker options (the compile-cache mount)
+    extra_args: list[str] = field(default_factory=list)  # after the spec's serve args (a packed GPU's share)
+    offline: bool = True  # the client's environment (and what records show), as for a venv server
+    api_key_env: str = API_KEY_ENV
+    docker: str = "docker"
+
+    kind: ClassVar[str] = "docker"
+
+    @classmethod
+    def for_spec(cls, spec: ServerSpec, *, devices: Sequence[int] | None = None, cache_root: Path | None = None,
+                 cache_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
+                 hf_cache: Path | None = None) -> DockerRuntime:
+        """The runtime of one server of ``spec``: a fresh container name; a local model directory mounted; the
+        compile-cache root (``cache_root``, with the variables ``cache_env`` of compile_cache.ServerCache)
+        mounted and its variables pointed inside; ``hf_cache`` (default ~/.cache/huggingface, if it exists)."""
+        name = f"vllm-compat-{spec.key[-8:]}-{int(time.time() * 1000) % 10**8}"
+        if hf_cache is None:
+            home_cache = Path.home() / ".cache" / "huggingface"
+            hf_cache = home_cache if home_cache.is_dir() else None
+        local = Path(spec.model_path).is_dir()
+        mounts: list[str] = []
+        env_in_container = spec.env_dict()
+        if cache_root is not None:
+            # The kept (or fresh) cache root is mounted into the container and the variables point there.
+            mounts = ["-v", f"{cache_root}:{CONTAINER_COMPILE_CACHE}"]
+            env_in_container = {**container_cache_env(cache_env or {}), **env_in_container}
+        return cls(version=spec.version, name=name, container_env=env_in_container,
+                   devices=list(devices) if devices else None, hf_cache=hf_cache,
+                   model_dir=Path(spec.model_path) if local else None, extra_docker_args=mounts,
+                   extra_args=list(extra_args), offline=local)
+
+    @property
+    def image(self) -> str:
+        return image_for(self.version)
+
+    def argv(self, spec: ServerSpec, *, port: int, api_key: str) -> list[str]:
+        # api_key is not used: the key always travels as -e VLLM_API_KEY, from the client's environment.
+        return build_docker_argv(
+            version=self.version, model=spec.model, container_model=None, port=port, api_key_env=self.api_key_env,
+            serve_args=list(spec.serve_args) + list(self.extra_args), env=self.container_env, devices=self.devices,
+            hf_cache=self.hf_cache, name=self.name, model_dir=self.model_dir,
+            extra_docker_args=self.extra_docker_args, docker=self.docker)
+
+    def env(self, spec: ServerSpec) -> dict[str, str]:
+        return process_env(spec, offline=self.offline)
+
+    def shown_env(self, spec: ServerSpec) -> dict[str, str]:
+        return shown_env(spec, offline=self.offline)
+
+    def cleanup_argv(self) -> list[str]:
+        return stop_container_argv(self.name, docker=self.docker)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "image": self.image, "container": self.name}

@@ -1,7 +1,9 @@
 """Start, watch and stop one real vLLM OpenAI-compatible server process (and its whole process group).
 
-Security defaults: bind 127.0.0.1, a fresh random API key per server, argv lists (never a shell),
-secrets redacted from the stored log. The server runs in a session (process group) of its own so
+What to run and with which environment comes from the server's :class:`~.runtime.Runtime` (a provisioned
+venv, an external interpreter, a Docker image). Security defaults: bind 127.0.0.1, a fresh random API key
+per server (in the environment, off the command line), argv lists (never a shell), secrets redacted from
+the stored log. The server runs in a session (process group) of its own so
 teardown reaches the API server, EngineCore and workers alike; it also gets PR_SET_PDEATHSIG so it
 dies with the pytest process even if that is SIGKILLed, and a marker in its environment so a later
 session can find and reap any survivor (`reap_stale`).
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,24 +31,14 @@ from typing import IO, Any
 
 import requests
 
-from .reaper import GUARDIAN, MARKER_ENV, processes_with_marker
+from .reaper import GUARDIAN, processes_with_marker
+from .reaper import MARKER_ENV as MARKER_ENV
 from .redact import redact, redact_argv, redact_env
+from .runtime import API_KEY_ENV, HOST, Runtime
+from .runtime import INHERITED_SELECTORS as INHERITED_SELECTORS
+from .server_spec import ServerSpec as ServerSpec
 
-HOST = "127.0.0.1"
-DEFAULT_ENTRY_POINT = ("-m", "vllm.entrypoints.openai.api_server")
-# Offline and quiet by default; a spec's env (and the user's environment) can override.
-BASE_ENV = {
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-    "PYTHONUNBUFFERED": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-# vLLM's API server reads its key from here when --api-key is not given (api_server.py, every release in
-# the capability table; the table's `api_key_env` names it per version).
-API_KEY_ENV = "VLLM_API_KEY"
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-# Variables that choose vLLM behaviour per test; inherited from the shell they would apply to every server.
-INHERITED_SELECTORS = ("VLLM_ATTENTION_BACKEND",)
+CLEANUP_TIMEOUT_S = 60.0  # a runtime's cleanup command (e.g. `docker rm -f NAME`)
 
 
 class ServerError(RuntimeError):
@@ -69,33 +60,6 @@ class ServerStartupTimeout(ServerError):
 
 class PortInUseError(ServerError):
     """The requested port is taken on 127.0.0.1."""
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """Everything that makes two servers different. Tests with equal specs share one server."""
-
-    model: str  # registry name
-    model_path: str  # local directory or hub id handed to --model
-    version: str
-    distribution: str
-    device: str  # "cpu" | "cuda"
-    serve_args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    trust_remote_code: bool = False
-    gpus: int = 0  # devices to lease (cuda)
-    label: str = ""  # human hint for the key, e.g. "xgrammar"
-
-    @property
-    def key(self) -> str:
-        payload = json.dumps([self.model, self.model_path, self.version, self.distribution, self.device,
-                              list(self.serve_args), list(self.env), self.trust_remote_code, self.gpus])
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
-        label = f"-{self.label}" if self.label else ""
-        return f"{self.model}-{self.distribution}-{self.version}{label}-{digest}"
-
-    def env_dict(self) -> dict[str, str]:
-        return dict(self.env)
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -147,42 +111,24 @@ def group_members(pgid: int) -> list[int]:
 class VLLMServer:
     """One vLLM server process. ``start()`` returns once ``/health`` answers 200."""
 
-    def __init__(self, spec: ServerSpec, python: Path | str, log_path: Path, *, port: int = 0,
-                 startup_timeout: float = 900.0, entry_point: Sequence[str] = DEFAULT_ENTRY_POINT,
-                 extra_env: Mapping[str, str] | None = None, offline: bool = True,
-                 pid_dir: Path | None = None, argv_override: Sequence[str] | None = None,
-                 argv_builder: Callable[[VLLMServer], list[str]] | None = None,
-                 cleanup_argv: Sequence[str] | None = None, keep_pythonpath: bool = False,
-                 default_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
-                 phase_guard: Callable[[], AbstractContextManager[Any]] | None = None,
-                 api_key_env: str | None = API_KEY_ENV) -> None:
+    def __init__(self, spec: ServerSpec, runtime: Runtime, log_path: Path, *, port: int = 0,
+                 startup_timeout: float = 900.0, pid_dir: Path | None = None,
+                 phase_guard: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
         self.spec = spec
-        self.python = str(python)
+        self.runtime = runtime  # what to run, with which environment (runtime.py)
         self.log_path = Path(log_path)
-        self.requested_port = port
+        self.requested_port = port  # 0: a free one
         self.startup_timeout = startup_timeout
-        self.entry_point = tuple(entry_point)
-        self.extra_env = dict(extra_env or {})  # wins over the spec's env (e.g. CUDA_VISIBLE_DEVICES of the lease)
-        self.default_env = dict(default_env or {})  # the spec's env wins over these (e.g. compile-cache dirs)
-        self.extra_args = list(extra_args)  # appended after the spec's serve args (e.g. a packed GPU's share)
         # Held while the server starts and while it stops (e.g. a lock per shared GPU, so that a
         # neighbour's start or exit does not change free memory during vLLM's memory profiling).
         self.phase_guard = phase_guard
         self._guard_depth = 0
         self.compile_cache: Any = None  # compile_cache.ServerCache, cleaned up by the session on stop
-        self.offline = offline
         self.pid_dir = pid_dir
-        self.argv_override = list(argv_override) if argv_override else None
-        self.argv_builder = argv_builder  # e.g. the docker runtime: needs the chosen port and API key
-        self.cleanup_argv = list(cleanup_argv) if cleanup_argv else None  # e.g. `docker rm -f NAME`
         self.lease: Any = None  # GPUs held for this server (cuda), released by the session on stop
         self.cpu_share: dict[str, Any] | None = None  # -n N on a CPU: the worker's cores (cpu_cores.py)
-        self.keep_pythonpath = keep_pythonpath  # an external interpreter (--vllm-python) may need it
         # Hex only: a urlsafe token can start with "-", which argparse then reads as an option (1 in 64 starts).
         self.api_key = secrets.token_hex(24)
-        # The key reaches the server through this environment variable (off the command line, which every
-        # user of the machine can read in ps); None: as --api-key, for a version that reads no such variable.
-        self.api_key_env = api_key_env
         self.marker = uuid.uuid4().hex
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -230,52 +176,26 @@ class VLLMServer:
     def redacted_argv(self) -> list[str]:
         return redact_argv(self.argv, self.secrets())
 
+    @property
+    def api_key_env(self) -> str | None:
+        """The variable that carries the key (off the command line, which every user of the machine can read
+        in ps); None: ``--api-key``, for a version that reads no such variable."""
+        return self.runtime.api_key_env
+
     def redacted_env(self) -> dict[str, str]:
-        offline = dict(OFFLINE_ENV) if self.offline else {}  # shown: a local model is served without the hub
-        env = redact_env(offline | self.default_env | dict(self.spec.env) | self.extra_env)
+        env = redact_env(self.runtime.shown_env(self.spec))
         if self.api_key_env:  # shown, so a record says how the key travelled; never its value
             env[self.api_key_env] = "***"
         return env
 
     # --- lifecycle ------------------------------------------------------------------------
     def build_argv(self) -> list[str]:
-        if self.argv_override is not None:
-            return list(self.argv_override)
-        if self.argv_builder is not None:
-            return self.argv_builder(self)
-        argv = [self.python, *self.entry_point, "--model", self.spec.model_path,
-                "--served-model-name", self.spec.model, "--host", HOST, "--port", str(self.port)]
-        if not self.api_key_env:
-            argv += ["--api-key", self.api_key]
-        if self.spec.trust_remote_code:
-            argv.append("--trust-remote-code")
-        argv += list(self.spec.serve_args) + self.extra_args
-        return argv
+        """The runtime's argv for this server's port (and key, where it must go on argv)."""
+        return self.runtime.argv(self.spec, port=self.port, api_key=self.api_key)
 
     def build_env(self) -> dict[str, str]:
-        """The server's environment: the user's, less what must not leak into vLLM (see ``INHERITED_SELECTORS``),
-        plus the plugin's defaults, the registry entry's env, the test's env, the marker and the API key."""
-        env = dict(os.environ)
-        # The pytest process's own venv must not leak into a provisioned environment's interpreter; an
-        # external one (--vllm-python, e.g. vLLM installed with --target and PYTHONPATH) keeps PYTHONPATH.
-        drop = ["PYTHONHOME", "VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_CURRENT_TEST"]
-        if not self.keep_pythonpath:
-            drop.append("PYTHONPATH")
-        # The plugin's own settings are not vLLM's: releases with --fail-on-environ-validation (0.26+) make
-        # any unknown VLLM_* variable fatal, and older ones warn about each.
-        drop += [k for k in env if k.startswith("VLLM_COMPAT_")]
-        # A backend selector left in the shell would silently pick the backend of every server on releases that
-        # honour it (and is an unknown variable, fatal with --fail-on-environ-validation, where it is gone,
-        # vllm#50292): only a registry entry's env or a test sets it.
-        drop += [k for k in INHERITED_SELECTORS if k in env]
-        for k in drop:
-            env.pop(k, None)
-        env.update(BASE_ENV)
-        if self.offline:
-            env.update(OFFLINE_ENV)
-        env.update(self.default_env)
-        env.update(self.spec.env_dict())
-        env.update(self.extra_env)
+        """The runtime's environment plus the marker (reaping) and the API key under ``api_key_env``."""
+        env = self.runtime.env(self.spec)
         env[MARKER_ENV] = self.marker
         env.pop(API_KEY_ENV, None)  # a user's own key must not override this server's (it wins over argv in old releases)
         if self.api_key_env:
@@ -321,7 +241,7 @@ class VLLMServer:
         )
         self._write_pidfile()
         # If this process dies without stopping the server, the guardian kills the whole tree (reaper.py).
-        GUARDIAN.watch(self.marker, self.cleanup_argv)
+        GUARDIAN.watch(self.marker, self.runtime.cleanup_argv() or None)
         assert self.proc.stdout is not None
         self._reader = threading.Thread(target=self._pump, args=(self.proc.stdout, log), daemon=True,
                                         name=f"vllm-log-{self.port}")
@@ -468,9 +388,10 @@ class VLLMServer:
             time.sleep(0.1)
         if self._reader:
             self._reader.join(timeout=5)
-        if self.cleanup_argv:
+        cleanup = self.runtime.cleanup_argv()
+        if cleanup:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                subprocess.run(self.cleanup_argv, capture_output=True, timeout=60, check=False)  # noqa: S603
+                subprocess.run(cleanup, capture_output=True, timeout=CLEANUP_TIMEOUT_S, check=False)  # noqa: S603
         self._remove_pidfile()
         if not self.leftover_processes():
             GUARDIAN.unwatch(self.marker)

@@ -24,7 +24,8 @@ from .environments import Provisioner, ProvisionError, VLLMEnvironment
 from .hub import Snapshot, SnapshotStore
 from .locks import file_lock
 from .registry import ModelDirError, ModelSpec, preflight_model_dir, serve_args_to_argv
-from .server import API_KEY_ENV, DEFAULT_ENTRY_POINT, ServerSpec, VLLMServer
+from .runtime import API_KEY_ENV, DEFAULT_ENTRY_POINT, InterpreterRuntime, Runtime, VenvRuntime
+from .server import ServerSpec, VLLMServer
 from .server_pool import ServerPool
 from .stacks import DEFAULT_STACK, Stack, line_of, split_line
 
@@ -139,11 +140,9 @@ class CompatSession:
         stack = self.stack_named(stack_name) if stack_name else DEFAULT_STACK
         if self.runtime == "docker":
             # The official image is the environment: nothing is installed on the host.
-            from .docker_runtime import image_for
+            from .docker_runtime import docker_environment
 
-            env = VLLMEnvironment(name=f"docker-vllm-openai-{version}", distribution="vllm", version=version,
-                                  python=Path("docker"), path=None,
-                                  provenance={"packages": {"vllm": version}, "image": image_for(version)})
+            env = docker_environment(version)
             self.envs[key] = env
             return env
         try:
@@ -239,7 +238,6 @@ class CompatSession:
         return caps.api_key_env if caps is not None else API_KEY_ENV
 
     def _make_server(self, spec: ServerSpec, log_path: Path) -> VLLMServer:
-        local = Path(spec.model_path).is_dir()
         lease = None
         extra_env: dict[str, str] = {}
         extra_args: list[str] = []
@@ -260,14 +258,9 @@ class CompatSession:
         guard = lease.phase_guard if lease is not None and lease.shared else None
         try:
             cache = self.cache_policy.for_server(env.name, uuid.uuid4().hex[:12], spec.env_dict())
-            if self.runtime == "docker":
-                server = self._docker_server(spec, log_path, lease, local, cache, extra_args, guard)
-            else:
-                server = VLLMServer(spec, env.python, log_path, port=self.port, startup_timeout=self.startup_timeout,
-                                    entry_point=self.entry_point(env.version), extra_env=extra_env, offline=local,
-                                    pid_dir=self.results_dir / ".servers", keep_pythonpath=env.path is None,
-                                    default_env={**defaults, **cache.env}, extra_args=extra_args, phase_guard=guard,
-                                    api_key_env=self.api_key_env(env.version))
+            runtime = self._runtime_for(spec, env, lease, cache, extra_env, extra_args, defaults)
+            server = VLLMServer(spec, runtime, log_path, port=self.port, startup_timeout=self.startup_timeout,
+                                pid_dir=self.results_dir / ".servers", phase_guard=guard)
         except BaseException:
             if cache is not None:
                 cache.cleanup()
@@ -279,35 +272,19 @@ class CompatSession:
         server.cpu_share = self.core_share.describe() if self.core_share is not None else None
         return server
 
-    def _docker_server(self, spec: ServerSpec, log_path: Path, lease: Any, local: bool, cache: ServerCache,
-                       extra_args: Sequence[str], guard: Any) -> VLLMServer:
-        from .docker_runtime import (
-            CONTAINER_COMPILE_CACHE,
-            build_docker_argv,
-            container_cache_env,
-            stop_container_argv,
-        )
+    def _runtime_for(self, spec: ServerSpec, env: VLLMEnvironment, lease: Any, cache: ServerCache,
+                     extra_env: dict[str, str], extra_args: list[str], defaults: dict[str, str]) -> Runtime:
+        """How one server of ``spec`` is launched: in the official image (--vllm-runtime=docker), or with the
+        environment's interpreter (a provisioned venv, or --vllm-python's, which keeps PYTHONPATH)."""
+        if self.runtime == "docker":
+            from .docker_runtime import DockerRuntime
 
-        name = f"vllm-compat-{spec.key[-8:]}-{int(time.time() * 1000) % 10**8}"
-        hf_cache = Path.home() / ".cache" / "huggingface"
-        mounts: list[str] = []
-        env_in_container = dict(spec.env_dict())
-        if cache.root is not None:
-            # The kept (or fresh) cache root is mounted into the container and the variables point there.
-            mounts = ["-v", f"{cache.root}:{CONTAINER_COMPILE_CACHE}"]
-            env_in_container = {**container_cache_env(cache.env), **env_in_container}
-
-        def argv(server: VLLMServer) -> list[str]:
-            return build_docker_argv(
-                version=spec.version, model=spec.model, container_model=None, port=server.port,
-                api_key_env=server.api_key_env or API_KEY_ENV, serve_args=list(spec.serve_args) + list(extra_args),
-                env=env_in_container,
-                devices=list(lease.indices) if lease else None, hf_cache=hf_cache if hf_cache.is_dir() else None,
-                name=name, model_dir=Path(spec.model_path) if local else None, extra_docker_args=mounts)
-
-        return VLLMServer(spec, "docker", log_path, port=self.port, startup_timeout=self.startup_timeout,
-                          offline=local, pid_dir=self.results_dir / ".servers", argv_builder=argv,
-                          cleanup_argv=stop_container_argv(name), extra_args=extra_args, phase_guard=guard)
+            return DockerRuntime.for_spec(spec, devices=list(lease.indices) if lease else None, cache_root=cache.root,
+                                          cache_env=cache.env, extra_args=extra_args)
+        kind = InterpreterRuntime if env.path is None else VenvRuntime
+        return kind(env.python, entry_point=self.entry_point(env.version), api_key_env=self.api_key_env(env.version),
+                    offline=Path(spec.model_path).is_dir(), default_env={**defaults, **cache.env},
+                    extra_env=extra_env, extra_args=extra_args)
 
     def _memory_preflight(self, spec: ServerSpec, lease: Any) -> None:
         cfg_path = Path(spec.model_path) / "config.json"

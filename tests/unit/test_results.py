@@ -161,13 +161,14 @@ def test_server_fields_for_a_packed_gpu_server(tmp_path: Path) -> None:
     from pytest_vllm_compat.compile_cache import CompileCachePolicy
     from pytest_vllm_compat.gpu import Lease
     from pytest_vllm_compat.results import server_fields
+    from pytest_vllm_compat.runtime import VenvRuntime
     from pytest_vllm_compat.server import ServerSpec, VLLMServer
 
     spec = ServerSpec(model="m", model_path="/x", version="0.26.0", distribution="vllm", device="cuda",
                       serve_args=("--max-model-len", "256"), env=(("HF_TOKEN", "hf_secret"),))
     cache = CompileCachePolicy("keep", tmp_path, tmp_path / "s").for_server("vllm-0.26.0-py3.12", "id")
-    server = VLLMServer(spec, "python3", tmp_path / "a.log", default_env=cache.env,
-                        extra_args=["--gpu-memory-utilization", "0.45"])
+    server = VLLMServer(spec, VenvRuntime("python3", default_env=cache.env,
+                                          extra_args=["--gpu-memory-utilization", "0.45"]), tmp_path / "a.log")
     server.compile_cache = cache
     server.lease = Lease(indices=(0,), slots=(1,), share=0.45)
     server.argv = server.build_argv()

