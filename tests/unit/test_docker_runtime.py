@@ -178,3 +178,62 @@ def test_docker_available_on_this_machine() -> None:
 def test_module_never_uses_a_shell() -> None:
     source = Path(docker_runtime.__file__).read_text()
     assert "shell=True" not in source and "os.system" not in source and "os.popen" not in source
+
+
+# ------------------------------------------------------------------------------ the runtime
+
+def test_docker_runtime_for_a_local_model_with_a_lease_and_a_compile_cache(tmp_path: Path) -> None:
+    from pytest_vllm_compat.docker_runtime import DockerRuntime
+    from pytest_vllm_compat.server import ServerSpec
+
+    model = tmp_path / "tiny"
+    model.mkdir()
+    spec = ServerSpec(model="tiny", model_path=str(model), version="0.26.0", distribution="vllm", device="cuda",
+                      serve_args=("--max-model-len", "512"), env=(("VLLM_LOGGING_LEVEL", "DEBUG"),))
+    runtime = DockerRuntime.for_spec(spec, devices=(2, 3), cache_root=tmp_path / "cache",
+                                     cache_env={"VLLM_CACHE_ROOT": str(tmp_path / "cache" / "vllm")},
+                                     extra_args=["--gpu-memory-utilization", "0.45"], hf_cache=tmp_path / "hf")
+    argv = runtime.argv(spec, port=18123, api_key=KEY)
+    name = runtime.name
+    assert name.startswith(f"vllm-compat-{spec.key[-8:]}-")
+    assert argv == [
+        "docker", "run", "--rm", "--name", name, "--init", "--ipc=host", "-p", "127.0.0.1:18123:18123",
+        "--gpus", '"device=2,3"',
+        "-e", "VLLM_CACHE_ROOT=/vllm-compat-cache/vllm", "-e", "VLLM_LOGGING_LEVEL=DEBUG", "-e", "VLLM_API_KEY",
+        "-v", f"{tmp_path}/hf:/root/.cache/huggingface", "-v", f"{model}:/models/tiny:ro",
+        "-v", f"{tmp_path}/cache:/vllm-compat-cache",
+        "--entrypoint", "python3", "vllm/vllm-openai:v0.26.0", "-m", "vllm.entrypoints.openai.api_server",
+        "--host", "0.0.0.0", "--port", "18123", "--model", "/models/tiny", "--served-model-name", "tiny",
+        "--max-model-len", "512", "--gpu-memory-utilization", "0.45"]
+    assert KEY not in " ".join(argv)  # the key travels in the docker client's environment only
+    assert runtime.cleanup_argv() == ["docker", "rm", "-f", name]
+    assert runtime.describe() == {"kind": "docker", "image": "vllm/vllm-openai:v0.26.0", "container": name}
+    assert runtime.offline and runtime.env(spec)["HF_HUB_OFFLINE"] == "1"
+    assert runtime.shown_env(spec) == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                       "VLLM_LOGGING_LEVEL": "DEBUG"}
+
+
+def test_docker_runtime_for_a_hub_model_without_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_vllm_compat.docker_runtime import DockerRuntime
+    from pytest_vllm_compat.server import ServerSpec, VLLMServer
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/huggingface: nothing mounted
+    spec = ServerSpec(model="org/m", model_path="org/m", version="0.32.0", distribution="vllm", device="cpu")
+    runtime = DockerRuntime.for_spec(spec)
+    assert (runtime.devices, runtime.hf_cache, runtime.model_dir, runtime.offline) == (None, None, None, False)
+    server = VLLMServer(spec, runtime, tmp_path / "d.log")
+    server.port = 18200
+    server.argv = server.build_argv()
+    assert "--gpus" not in server.argv and "-v" not in server.argv
+    assert after(server.argv, "--model") == ["org/m"] and "--served-model-name" not in server.argv
+    env = server.build_env()
+    assert env["VLLM_API_KEY"] == server.api_key and "HF_HUB_OFFLINE" not in server.redacted_env()
+    assert server.api_key not in " ".join(server.argv) and server.api_key not in " ".join(server.redacted_argv())
+
+
+def test_docker_environment_is_the_image() -> None:
+    from pytest_vllm_compat.docker_runtime import docker_environment
+
+    env = docker_environment("0.26.0")
+    assert (env.name, env.path, str(env.python)) == ("docker-vllm-openai-0.26.0", None, "docker")
+    assert env.provenance == {"packages": {"vllm": "0.26.0"}, "image": "vllm/vllm-openai:v0.26.0"}
