@@ -1,6 +1,7 @@
 """Server logs next to the site: each failing cell's log excerpt, and each test's server log when the site is
 built where the run's logs are, copied under ``logs/`` and linked relatively. The pages then work wherever
-the site is opened or published; a page never shows an absolute path of the machine that ran the test."""
+the site is opened or published; a page never shows an absolute path of the machine that ran the test. The
+cell page template renders the links (``log_link``, ``excerpt_href``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from .escaping import esc
 
 MAX_LOG_BYTES = 2_000_000  # a longer log keeps its last 2 MB (the failure is at the end)
 LOGS = "logs"
@@ -45,17 +44,16 @@ def copy_logs(matrix: Mapping[str, Any], out: Path) -> dict[str, str]:
     return links
 
 
-def log_cell(path: str | None, links: Mapping[str, str]) -> str:
-    """A test row's log: a relative link to the copy, else the file name alone."""
+def log_link(path: str | None, links: Mapping[str, str]) -> dict[str, str | None] | None:
+    """A test row's log: the file name and a relative link to the copy (``href`` None: not copied here)."""
     if not path:
-        return ""
-    base = Path(str(path)).name
-    if str(path) in links:
-        return f'<a href="../{LOGS}/{esc(links[str(path)])}">{esc(base)}</a>'
-    return f'<code title="not copied: the log was not on the machine that built this site">{esc(base)}</code>'
+        return None
+    name = links.get(str(path))
+    return {"name": Path(str(path)).name, "href": f"../{LOGS}/{name}" if name is not None else None}
 
 
-def excerpt_link(cell: Mapping[str, Any]) -> str:
+def excerpt_href(cell: Mapping[str, Any]) -> str | None:
+    """The relative link to the cell's log excerpt as a text file; None without an excerpt."""
     if not cell.get("log_excerpt"):
-        return ""
-    return f'<p><a href="../{LOGS}/{esc(excerpt_name(str(cell["cell_id"])))}">The excerpt as a text file</a></p>'
+        return None
+    return f"../{LOGS}/{excerpt_name(str(cell['cell_id']))}"

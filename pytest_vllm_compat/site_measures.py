@@ -1,12 +1,11 @@
 """The site's views of measured columns: output drift (verdicts, the two texts side by side with the
-divergence marked) and performance (figures per version, regression flags). Everything is escaped."""
+divergence marked) and performance (figures per version, regression flags). These functions shape the data;
+``templates/_measures.html.j2`` renders it (autoescaped)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-from .escaping import esc
 
 # Metrics shown in their own sections, not in the cell page's metrics table.
 HIDDEN_METRICS = ("drift_outputs", "drift_settings", "perf_repeats", "perf_workload")
@@ -29,51 +28,49 @@ PERF_PLOTS = (
 )
 
 PERF_PLOT_IDS = tuple(p[0] for p in PERF_PLOTS)
+_FIGURES = (("output tokens/s", "tokens_per_s"), ("TTFT p50 (ms)", "ttft_p50_ms"), ("TTFT p95 (ms)", "ttft_p95_ms"),
+            ("ITL p50 (ms)", "itl_p50_ms"), ("ITL p95 (ms)", "itl_p95_ms"))
 
 
-def grid_note(cell: Mapping[str, Any]) -> str:
-    """Under a grid cell's status word: the drift verdict, or a performance regression."""
-    out = ""
+def grid_note(cell: Mapping[str, Any]) -> dict[str, Any]:
+    """Under a grid cell's status word: the drift verdict, and each performance regression."""
     d = cell.get("drift")
-    if d:
-        out += f'<span class="cat drift-{esc(d["verdict"])}">drift: {esc(str(d["verdict"]).replace("_", " "))}</span>'
-    for r in cell.get("perf_regressions") or []:
-        out += f'<span class="cat">▼ {esc(r["figure"])} {r["change"]:+.0%}</span>'
-    return out
+    return {"drift": str(d["verdict"]) if d else None,
+            "perf": [{"figure": r["figure"], "change": f"{r['change']:+.0%}"}
+                     for r in cell.get("perf_regressions") or []]}
 
 
-def _marked(text: str | None, offset: int | None) -> str:
-    if text is None:
-        return '<span class="muted">(missing)</span>'
-    if offset is None:
-        return esc(text)
-    return esc(text[:offset]) + "<mark>" + esc(text[offset:]) + "</mark>"
-
-
-def drift_section(cell: Mapping[str, Any]) -> str:
+def drift_section(cell: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The cell page's drift verdict and, per prompt, the two outputs (None: the cell measured no drift)."""
     d = cell.get("drift")
     if not d:
-        return ""
+        return None
     verdict = str(d["verdict"])
-    head = (f'<p><b class="drift-{esc(verdict)}">{esc(verdict.replace("_", " "))}</b>: {esc(DRIFT_HELP.get(verdict))}'
-            + (f' (against <a href="{esc(d["vs_cell_id"])}.html">vLLM {esc(d["vs"])}</a>)' if d.get("vs_cell_id")
-               else "")
-            + f'. Within this version, the same requests twice: <b>{esc(d.get("repeatability"))}</b>'
-            + (f' (max |Δlogprob| {esc(d.get("repeat_max_abs_dlogprob"))})' if d.get("repeatability") else "")
-            + ".</p>")
-    if d.get("reason"):
-        head += f'<p class="muted">{esc(d["reason"])}</p>'
-    rows = "".join(
-        f'<tr><td><code>{esc(p["prompt"])}</code></td><td>{esc(p["verdict"])}</td>'
-        f'<td class="num">{esc(p.get("first_divergence")) if p.get("first_divergence") is not None else "–"}</td>'
-        f'<td class="num">{esc(p.get("max_abs_dlogprob_before"))}</td>'
-        f'<td><pre class="side">{_marked(p.get("text_a"), p.get("offset_a"))}</pre></td>'
-        f'<td><pre class="side">{_marked(p.get("text_b"), p.get("offset_b"))}</pre></td></tr>'
-        for p in d.get("prompts") or [])
-    table = ("<table><thead><tr><th>Prompt</th><th>Verdict</th><th>First diverging token</th>"
-             f"<th>max |Δlogprob| before it</th><th>vLLM {esc(d.get('vs'))}</th><th>vLLM {esc(cell['vllm_version'])}"
-             f"</th></tr></thead><tbody>{rows}</tbody></table>" if rows else "")
-    return "<h2>Output drift</h2>" + head + table
+    return {
+        "verdict": verdict,
+        "help": DRIFT_HELP.get(verdict),
+        "vs": d.get("vs"),
+        "vs_cell_id": d.get("vs_cell_id"),
+        "repeatability": d.get("repeatability"),
+        "repeat_max_abs_dlogprob": d.get("repeat_max_abs_dlogprob"),
+        "reason": d.get("reason"),
+        "version": cell["vllm_version"],
+        "prompts": [{"prompt": p["prompt"], "verdict": p["verdict"],
+                     "first_divergence": p.get("first_divergence"),
+                     "max_abs_dlogprob_before": p.get("max_abs_dlogprob_before"),
+                     "a": _marked(p.get("text_a"), p.get("offset_a")),
+                     "b": _marked(p.get("text_b"), p.get("offset_b"))}
+                    for p in d.get("prompts") or []],
+    }
+
+
+def _marked(text: str | None, offset: int | None) -> dict[str, Any] | None:
+    """An output split where it diverges (``after`` is marked); None when the text is missing."""
+    if text is None:
+        return None
+    if offset is None:
+        return {"before": text, "after": None}
+    return {"before": text[:offset], "after": text[offset:]}
 
 
 def _spread(metrics: Mapping[str, Any], key: str) -> str:
@@ -81,57 +78,38 @@ def _spread(metrics: Mapping[str, Any], key: str) -> str:
     return "" if value is None else f"{float(value):.1%}"
 
 
-def performance_section(cell: Mapping[str, Any]) -> str:
+def performance_section(cell: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The cell page's performance figures, server starts and regression flags (None: nothing measured)."""
     m = cell.get("metrics") or {}
     if m.get("tokens_per_s") is None and m.get("start_first_s") is None:
-        return ""
-    figures = [("output tokens/s", "tokens_per_s"), ("TTFT p50 (ms)", "ttft_p50_ms"), ("TTFT p95 (ms)", "ttft_p95_ms"),
-               ("ITL p50 (ms)", "itl_p50_ms"), ("ITL p95 (ms)", "itl_p95_ms")]
-    rows = "".join(
-        f"<tr><td>{esc(label)}</td><td class=\"num\">{esc(m.get(key))}</td>"
-        f'<td class="num">{_spread(m, key)}</td>'
-        f"<td>{esc(', '.join(str(r.get(key)) for r in m.get('perf_repeats') or []))}</td></tr>"
-        for label, key in figures if m.get(key) is not None)
-    starts = "".join(
-        f"<tr><td>{esc(label)}</td><td class=\"num\">{esc(m.get(f'start_{which}_s'))}</td>"
-        f"<td>{esc(m.get(f'compile_cache_{which}'))}</td><td>{esc(m.get(f'compile_cache_{which}_reason') or '')}</td></tr>"
-        for label, which in (("first start", "first"), ("second start", "second")) if m.get(f"start_{which}_s") is not None)
-    flags = "".join(
-        f'<li><b>{esc(r["figure"])}</b> {r["change"]:+.1%} against <a href="{esc(r["vs_cell_id"])}.html">vLLM '
-        f'{esc(r["vs"])}</a> ({esc(r["from"])} → {esc(r["to"])}; threshold {r["threshold"]:.0%})</li>'
-        for r in cell.get("perf_regressions") or [])
-    out = "<h2>Performance</h2>"
-    if m.get("perf_workload"):
-        out += f'<p class="muted">Workload: {esc(", ".join(f"{k}={v}" for k, v in m["perf_workload"].items()))}; ' \
-               f'host {esc(m.get("host_class"))}.</p>'
-    if flags:
-        out += f"<p><b>Regression</b> beyond the measured spread:</p><ul>{flags}</ul>"
-    if rows:
-        out += ("<table><thead><tr><th>Figure</th><th>Median</th><th>Spread</th><th>Repeats</th></tr></thead>"
-                f"<tbody>{rows}</tbody></table>")
-    if starts:
-        out += ("<table><thead><tr><th>Server start</th><th>Seconds</th><th>Compile cache</th><th>Reason</th>"
-                f"</tr></thead><tbody>{starts}</tbody></table>")
-    return out
+        return None
+    workload = m.get("perf_workload")
+    return {
+        "workload": ", ".join(f"{k}={v}" for k, v in workload.items()) if workload else None,
+        "host_class": m.get("host_class"),
+        "figures": [{"label": label, "median": m.get(key), "spread": _spread(m, key),
+                     "repeats": ", ".join(str(r.get(key)) for r in m.get("perf_repeats") or [])}
+                    for label, key in _FIGURES if m.get(key) is not None],
+        "starts": [{"label": label, "seconds": m.get(f"start_{which}_s"), "cache": m.get(f"compile_cache_{which}"),
+                    "reason": m.get(f"compile_cache_{which}_reason") or ""}
+                   for label, which in (("first start", "first"), ("second start", "second"))
+                   if m.get(f"start_{which}_s") is not None],
+        "flags": [{"figure": r["figure"], "change": f"{r['change']:+.1%}", "vs": r["vs"], "vs_cell_id": r["vs_cell_id"],
+                   "old": r["from"], "new": r["to"], "threshold": f"{r['threshold']:.0%}"}
+                  for r in cell.get("perf_regressions") or []],
+    }
 
 
-def index_section(matrix: Mapping[str, Any]) -> str:
+def index_section(matrix: Mapping[str, Any]) -> dict[str, Any]:
     """Drift verdicts per series and the performance regressions, for the index's trends section."""
-    drift_rows = "".join(
-        f"<tr><td>{esc(r['model'])}</td><td>{esc(r['platform'])}</td><td>{esc(r['stack'] or 'default')}</td>"
-        + "".join(f'<td><a href="cells/{esc(cid)}.html">{esc(v)}</a>: <span class="drift-{esc(verdict)}">'
-                  f'{esc(str(verdict).replace("_", " "))}</span></td>'
-                  for v, verdict, cid in zip(r["versions"], r["verdicts"], r["cell_ids"], strict=True))
-        + "</tr>" for r in matrix.get("drift") or [])
-    out = '<h3 id="drift">Output drift between consecutive tested versions</h3>'
-    out += ("<table><tbody>" + drift_rows + "</tbody></table>" if drift_rows
-            else '<p class="muted">No drift results.</p>')
-    regs = "".join(
-        f'<li>{esc(r["model"])} · {esc(r["platform"])}: <b>{esc(r["figure"])}</b> {r["change"]:+.1%} from vLLM '
-        f'{esc(r["from_version"])} to <a href="cells/{esc(r["cell_id"])}.html">{esc(r["to_version"])}</a> '
-        f'(threshold {r["threshold"]:.0%}: the larger of 10 % and the two versions\' measured spread)</li>'
-        for r in matrix.get("performance_regressions") or [])
-    out += '<h3 id="perf-regressions">Performance regressions</h3>'
-    out += (f"<ul>{regs}</ul>" if regs else '<p class="muted">None beyond the measured spread (figures of '
-            "different host classes are never compared).</p>")
-    return out
+    return {
+        "drift": [{"model": r["model"], "platform": r["platform"], "stack": r["stack"] or "default",
+                   "steps": [{"version": v, "verdict": str(verdict), "cell_id": cid}
+                             for v, verdict, cid in zip(r["versions"], r["verdicts"], r["cell_ids"], strict=True)]}
+                  for r in matrix.get("drift") or []],
+        "regressions": [{"model": r["model"], "platform": r["platform"], "figure": r["figure"],
+                         "change": f"{r['change']:+.1%}", "from_version": r["from_version"],
+                         "to_version": r["to_version"], "cell_id": r["cell_id"],
+                         "threshold": f"{r['threshold']:.0%}"}
+                        for r in matrix.get("performance_regressions") or []],
+    }
