@@ -248,6 +248,70 @@ def test_csp_allows_only_our_style_and_script(rendered: tuple[dict[str, Any], Pa
     assert "script-src 'none'" in (meta["content"] or "")
 
 
+HOSTILE = '<script>alert("x")</script>"\'&'
+
+
+def test_autoescaping_of_a_hostile_model_feature_and_error(tmp_path: Path, scenario: Any) -> None:
+    """Record strings reach every page escaped exactly once: inert markup, readable text, intact attributes."""
+    from pytest_vllm_compat.matrix import build_matrix
+
+    model, feature, error = f"m{HOSTILE}", f"f{HOSTILE}", f"AssertionError: {HOSTILE}"
+    bad = scenario.record(model, "1.0.0", feature, "fail", metrics={"kv_cache_tokens": 900})
+    bad["error"] = {"phase": "call", "summary": error, "text": "Traceback ..."}
+    bad["log_excerpt"] = f"ERROR {HOSTILE}"
+    m = build_matrix([scenario.record(model, "0.9.0", feature, "pass", metrics={"kv_cache_tokens": 1000}), bad],
+                     classifier=None)
+    site.render_site(m, tmp_path, title=f"T{HOSTILE}")
+    (cell,) = [c for c in m["cells"] if c["status"] == "fail"]
+    index, detail = tmp_path / "index.html", tmp_path / "cells" / f"{cell['cell_id']}.html"
+    for page in (index, detail, tmp_path / "unclassified.html", tmp_path / "diff-0.9.0-1.0.0.html"):
+        raw = page.read_text()
+        assert raw.count("<script") == (1 if page == index else 0), page.name
+        assert HOSTILE not in raw and escaped(HOSTILE) in raw, page.name
+        assert "&amp;lt;" not in raw and "&amp;#" not in raw and "&amp;amp;" not in raw, page.name  # not twice
+        tree = parse(page)
+        assert all(not k.startswith("on") for _, attrs in tree.tags for k in attrs), page.name
+        text = "".join(tree.text)
+        assert model in text, page.name  # people read the string as it was
+        assert f"T{HOSTILE}" in text, page.name  # the title
+    tree = parse(index)
+    assert {a.get("data-model") for a in tree.find("tr") if a.get("data-model")} == {model}
+    assert {a.get("data-feature") for a in tree.find("section") if a.get("data-feature")} == {feature}
+    assert feature in {o.get("value") for o in tree.find("option")}
+    svg = index.read_text().split('<figure id="plot-kv-cache">', 1)[1].split("</figure>", 1)[0]
+    assert escaped(f"{model} · cpu") in svg  # a chart's legend and point titles, escaped once
+    text = "".join(parse(detail).text)
+    assert error in text and f"ERROR {HOSTILE}" in text and feature in text
+
+
+def test_each_page_csp_hashes_its_inlined_style_and_script(rendered: tuple[dict[str, Any], Path]) -> None:
+    import base64
+    import hashlib
+
+    def sha(text: str) -> str:
+        return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+    _, out = rendered
+    static = Path(site.__file__).with_name("static")
+    assert site.CSS == (static / "site.css").read_text(encoding="utf-8")  # package data, inlined
+    assert site.SCRIPT == (static / "site.js").read_text(encoding="utf-8")
+    pages = [*out.glob("*.html"), *(out / "cells").glob("*.html")]
+    assert len(pages) > 10
+    for page in pages:
+        raw = page.read_text()
+        (meta,) = parse(page).find("meta", http_equiv="Content-Security-Policy")
+        policy = dict(d.strip().split(" ", 1) for d in (meta["content"] or "").split(";") if d.strip())
+        styles = re.findall(r"<style>(.*?)</style>", raw, re.S)
+        scripts = re.findall(r"<script>(.*?)</script>", raw, re.S)
+        assert styles == [site.CSS], page.name
+        assert policy["style-src"] == sha(styles[0]), page.name
+        if page.name == "index.html":
+            assert scripts == [site.SCRIPT] and policy["script-src"] == sha(scripts[0])
+        else:
+            assert scripts == [] and policy["script-src"] == "'none'", page.name
+        assert policy["default-src"] == "'none'" and "unsafe-inline" not in raw.split("</head>", 1)[0]
+
+
 def test_single_version_and_empty_metrics(tmp_path: Path, scenario: Any) -> None:
     from pytest_vllm_compat.matrix import build_matrix
 
