@@ -22,7 +22,7 @@ from .compat_plugin import CompatPlugin
 from .environments import DISTRIBUTIONS, available_versions, default_env_dir
 from .registry import ModelSpec, RegistryError, load_registry
 from .results import RecordWriter, new_run_id, now_iso
-from .server import INHERITED_SELECTORS
+from .runtime import INHERITED_SELECTORS
 from .session import CompatSession
 from .stacks import StackError, parse_stacks
 from .version_spec import VersionSpecError, is_dynamic, resolve_versions

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat.outcomes import not_applicable, unsupported
-from pytest_vllm_compat.results import (
+from pytest_vllm_compat.outcomes import (
     MANIFEST_SCHEMA,
     NOT_APPLICABLE_PREFIX,
     RECORD_SCHEMA,
     STATUSES,
     UNSUPPORTED_PREFIX,
+    not_applicable,
+    unsupported,
+)
+from pytest_vllm_compat.results import (
     RecordWriter,
     new_run_id,
     now_iso,
