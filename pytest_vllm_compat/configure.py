@@ -137,7 +137,7 @@ def build_plugin(config: pytest.Config, settings: options.Settings, models: list
     if not is_worker and versions:
         _warn_about(config, settings, device)
     if session.runtime == "docker" and not is_worker:
-        from .docker_runtime import docker_available
+        from .runtime.docker import docker_available
 
         reason = docker_available()
         if reason:

@@ -115,7 +115,7 @@ class VLLMServer:
                  startup_timeout: float = 900.0, pid_dir: Path | None = None,
                  phase_guard: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
         self.spec = spec
-        self.runtime = runtime  # what to run, with which environment (runtime.py)
+        self.runtime = runtime  # what to run, with which environment (runtime/)
         self.log_path = Path(log_path)
         self.requested_port = port  # 0: a free one
         self.startup_timeout = startup_timeout

@@ -1,6 +1,6 @@
 """What makes two vLLM servers different (:class:`ServerSpec`): the model, the release and how it is served.
 
-Its own module so that both the process side (server.py) and the launch side (runtime.py, docker_runtime.py)
+Its own module so that both the process side (server.py) and the launch side (runtime/, runtime/docker.py)
 can read it without importing each other; ``pytest_vllm_compat.server`` re-exports it.
 """
 

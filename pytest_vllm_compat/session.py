@@ -140,7 +140,7 @@ class CompatSession:
         stack = self.stack_named(stack_name) if stack_name else DEFAULT_STACK
         if self.runtime == "docker":
             # The official image is the environment: nothing is installed on the host.
-            from .docker_runtime import docker_environment
+            from .runtime.docker import docker_environment
 
             env = docker_environment(version)
             self.envs[key] = env
@@ -277,7 +277,7 @@ class CompatSession:
         """How one server of ``spec`` is launched: in the official image (--vllm-runtime=docker), or with the
         environment's interpreter (a provisioned venv, or --vllm-python's, which keeps PYTHONPATH)."""
         if self.runtime == "docker":
-            from .docker_runtime import DockerRuntime
+            from .runtime.docker import DockerRuntime
 
             return DockerRuntime.for_spec(spec, devices=list(lease.indices) if lease else None, cache_root=cache.root,
                                           cache_env=cache.env, extra_args=extra_args)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat.docker_runtime import docker_available
 from pytest_vllm_compat.gpu import discover
+from pytest_vllm_compat.runtime.docker import docker_available
 
 from .conftest import records
 

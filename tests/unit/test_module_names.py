@@ -15,6 +15,7 @@ STARTUP_MODULES = {"site"}
 
 def test_no_package_module_is_named_like_a_stdlib_module() -> None:
     pkg = Path(pytest_vllm_compat.__file__).parent
-    names = {p.stem for p in pkg.glob("*.py")} - {"__init__"}
+    # modules, and subpackages (a directory with an __init__.py is importable by its name too)
+    names = ({p.stem for p in pkg.glob("*.py")} | {p.parent.name for p in pkg.glob("*/__init__.py")}) - {"__init__"}
     shadowing = sorted((names & set(sys.stdlib_module_names)) - STARTUP_MODULES)
     assert shadowing == [], f"rename {shadowing}: they shadow the standard library for scripts run from {pkg}"

@@ -1,4 +1,4 @@
-"""The runtimes (runtime.py): the argv and environment each builds for a spec, the API key kept off the
+"""The runtimes (runtime/): the argv and environment each builds for a spec, the API key kept off the
 command line, what each says it is; and VLLMServer's part around them (marker, key, redaction)."""
 
 from __future__ import annotations

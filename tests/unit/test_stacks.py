@@ -11,7 +11,7 @@ import pytest
 from pytest_vllm_compat import matrix as mx
 from pytest_vllm_compat.classify import classify, load_knowledge_base
 from pytest_vllm_compat.environments import env_name
-from pytest_vllm_compat.install_failures import broken_requirement, install_failure
+from pytest_vllm_compat.environments.install_failures import broken_requirement, install_failure
 from pytest_vllm_compat.options import resolve
 from pytest_vllm_compat.results import status_for
 from pytest_vllm_compat.stacks import (

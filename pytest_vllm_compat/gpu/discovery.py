@@ -2,7 +2,7 @@
 
 Nothing here imports torch or vLLM. Discovery reads NVML through ``pynvml`` when it is importable
 and works, else ``nvidia-smi``, else finds no GPU. Indices follow nvidia-smi (PCI bus order); a
-lease (``gpu_leasing``) hands a server ``CUDA_VISIBLE_DEVICES`` with those indices and
+lease (``leasing``) hands a server ``CUDA_VISIBLE_DEVICES`` with those indices and
 ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so that CUDA numbers the devices the same way nvidia-smi does.
 """
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from .server_spec import ServerSpec
+from ..server_spec import ServerSpec
 
 HOST = "127.0.0.1"
 DEFAULT_ENTRY_POINT = ("-m", "vllm.entrypoints.openai.api_server")

@@ -6,7 +6,7 @@ provenance probe both succeeded. Two processes asking for the same environment a
 workers, two sessions) serialise on a file lock; the second finds it complete.
 
 The parts live beside this module: the installers and pip's configuration under uv (``installers``),
-what an environment has installed and its lock file (``env_probe``), the releases the index offers
+what an environment has installed and its lock file (``probing``), the releases the index offers
 (``package_index``) and the wording of a failed install (``install_failures``).
 """
 
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .env_probe import LOCK_FILE, PROVENANCE_PACKAGES, probe, write_atomic, write_lock
+from ..locks import file_lock
+from ..progress import Progress, ticking
+from ..stacks import DEFAULT_STACK, Stack, line_of
 from .install_failures import ProvisionError, broken_requirement, install_failure
 from .installers import (
     CPU_ENV_REMOVE,
@@ -36,15 +38,13 @@ from .installers import (
     uv_index_args,
     uv_untranslated,
 )
-from .locks import file_lock
 from .package_index import (
     INDEX_CACHE_TTL_S,
     available_versions,
     cached_index_versions,
     parse_pip_index_versions,
 )
-from .progress import Progress, ticking
-from .stacks import DEFAULT_STACK, Stack, line_of
+from .probing import LOCK_FILE, PROVENANCE_PACKAGES, probe, write_atomic, write_lock
 
 # Names of the modules above that callers import from here (plugin, cli, session, env_store, benchmarks).
 __all__ = [

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_vllm_compat.gpu_discovery import GPU, MIB_PER_GIB, gib_text
+from pytest_vllm_compat.gpu.discovery import GPU, MIB_PER_GIB, gib_text
 
 
 def _first(cfg: Mapping[str, Any], *keys: str) -> Any:

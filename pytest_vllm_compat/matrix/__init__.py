@@ -5,8 +5,8 @@ version, unclassified failures), and write ``matrix.json`` and shields.io badges
 The record schema is documented in ``docs/records.md``; the matrix schema in ``docs/matrix.md``.
 This module knows nothing of pytest: ``vllm-compat matrix RESULTS_DIR... --output DIR``
 (``cli.matrix_main``) calls :func:`build_matrix` and :func:`write_matrix`, then renders the site.
-Its parts: ``matrix_records`` (loading), ``matrix_cells`` (statuses, classification, cells) and
-``matrix_insights`` (regressions, diffs, workaround checks); their public names are importable from here.
+Its parts: ``records`` (loading), ``cells`` (statuses, classification, cells) and
+``insights`` (regressions, diffs, workaround checks); their public names are importable from here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllm_compat import drift, performance
-from pytest_vllm_compat.matrix_cells import (
+from pytest_vllm_compat.matrix.cells import (
     UNKNOWN_CATEGORY,
     VERDICT,
     Classifier,
@@ -30,7 +30,7 @@ from pytest_vllm_compat.matrix_cells import (
     default_classifier,
     merge_run_statuses,
 )
-from pytest_vllm_compat.matrix_insights import (
+from pytest_vllm_compat.matrix.insights import (
     check_workarounds,
     diff_versions,
     release_columns,
@@ -38,7 +38,7 @@ from pytest_vllm_compat.matrix_insights import (
     summary_by_version,
     version_insights,
 )
-from pytest_vllm_compat.matrix_records import (
+from pytest_vllm_compat.matrix.records import (
     MANIFEST_SCHEMA,
     RECORD_SCHEMA,
     load_manifests,

@@ -8,13 +8,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
-from pytest_vllm_compat import site_charts, site_measures
 from pytest_vllm_compat.matrix import FAILING, UNKNOWN_CATEGORY, diff_versions, sort_versions, version_key
-from pytest_vllm_compat.site_base import (
+from pytest_vllm_compat.outcomes import SEVERITY, SKIPPED
+from pytest_vllm_compat.site.base import (
     ABBREV,
     GROUP_ORDER,
-    SEVERITY,
-    SKIPPED,
     STATUS_ORDER,
     aggregate_status,
     diff_page_name,
@@ -23,6 +21,9 @@ from pytest_vllm_compat.site_base import (
     kind_label,
     safe_url,
 )
+
+from . import charts as site_charts
+from . import measures as site_measures
 
 Cell = Mapping[str, Any]
 

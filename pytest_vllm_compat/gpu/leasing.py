@@ -1,7 +1,7 @@
 """GPU leases across processes: disjoint GPUs (or slots of packed GPUs) per server, and waiting for memory back.
 
 A lease hands a server ``CUDA_VISIBLE_DEVICES`` with nvidia-smi indices and ``CUDA_DEVICE_ORDER=PCI_BUS_ID``
-so that CUDA numbers the devices the same way nvidia-smi does (``gpu_discovery``).
+so that CUDA numbers the devices the same way nvidia-smi does (``discovery``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_vllm_compat.gpu_discovery import GPU, discover
+from pytest_vllm_compat.gpu.discovery import GPU, discover
 from pytest_vllm_compat.locks import file_lock, release, try_lock
 
 

@@ -15,7 +15,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from .stacks import Stack, canonical_name
+from ..stacks import Stack, canonical_name
 
 
 class ProvisionError(RuntimeError):

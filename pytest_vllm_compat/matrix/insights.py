@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
-from pytest_vllm_compat.matrix_cells import UNKNOWN_CATEGORY, VERDICT
+from pytest_vllm_compat.matrix.cells import UNKNOWN_CATEGORY, VERDICT
 from pytest_vllm_compat.outcomes import CELL_STATUSES, FAILING
 from pytest_vllm_compat.stacks import canonical_name, line_of, split_line
 from pytest_vllm_compat.version_spec import is_final

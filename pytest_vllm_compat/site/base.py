@@ -16,8 +16,12 @@ from urllib.parse import urlsplit
 import jinja2
 from markupsafe import Markup
 
+# Worst first (SEVERITY): the status an overview chip shows for a feature group is the first of these any of its
+# sub-features has. STATUS_ORDER below is the order the legend and the filters list the cell statuses in.
+from ..outcomes import SEVERITY
+
 DEFAULT_TITLE = "vLLM compatibility matrix"
-STATUS_ORDER = ("pass", "fail", "error", "conflict", "flaky", "unsupported", "not_applicable")
+STATUS_ORDER = ("pass", "fail", "error", "conflict", "flaky", "unsupported", "not_applicable")  # display order
 STATUS_HELP = {
     "pass": "every test passed",
     "fail": "vLLM is broken here (a test failed or the server could not start)",
@@ -36,14 +40,10 @@ KIND_LABELS = {
 # The overview's columns, in this order (any other feature group follows, alphabetically).
 GROUP_ORDER = ("config", "kv_cache", "guided_decoding", "stability", "tensor_parallel", "attention", "drift",
                "performance")
-# Worst first: the status an overview chip shows for a feature group is the first of these any of
-# its sub-features has.
-SEVERITY = ("fail", "error", "conflict", "flaky", "pass", "unsupported", "not_applicable")
 ABBREV = {"pass": "PASS", "fail": "FAIL", "error": "ERR", "conflict": "CONFL", "flaky": "FLAKY", "unsupported": "UNSUP",
           "not_applicable": "N/A"}
-SKIPPED = ("unsupported", "not_applicable")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-PACKAGE = "pytest_vllm_compat"
+PACKAGE = "pytest_vllm_compat.site"  # its templates/ and static/ folders are package data
 
 
 def static_text(name: str) -> str:

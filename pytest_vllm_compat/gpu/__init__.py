@@ -2,15 +2,15 @@
 
 One module per concept; this one gathers their public names for the plugin, the session and the suites:
 
-- ``gpu_discovery``: the GPUs this process may use, the driver, the record's ``device`` object;
-- ``gpu_requirements``: whether this machine's GPUs meet a model's requirements;
-- ``gpu_leasing``: disjoint GPUs (or slots of packed GPUs) per server across processes;
-- ``gpu_memory_estimate``: the memory a model needs from its config, and a preflight against the GPUs.
+- ``discovery``: the GPUs this process may use, the driver, the record's ``device`` object;
+- ``requirements``: whether this machine's GPUs meet a model's requirements;
+- ``leasing``: disjoint GPUs (or slots of packed GPUs) per server across processes;
+- ``memory_estimate``: the memory a model needs from its config, and a preflight against the GPUs.
 """
 
 from __future__ import annotations
 
-from pytest_vllm_compat.gpu_discovery import (
+from pytest_vllm_compat.gpu.discovery import (
     GPU,
     MIB_PER_GIB,
     NVIDIA_SMI_TIMEOUT_S,
@@ -22,7 +22,7 @@ from pytest_vllm_compat.gpu_discovery import (
     driver_info,
     parse_nvidia_smi_csv,
 )
-from pytest_vllm_compat.gpu_leasing import (
+from pytest_vllm_compat.gpu.leasing import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     DeviceLeaser,
     Lease,
@@ -31,14 +31,14 @@ from pytest_vllm_compat.gpu_leasing import (
     memory_share,
     wait_memory_released,
 )
-from pytest_vllm_compat.gpu_memory_estimate import (
+from pytest_vllm_compat.gpu.memory_estimate import (
     MemoryEstimate,
     estimate_memory,
     estimate_params,
     kv_bytes_per_token,
     memory_preflight,
 )
-from pytest_vllm_compat.gpu_requirements import (
+from pytest_vllm_compat.gpu.requirements import (
     MEMORY_REQUIREMENT_SLACK,
     compute_capability_at_least,
     gpu_meets,

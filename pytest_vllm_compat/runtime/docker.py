@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .environments import VLLMEnvironment
-from .runtime import API_KEY_ENV, process_env, shown_env
-from .server_spec import ServerSpec
+from ..environments import VLLMEnvironment
+from ..server_spec import ServerSpec
+from . import API_KEY_ENV, process_env, shown_env
 
 DEFAULT_REPOSITORY = "vllm/vllm-openai"
 DEFAULT_ENTRYPOINT = ("python3", "-m", "vllm.entrypoints.openai.api_server")
@@ -110,7 +110,7 @@ def build_docker_argv(*, version: str, model: str, container_model: str | None, 
 
 def redact_argv(argv: Sequence[str], secrets: Sequence[str] = ()) -> list[str]:
     """A copy of a docker argv safe to log: every ``-e K=V`` value and the API key become ``***``."""
-    from .redact import redact_argv as _redact_argv
+    from ..redact import redact_argv as _redact_argv
 
     return _redact_argv(argv, secrets, mask_all_env=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pytest_vllm_compat.gpu_discovery import GPU, MIB_PER_GIB, gib_text
+from pytest_vllm_compat.gpu.discovery import GPU, MIB_PER_GIB, gib_text
 from pytest_vllm_compat.registry import Requirements
 
 # Requirements are written in round numbers ("80 GiB") but GPUs report a little less:

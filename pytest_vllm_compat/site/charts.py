@@ -11,8 +11,9 @@ from typing import Any
 
 from markupsafe import Markup
 
-from pytest_vllm_compat import site_measures
-from pytest_vllm_compat.site_base import PALETTE, fmt, fragment
+from pytest_vllm_compat.site.base import PALETTE, fmt, fragment
+
+from . import measures as site_measures
 
 Series = Sequence[tuple[str, Mapping[str, float]]]
 Formatter = Callable[[float], str]

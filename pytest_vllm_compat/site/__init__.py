@@ -8,9 +8,9 @@ from records is escaped; only http(s) URLs become links; a Content-Security-Poli
 the package's own stylesheet and script (``static/``, inlined, allowed by hash) is a second line of
 defence should an unescaped string ever slip through.
 
-This module shapes the cell, unclassified and diff pages and writes the site; ``site_index`` shapes
-the index, ``site_charts`` its SVG plots, ``site_measures`` the drift and performance views,
-``site_logs`` the server logs, ``site_base`` what they share (the names below are re-exported here).
+This module shapes the cell, unclassified and diff pages and writes the site; ``index`` shapes
+the index, ``charts`` its SVG plots, ``measures`` the drift and performance views,
+``logs`` the server logs, ``base`` what they share (the names below are re-exported here).
 """
 
 from __future__ import annotations
@@ -21,18 +21,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_vllm_compat import site_index, site_logs, site_measures
-from pytest_vllm_compat.escaping import esc as esc
 from pytest_vllm_compat.matrix import version_key
-from pytest_vllm_compat.site_base import (
+from pytest_vllm_compat.outcomes import SEVERITY, SKIPPED
+from pytest_vllm_compat.site.base import (
     ABBREV,
     CSS,
     DEFAULT_TITLE,
     GROUP_ORDER,
     KIND_LABELS,
     SCRIPT,
-    SEVERITY,
-    SKIPPED,
     STATUS_HELP,
     STATUS_ORDER,
     aggregate_status,
@@ -44,11 +41,15 @@ from pytest_vllm_compat.site_base import (
     page,
     safe_url,
 )
-from pytest_vllm_compat.site_base import csp_hash as _csp_hash
-from pytest_vllm_compat.site_charts import svg_bar_chart, svg_line_chart
+from pytest_vllm_compat.site.base import csp_hash as _csp_hash
+from pytest_vllm_compat.site.charts import svg_bar_chart, svg_line_chart
+
+from . import index as site_index
+from . import logs as site_logs
+from . import measures as site_measures
 
 __all__ = ["ABBREV", "CSS", "DEFAULT_TITLE", "GROUP_ORDER", "KIND_LABELS", "SCRIPT", "SEVERITY", "SKIPPED",
-           "STATUS_HELP", "STATUS_ORDER", "_csp_hash", "aggregate_status", "diff_page_name", "esc", "feature_group",
+           "STATUS_HELP", "STATUS_ORDER", "_csp_hash", "aggregate_status", "diff_page_name", "feature_group",
            "render", "render_site", "safe_url", "svg_bar_chart", "svg_line_chart"]
 
 
