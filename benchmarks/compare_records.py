@@ -5,7 +5,8 @@ fields, same values, except what changes between any two runs.
 
 Records are matched by test id. Per record, these are normalised before comparing:
 
-* ids and timestamps: ``run_id``, ``started_at``, ``finished_at``; a run id inside a path (``log_path``);
+* ids and timestamps: ``run_id``, ``started_at``, ``finished_at``; a run id inside a path (``log_path``), and
+  the results directory itself (the two runs wrote into different ones);
 * measurements: ``duration_s``, ``server_start_s``, ``server.start_time_s`` and every number in ``metrics``
   (they are compared by presence and type, not value: a second run measures other times);
 * the per-start port on the server's argv (``--port N``), and, in free text (error text, log excerpts, crash
@@ -60,8 +61,8 @@ def _text(value: Any) -> Any:
     return value
 
 
-def normalise(record: dict[str, Any]) -> dict[str, Any]:
-    r = json.loads(json.dumps(record))
+def normalise(record: dict[str, Any], results: Path) -> dict[str, Any]:
+    r = json.loads(json.dumps(record).replace(str(results.resolve()), "<results>").replace(str(results), "<results>"))
     run_id = r.get("run_id", "")
     for k in IDS:
         r.pop(k, None)
@@ -117,7 +118,7 @@ def main() -> int:
         lines.append(f"{t}: only in B")
     differing = 0
     for t in sorted(set(a) & set(b)):
-        d = diff(normalise(a[t]), normalise(b[t]))
+        d = diff(normalise(a[t], ns.a), normalise(b[t], ns.b))
         if d:
             differing += 1
             lines += [f"{t}: {x}" for x in d]
