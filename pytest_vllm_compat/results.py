@@ -13,6 +13,7 @@ import platform
 import re
 import socket
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,32 @@ class RecordWriter:
         self.count += 1
 
 
+def read_record_file(path: Path) -> list[dict[str, Any]]:
+    """The records of one ``.jsonl`` file: the one reader of records (the plugin's summary, the matrix, bisection).
+
+    A truncated line (a writer killed mid-line) or a malformed one is skipped with a warning, and so is a line
+    that is not a record of this schema; a line without a ``schema`` field is taken as one.
+    """
+    out: list[dict[str, Any]] = []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            where = "truncated last line" if lineno == len(lines) else "malformed line"
+            warnings.warn(f"{path}:{lineno}: {where} skipped ({exc.msg})", stacklevel=3)
+            continue
+        if not isinstance(obj, dict) or obj.get("schema", RECORD_SCHEMA) != RECORD_SCHEMA:
+            warnings.warn(f"{path}:{lineno}: not a {RECORD_SCHEMA} record, skipped", stacklevel=3)
+            continue
+        out.append(obj)
+    return out
+
+
 def read_records(results_dir: Path, run_id: str | None = None) -> list[dict[str, Any]]:
+    """The records of a results directory (``records/*.jsonl``), of one run when ``run_id`` is given."""
     out: list[dict[str, Any]] = []
     rdir = Path(results_dir) / "records"
     if not rdir.is_dir():
@@ -85,12 +111,7 @@ def read_records(results_dir: Path, run_id: str | None = None) -> list[dict[str,
     for f in sorted(rdir.glob("*.jsonl")):
         if run_id and not f.name.startswith(run_id + "-"):
             continue
-        for line in f.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
+        out += read_record_file(f)
     return out
 
 

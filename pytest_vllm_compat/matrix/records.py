@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllm_compat.outcomes import MANIFEST_SCHEMA, RECORD_SCHEMA
+from pytest_vllm_compat.results import read_record_file
 
 __all__ = ["MANIFEST_SCHEMA", "RECORD_SCHEMA", "load_manifests", "load_records", "record_files"]
 
@@ -22,25 +23,6 @@ def record_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("records/*.jsonl")) + sorted(directory.glob("*.jsonl"))
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            where = "truncated last line" if lineno == len(lines) else "malformed line"
-            warnings.warn(f"{path}:{lineno}: {where} skipped ({exc.msg})", stacklevel=3)
-            continue
-        if not isinstance(obj, dict) or obj.get("schema", RECORD_SCHEMA) != RECORD_SCHEMA:
-            warnings.warn(f"{path}:{lineno}: not a {RECORD_SCHEMA} record, skipped", stacklevel=3)
-            continue
-        out.append(obj)
-    return out
-
-
 def load_records(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
     """Every record in ``<dir>/records/*.jsonl`` and ``<dir>/*.jsonl`` of each directory (a
     ``.jsonl`` file may be given directly). A truncated or malformed line is skipped with a
@@ -49,7 +31,7 @@ def load_records(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for d in dirs:
         for path in record_files(Path(d)):
-            for rec in _read_jsonl(path):
+            for rec in read_record_file(path):
                 key = (rec.get("run_id"), rec.get("test_id"), rec.get("started_at"))
                 if key in seen:
                     continue
