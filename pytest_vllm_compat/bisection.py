@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .outcomes import BISECT_SCHEMA
+from .timestamps import file_stamp
 from .versions import version_key
 
 GOOD, BAD, MIXED, UNINSTALLABLE, ERROR, EMPTY = "good", "bad", "mixed", "uninstallable", "error", "empty"
@@ -262,7 +263,7 @@ def pytest_probe(version: str, pytest_args: Sequence[str], results_dir: Path, *,
     for attempt in range(retries + 1):
         before = _manifests(results_dir)
         argv = [python, "-m", "pytest", *pytest_args, f"--vllm={version}", f"--vllm-results={results_dir}"]
-        log = logs / f"probe-{version}-{attempt + 1}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+        log = logs / f"probe-{version}-{attempt + 1}-{file_stamp()}.log"
         if progress:
             progress(f"[vllm-compat bisect] probing {version}" + (f" (retry {attempt})" if attempt else "") + " ...")
         rc = _run_pytest(argv, cwd, env, log)
@@ -344,7 +345,7 @@ def load_results(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
 
 
 def write_result(res: BisectResult, results_dir: Path) -> Path:
-    out = Path(results_dir) / "bisect" / f"bisect-{res.good}-{res.bad}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out = Path(results_dir) / "bisect" / f"bisect-{res.good}-{res.bad}-{file_stamp()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"schema": BISECT_SCHEMA, **res.to_dict()}, indent=2, default=str))
     return out

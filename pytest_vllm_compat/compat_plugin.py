@@ -33,7 +33,6 @@ from .results import (
     RunSummary,
     compose_manifest,
     compose_record,
-    now_iso,
     read_run,
     summary_lines,
     write_manifest,
@@ -42,6 +41,7 @@ from .scheduling import parse_shard, plan
 from .server import ServerError, reap_stale
 from .session import CompatSession, Target
 from .stacks import DEFAULT_STACK, Stack, line_of
+from .timestamps import now_iso
 from .versions import version_key
 from .watchdog import HangWatchdog
 

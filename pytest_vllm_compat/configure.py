@@ -21,10 +21,11 @@ from . import options
 from .compat_plugin import CompatPlugin
 from .environments import DISTRIBUTIONS, available_versions, default_env_dir
 from .registry import ModelSpec, RegistryError, load_registry
-from .results import RecordWriter, new_run_id, now_iso
+from .results import RecordWriter, new_run_id
 from .runtime import INHERITED_SELECTORS
 from .session import CompatSession
 from .stacks import StackError, parse_stacks
+from .timestamps import now_iso
 from .version_spec import VersionSpecError, is_dynamic, resolve_versions
 
 

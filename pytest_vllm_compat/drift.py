@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 
 from .outcomes import GOLDEN_SCHEMA
 from .results import model_slug
+from .timestamps import now_iso
 from .versions import version_key
 
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a", "1, 2, 3, 4, 5,")
@@ -155,7 +155,7 @@ def compare_one(a: Output, b: Output, tolerance: float = DEFAULT_TOLERANCE) -> d
         verdict = "changed"
     # Where the two texts part (the site marks from there): token ids come back as "token_id:N", so the
     # response's text offsets count those strings, not the text; the common prefix is exact.
-    offset = None if diverge is None else len(os.path.commonprefix([a.text, b.text]))
+    offset = None if diverge is None else len(os.path.commonprefix([a.text, b.text]))  # noqa: RUF071 - texts, by character
     out: dict[str, Any] = {"prompt": a.prompt, "verdict": verdict, "first_divergence": diverge,
                            "offset_a": offset, "offset_b": offset,
                            "max_abs_dlogprob_before": round(max_delta, 6), "text_a": a.text, "text_b": b.text,
@@ -210,7 +210,7 @@ def save_golden(directory: Path, model: str, outputs: Sequence[Output], *, vllm_
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"schema": GOLDEN_SCHEMA, "model": model, "vllm_version": vllm_version, "stack": stack,
             "platform": platform, "weights_sha256": weights_sha256,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "settings": settings(),
+            "saved_at": now_iso(), "settings": settings(),
             "outputs": [o.to_dict() for o in outputs]}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")

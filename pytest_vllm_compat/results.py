@@ -5,7 +5,6 @@ Format: docs/records.md.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -26,16 +25,14 @@ from .outcomes import (
 )
 from .redact import redact
 from .stacks import stack_record
+from .timestamps import file_stamp, now_iso
 
 MAX_ERROR_TEXT = 20_000
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def new_run_id() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    """A run's id: when it started and a random suffix (``20261204T163825Z-a7173b``)."""
+    return file_stamp() + "-" + uuid.uuid4().hex[:6]
 
 
 def status_for(outcome: str, skip_reason: str | None, classification_kind: str | None) -> str:

@@ -26,6 +26,7 @@ from typing import IO, Any
 from ..locks import file_lock
 from ..progress import Progress, ticking
 from ..stacks import DEFAULT_STACK, Stack, line_of
+from ..timestamps import file_stamp
 from .install_failures import ProvisionError, broken_requirement, install_failure
 from .installers import (
     CPU_ENV_REMOVE,
@@ -253,7 +254,7 @@ class Provisioner:
         if path.exists():
             shutil.rmtree(path)  # a partial environment from an interrupted run
         path.parent.mkdir(parents=True, exist_ok=True)
-        log_path = self.root / "logs" / f"install-{path.name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+        log_path = self.root / "logs" / f"install-{path.name}-{file_stamp()}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         requirement = f"{distribution}=={version}"
         pins = [*stack.requirements, *self.extra_requirements]  # one resolve with vLLM: the resolver decides

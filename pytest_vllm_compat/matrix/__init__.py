@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from pytest_vllm_compat.outcomes import FAILING, MATRIX_SCHEMA, SKIPPED
 from pytest_vllm_compat.outcomes import STATUSES as RECORD_STATUSES
 from pytest_vllm_compat.results import model_slug
 from pytest_vllm_compat.stacks import line_of
+from pytest_vllm_compat.timestamps import now_iso
 from pytest_vllm_compat.versions import sort_versions, version_key
 
 __all__ = [
@@ -117,7 +117,7 @@ def _runs(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mapping[str,
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return now_iso()
 
 
 def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mapping[str, Any]] = (),

@@ -21,12 +21,12 @@ from pytest_vllm_compat.outcomes import (
 from pytest_vllm_compat.results import (
     RecordWriter,
     new_run_id,
-    now_iso,
     read_records,
     status_for,
     summarize_error,
     write_manifest,
 )
+from pytest_vllm_compat.timestamps import file_stamp, now_iso
 
 
 @pytest.mark.parametrize(("outcome", "reason", "kind", "status"), [
@@ -89,6 +89,8 @@ def test_run_ids_and_timestamps() -> None:
     assert a != b
     assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", a)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", now_iso())
+    stamp = file_stamp()
+    assert re.fullmatch(r"\d{8}T\d{6}Z", stamp) and stamp[:8] == now_iso()[:10].replace("-", "")
 
 
 def test_two_workers_write_two_files_of_valid_json_lines(tmp_path: Path) -> None:
