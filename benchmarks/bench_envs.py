@@ -70,7 +70,7 @@ def run_installer(installer: str, versions: list[str], work: Path, distribution:
             t0 = time.monotonic()
             try:
                 env = prov.ensure(distribution, v)
-            except Exception as e:  # noqa: BLE001 - an uninstallable release is a figure too
+            except Exception as e:  # an uninstallable release is a figure too
                 envs.append({"version": v, "error": f"{type(e).__name__}: {e}"[:500],
                              "install_s": round(time.monotonic() - t0, 1)})
                 continue

@@ -24,8 +24,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "STRUCTURED_KINDS",
-    "Unsupported",
     "UnknownVersion",
+    "Unsupported",
     "VersionCaps",
     "attention_selection",
     "capabilities",
@@ -103,8 +103,8 @@ def parse_version(version: str) -> tuple[int, int, int]:
 
 def _parse_range(spec: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     lo = hi = None
-    for part in spec.split(","):
-        part = part.strip()
+    for clause in spec.split(","):
+        part = clause.strip()
         if part.startswith(">="):
             lo = parse_version(part[2:])
         elif part.startswith("<"):

@@ -122,8 +122,8 @@ def fetch_snapshot(python: Path | str, repo: str, revision: str | None = None, *
 
     def relay() -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            line = line.rstrip()
+        for raw in proc.stderr:
+            line = raw.rstrip()
             if line:
                 tail.append(line)
                 del tail[:-40]

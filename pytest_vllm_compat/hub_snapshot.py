@@ -94,7 +94,7 @@ def fetch(repo: str, revision: str | None, trust_remote_code: bool) -> dict[str,
     api = HfApi()
     try:
         info = api.model_info(repo, revision=revision)
-    except Exception as e:  # noqa: BLE001 - the hub unreachable: the cache may still have it
+    except Exception as e:  # the hub unreachable: the cache may still have it
         if not any(c.__name__ in ("ConnectError", "TimeoutException", "ConnectionError", "Timeout")
                    for c in type(e).__mro__):
             raise
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         out = fetch(args.repo, args.revision, args.trust_remote_code)
-    except BaseException as e:  # noqa: BLE001 - every failure becomes data for the parent
+    except BaseException as e:  # every failure becomes data for the parent
         out = {"ok": False, "error": describe(e)}
     print(json.dumps(out), flush=True)
     return 0 if out["ok"] else 1

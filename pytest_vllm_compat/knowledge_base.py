@@ -136,7 +136,7 @@ def _needle(rx: re.Pattern[str]) -> tuple[str, bool]:
             best = max(best, "".join(run), key=len)
             run = []
         best = max(best, "".join(run), key=len)
-    except Exception:  # noqa: BLE001 - private parser API: degrade to always searching
+    except Exception:  # private parser API: degrade to always searching
         return "", False
     if len(best) < 3:
         return "", False

@@ -29,8 +29,8 @@ def parse_lock(text: str) -> dict[str, str]:
     """``name==version`` (or ``name @ url``) lines -> {canonical name: version or url}; comments, options
     and blank lines ignored."""
     out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.split(" #", 1)[0].strip()
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith(("#", "-")):
             continue
         m = _PIN.match(line)

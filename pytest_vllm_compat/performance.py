@@ -12,6 +12,7 @@ is what the regression flag is for; figures from different machines are never co
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -185,7 +186,7 @@ def annotate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     found = []
     for (model, plat, stack, host), cs in sorted(groups.items()):
         cs.sort(key=lambda c: version_key(c["vllm_version"]))
-        for prev, cur in zip(cs, cs[1:], strict=False):
+        for prev, cur in itertools.pairwise(cs):
             flags = [r for fig in FLAGGED if (r := regression(prev["metrics"], cur["metrics"], fig)) is not None]
             cur["perf_regressions"] = [{**f, "vs": prev["vllm_version"], "vs_cell_id": prev["cell_id"]} for f in flags]
             found += [{"model": model, "platform": plat, "stack": stack, "host_class": host.split("|{")[0],

@@ -83,7 +83,7 @@ def serve(stream: IO[str]) -> int:
         for argv in watched.values():
             if argv:
                 with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                    subprocess.run(argv, capture_output=True, timeout=60, check=False)  # noqa: S603 - argv list
+                    subprocess.run(argv, capture_output=True, timeout=60, check=False)  # argv list
     return 0
 
 
@@ -98,7 +98,7 @@ class Guardian:
     def _send(self, msg: dict[str, Any]) -> None:
         with self._lock:
             if self._proc is None or self._owner != os.getpid():  # first use, or a forked child
-                self._proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                self._proc = subprocess.Popen(  # argv list, no shell
                     [sys.executable, "-I", os.path.abspath(__file__)], stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
                 self._owner = os.getpid()

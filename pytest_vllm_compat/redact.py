@@ -77,8 +77,8 @@ def redact_argv(argv: Sequence[str], secrets: Iterable[str] = (), *, mask_all_en
     out: list[str] = []
     mask_next = False
     env_next = False
-    for arg in argv:
-        arg = str(arg)
+    for item in argv:
+        arg = str(item)
         if mask_next:
             out.append(MASK)
             mask_next = False

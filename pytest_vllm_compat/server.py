@@ -229,13 +229,13 @@ class VLLMServer:
         self.argv = self.build_argv()
         self.env = self.build_env()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by reader
+        log = open(self.log_path, "a", encoding="utf-8", errors="replace")  # closed by reader
         log.write(f"# pytest-vllm-compat: starting {self.spec.key}\n# argv: {json.dumps(self.redacted_argv())}\n"
                   f"# env: {json.dumps(self.redacted_env(), sort_keys=True)}\n")
         log.flush()
         self.started_at = time.monotonic()
         self.started_unix = time.time()
-        self.proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+        self.proc = subprocess.Popen(  # argv list, no shell
             self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=self.env, start_new_session=True, preexec_fn=_pdeathsig_preexec(),  # noqa: PLW1509
         )
@@ -391,7 +391,7 @@ class VLLMServer:
         cleanup = self.runtime.cleanup_argv()
         if cleanup:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                subprocess.run(cleanup, capture_output=True, timeout=CLEANUP_TIMEOUT_S, check=False)  # noqa: S603
+                subprocess.run(cleanup, capture_output=True, timeout=CLEANUP_TIMEOUT_S, check=False)
         self._remove_pidfile()
         if not self.leftover_processes():
             GUARDIAN.unwatch(self.marker)

@@ -224,7 +224,7 @@ class CompatSession:
                 from .capabilities import capabilities
 
                 self._caps_cache[version] = capabilities(version)
-            except Exception:  # noqa: BLE001 - unknown/"current" versions: the long-lived defaults
+            except Exception:  # unknown/"current" versions: the long-lived defaults
                 self._caps_cache[version] = None
         return self._caps_cache[version]
 

@@ -35,7 +35,7 @@ class SourceUnavailable(Exception):
 
 def _get(url: str, headers: dict[str, str] | None = None, timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, headers={"User-Agent": "pytest-vllm-compat", **(headers or {})})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - https index URLs only
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # https index URLs only
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
 
 
@@ -51,7 +51,7 @@ class RangeFile(io.RawIOBase):
         self.fetched = 0
         self._cache: dict[int, bytes] = {}
         if size is None:
-            status, headers, body = _get(url, {"Range": "bytes=0-0"})
+            status, headers, _body = _get(url, {"Range": "bytes=0-0"})
             m = re.search(r"/(\d+)$", headers.get("content-range", ""))
             if status != 206 or not m:
                 raise SourceUnavailable(f"{url}: the server does not answer range requests (HTTP {status})")

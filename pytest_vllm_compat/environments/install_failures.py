@@ -62,7 +62,7 @@ _BUILD_RES = (
 
 def _requirement(text: str) -> tuple[str, str] | None:
     """(normalized name, specifier) of a requirement as pip or uv print it; None when it does not parse."""
-    text = _UV_MARKER_RE.sub("", text.split(";")[0]).replace(" and ", ",").strip()
+    text = _UV_MARKER_RE.sub("", text.split(";", maxsplit=1)[0]).replace(" and ", ",").strip()
     try:
         req = Requirement(text)
     except InvalidRequirement:

@@ -60,7 +60,7 @@ def find_uv() -> str | None:
         import uv  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         return str(uv.find_uv_bin())
-    except Exception:  # noqa: BLE001 - not installed, or its binary is missing (uv.UvNotFound)
+    except Exception:  # not installed, or its binary is missing (uv.UvNotFound)
         return None
 
 

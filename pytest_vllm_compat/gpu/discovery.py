@@ -75,8 +75,8 @@ def _int_or_zero(text: str) -> int:
 def parse_nvidia_smi_csv(text: str) -> list[GPU]:
     """Parse ``--query-gpu=index,uuid,name,memory.total,memory.free[,compute_cap] --format=csv,noheader,nounits``."""
     gpus: list[GPU] = []
-    for row in csv.reader(text.splitlines(), skipinitialspace=True):
-        row = [c.strip() for c in row]
+    for fields in csv.reader(text.splitlines(), skipinitialspace=True):
+        row = [c.strip() for c in fields]
         if not row or not row[0]:
             continue
         if len(row) < 5 or not row[0].isdigit():

@@ -43,8 +43,8 @@ def load_records(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
 def load_manifests(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
     """Every run manifest in ``<dir>/manifests/*.json``; unreadable ones are skipped with a warning."""
     manifests: list[dict[str, Any]] = []
-    for d in dirs:
-        d = Path(d)
+    for given in dirs:
+        d = Path(given)
         if not d.is_dir():
             continue
         for path in sorted(d.glob("manifests/*.json")):

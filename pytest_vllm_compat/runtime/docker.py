@@ -101,7 +101,7 @@ def build_docker_argv(*, version: str, model: str, container_model: str | None, 
         argv += ["--entrypoint", entrypoint[0], image_for(version, repository), *entrypoint[1:]]
     else:
         argv += [image_for(version, repository)]
-    argv += ["--host", "0.0.0.0", "--port", str(port), "--model", served_as]  # noqa: S104
+    argv += ["--host", "0.0.0.0", "--port", str(port), "--model", served_as]
     if served_as != model and "--served-model-name" not in serve_args:
         argv += ["--served-model-name", model]
     argv += list(serve_args)

@@ -168,8 +168,8 @@ def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEF
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for c in matrix["cells"]:
         groups[(c["model"], c["platform"], c["feature"])].append(c)
-    for siblings in groups.values():
-        siblings = sorted(siblings, key=lambda c: version_key(c["vllm_version"]))
+    for group in groups.values():
+        siblings = sorted(group, key=lambda c: version_key(c["vllm_version"]))
         for c in siblings:
             (out / "cells" / f"{c['cell_id']}.html").write_text(_cell_page(c, siblings, title, logs),
                                                                  encoding="utf-8")

@@ -112,7 +112,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
         port = int(port_file.read_text().split()[0])
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
             targets = json.load(resp)
         page = next(t for t in targets if t.get("type") == "page")
         dt = DevTools(page["webSocketDebuggerUrl"])

@@ -57,13 +57,13 @@ class LocalHub:
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            def log_message(self, format: str, *args: Any) -> None:  # the base class's name
                 pass
 
-            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            def do_HEAD(self) -> None:  # http.server's naming
                 hub._handle(self, body=False)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 hub._handle(self, body=True)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -95,7 +95,7 @@ def test_two_workers_pack_two_servers_on_one_gpu(pytester: pytest.Pytester, tmp_
     assert len(workers) == 2, summaries  # one server per xdist worker
     windows = sorted(tuple(w) for s in summaries for srv in s["servers"] for w in srv["start_windows"])
     assert len(windows) == 2
-    (a_launch, a_ready), (b_launch, b_ready) = windows
+    (_a_launch, a_ready), (b_launch, _b_ready) = windows
     assert a_ready <= b_launch, f"starts on the shared GPU overlapped: {windows}"
     for s in summaries:
         for srv in s["servers"]:

@@ -154,7 +154,7 @@ def test_sigkill_of_pytest_leaves_no_vllm_process(pytester: pytest.Pytester, tmp
     info = tmp_path / "server.json"
     pytester.makepyfile(test_inner=KILLED_TESTS)
     env = dict(os.environ, SERVER_INFO=str(info))
-    log = open(tmp_path / "inner.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "inner.log", "wb")  # closed below
     inner = subprocess.Popen([sys.executable, "-m", "pytest", *base_args(tmp_path / "results", registry)],
                              cwd=pytester.path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -52,7 +52,7 @@ def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_test_has_a_truthful_record(suite_runs, version: str) -> None:
-    results, collected, recs = suite_runs[version]
+    _results, collected, recs = suite_runs[version]
     assert collected > 50, "the suites collected too few tests"
     assert len(recs) == collected, f"{collected} tests collected, {len(recs)} records written"
     assert {r["vllm_version"] for r in recs} == {version}

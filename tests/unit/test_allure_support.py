@@ -149,8 +149,8 @@ def test_labels_and_attachment_reach_allure_results(pytester: pytest.Pytester) -
     (result_file,) = results.glob("*-result.json")
     result = json.loads(result_file.read_text())
     params = {p["name"]: p["value"] for p in result["parameters"]}
-    assert params == {"model": "'tiny-llama'", "vllm_version": "'0.32.0'", "platform": "'cpu'"} or params == {
-        "model": "tiny-llama", "vllm_version": "0.32.0", "platform": "cpu"}
+    assert params in ({"model": "'tiny-llama'", "vllm_version": "'0.32.0'", "platform": "'cpu'"},
+                      {"model": "tiny-llama", "vllm_version": "0.32.0", "platform": "cpu"})
     labels = [(lab["name"], lab["value"]) for lab in result["labels"]]
     assert ("feature", "kv_cache") in labels and ("story", "tiny-llama") in labels
     assert ("tag", "llama") in labels and ("tag", "decoder") in labels

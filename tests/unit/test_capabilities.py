@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -54,7 +55,7 @@ def test_rows_load_and_have_sources():
 def test_ranges_contiguous_and_cover_0_5_5_to_0_33():
     rows = _rows()
     assert rows[0].lo == (0, 5, 5)
-    for a, b in zip(rows, rows[1:], strict=False):
+    for a, b in itertools.pairwise(rows):
         assert a.hi == b.lo, (a.data["range"], b.data["range"])  # no gap, no overlap
     assert rows[-1].hi > (0, 33, 99)
 

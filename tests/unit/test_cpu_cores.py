@@ -49,7 +49,7 @@ def test_one_core_set_per_tensor_parallel_rank() -> None:
     assert omp_bind(range(16, 32), 1) == "16-31"
     assert omp_bind(range(16, 32), 2) == "16-23|24-31"
     assert omp_bind([0, 1, 2], 2) == "0-1|2"
-    with pytest.raises(CoreShareError, match="2 tensor-parallel ranks need 2 cores .* share is 1 \\(1\\)"):
+    with pytest.raises(CoreShareError, match=r"2 tensor-parallel ranks need 2 cores .* share is 1 \(1\)"):
         omp_bind([1], 2)
 
 

@@ -123,7 +123,7 @@ def test_the_api_key_is_never_on_the_docker_command_line() -> None:
 
 
 def test_redacted_argv_hides_the_api_key_and_env_values() -> None:
-    argv = argv_for() + ["--api-key", KEY]
+    argv = [*argv_for(), "--api-key", KEY]
     red = redact_argv(argv)
     assert KEY in argv and "HF_TOKEN=hf_secret" in argv  # the real argv has them
     assert not any(KEY in a or "hf_secret" in a for a in red)

@@ -291,21 +291,22 @@ def _tb(prefix: str, frames: int, exception: str) -> list[str]:
     for k in range(frames):
         out += [f'{prefix}  File "/venv/lib/python3.11/site-packages/vllm/m{k}.py", line {k + 1}, in f{k}',
                 f"{prefix}    g{k}()", f"{prefix}    ^^^^"]
-    return out + [prefix + exception]
+    return [*out, prefix + exception]
 
 
 def test_root_exception_prefers_the_worker_and_a_named_cause() -> None:
     worker = "(VllmWorker rank=0 pid=77) ERROR 12-02 10:00:01 [multiproc_executor.py:671] "
     engine = "(EngineCore_DP0 pid=42) ERROR 12-02 10:00:01 [core.py:700] "
     api = "(APIServer pid=1) ERROR 12-02 10:00:01 [async_llm.py:480] "
-    log = "\n".join(
-        [worker + "WorkerProc hit an exception."]
-        + _tb(worker, 5, "IndexError: index 513 is out of bounds for dimension 0 with size 512")
-        + [engine + "EngineCore encountered a fatal error."]
-        + _tb(engine, 4, "RuntimeError: Worker failed with error 'index 513 is out of bounds for dimension 0 with "
-                         "size 512', please check the stack trace above for the root cause")
-        + _tb(api, 2, "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace "
-                      "(above) for the root cause."))
+    log = "\n".join([
+        worker + "WorkerProc hit an exception.",
+        *_tb(worker, 5, "IndexError: index 513 is out of bounds for dimension 0 with size 512"),
+        engine + "EngineCore encountered a fatal error.",
+        *_tb(engine, 4, "RuntimeError: Worker failed with error 'index 513 is out of bounds for dimension 0 with "
+                        "size 512', please check the stack trace above for the root cause"),
+        *_tb(api, 2, "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace "
+                     "(above) for the root cause."),
+    ])
     root = root_exception(log)
     assert root is not None and root.process == "VllmWorker rank=0 pid=77"
     assert root.message.startswith("IndexError: index 513")
@@ -343,9 +344,11 @@ def test_root_exception_unlogged_prefixed_traceback_keeps_indentation() -> None:
 
 
 def test_root_exception_chains_and_what_does_not_count() -> None:
-    chained = "\n".join(_tb("", 2, "KeyError: 'rope_scaling'") + [
-        "", "The above exception was the direct cause of the following exception:", ""]
-        + _tb("", 2, "RuntimeError: could not load the model config"))
+    chained = "\n".join([
+        *_tb("", 2, "KeyError: 'rope_scaling'"),
+        "", "The above exception was the direct cause of the following exception:", "",
+        *_tb("", 2, "RuntimeError: could not load the model config"),
+    ])
     root = root_exception(chained)
     assert root is not None and root.message == "KeyError: 'rope_scaling'"  # the root of the chain
     shutdown = "\n".join(_tb("", 2, "asyncio.exceptions.CancelledError"))

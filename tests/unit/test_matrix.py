@@ -35,7 +35,7 @@ def record(model: str, version: str, feature: str, status: str, *, run: str = "r
     rec: dict[str, Any] = {
         "schema": "pytest-vllm-compat/record@1",
         "run_id": run,
-        "test_id": f"suites/test_{feature.split(':')[0]}.py::{test}[{model}-{version}]",
+        "test_id": f"suites/test_{feature.split(':', maxsplit=1)[0]}.py::{test}[{model}-{version}]",
         "test_name": test,
         "model": model,
         "model_source": "builtin:mistral",

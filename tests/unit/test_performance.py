@@ -3,6 +3,7 @@ flags (never across host classes), and what a start did with the compile cache (
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ def test_bench_argv_is_the_versions_own_client_and_keeps_the_key_off_it(tmp_path
                            workload=w, result_dir=tmp_path, result_filename="r.json")
     assert argv[:3] == ["/env/bin/python", "-c", perf.LAUNCHER]
     assert "from vllm.benchmarks.serve import add_cli_args, main" in perf.LAUNCHER
-    flags = dict(zip(argv[3::1], argv[4::1], strict=False))
+    flags = dict(itertools.pairwise(argv[3:]))
     assert flags["--num-prompts"] == "10" and flags["--max-concurrency"] == "2"
     assert flags["--random-input-len"] == "8" and flags["--random-output-len"] == "4"
     assert flags["--num-warmups"] == "1" and "--ignore-eos" in argv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def test_parse_registry_errors(data: dict[str, Any], message: str) -> None:
 
 
 def test_missing_file_and_invalid_toml(tmp_path: Path) -> None:
-    with pytest.raises(RegistryError, match="does not exist.*--vllm-models"):
+    with pytest.raises(RegistryError, match=r"does not exist.*--vllm-models"):
         load_registry(tmp_path / "nope.toml")
     bad = _toml(tmp_path, "[models.m\nbuiltin = 'mistral'\n")
     with pytest.raises(RegistryError, match="invalid TOML"):
@@ -218,7 +219,7 @@ def test_preflight_missing_dir(tmp_path: Path) -> None:
 
 
 def test_preflight_no_config(tmp_path: Path) -> None:
-    with pytest.raises(ModelDirError, match="no config.json") as exc:
+    with pytest.raises(ModelDirError, match=re.escape("no config.json")) as exc:
         preflight_model_dir(_model_dir(tmp_path, "tokenizer.json", "model.safetensors"))
     assert "tokenizer" not in str(exc.value).split("served:")[1]
 
@@ -253,7 +254,7 @@ def test_preflight_lists_every_problem(tmp_path: Path) -> None:
 
 def test_preflight_invalid_config_json(tmp_path: Path) -> None:
     d = _model_dir(tmp_path, "config.json", "tokenizer.json", "model.safetensors", config="{not json")
-    with pytest.raises(ModelDirError, match="config.json is not valid JSON"):
+    with pytest.raises(ModelDirError, match=re.escape("config.json is not valid JSON")):
         preflight_model_dir(d)
 
 

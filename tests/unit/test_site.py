@@ -39,7 +39,7 @@ def rendered(scenario: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[d
 class Tree(HTMLParser):
     """Collects start tags (with attributes), script bodies and text, and checks nesting."""
 
-    VOID = {"meta", "br", "input", "img", "link", "hr", "rect", "circle", "line", "polyline", "path"}
+    VOID = frozenset({"meta", "br", "input", "img", "link", "hr", "rect", "circle", "line", "polyline", "path"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
