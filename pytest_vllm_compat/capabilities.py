@@ -52,6 +52,9 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class VersionCaps:
+    """What one vLLM version supports and how to drive it: the row of ``data/capabilities.toml`` whose range
+    contains the version (see docs/capabilities.md)."""
+
     version: str
     range: str
     sources: tuple[str, ...]

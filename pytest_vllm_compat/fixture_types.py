@@ -45,6 +45,7 @@ class RecordExtras:
 
     @property
     def feature(self) -> str | None:
+        """The record's feature id (``guided_decoding:xgrammar``); set it to override the marker's."""
         return self.state.feature
 
     @feature.setter
@@ -65,10 +66,13 @@ class ServerFactory:
 
     def spec(self, args: Sequence[str] = (), env: dict[str, str] | None = None, label: str = "",
              gpus: int | None = None) -> ServerSpec:
+        """The spec a server for this test's target with these extra args and env would have (nothing starts)."""
         return self.session.spec_for(self.target, self.model_path, args=args, env=env, label=label, gpus=gpus)
 
     def __call__(self, args: Sequence[str] = (), env: dict[str, str] | None = None, label: str = "",
                  gpus: int | None = None) -> VLLMServer:
+        """The server for this spec, started or reused from the pool; a ``label`` other than the marker's starts
+        a side server of its own, stopped after the test."""
         spec = self.spec(args, env, label, gpus)
         key = group_of(self.request.node)
         g = key.key if key else ""

@@ -63,6 +63,7 @@ class PortInUseError(ServerError):
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether ``port`` can be bound on ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
@@ -72,6 +73,7 @@ def port_is_free(port: int, host: str = HOST) -> bool:
 
 
 def free_port(host: str = HOST) -> int:
+    """A port the OS calls free on ``host`` (it may be taken again before the server binds it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -150,30 +152,37 @@ class VLLMServer:
     # --- properties -----------------------------------------------------------------------
     @property
     def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
         return f"http://{HOST}:{self.port}"
 
     @property
     def served_model_name(self) -> str:
+        """The name requests address the model by (``--served-model-name``)."""
         return self.spec.model
 
     @property
     def start_time_s(self) -> float | None:
+        """Seconds from launch until the server answered ``/health``; None until it did."""
         if self.started_at is None or self.ready_at is None:
             return None
         return round(self.ready_at - self.started_at, 2)
 
     @property
     def pid(self) -> int | None:
+        """The server process's pid (its process group's id); None before the start."""
         return self.proc.pid if self.proc else None
 
     def alive(self) -> bool:
+        """Whether the server process is running."""
         return self.proc is not None and self.proc.poll() is None
 
     def secrets(self) -> list[str]:
+        """The values a log or record must not show: the API key and env values whose names look secret."""
         return [self.api_key] + [v for k, v in self.env.items() if any(s in k.upper() for s in
                                                                         ("TOKEN", "KEY", "SECRET", "PASSWORD"))]
 
     def redacted_argv(self) -> list[str]:
+        """The command line with the secrets masked, for logs and records."""
         return redact_argv(self.argv, self.secrets())
 
     @property
@@ -183,6 +192,7 @@ class VLLMServer:
         return self.runtime.api_key_env
 
     def redacted_env(self) -> dict[str, str]:
+        """The variables the plugin set, secret-looking values and the API key masked, for logs and records."""
         env = redact_env(self.runtime.shown_env(self.spec))
         if self.api_key_env:  # shown, so a record says how the key travelled; never its value
             env[self.api_key_env] = "***"
@@ -214,6 +224,8 @@ class VLLMServer:
                 self._guard_depth -= 1
 
     def start(self) -> VLLMServer:
+        """Launch the server and wait until it is ready; on failure it is stopped and a :class:`ServerError`
+        (with a log excerpt) raised."""
         with self._guarded():
             return self._start()
 
@@ -291,6 +303,7 @@ class VLLMServer:
         self._died.set()
 
     def wait_for_death(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the process to exit; whether it has."""
         return self._died.wait(timeout)
 
     def _wait_ready(self) -> None:
@@ -322,6 +335,7 @@ class VLLMServer:
             session.close()
 
     def healthy(self, timeout: float = 5.0) -> bool:
+        """Whether the process is alive and ``/health`` answers 200."""
         if not self.alive():
             return False
         try:
@@ -335,6 +349,7 @@ class VLLMServer:
             self._reader.join(timeout)
 
     def log_text(self) -> str:
+        """The server's log so far (the in-memory tail when the file cannot be read)."""
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -398,6 +413,7 @@ class VLLMServer:
         return killed
 
     def leftover_processes(self) -> list[int]:
+        """Pids still alive from this server: its process group and any process carrying its marker."""
         if self.proc is None:
             return []
         me = os.getpid()

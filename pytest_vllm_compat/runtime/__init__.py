@@ -137,6 +137,7 @@ class VenvRuntime:
     keep_pythonpath: ClassVar[bool] = False
 
     def argv(self, spec: ServerSpec, *, port: int, api_key: str) -> list[str]:
+        """The entry point under this interpreter, then the spec's serve args and :attr:`extra_args`."""
         argv = [str(self.python), *self.entry_point, "--model", spec.model_path,
                 "--served-model-name", spec.model, "--host", HOST, "--port", str(port)]
         if not self.api_key_env:
@@ -146,16 +147,20 @@ class VenvRuntime:
         return argv + list(spec.serve_args) + list(self.extra_args)
 
     def env(self, spec: ServerSpec) -> dict[str, str]:
+        """The user's environment made safe for vLLM, then the defaults, the spec's env and :attr:`extra_env`."""
         return process_env(spec, offline=self.offline, default_env=self.default_env, extra_env=self.extra_env,
                            keep_pythonpath=self.keep_pythonpath)
 
     def shown_env(self, spec: ServerSpec) -> dict[str, str]:
+        """What :meth:`env` sets on top of the user's environment."""
         return shown_env(spec, offline=self.offline, default_env=self.default_env, extra_env=self.extra_env)
 
     def cleanup_argv(self) -> list[str]:
-        return []  # the process group is everything there is
+        """None: the process group is everything there is."""
+        return []
 
     def describe(self) -> dict[str, Any]:
+        """The kind and the interpreter."""
         return {"kind": self.kind, "python": str(self.python)}
 
 
