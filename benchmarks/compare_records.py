@@ -9,8 +9,11 @@ Records are matched by test id. Per record, these are normalised before comparin
   the results directory itself (the two runs wrote into different ones);
 * measurements: ``duration_s``, ``server_start_s``, ``server.start_time_s`` and every number in ``metrics``
   (they are compared by presence and type, not value: a second run measures other times);
-* the per-start port on the server's argv (``--port N``), and, in free text (error text, log excerpts, crash
-  summaries), digits (pids, ports, clock times, byte counts in vLLM's log lines).
+* the per-start port on the server's argv (``--port N``), the per-start number in a one-off server's log file
+  name, and, in free text (error text, the matched log line, crash summaries), digits (pids, ports, clock times,
+  byte counts in vLLM's log lines), object addresses and request ids;
+* a log excerpt is compared by its error lines (normalised as above): the lines around them interleave with
+  /health polls and vary from run to run.
 
 Anything else that differs is printed; the exit status is 1 when something does.
 """
@@ -26,7 +29,7 @@ from typing import Any
 
 IDS = ("run_id", "started_at", "finished_at")
 MEASURED = ("duration_s", "server_start_s")
-FREE_TEXT = ("text", "summary", "log_excerpt", "crash", "detail", "evidence")
+FREE_TEXT = ("text", "summary", "log_excerpt", "crash", "detail", "evidence", "matched")
 
 
 def read(results: Path) -> dict[str, dict[str, Any]]:
@@ -53,6 +56,8 @@ def _numbers(value: Any) -> Any:
 
 def _text(value: Any) -> Any:
     if isinstance(value, str):
+        value = re.sub(r"0x[0-9a-f]+", "0xADDR", value)
+        value = re.sub(r"(chatcmpl|cmpl)-[0-9a-f-]+", r"\1-ID", value)
         return re.sub(r"\d+", "N", value)
     if isinstance(value, dict):
         return {k: _text(v) for k, v in value.items()}
@@ -81,8 +86,11 @@ def normalise(record: dict[str, Any], results: Path) -> dict[str, Any]:
         for i, a in enumerate(argv[:-1]):
             if a == "--port":
                 argv[i + 1] = "<port>"
-    for k in ("log_excerpt",):
-        r[k] = _text(r.get(k))
+    if r.get("log_excerpt"):
+        r["log_excerpt"] = sorted({_text(line) for line in r["log_excerpt"].splitlines() if "ERROR" in line})
+    for holder in (r, r.get("server") or {}):
+        if holder.get("log_path"):
+            holder["log_path"] = re.sub(r"\.oneoff\.\d+\.", ".oneoff.N.", holder["log_path"])
     if r.get("error"):
         r["error"] = {k: _text(v) if k in FREE_TEXT else v for k, v in r["error"].items()}
     if r.get("classification"):
