@@ -155,10 +155,3 @@ def vllm_record(request: pytest.FixtureRequest) -> RecordExtras:
     """Metrics (and a precise feature id) the test wants in its result record."""
     st = _item_state(request)
     return RecordExtras(metrics=st.metrics, state=st)
-
-
-def plugin_of(config: pytest.Config) -> CompatPlugin | None:
-    """The run's plugin object (None before ``pytest_configure``); e.g. ``plugin_of(config).gpus``."""
-    return config.stash.get(STATE, None)
-
-
