@@ -1,6 +1,6 @@
 """Servers shared by spec: started lazily, started once per session, restarted after a crash.
 
-Tests are ordered by spec (see plugin.py), so a spec's server is started once and stopped as soon
+Tests are ordered by spec (scheduling.py), so a spec's server is started once and stopped as soon
 as no remaining test needs it. A server that dies is replaced for the next test of its spec
 (restarts counted); a spec whose server keeps dying is given up and its remaining tests error with a
 pointer to the first crash. A spec whose server cannot start at all is not retried: every test of

@@ -7,7 +7,7 @@ The watchdog polls ``/health`` of each server the test uses; any HTTP answer cou
 500 is the crash check's business, not a hang). When a server has not answered for ``timeout`` seconds
 the watchdog records how long it waited (``server.hung_after_s``) and SIGKILLs the server's whole
 process group. The test's pending request then fails at once, the test fails as "stopped responding"
-(plugin.py), and the server pool starts a fresh server for the next test of that spec.
+(crash_check.py), and the server pool starts a fresh server for the next test of that spec.
 """
 
 from __future__ import annotations

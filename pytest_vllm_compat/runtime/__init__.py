@@ -6,7 +6,7 @@ runtime is (for records and messages) and what is left to clean up once the proc
 
 Runtimes: a provisioned environment's interpreter (:class:`VenvRuntime`), an interpreter the user named
 with --vllm-python (:class:`InterpreterRuntime`), and the official Docker image
-(``docker_runtime.DockerRuntime``, where everything about Docker lives). The unit tests' stand-in server
+(``runtime.docker.DockerRuntime``, where everything about Docker lives). The unit tests' stand-in server
 script is a runtime too (tests/unit/fake_runtime.py).
 
 Security defaults shared by all of them: the server binds 127.0.0.1 (Docker publishes on 127.0.0.1 only),
