@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,8 @@ def resolve_version_spec(config: pytest.Config, settings: options.Settings, dist
     return res.versions, res.describe()
 
 
-def _progress_to_terminal(config: pytest.Config, is_worker: bool) -> Any:
+def _progress_to_terminal(config: pytest.Config, is_worker: bool) -> Callable[[str], None]:
+    """Progress lines to the terminal, past pytest's capture (the controller only; workers stay quiet)."""
     def progress(msg: str) -> None:
         if is_worker:
             return
