@@ -15,9 +15,10 @@ applies the precedence rule (docs/classification.md):
    higher ``priority`` wins, then the earlier line, then the earlier entry in the file.
 4. Symptoms: highest priority first, then error text before log, then the earlier line.
 5. Nothing matched: ``unknown``, kind ``vllm`` when the server log has an error line (the server
-   under test failed in a way the knowledge base does not know yet) or the test failed on an
-   ``AssertionError`` (its check of the server's behaviour failed), else ``infrastructure`` (an
-   exception in the test machinery with a quiet server).
+   under test failed in a way the knowledge base does not know yet), the server answered an HTTP error
+   status, or the test failed on an ``AssertionError`` (its check of the server's behaviour failed), else
+   ``infrastructure`` (an exception in the test machinery with a quiet server). The plugin settles the
+   log before it classifies (log_settle.py), so a line that lands after the client's 500 is read.
 
 Log lines logged at DEBUG/INFO/WARNING level are never matched; patterns see the message without
 the log prefix (process, level, time, source location), so ``^`` anchors the message.
@@ -40,6 +41,7 @@ from .knowledge_base import (
     load_knowledge_base,
 )
 from .log_errors import first_error, root_exception
+from .log_settle import http_error_status
 from .outcomes import KINDS
 
 __all__ = [
@@ -185,6 +187,7 @@ def _unknown(error_text: str, log_text: str | None) -> Classification:
     root = root_exception(log_text) if log_text else None
     err = first_error(log_text) if log_text else None
     assertion = bool(_ASSERTION_RE.search(error_text or ""))
+    http_status = http_error_status(error_text or "")
     title = "Unclassified failure"
     if root is not None:
         title += f": {root.message[:160]}"
@@ -192,14 +195,23 @@ def _unknown(error_text: str, log_text: str | None) -> Classification:
     elif err is not None:
         explanation = (f"No known failure matched. The server log's first error (line {err[0] + 1}) is: "
                        f"{err[1].strip()[:500]}")
+    elif http_status is not None:
+        explanation = (f"No known failure matched: the server under test answered HTTP {http_status}, and "
+                       + ("its log written during this test shows no error."
+                          if log_text is not None else "no server log was given."))
+    elif log_text is None:
+        explanation = "No known failure matched, and no server log was given to read."
     elif assertion:
         explanation = ("No known failure matched: the server ran without logging an error, and the test's "
                        "check of its behaviour failed (AssertionError).")
     else:
-        explanation = "No known failure matched, and the server log shows no error."
+        explanation = "No known failure matched, and the server log written during this test shows no error."
     logged = root is not None or err is not None
+    # What the server did (logged an error, answered an HTTP error status, failed a check) is vLLM's result;
+    # only an exception in the test machinery next to a quiet server is infrastructure.
+    by_server = logged or assertion or http_status is not None
     return Classification(
-        id="unknown", category="unknown", kind="vllm" if logged or assertion else "infrastructure",
+        id="unknown", category="unknown", kind="vllm" if by_server else "infrastructure",
         title=title, explanation=explanation, refs=(), workaround="", fixed_in="", matched="",
     )
 

@@ -23,6 +23,7 @@ from .environments import (
 )
 from .fixture_types import ItemState
 from .lockfiles import store_lock
+from .log_settle import Settled, http_error_status, settle
 from .markers import FEATURES, feature_of, group_of, target_of
 from .outcomes import NOT_APPLICABLE_PREFIX
 from .registry import ModelSpec
@@ -270,6 +271,9 @@ class CompatPlugin:
             err = call.excinfo.value
             st.server_error = err
             rep.longrepr = server_error_text(err)
+        if rep.failed and st.servers and st.server_error is None:
+            # The log line that explains the failure may reach the file after the client got its answer.
+            st.log_settled = _settle_log(st, rep.longreprtext)
         if call.when == "call":
             check_servers_after_call(st, self.session, rep, item.nodeid)
         st.reports[call.when] = rep
@@ -296,7 +300,7 @@ class CompatPlugin:
             test_name=getattr(item, "originalname", item.name), target=target, env=session.envs.get(target.line),
             reports=st.reports, feature=st.feature or feature_of(item), platform=self.platform,
             device_info=session.device_info, servers=st.servers, server_error=st.server_error,
-            crash_note=st.crash_note, log_offset=st.log_offsets.get(id(server), 0) if server else 0,
+            crash_note=st.crash_note, log_settled=st.log_settled, log_offset=st.log_offsets.get(id(server), 0) if server else 0,
             restarts=session.pool.restarts(server.spec) if server else 0, metrics=st.metrics,
             started_at=st.started_at, server_start_s=st.server_start_s,
             snapshot=session.snapshots.get(target.model.name)))
@@ -340,6 +344,16 @@ class CompatPlugin:
         terminalreporter.section("vllm-compat")
         for line in summary_lines(run, s.results_dir / "records"):
             terminalreporter.write_line(line)
+
+
+def _settle_log(st: ItemState, error_text: str) -> Settled | None:
+    """Wait (bounded, failed tests only) until the test's server log holds what the server logged about the
+    failure (log_settle.py); an HTTP error status answered by the server waits for its error line."""
+    server = st.servers[-1]
+    if server.proc is None:
+        return None
+    return settle(server.log_path, st.log_offsets.get(id(server), 0),
+                  want_error=http_error_status(error_text) is not None and server.alive())
 
 
 def _no_model_param(metafunc: pytest.Metafunc, features: list[str]) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from .log_settle import Settled
 from .markers import group_of, server_marker
 from .results import file_size
 from .server import ServerError, ServerSpec, VLLMServer
@@ -34,6 +35,7 @@ class ItemState:
     log_offsets: dict[int, int] = field(default_factory=dict)  # id(server) -> log size when handed to the test
     started_at: str = ""
     server_start_s: float = 0.0  # seconds of server starts this test waited for (not part of its duration)
+    log_settled: Settled | None = None  # how the failed test's server log was settled before classifying it
 
 
 @dataclass

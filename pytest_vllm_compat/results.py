@@ -240,6 +240,7 @@ class FinishedTest:
     started_at: str = ""
     server_start_s: float = 0.0
     snapshot: Any = None  # hub.Snapshot of a hub model
+    log_settled: Any = None  # log_settle.Settled: how the failed test's log was settled before classifying
 
 
 def compose_record(f: FinishedTest) -> dict[str, Any]:
@@ -265,6 +266,12 @@ def compose_record(f: FinishedTest) -> dict[str, Any]:
             log_text = log_since(server.log_path, f.log_offset)
             log_excerpt = server.log_excerpt(text=log_text)
         classification = classify_failure(text, log_text, f.target.version)
+        if f.log_settled is not None:
+            error["log_settled"] = f.log_settled.to_dict()
+            if not f.log_settled.complete and classification.get("id") == "unknown":
+                classification["explanation"] += (
+                    f" (The log was still being written {f.log_settled.waited_s:.1f} s after the failure; it was "
+                    "read as it then was.)")
     status = status_for(outcome, skip_reason, classification.get("kind") if classification else None)
     server_info = None
     if server is not None:

@@ -211,6 +211,21 @@ def test_unknown_fallback() -> None:
     assert classify("RuntimeError: fixture broke", real).kind == "infrastructure"
 
 
+def test_an_http_error_from_the_server_is_never_infrastructure() -> None:
+    """The server under test answered 4xx/5xx: what the server did, even when its log has no line for it."""
+    quiet = "INFO all fine\n"
+    c = classify("E   pytest_vllm_compat.client.APIError: HTTP 500 from http://127.0.0.1:1/v1/chat/completions: {}",
+                 quiet)
+    assert (c.id, c.kind) == ("unknown", "vllm")
+    assert "answered HTTP 500" in c.explanation and "written during this test shows no error" in c.explanation
+    c = classify("E   openai.BadRequestError: Error code: 400 - {'error': 'bad'}", quiet)
+    assert (c.id, c.kind) == ("unknown", "vllm") and "HTTP 400" in c.explanation
+    # without a log, the explanation claims nothing about one
+    c = classify("KeyError: 'choices'", None)
+    assert c.kind == "infrastructure" and "no server log was given" in c.explanation
+    assert "shows no error" not in c.explanation
+
+
 ENGINE_DEATH = (DATA / "vllm-v1-engine-core-death.log").read_text(encoding="utf-8")  # see test_logparse.py
 ROOT = "RuntimeError: index_select(): index 513 is out of bounds for dimension 0 with size 512"
 
