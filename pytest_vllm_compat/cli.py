@@ -86,7 +86,9 @@ def cmd_make_tiny_model(ns: argparse.Namespace) -> int:
 
 def cmd_provision(ns: argparse.Namespace) -> int:
     dist = DISTRIBUTIONS[ns.device]
-    prov = Provisioner(Path(ns.env_dir or default_env_dir()), installer=ns.installer)
+    if ns.write_locks:
+        return _write_locks(ns, dist)
+    prov = Provisioner(Path(ns.env_dir or default_env_dir()), installer=ns.installer, lock_dir=ns.lock_dir)
     from .version_spec import VersionSpecError, resolve_versions
 
     avail = available_versions(dist, prov.root)
@@ -106,6 +108,52 @@ def cmd_provision(ns: argparse.Namespace) -> int:
             continue
         print(f"{env.name}: {'created' if env.created else 'reused'} in {env.provision_s:.1f} s -> {env.python}")
         print(json.dumps(env.record_provenance(), sort_keys=True))
+    return rc
+
+
+def _write_locks(ns: argparse.Namespace, dist: str) -> int:
+    """``provision --write-locks DIR``: resolve each release afresh (in a temporary env dir, so no existing
+    environment is reused; the installer's cache keeps it quick) and write its exact set to
+    ``DIR/<distribution>-<version>.txt``, the file ``--vllm-lock-dir`` installs from."""
+    import shutil
+    import tempfile
+
+    from .environments import LOCK_FILE
+    from .version_spec import VersionSpecError, resolve_versions
+
+    out = Path(ns.write_locks)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vllm-compat-locks-") as tmp:
+        root = Path(tmp)
+        index_cache = Path(ns.env_dir or default_env_dir()) / "index"
+        if index_cache.is_dir():  # the index listing only: reuse it, nothing else
+            shutil.copytree(index_cache, root / "index")
+        prov = Provisioner(root, installer=ns.installer)
+        avail = available_versions(dist, prov.root)
+        try:
+            versions = resolve_versions(ns.vllm, avail, pre=ns.pre).versions
+        except VersionSpecError as e:
+            print(f"vllm-compat provision: {e}", file=sys.stderr)
+            return 2
+        rc = 0
+        for v in versions:
+            try:
+                check_version(dist, v, avail, cache_dir=prov.root)
+                env = prov.ensure(dist, v)
+            except (UnknownVersionError, ProvisionError) as e:
+                print(f"vllm-compat provision: {e}", file=sys.stderr)
+                rc = 1
+                continue
+            if env.path is None or not (env.path / LOCK_FILE).is_file():
+                print(f"vllm-compat provision: {env.name}: no {LOCK_FILE} was written", file=sys.stderr)
+                rc = 1
+                continue
+            target = out / f"{dist}-{v}.txt"
+            old = target.read_text() if target.is_file() else None
+            text = (env.path / LOCK_FILE).read_text()
+            target.write_text(text)
+            print(f"{target}: {'unchanged' if old == text else 'written'} ({len(text.splitlines())} packages)")
+            shutil.rmtree(env.path, ignore_errors=True)
     return rc
 
 
@@ -374,6 +422,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--env-dir")
     p.add_argument("--installer", choices=["auto", "uv", "pip"], default="auto")
+    p.add_argument("--lock-dir", type=Path, default=None,
+                   help="install releases that have a committed lock here (<distribution>-<version>.txt) from it, "
+                        "as pytest --vllm-lock-dir does")
+    p.add_argument("--write-locks", metavar="DIR", default=None,
+                   help="resolve each release afresh (a temporary env dir) and write its exact package set to "
+                        "DIR/<distribution>-<version>.txt (the files --vllm-lock-dir installs from)")
     p.set_defaults(fn=cmd_provision)
     p = sub.add_parser("versions", help="list the versions the package index offers")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

