@@ -130,13 +130,14 @@ def vllm_client(vllm_server: VLLMServer) -> Iterator[VLLMClient]:
 
 @pytest.fixture
 def vllm_openai(vllm_server: VLLMServer) -> Iterator[OpenAISDK]:
-    """The official OpenAI Python SDK bound to ``vllm_server`` (optional dependency:
-    ``pip install 'pytest-vllm-compat[openai]'``), so "works with the SDK users use" is tested, not assumed."""
+    """The official OpenAI Python SDK bound to ``vllm_server`` (a dependency of the plugin), so "works with the
+    SDK users use" is tested, not assumed. Without it the installation is broken: the test errors, it is never
+    skipped (a missing package is not a property of the platform)."""
     try:
         import openai
-    except ImportError:
-        pytest.skip("not applicable: the openai package is not installed "
-                    "(pip install 'pytest-vllm-compat[openai]')")
+    except ImportError as e:
+        pytest.fail(f"the openai package cannot be imported ({e}); it is a dependency of pytest-vllm-compat: "
+                    "reinstall it (pip install pytest-vllm-compat)", pytrace=False)
     client = openai.OpenAI(base_url=vllm_server.base_url + "/v1", api_key=vllm_server.api_key, max_retries=0,
                            timeout=120.0)
     yield OpenAISDK(client, vllm_server.served_model_name)
