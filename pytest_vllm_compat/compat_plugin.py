@@ -303,7 +303,7 @@ class CompatPlugin:
             crash_note=st.crash_note, log_settled=st.log_settled, log_offset=st.log_offsets.get(id(server), 0) if server else 0,
             restarts=session.pool.restarts(server.spec) if server else 0, metrics=st.metrics,
             started_at=st.started_at, server_start_s=st.server_start_s,
-            snapshot=session.snapshots.get(target.model.name)))
+            snapshot=session.snapshots.get(target.model.name), packaged=session.packaged.get(target.model.name)))
         self.writer.write(record)
         self.config.hook.pytest_vllm_compat_record(item=item, record=record)
 

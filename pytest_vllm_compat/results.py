@@ -241,6 +241,7 @@ class FinishedTest:
     server_start_s: float = 0.0
     snapshot: Any = None  # hub.Snapshot of a hub model
     log_settled: Any = None  # log_settle.Settled: how the failed test's log was settled before classifying
+    packaged: Any = None  # packaged_model.PackagedModel of a model shipped inside a package
 
 
 def compose_record(f: FinishedTest) -> dict[str, Any]:
@@ -284,6 +285,7 @@ def compose_record(f: FinishedTest) -> dict[str, Any]:
         "run_id": f.run_id, "test_id": f.test_id, "test_name": f.test_name,
         "model": model.name, "model_source": model.source, "families": list(model.families),
         "hub": f.snapshot.record() if f.snapshot else None,
+        "packaged_model": f.packaged.record() if f.packaged else None,
         "vllm_version": f.env.vllm_version if f.env else f.target.version, "distribution": f.target.distribution,
         "stack": stack_record(f.target.stack),
         "device": dict(f.device_info), "platform": f.platform, "feature": f.feature,

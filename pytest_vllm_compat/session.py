@@ -23,6 +23,7 @@ from .cpu_cores import CoreShare
 from .environments import Provisioner, ProvisionError, VLLMEnvironment
 from .hub import Snapshot, SnapshotStore
 from .locks import file_lock
+from .packaged_model import PackagedModel
 from .registry import ModelDirError, ModelSpec, preflight_model_dir, serve_args_to_argv
 from .runtime import API_KEY_ENV, DEFAULT_ENTRY_POINT, InterpreterRuntime, Runtime, VenvRuntime
 from .server import ServerSpec, VLLMServer
@@ -118,6 +119,7 @@ class CompatSession:
         self._leaser: Any = None
         self.hub = SnapshotStore(self.results_dir / ".hub" / self.run_id)
         self.snapshots: dict[str, Snapshot] = {}  # model name -> its fetched hub snapshot
+        self.packaged: dict[str, PackagedModel] = {}  # model name -> its prepared packaged model
         self.cache_policy = CompileCachePolicy(self.compile_cache, self.env_dir,
                                                self.results_dir / ".compile-cache" / self.run_id)
         if self.device == "cuda":
@@ -167,14 +169,25 @@ class CompatSession:
 
     # --- models ---------------------------------------------------------------------------
     def model_path(self, model: ModelSpec, env: VLLMEnvironment) -> str:
-        """The local directory the server loads: generated (builtin tiny models), given (``path``), or a hub
-        model's snapshot fetched before the server starts (hub.py); preflighted. With Docker, a hub id (the
+        """The local directory the server loads: generated (builtin tiny models), given (``path``), converted
+        from a package's GGUF file (packaged_model.py), or a hub model's snapshot fetched before the server
+        starts (hub.py); preflighted. With Docker, a hub id (the
         container fetches it into the mounted Hugging Face cache)."""
         if model.builtin:
             if self.runtime == "docker":
                 raise ModelDirError(f"{model.name}: builtin tiny models are generated with a provisioned environment's "
                                     "transformers; with --vllm-runtime=docker use path= or hub= models")
             return str(self.tiny_model(model, env))
+        if model.package:
+            if self.runtime == "docker":
+                raise ModelDirError(f"{model.name}: packaged models are converted with a provisioned environment's "
+                                    "torch; with --vllm-runtime=docker use path= or hub= models")
+            from .packaged_model import prepare
+
+            packaged = prepare(model, env.python, env.provenance.get("packages", {}), self.env_dir,
+                               progress=self.progress)
+            self.packaged[model.name] = packaged
+            return str(packaged.path)
         if model.path:
             preflight_model_dir(model.path)
             return model.path

@@ -34,10 +34,21 @@ def test_greedy_completion(vllm_client):
     assert text_of(first) == text_of(second), "temperature 0 must be deterministic"
 
 
-def test_chat_template_applies(vllm_client):
-    r = vllm_client.chat("Hello", max_tokens=4)
+def test_chat_template_applies(vllm_client, vllm_target, vllm_record):
+    """The chat endpoint renders the model's chat template: the prompt is wrapped (more tokens than the bare
+    message) and, on a trained model, the answer is right (a random-weight model's cannot be judged)."""
+    question = "What is the capital of France? Answer in one word."
+    r = vllm_client.chat(question, max_tokens=12)
+    raw = vllm_client.completion(question, max_tokens=1)
     assert r["choices"][0]["message"]["role"] == "assistant"
-    assert r["usage"]["prompt_tokens"] > 1
+    assert r["usage"]["prompt_tokens"] > raw["usage"]["prompt_tokens"], (
+        f"the chat prompt has {r['usage']['prompt_tokens']} tokens, the bare message {raw['usage']['prompt_tokens']}: "
+        "no chat template was applied")
+    answer = r["choices"][0]["message"]["content"] or ""
+    vllm_record.metrics["answer"] = answer[:200]
+    if vllm_target.model.trained:
+        assert "paris" in answer.lower(), f"a trained model answered {answer!r} to {question!r}"
+        assert r["choices"][0]["finish_reason"] == "stop", "the answer did not end with the model's end of turn"
 
 
 def test_served_args_are_the_registry_args(vllm_server, vllm_target):

@@ -45,6 +45,21 @@ def _tp_builder(tp: int):
     return build
 
 
+@pytest.fixture
+def tp_applicable(tp, request, vllm_target, vllm_model_path):
+    """Before the TP=N server starts: "not applicable" when the machine lacks the ranks, or when the model's
+    attention heads do not divide by N (its config.json says so; vLLM would refuse it, and that refusal is what
+    test_tp_size_not_dividing_heads_fails_cleanly checks)."""
+    have, what = _devices(vllm_target, request)
+    if have < tp:
+        not_applicable(f"TP={tp} needs {tp} {what}; this machine has {have}")
+    heads = int(model_config(vllm_model_path).get("num_attention_heads", 0) or 0)
+    if heads and heads % tp:
+        not_applicable(f"TP={tp} needs the attention heads to divide by {tp}; {vllm_target.model.name} has {heads} "
+                       "(config.json)")
+    return tp
+
+
 @pytest.mark.vllm_server(label="tp1", args=DTYPE)
 def test_tp1_reference(request, vllm_target, vllm_server):
     """TP=1 greedy outputs in float32 (the comparison baseline); also checks they are repeatable."""
@@ -57,10 +72,8 @@ TP_PARAMS = [pytest.param(n, id=f"tp{n}", marks=[pytest.mark.vllm_server(label=f
 
 
 @pytest.mark.parametrize("tp", TP_PARAMS)
-def test_greedy_output_matches_tp1(tp, request, vllm_target, vllm_server, vllm_server_factory, vllm_record):
-    have, what = _devices(vllm_target, request)
-    if have < tp:
-        not_applicable(f"TP={tp} needs {tp} {what}; this machine has {have}")
+def test_greedy_output_matches_tp1(tp, tp_applicable, request, vllm_target, vllm_server, vllm_server_factory,
+                                   vllm_record):
     out = greedy_outputs(vllm_server)
     vllm_record.metrics["tp"] = tp
     ref = reference_outputs(request, vllm_target, lambda: vllm_server_factory(DTYPE, label="tp1"), key="tp1-fp32")
@@ -85,11 +98,8 @@ def test_tp_size_not_dividing_heads_fails_cleanly(vllm_target, vllm_model_path, 
 
 
 @pytest.mark.parametrize("tp", TP_PARAMS)
-def test_openai_sdk_on_the_tp_server(tp, request, vllm_target, vllm_openai):
+def test_openai_sdk_on_the_tp_server(tp, tp_applicable, request, vllm_target, vllm_openai):
     """The official OpenAI SDK against the TP=N server: a chat and a streamed completion."""
-    have, what = _devices(vllm_target, request)
-    if have < tp:
-        not_applicable(f"TP={tp} needs {tp} {what}; this machine has {have}")
     chat = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=8, temperature=0,
                                                messages=[{"role": "user", "content": "Hello"}])
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens >= 1

