@@ -274,6 +274,11 @@ _CONFIG_FIELDS: dict[str, re.Pattern[str]] = {
     "quantization": re.compile(r"(?:^|[\s,])quantization=(?P<v>\w+)"),
     "kv_cache_dtype": re.compile(r"\bkv_cache_dtype=(?P<v>\w+)"),
     "device": re.compile(r"\bdevice_config=(?P<v>\w+)"),
+    # the backend the engine runs with (0.11+: StructuredOutputsConfig; 0.6-0.10: DecodingConfig), not the echo of
+    # the command line in "non-default args"
+    "structured_outputs_backend": re.compile(
+        r"\b(?:structured_outputs_config=StructuredOutputsConfig|decoding_config=DecodingConfig)\("
+        r"(?:guided_decoding_)?backend='(?P<v>[\w:-]+)'"),
 }
 _NON_DEFAULT_RE = re.compile(r"non-default args: (?P<args>\{.*\})")
 _ARG_RE = re.compile(
@@ -297,7 +302,8 @@ def parse_engine_config(log: str) -> dict[str, object]:
 
     Keys when found: ``vllm_version``, ``engine`` (``"v0"``/``"v1"``), ``model``, ``dtype``,
     ``max_model_len``, ``tensor_parallel_size``, ``pipeline_parallel_size``, ``enforce_eager``,
-    ``served_model_name``, ``quantization``, ``kv_cache_dtype``, ``device``, and
+    ``served_model_name``, ``quantization``, ``kv_cache_dtype``, ``device``, ``structured_outputs_backend``
+    (the engine's, from its config line only), and
     ``non_default_args`` (the literal values of the "non-default args: {...}" line). Values from the
     "Initializing ... engine ... with config:" line win over the non-default args.
     """

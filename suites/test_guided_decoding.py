@@ -12,7 +12,7 @@ from suite_helpers import log_since, log_size, server_log
 
 from pytest_vllm_compat.capabilities import Unsupported, structured_request_fields, structured_server_args
 from pytest_vllm_compat.client import finish_reason, text_of
-from pytest_vllm_compat.logparse import backend_fallbacks
+from pytest_vllm_compat.logparse import backend_fallbacks, parse_engine_config
 from pytest_vllm_compat.outcomes import unsupported
 
 pytestmark = pytest.mark.guided_decoding
@@ -78,13 +78,13 @@ def not_by(backend, kind, server, offset):
 
 @backend_param
 def test_backend_in_effect(backend, vllm_server, vllm_record):
-    """The server runs with the backend we asked for (its effective config in the log), not a default."""
-    log = server_log(vllm_server)
-    m = re.search(r"(?:structured_outputs_config=StructuredOutputsConfig\(backend=|guided_decoding_backend=|"
-                  r"backend=)'([\w-]+)", log)
-    assert m, "the server log shows no structured-output backend"
-    vllm_record.metrics["backend_in_log"] = m.group(1)
-    assert m.group(1) == backend
+    """The engine runs with the backend we asked for: read from the engine's own config line ("Initializing a V1
+    LLM engine ... with config: ... structured_outputs_config=StructuredOutputsConfig(backend='...')"), not from
+    the echo of the command line, which would pass even if the engine ignored the flag."""
+    used = parse_engine_config(server_log(vllm_server)).get("structured_outputs_backend")
+    assert used, "the engine's config line names no structured-output backend"
+    vllm_record.metrics["backend_in_log"] = used
+    assert used == backend, f"asked for {backend}, the engine runs {used}"
 
 
 @backend_param

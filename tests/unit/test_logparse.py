@@ -185,6 +185,20 @@ def test_engine_config_v0_and_v1() -> None:
     assert parse_engine_config("") == {}
 
 
+def test_structured_outputs_backend_is_the_engines_not_the_command_lines() -> None:
+    """The effective backend comes from the engine's config line; the echo of the command line ("non-default
+    args") says what was asked, and a server that ignored the flag would still echo it."""
+    assert parse_engine_config(V0_066)["structured_outputs_backend"] == "xgrammar"  # 0.6.x DecodingConfig
+    asked = ("(APIServer pid=1) INFO 12-03 16:11:07 [api_utils.py:286] non-default args: {'model': 'm', "
+             "'structured_outputs_config': StructuredOutputsConfig(backend='outlines', disable_any_whitespace=False)}\n")
+    engine = ("(EngineCore pid=2) INFO 12-03 16:11:18 [core.py:133] Initializing a V1 LLM engine (v0.32.0) with config: "
+              "model='m', dtype=torch.bfloat16, structured_outputs_config=StructuredOutputsConfig(backend='{}', "
+              "disable_any_whitespace=False), served_model_name=m\n")
+    assert parse_engine_config(asked + engine.format("outlines"))["structured_outputs_backend"] == "outlines"
+    assert parse_engine_config(asked + engine.format("xgrammar"))["structured_outputs_backend"] == "xgrammar"
+    assert "structured_outputs_backend" not in parse_engine_config(asked)  # the echo alone proves nothing
+
+
 def test_engine_config_non_default_args_only() -> None:
     cfg = parse_engine_config("INFO non-default args: {'model': 'm', 'enforce_eager': True, 'max_model_len': 256, "
                               "'served_model_name': ['a', 'b'], 'compilation_config': CompilationConfig(level=0)}")
