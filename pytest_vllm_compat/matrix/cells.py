@@ -46,6 +46,25 @@ def _worst(statuses: Sequence[str]) -> str:
     return "unsupported"
 
 
+def test_key(rec: Mapping[str, Any]) -> str:
+    """A test's identity across runs: its node id without xdist's ``@group`` suffix (the name if it has none)."""
+    return str(rec.get("test_id") or rec.get("test_name") or "").split("@", 1)[0]
+
+
+def merge_test_statuses(per_test: Mapping[str, Sequence[str]]) -> tuple[str, dict[str, str]]:
+    """The status of a cell from each test's statuses across runs: a test is ``flaky`` when it both passed and
+    failed (or errored); the cell is ``flaky`` when one of its tests is, else the worst of its tests' statuses.
+    A partial run (a bisection's two tests) merged into a full run's cell counts each test once."""
+    merged: dict[str, str] = {}
+    for key, statuses in per_test.items():
+        decisive = [s for s in statuses if s in _DECISIVE]
+        merged[key] = ("flaky" if "pass" in decisive and any(s in FAILING for s in decisive)
+                       else _worst(list(statuses)))
+    if any(s == "flaky" for s in merged.values()):
+        return "flaky", merged
+    return _worst(list(merged.values())), merged
+
+
 def merge_run_statuses(per_run: Sequence[str]) -> str:
     """The status of a cell across runs: ``flaky`` when runs disagree between pass and
     fail/error; otherwise the runs' common verdict (the worst one, fail over error) -- runs in
@@ -186,7 +205,11 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
             "counts": dict(Counter(run_statuses)),
             "started_at": min((str(recs[i].get("started_at") or "") for i in idx), default=""),
         })
-    status = merge_run_statuses([r["status"] for r in runs])
+    by_test: dict[str, list[str]] = defaultdict(list)
+    for rec, st in zip(recs, statuses, strict=True):
+        by_test[test_key(rec)].append(st)
+    status, test_statuses = merge_test_statuses(by_test)
+    flaky_tests = sorted(k for k, s in test_statuses.items() if s == "flaky")
 
     # The representative test: the latest of the worst status (the failing one for flaky cells).
     if status == "flaky":
@@ -211,8 +234,12 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
         fixed_in = rep_cls.get("fixed_in")
         refs = [str(r) for r in rep_cls.get("refs") or []]
 
+    # one count per test: its latest status (a flaky test counts as its failing status, and is named)
+    latest_status = {test_key(r): s for r, s in zip(recs, statuses, strict=True)}  # chronological: the last wins
     counts = {s: 0 for s in RECORD_STATUSES}
-    counts.update(Counter(statuses))
+    counts.update(Counter(latest_status[k] if test_statuses[k] != "flaky"
+                          else min((s for s in by_test[k] if s in FAILING), key=SEVERITY.index)
+                          for k in latest_status))
     latest = recs[-1]
     server = latest.get("server") or {}
     distribution = ",".join(sorted({str(r.get("distribution")) for r in recs if r.get("distribution")}))
@@ -223,17 +250,19 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
     error = rep_rec.get("error") or {}
 
     if status == "pass":
-        summary = f"{counts['pass']} of {len(recs)} tests passed" + (
+        summary = f"{counts['pass']} of {len(test_statuses)} tests passed" + (
             f" in {len(runs)} runs" if len(runs) > 1 else "")
-        if counts["pass"] < len(recs):
-            summary += f" ({len(recs) - counts['pass']} skipped)"
+        if counts["pass"] < len(test_statuses):
+            summary += f" ({len(test_statuses) - counts['pass']} skipped)"
     elif status in FAILING:
         summary = f"{title or category}: {error.get('summary') or rep_rec.get('outcome') or status}"
     elif status == "flaky":
-        passed = [r["run_id"] for r in runs if r["status"] == "pass"]
-        failed = [r["run_id"] for r in runs if r["status"] in FAILING]
-        summary = (f"flaky: passed in {len(passed)} run(s), {wanted} in {len(failed)} run(s) -- "
-                   f"{title or category}: {error.get('summary') or ''}")
+        name = flaky_tests[0].rsplit("::", 1)[-1]
+        outcomes = by_test[flaky_tests[0]]
+        summary = (f"flaky: {name} passed {outcomes.count('pass')} time(s) and {wanted} "
+                   f"{sum(s in FAILING for s in outcomes)} time(s)"
+                   + (f" ({len(flaky_tests) - 1} more flaky test(s))" if len(flaky_tests) > 1 else "")
+                   + f" -- {title or category}: {error.get('summary') or ''}")
     else:
         summary = rep_rec.get("skip_reason") or status.replace("_", " ")
 
@@ -262,6 +291,7 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
         "regression": False,
         "tests": [_test_entry(r) for r in recs],
         "counts": counts,
+        "flaky_tests": flaky_tests,
         "runs": sorted(runs, key=lambda r: (r["started_at"], r["run_id"])),
         "provenance": provenance,
         **cell_locks(recs, locks or {}),

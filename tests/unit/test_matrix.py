@@ -189,6 +189,28 @@ def test_within_one_run_the_worst_test_wins() -> None:
     assert mx.build_matrix(pass_and_skip, classifier=None)["cells"][0]["status"] == "pass"
 
 
+def test_cells_merge_runs_per_test_and_flaky_means_one_test_passed_and_failed() -> None:
+    """A partial run (a bisection's two tests) merged into a full run's cell counts each test once; a cell is
+    flaky only when one of its tests both passed and failed, not when two runs of different tests differ."""
+    full = [record("m", "1.0.0", "f", "pass", test=f"t{i}", run="full") for i in range(7)]
+    partial = [record("m", "1.0.0", "f", "pass", test=t, run="bisect") for t in ("t0", "t1")]
+    c = mx.build_matrix(full + partial, classifier=None)["cells"][0]
+    assert (c["status"], c["counts"]["pass"], c["flaky_tests"]) == ("pass", 7, [])
+    assert c["summary"].startswith("7 of 7 tests passed in 2 runs")
+    # the full run failed t0; the bisection ran only t1 (passing): another test's pass is no flake
+    failed = [record("m", "1.0.0", "f", "fail", test="t0", run="full"),
+              record("m", "1.0.0", "f", "pass", test="t1", run="full"),
+              record("m", "1.0.0", "f", "pass", test="t1", run="bisect")]
+    c = mx.build_matrix(failed, classifier=None)["cells"][0]
+    assert (c["status"], c["counts"]["fail"], c["counts"]["pass"]) == ("fail", 1, 1)
+    # the same test passed in one run and failed in another: flaky, and named
+    flaky = [record("m", "1.0.0", "f", "fail", test="t0", run="full"),
+             record("m", "1.0.0", "f", "pass", test="t0", run="again")]
+    c = mx.build_matrix(flaky, classifier=None)["cells"][0]
+    assert c["status"] == "flaky" and [k.rsplit("::", 1)[-1] for k in c["flaky_tests"]] == ["t0[m-1.0.0]"]
+    assert c["summary"].startswith("flaky: t0[m-1.0.0] passed 1 time(s) and fail 1 time(s)")
+
+
 def test_runs_that_disagree_make_a_flaky_cell_with_per_run_counts() -> None:
     m = sample_matrix()
     flaky = cell(m, "tiny-llama", "0.32.0", "config")
