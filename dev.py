@@ -124,6 +124,8 @@ def cmd_publish(ns: argparse.Namespace) -> int:
             if rc not in (0, 1):
                 print(f"publish: pytest against {v} ({spec}) exited {rc}; its results dir keeps what it wrote",
                       file=sys.stderr)
+            # published data names no machine paths: relative to the results dir, ~, $TMPDIR
+            run([str(PY), "-m", "pytest_vllm_compat.cli", "scrub-paths", str(results)], check=False)
     dirs = sorted(str(d) for d in out.iterdir() if d.is_dir() and d.name != "site" and (d / "records").is_dir())
     run([str(PY), "-m", "pytest_vllm_compat.cli", "matrix", *dirs, "--output", str(out / "site")])
     print(f"\nsite: {out / 'site' / 'index.html'}")

@@ -46,6 +46,7 @@ from .matrix import (
     record_files,
     write_matrix,
 )
+from .publish_paths import machine_paths, scrub_tree
 from .site import render_site
 from .versions import version_key
 
@@ -154,6 +155,23 @@ def _write_locks(ns: argparse.Namespace, dist: str) -> int:
             target.write_text(text)
             print(f"{target}: {'unchanged' if old == text else 'written'} ({len(text.splitlines())} packages)")
             shutil.rmtree(env.path, ignore_errors=True)
+    return rc
+
+
+def cmd_scrub_paths(ns: argparse.Namespace) -> int:
+    """``vllm-compat scrub-paths DIR...``: machine paths out of results dirs before they are published."""
+    rc = 0
+    for d in ns.dirs:
+        if not d.is_dir():
+            print(f"vllm-compat scrub-paths: {d}: no such directory", file=sys.stderr)
+            rc = 2
+            continue
+        changed = scrub_tree(d)
+        left = machine_paths(d)
+        print(f"{d}: {len(changed)} file(s) rewritten; {len(left)} still hold a home or temp path")
+        for p in left[:20]:
+            print(f"  {p}")
+        rc = rc or (1 if left else 0)
     return rc
 
 
@@ -384,6 +402,7 @@ def matrix_main(argv: Sequence[str] | None = None) -> int:
     matrix["bisections"] = [bisection_entry(b) for b in load_results(args.results)]
     write_matrix(matrix, args.output)
     index = render_site(matrix, args.output, title=args.title, locks=locks)
+    scrub_tree(args.output)  # the site is for publishing: no home, temp or checkout paths (publish_paths.py)
     if args.allure_categories is not None:
         _write_allure_categories(args.allure_categories)
     failing = sum(c["status"] in (*FAILING, "flaky") for c in matrix["cells"])
@@ -429,6 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="resolve each release afresh (a temporary env dir) and write its exact package set to "
                         "DIR/<distribution>-<version>.txt (the files --vllm-lock-dir installs from)")
     p.set_defaults(fn=cmd_provision)
+    p = sub.add_parser("scrub-paths", help="rewrite machine paths in results dirs before publishing them: relative "
+                                            "to the results dir, ~ for the home dir, $TMPDIR for temp dirs")
+    p.add_argument("dirs", nargs="+", type=Path)
+    p.set_defaults(fn=cmd_scrub_paths)
     p = sub.add_parser("versions", help="list the versions the package index offers")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--resolve", metavar="SPEC", help="print what --vllm=SPEC selects (e.g. 0.27.0..0.32.0, latest~2)")

@@ -31,13 +31,25 @@ def load_records(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for d in dirs:
         for path in record_files(Path(d)):
+            root = path.parent.parent if path.parent.name == "records" else path.parent
             for rec in read_record_file(path):
                 key = (rec.get("run_id"), rec.get("test_id"), rec.get("started_at"))
                 if key in seen:
                     continue
                 seen.add(key)
-                records.append(rec)
+                records.append(_resolve_log_paths(rec, root))
     return records
+
+
+def _resolve_log_paths(rec: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Published records name their server logs relative to their results dir (publish_paths.py): read here,
+    they are resolved against it, so the site finds the logs to copy."""
+    for holder in (rec, rec.get("server")):
+        if isinstance(holder, dict):
+            lp = holder.get("log_path")
+            if isinstance(lp, str) and lp and not lp.startswith(("/", "~", "$")):
+                holder["log_path"] = str(root / lp)
+    return rec
 
 
 def load_manifests(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
