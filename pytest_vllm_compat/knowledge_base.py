@@ -56,7 +56,7 @@ LINE_HINTS: tuple[str, ...] = (
 
 _REQUIRED = ("id", "patterns", "category", "kind", "title", "explanation", "affected", "fixed_in", "refs",
              "workaround")
-_OPTIONAL = ("priority", "symptom", "versions", "example", "workaround_pin")
+_OPTIONAL = ("priority", "symptom", "versions", "example", "workaround_pin", "bisected")
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _PLACEHOLDER_RE = re.compile(r"\{(\w+)\}")
 
@@ -86,6 +86,8 @@ class FailureRule:
     order: int = 0  # position in the file
     # a requirement whose stack (--vllm-with) works around the failure; the site checks it against runs
     workaround_pin: str = ""
+    # the committed bisection report (a path from the repository root) that ``fixed_in`` comes from
+    bisected: str = ""
 
     needles: tuple[tuple[str, bool], ...] = ()  # per pattern: a literal it requires, and its ignorecase flag
 
@@ -216,6 +218,7 @@ def _rule(entry: dict[str, Any], order: int) -> FailureRule:
         explanation=" ".join(texts["explanation"].split()), affected=texts["affected"],
         fixed_in=texts["fixed_in"], refs=tuple(refs), workaround=texts["workaround"], priority=priority,
         symptom=symptom, versions=versions, examples=examples, order=order, workaround_pin=str(pin),
+        bisected=str(entry.get("bisected", "")),
         needles=tuple(_needle(rx) for rx in compiled),
     )
 

@@ -92,6 +92,19 @@ def default_classifier(error_text: str, log_text: str | None, version: str | Non
     return dict(classify(exception_lines(error_text), log_text, version=version).to_dict())
 
 
+def current_facts(cls: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stored classification with today's knowledge-base facts of its entry: where it was fixed, its refs,
+    workaround and pin (the title and explanation keep the values the run's log filled in). A bisection that
+    found the fixed release after the run shows on that run's cells."""
+    from pytest_vllm_compat.classify import load_knowledge_base
+
+    rule = next((r for r in load_knowledge_base() if r.id == cls.get("id")), None)
+    if rule is None:
+        return cls
+    return {**cls, "fixed_in": rule.fixed_in, "refs": list(rule.refs), "workaround": rule.workaround,
+            "workaround_pin": rule.workaround_pin}
+
+
 def classification_of(rec: Mapping[str, Any], classifier: Classifier | None,
                       cache: dict[tuple[Any, ...], Mapping[str, Any] | None]) -> Mapping[str, Any] | None:
     """The record's classification; a failing record without one (or with an unknown category)
@@ -101,7 +114,7 @@ def classification_of(rec: Mapping[str, Any], classifier: Classifier | None,
     if _status_of(rec) not in FAILING or classifier is None:
         return cls
     if cls is not None and not _is_unknown_category(cls.get("category")):
-        return cls
+        return current_facts(cls) if classifier is default_classifier else cls
     error = rec.get("error") or {}
     error_text = str(error.get("text") or error.get("summary") or "")
     log_text = rec.get("log_excerpt")

@@ -435,3 +435,22 @@ def test_exception_lines_keep_the_plugins_verdict_line() -> None:
     assert exception_lines(text).splitlines()[0].startswith("vLLM server died")
     assert classify(exception_lines(text)).category == "engine_died"
     assert exception_lines("no pytest lines here") == "no pytest lines here"
+
+
+def test_fix_versions_come_from_the_committed_bisections() -> None:
+    """An entry that names its bisection report states that report's boundary as ``fixed_in``, and the report's
+    probes failed with the entry's category: a stale "fixed by X (not bisected)" cannot survive a bisection."""
+    import json
+
+    repo = Path(__file__).resolve().parents[2]
+    checked = 0
+    for rule in load_knowledge_base():
+        if not rule.bisected:
+            continue
+        report = json.loads((repo / rule.bisected).read_text())
+        boundary = report["first_fixed"] if report["direction"] == "fix" else report["first_bad"]
+        assert rule.fixed_in == boundary, f"{rule.id}: fixed_in {rule.fixed_in!r}, the bisection found {boundary}"
+        categories = {f.get("category") for p in report["probes"] for f in (p.get("failing") or {}).values()}
+        assert rule.category in categories, f"{rule.id}: the bisection's failures were {categories}"
+        checked += 1
+    assert checked >= 1
