@@ -61,8 +61,10 @@ MUTANTS: dict[str, str] = {
     "wrong_model_list": "/v1/models lists a different model id",
     "stream_truncated": "streams stop early: no final finish_reason chunk and no 'data: [DONE]'",
     "finish_reason_swapped": "finish_reason says 'length' where the output stopped and 'stop' where it ran out",
-    "backend_mislabel": "the engine config line names xgrammar whatever structured-output backend was asked for",
+    "backend_mislabel": "the engine config line names another structured-output backend than the one asked for "
+                        "(xgrammar for any other, guidance for xgrammar)",
     "tp_diverges": "a --tensor-parallel-size > 1 server generates different greedy text than TP=1",
+    "tp_empty_output": "a --tensor-parallel-size > 1 server generates nothing (zero tokens, finish_reason stop)",
     "tp_no_refuse": "a TP size that does not divide the attention heads starts anyway",
     "engine_dies_on_bad_schema": "a malformed schema or regex gets its 400, then the engine is dead (500s, "
                                  "/health 503)",
@@ -73,7 +75,7 @@ MUTANTS: dict[str, str] = {
     "attention_unknown_accepted": "an unknown --attention-backend name starts the server on the default backend",
     "attention_diverges": "a server started with --attention-backend generates different greedy text",
     "full_length_rejected": "a prompt + max_tokens of exactly max_model_len tokens is refused (off by one)",
-    "overload_503": "more than 8 requests in flight get HTTP 503",
+    "overload_503": "each request takes 50 ms and one arriving with more than 8 in flight gets HTTP 503",
     "disconnect_kills": "a client that disconnects mid-stream kills the server",
 }
 
@@ -440,13 +442,14 @@ class Handler(BaseHTTPRequestHandler):
             State.requests += 1
             State.in_flight += 1
             n = State.requests
-            busy = State.in_flight
         try:
             if on("crash_after_n") and n > int(os.environ.get("STANDIN_CRASH_AFTER", "60")):
                 log("ERROR", "core.py:1000", "EngineCore encountered a fatal error (stand-in: crash_after_n).",
                     proc="EngineCore_DP0")
                 os._exit(1)
-            if on("overload_503") and busy > 8:
+            if on("overload_503"):
+                time.sleep(0.05)  # a slow engine: requests pile up
+            if on("overload_503") and State.in_flight > 8:
                 self._send(503, error_body(503, "The server is overloaded", "ServiceUnavailableError"))
                 return
             if State.engine_dead:
@@ -504,6 +507,8 @@ class Handler(BaseHTTPRequestHandler):
         lps: list[float] = []
         tops: list[dict[int, float]] = []
         reason = "length"
+        if State.variant == -1:  # tp_empty_output
+            return ids, lps, tops, "stop"
         for pos in range(max_tokens):
             dist = model.logprobs(context + ids, pos, eos_after=eos_after, ignore_eos=ignore_eos)
             i = sample(dist, temperature)
@@ -842,7 +847,9 @@ def main(argv: list[str] | None = None) -> None:
             f"({ns.tensor_parallel_size}).")
         sys.exit(1)
 
-    shown_backend = "xgrammar" if on("backend_mislabel") and backend != "auto" else backend
+    shown_backend = backend
+    if on("backend_mislabel") and backend != "auto":
+        shown_backend = "guidance" if backend == "xgrammar" else "xgrammar"
     shown_so = so_repr.replace(f"backend='{backend}'", f"backend='{shown_backend}'")
     shown_len = max_len * 2 if on("maxlen_lie") else max_len
     shown_dtype = "float16" if on("dtype_lie") else dtype
@@ -854,7 +861,7 @@ def main(argv: list[str] | None = None) -> None:
         "pipeline_parallel_size=1, data_parallel_size=1, disable_custom_all_reduce=True, quantization=None, "
         f"enforce_eager={ns.enforce_eager}, kv_cache_dtype=auto, device_config=cpu, "
         f"structured_outputs_config={shown_so}, seed=0, served_model_name={served}, "
-        "enable_prefix_caching=True, enable_chunked_prefill=True, pooler_config=None"), proc="EngineCore pid")
+        "enable_prefix_caching=True, enable_chunked_prefill=True, pooler_config=None"), proc="EngineCore_DP0")
 
     if ns.attention_backend:
         if ns.attention_backend not in ATTENTION_BACKENDS and not on("attention_unknown_accepted"):
@@ -866,7 +873,9 @@ def main(argv: list[str] | None = None) -> None:
             State.variant = 7
     if ns.tensor_parallel_size > 1 and on("tp_diverges"):
         State.variant = 3
-    log("INFO", "cpu.py:150", "Using CPU attention backend.", proc="EngineCore pid")
+    if ns.tensor_parallel_size > 1 and on("tp_empty_output"):
+        State.variant = -1
+    log("INFO", "cpu.py:150", "Using CPU attention backend.", proc="EngineCore_DP0")
 
     space = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 4)
     if on("kv_ignores_space"):
@@ -876,7 +885,7 @@ def main(argv: list[str] | None = None) -> None:
     block = 16
     tokens = int(space * GIB // per_token) // block * block
     log("INFO", "cpu_worker.py:260", f"Explicitly set ({space:.1f}/11.09) GiB for KV cache on node 0.",
-        proc="Worker pid")
+        proc="Worker")
     if max_len > tokens and not on("kv_no_refuse"):
         need = max_len * per_token / GIB
         fail_startup(f"To serve at least one request with the models's max seq len ({max_len}), ({need:.2f} GiB KV "
@@ -887,10 +896,10 @@ def main(argv: list[str] | None = None) -> None:
     shown_tokens = int(tokens * 1.5) if on("kv_tokens_wrong") else tokens
     conc = shown_tokens / max_len * (2 if on("kv_concurrency_wrong") else 1)
     log("INFO", "kv_cache_utils.py:2327", f"CPU KV cache size: {shown_tokens:,} tokens, Maximum concurrency for "
-        f"{max_len:,} tokens per request: {conc:.2f}x", proc="EngineCore pid")
+        f"{max_len:,} tokens per request: {conc:.2f}x", proc="EngineCore_DP0")
     State.max_model_len = max_len
 
-    host = ns.host or "0.0.0.0"  # noqa: S104 - vLLM's default; the plugin always passes --host 127.0.0.1
+    host = ns.host or "0.0.0.0"
     ThreadingHTTPServer.request_queue_size = 256
     ThreadingHTTPServer.daemon_threads = True
     server = ThreadingHTTPServer((host, ns.port), Handler)
