@@ -13,16 +13,21 @@ pytestmark = pytest.mark.config
 
 
 def test_server_lists_model(vllm_server, vllm_client):
-    assert vllm_client.models() == [vllm_server.served_model_name]
+    listed = vllm_client.models()
+    assert listed == [vllm_server.served_model_name], (
+        f"the model list is wrong: /v1/models lists {listed}, the server serves {vllm_server.served_model_name!r}")
 
 
 def test_engine_config_matches_request(vllm_server, vllm_target, vllm_caps, vllm_record):
     cfg = parse_engine_config(vllm_server.log_text())
     vllm_record.metrics["engine_config"] = {k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool))}
     asked = vllm_target.model.serve_args
-    assert cfg.get("max_model_len") == int(asked["max_model_len"]), cfg
+    assert cfg.get("max_model_len") == int(asked["max_model_len"]), (
+        f"the engine's config differs from the request: max_model_len {cfg.get('max_model_len')}, asked "
+        f"{asked['max_model_len']}")
     if "dtype" in asked:
-        assert str(cfg.get("dtype", "")).removeprefix("torch.") == asked["dtype"], cfg
+        got = str(cfg.get("dtype", "")).removeprefix("torch.")
+        assert got == asked["dtype"], f"the engine's config differs from the request: dtype {got}, asked {asked['dtype']}"
     expected = engine_for(vllm_caps, vllm_target.device)
     assert cfg.get("engine") == expected, f"log says engine {cfg.get('engine')}, table says {expected}"
 
@@ -42,8 +47,8 @@ def test_chat_template_applies(vllm_client, vllm_target, vllm_record):
     raw = vllm_client.completion(question, max_tokens=1)
     assert r["choices"][0]["message"]["role"] == "assistant"
     assert r["usage"]["prompt_tokens"] > raw["usage"]["prompt_tokens"], (
-        f"the chat prompt has {r['usage']['prompt_tokens']} tokens, the bare message {raw['usage']['prompt_tokens']}: "
-        "no chat template was applied")
+        f"no chat template was applied: the chat prompt has {r['usage']['prompt_tokens']} tokens, the bare message "
+        f"{raw['usage']['prompt_tokens']}")
     answer = r["choices"][0]["message"]["content"] or ""
     vllm_record.metrics["answer"] = answer[:200]
     if vllm_target.model.trained:

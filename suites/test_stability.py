@@ -53,8 +53,9 @@ def test_concurrent_burst(vllm_server, vllm_client, vllm_record):
 def test_streaming(vllm_client, vllm_record):
     chunks = list(vllm_client.stream_completion("Stream this:", max_tokens=16))
     vllm_record.metrics["stream_chunks"] = len(chunks)
-    assert len(chunks) >= 2
-    assert chunks[-1]["choices"][0].get("finish_reason") in ("length", "stop")
+    assert len(chunks) >= 2, f"the stream was truncated: {len(chunks)} chunk(s)"
+    assert chunks[-1]["choices"][0].get("finish_reason") in ("length", "stop"), (
+        f"the stream was truncated: its last chunk has finish_reason {chunks[-1]['choices'][0].get('finish_reason')!r}")
     assert vllm_client.health() == 200
 
 
