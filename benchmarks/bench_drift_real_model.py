@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_vllm_compat import drift  # noqa: E402
+from pytest_vllm_compat.publish_paths import scrub_tree  # noqa: E402
 from pytest_vllm_compat.results import read_records  # noqa: E402
 from pytest_vllm_compat.versions import version_key  # noqa: E402
 
@@ -106,6 +107,7 @@ def main() -> int:
     ns = ap.parse_args()
     results = Path(ns.results)
     wall = None if ns.reuse else run(ns.vllm, ns.model, results)
+    scrub_tree(results)  # committed beside the table: no machine paths
     recs = releases(results, ns.model)
     rows = compare(recs, ns.tolerance)
     out_dir = ROOT / "reports" / "drift-real"
