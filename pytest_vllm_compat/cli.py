@@ -20,7 +20,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .environments import (
     Provisioner,
     ProvisionError,
     UnknownVersionError,
+    VLLMEnvironment,
     available_versions,
     check_version,
     default_env_dir,
@@ -85,11 +86,10 @@ def cmd_make_tiny_model(ns: argparse.Namespace) -> int:
     return subprocess.run([python, str(TINY_MODEL_SCRIPT), *args], check=False).returncode
 
 
-def cmd_provision(ns: argparse.Namespace) -> int:
-    dist = DISTRIBUTIONS[ns.device]
-    if ns.write_locks:
-        return _write_locks(ns, dist)
-    prov = Provisioner(Path(ns.env_dir or default_env_dir()), installer=ns.installer, lock_dir=ns.lock_dir)
+def _provision_each(ns: argparse.Namespace, dist: str, prov: Provisioner,
+                    done: Callable[[str, VLLMEnvironment], int]) -> int:
+    """Resolve ``--vllm`` against the index and provision each release with ``prov``; ``done(version, env)``
+    reports one (its return is that release's exit code). 2: the spec does not resolve; 1: a release failed."""
     from .version_spec import VersionSpecError, resolve_versions
 
     avail = available_versions(dist, prov.root)
@@ -107,9 +107,22 @@ def cmd_provision(ns: argparse.Namespace) -> int:
             print(f"vllm-compat provision: {e}", file=sys.stderr)
             rc = 1
             continue
+        rc = done(v, env) or rc
+    return rc
+
+
+def cmd_provision(ns: argparse.Namespace) -> int:
+    dist = DISTRIBUTIONS[ns.device]
+    if ns.write_locks:
+        return _write_locks(ns, dist)
+
+    def show(_version: str, env: VLLMEnvironment) -> int:
         print(f"{env.name}: {'created' if env.created else 'reused'} in {env.provision_s:.1f} s -> {env.python}")
         print(json.dumps(env.record_provenance(), sort_keys=True))
-    return rc
+        return 0
+
+    prov = Provisioner(Path(ns.env_dir or default_env_dir()), installer=ns.installer, lock_dir=ns.lock_dir)
+    return _provision_each(ns, dist, prov, show)
 
 
 def _write_locks(ns: argparse.Namespace, dist: str) -> int:
@@ -120,42 +133,28 @@ def _write_locks(ns: argparse.Namespace, dist: str) -> int:
     import tempfile
 
     from .environments import LOCK_FILE
-    from .version_spec import VersionSpecError, resolve_versions
 
     out = Path(ns.write_locks)
     out.mkdir(parents=True, exist_ok=True)
+
+    def write(version: str, env: VLLMEnvironment) -> int:
+        if env.path is None or not (env.path / LOCK_FILE).is_file():
+            print(f"vllm-compat provision: {env.name}: no {LOCK_FILE} was written", file=sys.stderr)
+            return 1
+        target = out / f"{dist}-{version}.txt"
+        old = target.read_text() if target.is_file() else None
+        text = (env.path / LOCK_FILE).read_text()
+        target.write_text(text)
+        print(f"{target}: {'unchanged' if old == text else 'written'} ({len(text.splitlines())} packages)")
+        shutil.rmtree(env.path, ignore_errors=True)
+        return 0
+
     with tempfile.TemporaryDirectory(prefix="vllm-compat-locks-") as tmp:
         root = Path(tmp)
         index_cache = Path(ns.env_dir or default_env_dir()) / "index"
         if index_cache.is_dir():  # the index listing only: reuse it, nothing else
             shutil.copytree(index_cache, root / "index")
-        prov = Provisioner(root, installer=ns.installer)
-        avail = available_versions(dist, prov.root)
-        try:
-            versions = resolve_versions(ns.vllm, avail, pre=ns.pre).versions
-        except VersionSpecError as e:
-            print(f"vllm-compat provision: {e}", file=sys.stderr)
-            return 2
-        rc = 0
-        for v in versions:
-            try:
-                check_version(dist, v, avail, cache_dir=prov.root)
-                env = prov.ensure(dist, v)
-            except (UnknownVersionError, ProvisionError) as e:
-                print(f"vllm-compat provision: {e}", file=sys.stderr)
-                rc = 1
-                continue
-            if env.path is None or not (env.path / LOCK_FILE).is_file():
-                print(f"vllm-compat provision: {env.name}: no {LOCK_FILE} was written", file=sys.stderr)
-                rc = 1
-                continue
-            target = out / f"{dist}-{v}.txt"
-            old = target.read_text() if target.is_file() else None
-            text = (env.path / LOCK_FILE).read_text()
-            target.write_text(text)
-            print(f"{target}: {'unchanged' if old == text else 'written'} ({len(text.splitlines())} packages)")
-            shutil.rmtree(env.path, ignore_errors=True)
-    return rc
+        return _provision_each(ns, dist, Provisioner(root, installer=ns.installer), write)
 
 
 def cmd_scrub_paths(ns: argparse.Namespace) -> int:

@@ -300,7 +300,8 @@ class CompatPlugin:
             test_name=getattr(item, "originalname", item.name), target=target, env=session.envs.get(target.line),
             reports=st.reports, feature=st.feature or feature_of(item), platform=self.platform,
             device_info=session.device_info, servers=st.servers, server_error=st.server_error,
-            crash_note=st.crash_note, log_settled=st.log_settled, log_offset=st.log_offsets.get(id(server), 0) if server else 0,
+            crash_note=st.crash_note, log_settled=st.log_settled,
+            log_offset=st.log_offsets.get(id(server), 0) if server else 0,
             restarts=session.pool.restarts(server.spec) if server else 0, metrics=st.metrics,
             started_at=st.started_at, server_start_s=st.server_start_s,
             snapshot=session.snapshots.get(target.model.name), packaged=session.packaged.get(target.model.name)))

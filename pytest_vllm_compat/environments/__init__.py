@@ -110,8 +110,12 @@ class VLLMEnvironment:
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes (a committed lock file's identity)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The sha256 of a file's bytes, read in chunks (a committed lock's identity, a packaged model's weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def touch_last_used(env_path: Path) -> None:
@@ -306,10 +310,10 @@ class Provisioner:
                 notes.append(f"# pip options uv does not see: {', '.join(ignored)}")
             index_args = uv_index_args(config)
         committed = self.lock_for(distribution, version, stack)
-        constraints = ({"file": committed.name, "sha256": file_sha256(committed)} if committed is not None
-                       else None)
+        constraints = None
         if committed is not None:
-            notes.append(f"# constraints: the committed lock {committed} (sha256 {file_sha256(committed)})")
+            constraints = {"file": committed.name, "sha256": file_sha256(committed)}
+            notes.append(f"# constraints: the committed lock {committed} (sha256 {constraints['sha256']})")
         steps = install_steps(distribution, requirement, pins, path, base_python=self.base_python, uv=uv,
                               index_args=index_args, constraints=committed)
         t0 = time.monotonic()

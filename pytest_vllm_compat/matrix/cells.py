@@ -55,11 +55,7 @@ def merge_test_statuses(per_test: Mapping[str, Sequence[str]]) -> tuple[str, dic
     """The status of a cell from each test's statuses across runs: a test is ``flaky`` when it both passed and
     failed (or errored); the cell is ``flaky`` when one of its tests is, else the worst of its tests' statuses.
     A partial run (a bisection's two tests) merged into a full run's cell counts each test once."""
-    merged: dict[str, str] = {}
-    for key, statuses in per_test.items():
-        decisive = [s for s in statuses if s in _DECISIVE]
-        merged[key] = ("flaky" if "pass" in decisive and any(s in FAILING for s in decisive)
-                       else _worst(list(statuses)))
+    merged = {key: merge_run_statuses(statuses) for key, statuses in per_test.items()}
     if any(s == "flaky" for s in merged.values()):
         return "flaky", merged
     return _worst(list(merged.values())), merged
