@@ -540,10 +540,10 @@ def canonical_pin(pin: str) -> str:
 
 __all__ = [
     "DECISIONS", "FOLLOWS_CODE", "FOLLOWS_PACKAGE", "FOLLOWS_SET", "INCONCLUSIVE", "NOT_SEPARABLE", "REFUSED",
-    "Attribution", "AttributionProbe", "Change", "Resolution", "attribute_bisection", "attribute_boundary",
-    "attribute_candidates",
-    "boundary_locks", "canonical_pin", "changed_packages", "load_attributions", "real_oracle", "real_resolver",
-    "report_lines", "verified_pins", "write_attribution",
+    "Attribution", "AttributionProbe", "Change", "Resolution", "apply_verified_pins", "attribute_bisection",
+    "attribute_boundary", "attribute_candidates", "boundary_locks", "canonical_pin", "changed_packages",
+    "load_attributions", "matrix_entry", "real_oracle", "real_resolver", "report_lines", "verified_pins",
+    "write_attribution",
 ]
 
 
@@ -569,3 +569,36 @@ def attribute_bisection(bisection: Mapping[str, Any], results_dir: Path, resolve
     elif base is not None and base.lock_sha256:
         att.notes.append(f"the baseline environment of {bad} is the bisection's lock ({want[:12]})")
     return att
+
+
+_PROBE_KEYS = ("kind", "pins", "line", "verdict", "flips", "conflict", "reason", "env_name", "lock_sha256",
+               "installed", "run_ids", "logs", "wall_s")
+_ENTRY_KEYS = ("version", "against", "decision", "summary", "package", "flipping", "pin_set", "conflicts",
+               "not_probed", "notes", "installs", "refused", "probed", "wall_s", "changes", "selection")
+
+
+def matrix_entry(att: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What the matrix keeps of an attribution (a bisection's ``attribution`` field or a standalone record):
+    its answer and every probe behind it."""
+    if not att:
+        return None
+    out = {k: att.get(k) for k in _ENTRY_KEYS}
+    out["probes"] = [{k: p.get(k) for k in _PROBE_KEYS} for p in att.get("probes") or []]
+    return out
+
+
+def apply_verified_pins(cells: Sequence[dict[str, Any]], attributions: Sequence[Mapping[str, Any]]) -> int:
+    """A failing cell whose knowledge-base entry names a ``workaround_pin`` gets ``workaround_attribution``
+    when an attribution probed that pin on its release (its result: flips, stays bad, refused). Returns how
+    many cells got one."""
+    verified = verified_pins(attributions)
+    n = 0
+    for c in cells:
+        pin = c.get("workaround_pin")
+        if not pin or c.get("status") not in ("fail", "error", "conflict", "flaky"):
+            continue
+        hit = verified.get((str(c.get("release") or c.get("vllm_version")), canonical_pin(str(pin))))
+        if hit is not None:
+            c["workaround_attribution"] = hit
+            n += 1
+    return n

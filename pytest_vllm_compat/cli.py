@@ -517,7 +517,14 @@ def matrix_main(argv: Sequence[str] | None = None) -> int:
 
     matrix = build_matrix(records, load_manifests(args.results), locks=locks,
                           perf_comparisons=load_comparisons(args.perf_compare))
-    matrix["bisections"] = [bisection_entry(b) for b in load_results(args.results)]
+    from . import attribution as at
+
+    found = load_results(args.results)
+    standalone = at.load_attributions(args.results)
+    matrix["bisections"] = [{**bisection_entry(b), "attribution": at.matrix_entry(b.get("attribution"))}
+                            for b in found]
+    matrix["attributions"] = [at.matrix_entry(a) for a in standalone]  # vllm-compat attribute --vllm X --pin
+    at.apply_verified_pins(matrix["cells"], [*standalone, *(b["attribution"] for b in found if b.get("attribution"))])
     write_matrix(matrix, args.output)
     index = render_site(matrix, args.output, title=args.title, locks=locks)
     scrub_tree(args.output)  # the site is for publishing: no home, temp or checkout paths (publish_paths.py)

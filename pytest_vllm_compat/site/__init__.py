@@ -94,6 +94,7 @@ def _cell_context(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]]
         "title": _text(cell.get("title")), "explanation": _text(cell.get("explanation")),
         "workaround": _text(cell.get("workaround")), "fixed_in": _text(cell.get("fixed_in")),
         "workaround_check": _workaround_check(cell.get("workaround_check")),
+        "workaround_attribution": cell.get("workaround_attribution"),  # attribution.apply_verified_pins
         "refs": cell.get("refs") or [],
         "release": cell.get("release") or cell["vllm_version"], "distribution": cell.get("distribution"),
         "stack": _stack_text(cell),

@@ -212,8 +212,33 @@ def bisections(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
             "first_bad": b.get("first_bad"), "last_good": b.get("last_good"),
             "first_fixed": b.get("first_fixed"), "last_bad": b.get("last_bad"), "conclusion": b.get("conclusion"),
             "link": safe_url(b.get("compare_url")), "probed": b.get("probed"), "range_size": b.get("range_size"),
-            "good": b.get("good"), "bad": b.get("bad"), "selection": " ".join(b.get("selection") or [])})
+            "good": b.get("good"), "bad": b.get("bad"), "selection": " ".join(b.get("selection") or []),
+            "attribution": attribution_view(b.get("attribution"))})
     return items
+
+
+DECISION_LABELS = {"follows_code": "follows vLLM's code", "follows_package": "follows a package",
+                   "follows_set": "follows a set of packages together", "not_separable": "not separable",
+                   "inconclusive": "inconclusive"}
+
+
+def attribution_view(att: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """An attribution (attribution.py) as the Bisections section shows it: the answer, then each probe with
+    its pins, environment, lock and result."""
+    if not att:
+        return None
+    probes = []
+    for p in att.get("probes") or []:
+        probes.append({"kind": p.get("kind"), "pins": ", ".join(p.get("pins") or []) or "(none: the release as is)",
+                       "verdict": p.get("verdict"), "flips": bool(p.get("flips")),
+                       "why": p.get("conflict") or p.get("reason") or "", "env": p.get("env_name") or "",
+                       "lock": (p.get("lock_sha256") or "")[:16], "installed": bool(p.get("installed")),
+                       "runs": ", ".join(p.get("run_ids") or []), "logs": ", ".join(p.get("logs") or []),
+                       "wall_s": p.get("wall_s")})
+    return {"decision": DECISION_LABELS.get(str(att.get("decision")), str(att.get("decision"))),
+            "summary": att.get("summary"), "version": att.get("version"), "against": att.get("against"),
+            "installs": att.get("installs"), "refused": att.get("refused"), "wall_s": att.get("wall_s"),
+            "notes": list(att.get("notes") or []), "probes": probes}
 
 
 def index_context(matrix: Mapping[str, Any]) -> dict[str, Any]:
@@ -239,6 +264,7 @@ def index_context(matrix: Mapping[str, Any]) -> dict[str, Any]:
         "diffs": [_change_item(d) for d in diffs(matrix)],
         "stack_diffs": [_change_item(d) for d in matrix.get("stack_diffs") or []],
         "bisections": bisections(matrix),
+        "attributions": [v for v in (attribution_view(a) for a in matrix.get("attributions") or []) if v],
         "runs": [{"run_id": r.get("run_id"), "hosts": ", ".join(r.get("hosts") or []),
                   "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
                   "versions": ", ".join(r.get("versions") or []), "records": r.get("records")}

