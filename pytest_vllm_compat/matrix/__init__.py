@@ -123,11 +123,13 @@ def _now() -> str:
 def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mapping[str, Any]] = (),
                  *, generated_at: str | None = None,
                  classifier: Classifier | None = default_classifier,
-                 locks: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 locks: Mapping[str, str] | None = None,
+                 perf_comparisons: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Merge records (from any number of runs) into the matrix object described in docs/matrix.md.
 
     ``locks``: {sha256: lock text} of the environments (``lockfiles.load_locks``), for each cell's package
-    list and the packages that changed between its runs. ``classifier`` (re)classifies failing records that carry no classification or an unknown
+    list and the packages that changed between its runs. ``perf_comparisons``: interleaved performance
+    comparisons (``perf_compare.SCHEMA``), the only source of performance verdicts between releases. ``classifier`` (re)classifies failing records that carry no classification or an unknown
     category; ``None`` keeps the records' own classifications."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
@@ -146,7 +148,7 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
     insights = version_insights(cells, releases)  # also flags regression cells
     check_workarounds(cells)
     drift_rows = drift.annotate_cells(cells)
-    perf_regressions = performance.annotate_cells(cells)
+    perf_steps = performance.annotate_cells(cells, perf_comparisons)
     return {
         "schema": MATRIX_SCHEMA,
         "generated_at": generated_at or _now(),
@@ -167,7 +169,10 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
                   for a, b in pairwise(versions)],
         "stacks": sorted({c["stack"] for c in cells}),
         "drift": drift_rows,  # per model/platform/dtype/stack: each version's drift verdict against the previous
-        "performance_regressions": perf_regressions,
+        # per model, each pair of consecutive releases: the interleaved comparison's verdict per measure, or
+        # "not compared" (performance.annotate_cells, perf_compare.py)
+        "performance_steps": perf_steps,
+        "performance_regressions": [s for s in perf_steps if s.get("regressions")],
         # per release tested with more than one stack: what each pinned stack changes against the default one
         "stack_diffs": stack_diffs(cells),
     }

@@ -83,10 +83,16 @@ def svg_bar_chart(title: str, versions: Sequence[str], series: Series) -> Markup
                     legend=_legend([s[0] for s in series], x=left, y=h - 15 * len(series) + 8))
 
 
+Ranges = Mapping[str, Mapping[str, tuple[float, float]]]
+
+
 def svg_line_chart(title: str, versions: Sequence[str], series: Series, fmt: Formatter = fmt,
-                   colors: Mapping[str, str] | None = None) -> Markup:
-    """One line (with points) per series across versions; gaps where a version has no value."""
+                   colors: Mapping[str, str] | None = None, ranges: Ranges | None = None) -> Markup:
+    """One line (with points) per series across versions; gaps where a version has no value. ``ranges``:
+    per series label and version, (lowest, highest) of the repeats, drawn as a bar through the point."""
+    ranges = ranges or {}
     values = [float(v) for _, s in series for v in s.values() if v is not None]
+    values += [hi for r in ranges.values() for _, hi in r.values()]
     ymax = _nice_max(max(values, default=1.0))
     w, h, left, bottom = max(420, 90 * len(versions) + 100), 240 + 15 * len(series), 64, 40 + 15 * len(series)
     axes = _Axes(versions, ymax, fmt, w=w, h=h, left=left, bottom=bottom)
@@ -95,10 +101,34 @@ def svg_line_chart(title: str, versions: Sequence[str], series: Series, fmt: For
         pts = [(axes.x_of(i), axes.y_of(float(vals[v])), v) for i, v in enumerate(versions) if vals.get(v) is not None]
         lines.append({"color": _color(si, label, colors),
                       "points": " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in pts) if len(pts) > 1 else None,
-                      "dots": [{"x": f"{x:.1f}", "y": f"{y:.1f}", "tip": f"{label} @ {v}: {fmt(float(vals[v]))}"}
+                      "dots": [{"x": f"{x:.1f}", "y": f"{y:.1f}", "tip": _tip(label, v, float(vals[v]),
+                                                                             ranges.get(label, {}).get(v), fmt),
+                                "whisker": _whisker(axes, ranges.get(label, {}).get(v))}
                                for x, y, v in pts]})
     return fragment("chart.svg.j2", title=title, w=w, h=h, axes=axes.context(), bars=[], lines=lines,
                     legend=_legend([s[0] for s in series], x=left, y=h - 15 * len(series) + 8, colors=colors))
+
+
+def _tip(label: str, version: str, value: float, rng: tuple[float, float] | None, fmt: Formatter) -> str:
+    spread = f" (repeats {fmt(rng[0])} to {fmt(rng[1])})" if rng else ""
+    return f"{label} @ {version}: {fmt(value)}{spread}"
+
+
+def _whisker(axes: _Axes, rng: tuple[float, float] | None) -> dict[str, str] | None:
+    if not rng:
+        return None
+    return {"y1": f"{axes.y_of(rng[0]):.1f}", "y2": f"{axes.y_of(rng[1]):.1f}"}
+
+
+def _metric_ranges(cells: Sequence[Mapping[str, Any]], metric: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per (model, platform) and version: the lowest and highest repeat of ``metric`` (``perf_repeats``)."""
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        for r in (c.get("metrics") or {}).get("perf_repeats") or []:
+            value = r.get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                acc[f"{c['model']} · {c['platform']}"][c["vllm_version"]].append(float(value))
+    return {label: {v: (min(xs), max(xs)) for v, xs in by_v.items()} for label, by_v in acc.items()}
 
 
 def _metric_series(cells: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, dict[str, float]]]:
@@ -111,10 +141,15 @@ def _metric_series(cells: Sequence[Mapping[str, Any]], metric: str) -> list[tupl
     return [(label, {v: statistics.median(xs) for v, xs in by_v.items()}) for label, by_v in sorted(acc.items())]
 
 
-def _data_table(versions: Sequence[str], series: Series, fmt: Formatter) -> dict[str, Any]:
+def _data_table(versions: Sequence[str], series: Series, fmt: Formatter, ranges: Ranges | None = None) -> dict[str, Any]:
+    def cell(label: str, vals: Mapping[str, float], v: str) -> str:
+        if vals.get(v) is None:
+            return ""
+        rng = (ranges or {}).get(label, {}).get(v)
+        return fmt(vals[v]) + (f" ({fmt(rng[0])} to {fmt(rng[1])})" if rng else "")
+
     return {"versions": list(versions),
-            "rows": [{"label": label, "values": [fmt(vals[v]) if vals.get(v) is not None else "" for v in versions]}
-                     for label, vals in series]}
+            "rows": [{"label": label, "values": [cell(label, vals, v) for v in versions]} for label, vals in series]}
 
 
 def _pct(v: float) -> str:
@@ -144,7 +179,8 @@ def plots(matrix: Mapping[str, Any]) -> dict[str, Any]:
         series = _metric_series(matrix["cells"], metric)
         if not series and ident in site_measures.PERF_PLOT_IDS:
             continue  # no run measured performance: no empty plots for it
+        ranges = _metric_ranges(matrix["cells"], metric)
         figures.append({"id": ident, "caption": caption, "metric": metric,
-                        "svg": svg_line_chart(caption, versions, series, fmt_, colors) if series else None,
-                        "table": _data_table(versions, series, fmt_)})
+                        "svg": svg_line_chart(caption, versions, series, fmt_, colors, ranges) if series else None,
+                        "table": _data_table(versions, series, fmt_, ranges)})
     return {"figures": figures, "measures": site_measures.index_section(matrix)}

@@ -1,11 +1,15 @@
 """The site's views of measured columns: output drift (verdicts, the two texts side by side with the
-divergence marked) and performance (figures per version, regression flags). These functions shape the data;
+divergence marked) and performance (figures per version with their spread, and each step between consecutive
+releases as the interleaved comparison's ratio with its interval, or "not measurable (MDE ...)"). These
+functions shape the data;
 ``templates/_measures.html.j2`` renders it (autoescaped)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from ..perf_compare import MEASURES, describe_measure
 
 # Metrics shown in their own sections, not in the cell page's metrics table.
 HIDDEN_METRICS = ("drift_outputs", "drift_settings", "perf_repeats", "perf_workload")
@@ -18,7 +22,8 @@ DRIFT_HELP = {
 }
 # Plots of the index, after the built-in ones: (id, metric, caption, format).
 PERF_PLOTS = (
-    ("plot-tokens-per-s", "tokens_per_s", "Output tokens/s per vLLM version (vllm bench serve, median of repeats)",
+    ("plot-tokens-per-s", "tokens_per_s", "Output tokens/s per vLLM version (vllm bench serve: median of repeats, "
+     "bar from the slowest to the fastest repeat)",
      lambda v: f"{v:,.1f}"),
     ("plot-ttft", "ttft_p50_ms", "Time to first token p50 per vLLM version (ms)", lambda v: f"{v:,.1f} ms"),
     ("plot-itl", "itl_p50_ms", "Inter-token latency p50 per vLLM version (ms)", lambda v: f"{v:,.2f} ms"),
@@ -33,11 +38,23 @@ _FIGURES = (("output tokens/s", "tokens_per_s"), ("TTFT p50 (ms)", "ttft_p50_ms"
 
 
 def grid_note(cell: Mapping[str, Any]) -> dict[str, Any]:
-    """Under a grid cell's status word: the drift verdict, and each performance regression."""
+    """Under a grid cell's status word: the drift verdict, and each measure the interleaved comparison with the
+    previous release found slower."""
     d = cell.get("drift")
+    step = cell.get("perf_step") or {}
     return {"drift": str(d["verdict"]) if d else None,
-            "perf": [{"figure": r["figure"], "change": f"{r['change']:+.0%}"}
-                     for r in cell.get("perf_regressions") or []]}
+            "perf": [{"figure": name, "change": f"{step['measures'][name]['change']:+.0%}"}
+                     for name in step.get("regressions") or []]}
+
+
+def step_view(step: Mapping[str, Any]) -> dict[str, Any]:
+    """One step between consecutive releases: per measure, the ratio with its interval and the verdict."""
+    measures = step.get("measures") or {}
+    return {"model": step["model"], "from_version": step["from_version"], "to_version": step["to_version"],
+            "compared": bool(step.get("compared")), "reason": step.get("reason"), "rounds": step.get("rounds"),
+            "host_class": step.get("host_class"), "vs_cell_id": step.get("vs_cell_id"),
+            "measures": [{"name": name, "verdict": measures[name]["verdict"], "text": describe_measure(measures[name])}
+                         if name in measures else {"name": name, "verdict": None, "text": "–"} for name in MEASURES]}
 
 
 def drift_section(cell: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -94,9 +111,7 @@ def performance_section(cell: Mapping[str, Any]) -> dict[str, Any] | None:
                     "reason": m.get(f"compile_cache_{which}_reason") or ""}
                    for label, which in (("first start", "first"), ("second start", "second"))
                    if m.get(f"start_{which}_s") is not None],
-        "flags": [{"figure": r["figure"], "change": f"{r['change']:+.1%}", "vs": r["vs"], "vs_cell_id": r["vs_cell_id"],
-                   "old": r["from"], "new": r["to"], "threshold": f"{r['threshold']:.0%}"}
-                  for r in cell.get("perf_regressions") or []],
+        "step": step_view(cell["perf_step"]) if cell.get("perf_step") else None,
     }
 
 
@@ -107,9 +122,6 @@ def index_section(matrix: Mapping[str, Any]) -> dict[str, Any]:
                    "steps": [{"version": v, "verdict": str(verdict), "cell_id": cid}
                              for v, verdict, cid in zip(r["versions"], r["verdicts"], r["cell_ids"], strict=True)]}
                   for r in matrix.get("drift") or []],
-        "regressions": [{"model": r["model"], "platform": r["platform"], "figure": r["figure"],
-                         "change": f"{r['change']:+.1%}", "from_version": r["from_version"],
-                         "to_version": r["to_version"], "cell_id": r["cell_id"],
-                         "threshold": f"{r['threshold']:.0%}"}
-                        for r in matrix.get("performance_regressions") or []],
+        "measure_names": list(MEASURES),
+        "steps": [step_view(st) for st in matrix.get("performance_steps") or []],
     }

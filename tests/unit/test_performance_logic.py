@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pytest_vllm_compat import matrix as mx
 from pytest_vllm_compat import performance as perf
 
@@ -42,22 +40,6 @@ def test_parse_a_real_result_and_summarize_repeats() -> None:
     assert perf.parse_result({})["tokens_per_s"] is None
 
 
-@pytest.mark.parametrize(("prev", "cur", "flagged"), [
-    ({"tokens_per_s": 100.0, "tokens_per_s_spread": 0.02}, {"tokens_per_s": 85.0, "tokens_per_s_spread": 0.02}, True),
-    ({"tokens_per_s": 100.0, "tokens_per_s_spread": 0.02}, {"tokens_per_s": 95.0, "tokens_per_s_spread": 0.02}, False),
-    # a 20 % drop inside a measured spread of 30 % is noise
-    ({"tokens_per_s": 100.0, "tokens_per_s_spread": 0.15}, {"tokens_per_s": 80.0, "tokens_per_s_spread": 0.15}, False),
-    ({"tokens_per_s": 100.0}, {"tokens_per_s": 150.0}, False),  # faster
-])
-def test_regression_threshold_accounts_for_spread(prev: dict[str, float], cur: dict[str, float], flagged: bool) -> None:
-    assert (perf.regression(prev, cur) is not None) is flagged
-
-
-def test_latency_regression_is_an_increase() -> None:
-    r = perf.regression({"ttft_p50_ms": 10.0}, {"ttft_p50_ms": 13.0}, "ttft_p50_ms")
-    assert r is not None and r["change"] == 0.3 and r["threshold"] == 0.1
-
-
 def _rec(version: str, tps: float, host: str = "x86_64|cpu|2 cpus") -> dict[str, Any]:
     return {"schema": "pytest-vllm-compat/record@1", "run_id": "r", "test_id": f"t[{version}]", "model": "m",
             "vllm_version": version, "platform": "cpu", "feature": "performance", "outcome": "passed",
@@ -65,20 +47,37 @@ def _rec(version: str, tps: float, host: str = "x86_64|cpu|2 cpus") -> dict[str,
             "metrics": {"tokens_per_s": tps, "tokens_per_s_spread": 0.02, "ttft_p50_ms": 10.0, "host_class": host}}
 
 
-def test_matrix_flags_regressions_within_a_host_class_and_workload_only() -> None:
-    recs = [_rec("0.30.0", 100.0), _rec("0.31.0", 60.0), _rec("0.32.0", 20.0, host="x86_64|big|64 cpus"),
-            _rec("0.33.0", 10.0)]
-    recs[-1]["metrics"]["perf_workload"] = {"num_prompts": 999}  # another workload: never compared either
-    m = mx.build_matrix(recs, classifier=None)
+def _comparison(a: str, b: str, verdict: str, ratio: float) -> dict[str, Any]:
+    m = {"ratio": ratio, "ci": [ratio - 0.02, ratio + 0.02], "confidence": 0.95, "change": ratio - 1, "mde": 0.05,
+         "verdict": verdict, "higher_is_better": True}
+    return {"schema": "pytest-vllm-compat/perf-compare/1", "model": "m", "a": {"vllm_version": a},
+            "b": {"vllm_version": b}, "rounds": 6, "host_class": "x86_64|cpu|2 cpus", "measures": {"tokens_per_s": m}}
+
+
+def test_only_interleaved_comparisons_make_performance_verdicts() -> None:
+    # 0.31.0 is 40 % below 0.30.0 in separate runs, but no interleaved comparison covers that step: not judged.
+    recs = [_rec("0.30.0", 100.0), _rec("0.31.0", 60.0), _rec("0.32.0", 20.0)]
+    m = mx.build_matrix(recs, classifier=None, perf_comparisons=[_comparison("0.31.0", "0.32.0", "regression", 0.8)])
+    steps = {(s["from_version"], s["to_version"]): s for s in m["performance_steps"]}
+    assert set(steps) == {("0.30.0", "0.31.0"), ("0.31.0", "0.32.0")}
+    assert steps[("0.30.0", "0.31.0")]["compared"] is False
+    assert "no interleaved comparison" in steps[("0.30.0", "0.31.0")]["reason"]
+    assert steps[("0.31.0", "0.32.0")]["regressions"] == ["tokens_per_s"]
     (reg,) = m["performance_regressions"]
-    assert (reg["from_version"], reg["to_version"], reg["figure"], reg["change"]) == ("0.30.0", "0.31.0",
-                                                                                      "tokens_per_s", -0.4)
+    assert reg["to_version"] == "0.32.0"
     by = {c["vllm_version"]: c for c in m["cells"]}
-    assert by["0.31.0"]["perf_regressions"][0]["vs"] == "0.30.0"
-    assert "perf_regressions" not in by["0.32.0"]  # another machine: never compared
-    assert "perf_regressions" not in by["0.33.0"]
-    assert reg["host_class"] == "x86_64|cpu|2 cpus"
-    assert by["0.31.0"]["status"] == "pass"
+    assert by["0.32.0"]["perf_step"]["vs_cell_id"] == by["0.31.0"]["cell_id"]
+    assert by["0.31.0"]["perf_step"]["compared"] is False
+    assert "perf_step" not in by["0.30.0"]  # the first release: nothing to compare with
+    assert by["0.32.0"]["status"] == "pass"  # a slow release is a figure, not a failed test
+
+
+def test_a_comparison_without_cells_still_makes_a_step() -> None:
+    m = mx.build_matrix([_rec("0.30.0", 100.0)], classifier=None,
+                        perf_comparisons=[_comparison("0.31.0", "0.32.0", "not measurable", 0.99)])
+    steps = [(s["from_version"], s["to_version"], s["compared"]) for s in m["performance_steps"]]
+    assert steps == [("0.30.0", "0.31.0", False), ("0.31.0", "0.32.0", True)]
+    assert m["performance_regressions"] == []
 
 
 def test_host_class_names_the_machine() -> None:

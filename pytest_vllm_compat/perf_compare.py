@@ -1,0 +1,166 @@
+"""Interleaved comparison of two servers' performance, and its statistical decision.
+
+Why interleaved: on a shared or thermally drifting machine, the speed of the machine changes over minutes.
+Measuring release A for ten minutes and then release B for ten attributes that drift to the release. Here
+the workloads alternate, in counterbalanced order (A B, B A, A B, ...), so drift hits both sides alike, and
+each round gives a pair measured under the same conditions.
+
+Why both servers stay up: a restart costs 40-110 s here, so alternating restarts would make each round
+several minutes long and leave most of the drift between the two sides again. Two idle-waiting servers
+cost nothing measurable: each workload records the waiting server's CPU (``idle_cpu_s``) to show it.
+
+The decision, per measure (``MEASURES``): the ratio of medians B / A, with a percentile bootstrap confidence
+interval over rounds (pairs resampled together, so the pairing is kept), at ``CONFIDENCE``:
+
+- ``regression`` / ``improvement``: the whole interval lies on one side of 1 and the point estimate moves by
+  at least ``MIN_EFFECT`` (vLLM's own CI fails a change of -3 % throughput);
+- ``unchanged``: the whole interval lies within +/- ``MIN_EFFECT``, so a change beyond that is ruled out;
+- ``not measurable``: neither; the noise allows neither answer. ``mde`` says what change this comparison
+  could have detected (80 % power): never read it as "no regression".
+
+The calibration (benchmarks/bench_perf_calibration.py, reports/bench/calibration.*) measures how often an
+A/A comparison flags something (false flags) and whether a known slowdown is flagged.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA = "pytest-vllm-compat/perf-compare/1"
+CONFIDENCE = 0.95
+MIN_EFFECT = 0.03
+BOOTSTRAP = 4000
+# z(1 - alpha/2) + z(power) over z(1 - alpha/2): a change this many half-widths away is detected with 80 % power.
+_POWER_FACTOR = (1.959964 + 0.841621) / 1.959964
+# measure -> higher is better
+MEASURES: dict[str, bool] = {
+    "tokens_per_s": True,
+    "cpu_ms_per_token": False,
+    "ttft_p50_ms": False,
+    "itl_p50_ms": False,
+}
+VERDICTS = ("regression", "improvement", "unchanged", "not measurable")
+DEFAULT_ROUNDS = 6
+
+
+def schedule(rounds: int) -> list[tuple[str, str]]:
+    """The order of each round: ("a", "b"), ("b", "a"), ... (counterbalanced: neither side always goes first)."""
+    return [("a", "b") if r % 2 == 0 else ("b", "a") for r in range(rounds)]
+
+
+def run_interleaved(measure: Callable[[str], Mapping[str, Any]], rounds: int = DEFAULT_ROUNDS,
+                    progress: Callable[[str], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Run ``measure("a")`` and ``measure("b")`` alternately for ``rounds`` rounds; each side's runs in round
+    order (index i of "a" and of "b" are the same round)."""
+    runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+    for r, order in enumerate(schedule(rounds)):
+        for side in order:
+            result = dict(measure(side))
+            result["round"] = r
+            runs[side].append(result)
+            if progress:
+                progress(f"[vllm-compat] perf round {r + 1}/{rounds} {side}: "
+                         f"{result.get('tokens_per_s')} tok/s, {result.get('cpu_ms_per_token')} cpu ms/token")
+    return runs
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values (q in [0, 1])."""
+    pos = q * (len(sorted_values) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def compare_measure(a: Sequence[float], b: Sequence[float], *, higher_is_better: bool,
+                    confidence: float = CONFIDENCE, min_effect: float = MIN_EFFECT, n_boot: int = BOOTSTRAP,
+                    seed: int = 0) -> dict[str, Any]:
+    """Ratio of medians B / A of paired rounds, its bootstrap CI, the minimum detectable change and the verdict."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"need at least 2 paired rounds, got {len(a)} and {len(b)}")
+    if min(a) <= 0 or min(b) <= 0:
+        raise ValueError("measures must be positive")
+    n = len(a)
+    ratio = statistics.median(b) / statistics.median(a)
+    rng = random.Random(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        boots.append(statistics.median(b[i] for i in idx) / statistics.median(a[i] for i in idx))
+    boots.sort()
+    alpha = 1.0 - confidence
+    lo, hi = _percentile(boots, alpha / 2), _percentile(boots, 1 - alpha / 2)
+    half_width = (math.log(hi) - math.log(lo)) / 2
+    mde = max(min_effect, math.exp(_POWER_FACTOR * half_width) - 1)
+    worse_if_above = not higher_is_better
+    change = ratio - 1
+    if (hi < 1 if higher_is_better else lo > 1) and abs(change) >= min_effect:
+        verdict = "regression"
+    elif (lo > 1 if higher_is_better else hi < 1) and abs(change) >= min_effect:
+        verdict = "improvement"
+    elif lo >= 1 - min_effect and hi <= 1 + min_effect:
+        verdict = "unchanged"
+    else:
+        verdict = "not measurable"
+    spread = {side: round((max(v) - min(v)) / statistics.median(v), 4) for side, v in (("a", a), ("b", b))}
+    return {"ratio": round(ratio, 4), "ci": [round(lo, 4), round(hi, 4)], "confidence": confidence,
+            "change": round(change, 4), "mde": round(mde, 4), "verdict": verdict,
+            "higher_is_better": higher_is_better, "worse_if_ratio_above_1": worse_if_above,
+            "median_a": round(statistics.median(a), 4), "median_b": round(statistics.median(b), 4),
+            "spread": spread, "n": n}
+
+
+def decide(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, confidence: float = CONFIDENCE,
+           min_effect: float = MIN_EFFECT) -> dict[str, dict[str, Any]]:
+    """``compare_measure`` for every measure that both sides report in every round."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, (name, higher) in enumerate(MEASURES.items()):
+        a = [r.get(name) for r in runs["a"]]
+        b = [r.get(name) for r in runs["b"]]
+        if not a or any(v is None or v <= 0 for v in a + b):
+            continue
+        out[name] = compare_measure([float(v) for v in a if v is not None], [float(v) for v in b if v is not None],
+                                    higher_is_better=higher, confidence=confidence, min_effect=min_effect, seed=i)
+    return out
+
+
+@dataclass(frozen=True)
+class Side:
+    """What one side of a comparison is: a release (with its stack) and the serve arguments that differ."""
+
+    vllm_version: str
+    distribution: str
+    serve_args: tuple[str, ...] = ()
+    label: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"vllm_version": self.vllm_version, "distribution": self.distribution,
+                "serve_args": list(self.serve_args), "label": self.label or self.vllm_version}
+
+
+def comparison_record(*, model: str, a: Side, b: Side, runs: Mapping[str, Sequence[Mapping[str, Any]]],
+                      workload: Mapping[str, Any], host_class: str, extra: Mapping[str, Any] | None = None,
+                      confidence: float = CONFIDENCE, min_effect: float = MIN_EFFECT) -> dict[str, Any]:
+    """The JSON a comparison is published as (``SCHEMA``)."""
+    return {"schema": SCHEMA, "model": model, "a": a.describe(), "b": b.describe(), "host_class": host_class,
+            "workload": dict(workload), "rounds": len(runs["a"]), "order": [list(o) for o in schedule(len(runs["a"]))],
+            "method": {"statistic": "ratio of medians B/A", "interval": f"percentile bootstrap over rounds, pairs kept, "
+                       f"{BOOTSTRAP} resamples", "confidence": confidence, "min_effect": min_effect,
+                       "mde": "the change detected with 80 % power at this comparison's interval width"},
+            "measures": decide(runs, confidence=confidence, min_effect=min_effect),
+            "runs": {side: [dict(r) for r in runs[side]] for side in ("a", "b")}, **dict(extra or {})}
+
+
+def describe_measure(m: Mapping[str, Any]) -> str:
+    """One line for a measure: ``0.97 [0.95, 0.99] regression`` or ``not measurable (MDE 12 %)``."""
+    ratio, (lo, hi) = m["ratio"], m["ci"]
+    head = f"{ratio:.3f} [{lo:.3f}, {hi:.3f}]"
+    if m["verdict"] == "not measurable":
+        return f"{head} not measurable (MDE {m['mde'] * 100:.0f} %)"
+    if m["verdict"] == "unchanged":
+        return f"{head} unchanged (within ±{MIN_EFFECT * 100:.0f} %)"
+    return f"{head} {m['verdict']} ({m['change'] * 100:+.1f} %)"
