@@ -143,6 +143,7 @@ class Attribution:
     conflicts: list[dict[str, str]] = field(default_factory=list)  # not pinnable: {"pins", "conflict"}
     not_probed: list[str] = field(default_factory=list)  # changes left out, each with why
     notes: list[str] = field(default_factory=list)  # e.g. a baseline whose lock is not the bisection's
+    interrupted: bool = False
     wall_s: float = 0.0
 
     @property
@@ -233,6 +234,20 @@ def attribute_boundary(bad: str, good: str, changes: Sequence[Change], resolve: 
     first); the rest are named in ``not_probed``."""
     t0 = time.monotonic()
     att = Attribution(version=bad, against=good, decision=INCONCLUSIVE, summary="", changes=list(changes))
+    try:
+        return _attribute_boundary(att, bad, good, changes, resolve, oracle, t0, baseline=baseline,
+                                   max_single=max_single, on_probe=on_probe)
+    except KeyboardInterrupt:  # Ctrl-C: what the finished probes show is kept, without a decision
+        att.interrupted = True
+        att.decision = INCONCLUSIVE
+        att.summary = f"interrupted after {len(att.probes)} probe(s): no decision"
+        att.wall_s = round(time.monotonic() - t0, 1)
+        return att
+
+
+def _attribute_boundary(att: Attribution, bad: str, good: str, changes: Sequence[Change], resolve: Resolver,
+                        oracle: Oracle, t0: float, *, baseline: Probe | None, max_single: int | None,
+                        on_probe: Callable[[AttributionProbe], None] | None) -> Attribution:
     probes = att.probes
 
     def run(kind: str, pins: Sequence[str]) -> AttributionProbe:

@@ -289,3 +289,17 @@ def test_the_site_shows_the_attribution_its_probes_and_a_verified_workaround(tmp
     site.render_site(m, tmp_path)
     page = (tmp_path / "cells" / f"{failing['cell_id']}.html").read_text()
     assert "no run of this release with <code>xgrammar==0.2.7</code>" in page and "workaround verified" not in page
+
+
+def test_an_interrupted_attribution_keeps_its_finished_probes() -> None:
+    world = World(fixed=lambda pins: False)
+
+    def oracle(version: str, stack: Stack) -> bs.Probe:
+        if stack.requirements == ("transformers==5.17.0",):
+            raise KeyboardInterrupt
+        return world.oracle(version, stack)
+
+    att = at.attribute_boundary("0.30.0", "0.31.0", CHANGES, world.resolve, oracle)
+    assert att.interrupted and att.decision == at.INCONCLUSIVE
+    assert [p.kind for p in att.probes] == ["baseline", "all", "one"]
+    assert att.summary == "interrupted after 3 probe(s): no decision"
