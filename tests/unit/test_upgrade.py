@@ -1,0 +1,322 @@
+"""The upgrade report (pytest_vllm_compat/upgrade.py, ``vllm-compat upgrade``), checked against the committed
+records, locks, bisection and capability-checker report it is built from."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_vllm_compat import cli, upgrade
+from pytest_vllm_compat.capabilities import table_versions
+from pytest_vllm_compat.lockfiles import parse_lock
+from pytest_vllm_compat.matrix import build_matrix
+
+REPO = Path(__file__).resolve().parents[2]
+CHECK = REPO / upgrade.CHECK_REPORT
+PUBLISHED = ("0.27.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0")
+# the verdicts that say a feature works on Y: each needs records of Y that ran and passed
+WORKS = ("still works", "works", "newly fixed", "outputs changed")
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict[str, Any]:
+    dirs = upgrade.default_results_dirs(REPO)
+    assert dirs, "the committed results dirs (reports/runs/*) are missing"
+    return upgrade.load_inputs(dirs)
+
+
+@pytest.fixture(scope="module")
+def report(inputs: dict[str, Any]) -> upgrade.UpgradeReport:
+    return upgrade.build_report("0.27.0", "0.32.0", matrix=inputs["matrix"], records=inputs["records"],
+                                locks=inputs["locks"], check_report=CHECK, root=REPO)
+
+
+def _default_stack(rec: dict[str, Any]) -> bool:
+    stack = rec.get("stack")
+    return not (isinstance(stack, dict) and stack.get("name"))
+
+
+def _raw(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, set[str]]]:
+    """{(model, version, platform, feature): {test id with {version}: statuses}} straight from the records."""
+    out: dict[tuple[str, str, str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for r in records:
+        if not _default_stack(r):
+            continue
+        v = str(r["vllm_version"])
+        test = str(r["test_id"]).split("@", 1)[0].replace(v, "{version}")
+        out[(r["model"], v, r["platform"], r["feature"])][test].add(str(r["status"]))
+    return out
+
+
+def _features(rep: upgrade.UpgradeReport) -> dict[tuple[str, str], upgrade.FeatureVerdict]:
+    return {(fv.model, fv.feature): fv for sec in rep.models for fv in sec.features}
+
+
+# --------------------------------------------------------------------------- 0.27.0 -> 0.32.0, line by line
+
+
+def test_every_behaviour_line_matches_the_records(report: upgrade.UpgradeReport, inputs: dict[str, Any]) -> None:
+    """Each feature's verdict, re-derived from the raw records of 0.27.0 and 0.32.0 (not the matrix cells)."""
+    raw = _raw(inputs["records"])
+    lines = [fv for sec in report.models for fv in sec.features]
+    assert len(lines) > 20
+    for fv in lines:
+        x = raw.get((fv.model, "0.27.0", fv.platform, fv.feature), {})
+        y = raw.get((fv.model, "0.32.0", fv.platform, fv.feature), {})
+        y_all = set().union(*y.values()) if y else set()
+        x_all = set().union(*x.values()) if x else set()
+        where = f"{fv.model} {fv.feature}: {fv.verdict} ({fv.detail})"
+        if fv.verdict in WORKS:
+            assert "pass" in y_all and not y_all & {"fail", "error"}, where
+        if fv.verdict == "still works":
+            assert "pass" in x_all and not x_all & {"fail", "error"}, where
+        if fv.verdict in ("still broken", "newly broken", "broken"):
+            assert "fail" in y_all, where
+        if fv.verdict in ("newly fixed", "still broken"):
+            assert "fail" in x_all, where
+        if fv.verdict == "unsupported":
+            assert y_all == {"unsupported"}, where
+        if fv.verdict == "untested":
+            assert not y_all & {"pass", "fail"}, where
+        for tc in fv.tests:  # every test line, both ends
+            assert tc.to_status in {"pass", "fail", "flaky", "error"}, where
+            assert (tc.change == "fixed") == (tc.to_status == "pass" and tc.from_status in ("fail", "error")), where
+            assert tc.to_status in y[tc.test] or tc.to_status == "flaky", (where, tc)
+
+
+def test_the_outlines_fix_at_0_31_0_is_named_with_its_bisection(report: upgrade.UpgradeReport,
+                                                                inputs: dict[str, Any]) -> None:
+    fv = _features(report)[("tiny-mistral", "guided_decoding:outlines")]
+    # the cell fails on both ends (JSON still overruns max_tokens), but regex and choice were fixed in 0.31.0
+    assert fv.verdict == "still broken"
+    by_test = {tc.test.split("::", 1)[1].split("[", 1)[0]: tc for tc in fv.tests}
+    for name in ("test_regex", "test_choice"):
+        tc = by_test[name]
+        assert (tc.from_status, tc.to_status, tc.change) == ("fail", "pass", "fixed")
+        assert tc.first_changed is not None and tc.first_changed.startswith("0.31.0 (bisected: last bad 0.30.0")
+        assert "compare/v0.30.0...v0.31.0" in tc.first_changed
+    json_test = by_test["test_json_schema"]
+    assert json_test.change == "still failing"
+    # its cause and knowledge-base entry are the 0.32.0 record's own classification
+    rec = next(r for r in inputs["records"] if r["vllm_version"] == "0.32.0" and r["status"] == "fail"
+               and "test_json_schema" in r["test_id"] and r["test_id"].endswith("-outlines]"))
+    assert (json_test.category, json_test.kb_entry) == (rec["classification"]["category"], rec["classification"]["id"])
+    assert fv.kb_entry == rec["classification"]["id"]
+
+
+def test_newly_fixed_lmfe_still_broken_and_drift(report: upgrade.UpgradeReport, inputs: dict[str, Any]) -> None:
+    f = _features(report)
+    for backend in ("xgrammar", "guidance"):  # the malformed-schema 4xx check: fails on 0.27.x, passes from 0.28.0
+        fv = f[("tiny-mistral", f"guided_decoding:{backend}")]
+        assert fv.verdict == "newly fixed"
+        assert fv.first_changed == "0.28.0 (last failing tested release: 0.27.1)"
+    lmfe = f[("tiny-mistral", "guided_decoding:lm-format-enforcer")]
+    assert lmfe.verdict == "still broken"
+    ids = {r["classification"]["id"] for r in inputs["records"] if r["vllm_version"] == "0.32.0"
+           and r["status"] == "fail" and r["feature"] == "guided_decoding:lm-format-enforcer"}
+    assert lmfe.kb_entry in ids
+    drift = f[("tiny-mistral", "drift")]
+    assert drift.verdict == "still works" and drift.drift is not None
+    assert drift.drift["verdict"] == "identical"
+    assert [s["verdict"] for s in drift.drift["steps"]] == ["identical"] * 6
+
+
+def test_dependencies_are_the_locks_of_the_two_runs(report: upgrade.UpgradeReport, inputs: dict[str, Any]) -> None:
+    def lock_of(version: str) -> dict[str, str]:
+        recs = [r for r in inputs["records"] if r["vllm_version"] == version and _default_stack(r)
+                and (r.get("provenance") or {}).get("lock_sha256")]
+        recs.sort(key=lambda r: str(r.get("finished_at") or r.get("started_at")))
+        sha = recs[-1]["provenance"]["lock_sha256"]
+        path = next(REPO.glob(f"reports/runs/*/locks/{sha}.txt"))
+        return parse_lock(path.read_text(encoding="utf-8"))
+
+    a, b = lock_of("0.27.0"), lock_of("0.32.0")
+    want = {p: (a.get(p), b.get(p)) for p in upgrade.PINNED_PACKAGES if a.get(p) != b.get(p)}
+    assert want, "the two locks differ in transformers at least"
+    assert {d.package: (d.from_version, d.to_version) for d in report.dependencies} == want
+
+
+def test_interface_changes_and_gaps_between_0_27_0_and_0_32_0(report: upgrade.UpgradeReport) -> None:
+    assert report.from_run and report.to_run
+    assert report.untested_releases == []  # every release in between has a committed run
+    assert report.untested_features == []
+    releases = {c.release for c in report.interface}
+    assert releases <= {"0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0"}
+    assert {"0.28.0", "0.30.0"} <= releases  # the KV-cache log line changed twice
+    for ch in report.interface:
+        assert ch.evidence and all(e.file and e.fact for e in ch.evidence)
+    assert all(s.startswith("reports/runs/") for s in report.sources)
+    speed = [s for sec in report.models for s in sec.speed]
+    assert speed and all("no regression" not in s for s in speed)
+
+
+# --------------------------------------------------------------------------- never "works" where not run
+
+
+def test_no_pair_of_published_releases_claims_a_feature_works_where_it_was_not_run(inputs: dict[str, Any]) -> None:
+    raw = _raw(inputs["records"])
+    for x, y in combinations(PUBLISHED, 2):
+        rep = upgrade.build_report(x, y, matrix=inputs["matrix"], records=inputs["records"], root=REPO)
+        for fv in (fv for sec in rep.models for fv in sec.features if fv.verdict in WORKS):
+            statuses = set().union(*raw.get((fv.model, y, fv.platform, fv.feature), {}).values())
+            assert "pass" in statuses, f"{x}->{y}: {fv.model} {fv.feature} '{fv.verdict}' with no passing run on {y}"
+
+
+def test_a_feature_whose_records_on_y_are_gone_is_untested(inputs: dict[str, Any]) -> None:
+    """The same records without 0.32.0's config and kv_cache runs (and with its stability run only skipped): the
+    report must say what was not run, never that it still works."""
+    records = []
+    for rec in inputs["records"]:
+        if rec["vllm_version"] == "0.32.0" and rec["feature"] in ("config", "kv_cache"):
+            continue
+        skipped = rec["vllm_version"] == "0.32.0" and rec["feature"] == "stability"
+        records.append({**rec, "status": "not_applicable", "outcome": "skipped", "skip_reason": "not run here"}
+                       if skipped else rec)
+
+    matrix = build_matrix(records)
+    rep = upgrade.build_report("0.27.0", "0.32.0", matrix=matrix, records=records, root=REPO)
+    f = _features(rep)
+    for feature in ("config", "kv_cache"):
+        fv = f[("tiny-mistral", feature)]
+        assert fv.verdict == "untested" and fv.detail.startswith("not run on 0.32.0 (pass on 0.27.0)")
+    assert f[("tiny-mistral", "stability")].verdict == "untested"
+    assert "tiny-mistral: config" in rep.untested_features
+    assert "still works" not in "\n".join(ln for ln in upgrade.render_text(rep).splitlines()
+                                          if " config [" in ln or " kv_cache [" in ln)
+
+
+# --------------------------------------------------------------------------- releases that cannot run here
+
+
+def test_0_6_6_to_0_26_0_from_the_table_with_evidence(inputs: dict[str, Any]) -> None:
+    rep = upgrade.build_report("0.6.6", "0.26.0", matrix=inputs["matrix"], records=inputs["records"],
+                               locks=inputs["locks"], check_report=CHECK, root=REPO)
+    assert not rep.from_run and not rep.to_run
+    assert rep.models == []  # no behaviour claimed for releases never run
+    assert any(upgrade.FROM_SOURCE in n for n in rep.notes)
+    silent = [c for c in rep.interface if c.silent]
+    assert [(c.release, c.area) for c in silent] == [("0.12.0", "request_field")]
+    assert "guided_json" in silent[0].old and "unconstrained" in silent[0].effect
+    assert any(e.file == upgrade.CHECK_REPORT and "0.12.0" in e.fact for e in silent[0].evidence)
+    rename = next(c for c in rep.interface if c.release == "0.11.0" and c.area == "server_flag"
+                  and c.old == "--guided-decoding-backend")
+    assert rename.new == "--structured-outputs-config"
+    facts = " | ".join(e.fact for e in rename.evidence)
+    assert "0.11.0: structured_server verified: vllm/engine/arg_utils.py: literal '--structured-outputs-config'" in facts
+    assert "0.10.2: structured_server verified: vllm/engine/arg_utils.py: literal '--guided-decoding-backend'" in facts
+    # each evidence fact is in the committed checker report
+    check = json.loads(CHECK.read_text(encoding="utf-8"))
+    known = {f"{rel['distribution']} {rel['version']}: {r['claim']} {r['status']}: {r['evidence']}"
+             for rel in check["releases"] for r in rel["results"]}
+    for ch in rep.interface:
+        for e in ch.evidence:
+            if e.file == upgrade.CHECK_REPORT:
+                assert e.fact in known, e.fact
+    removed = {c.release for c in rep.interface if "--disable-log-requests" in c.old}
+    assert removed == {"0.10.0", "0.17.0"}  # deprecated for --enable-log-requests, then removed
+    assert rep.dependencies == [] and any("0.6.6: from source, not run" in n for n in rep.dependency_notes)
+    assert len(rep.untested_releases) > 10
+
+
+def test_cli_prints_the_0_6_6_report_and_refuses_a_backwards_pair(capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    assert cli.main(["upgrade", "--from", "0.6.6", "--to", "0.26.0"]) == 0
+    out = capsys.readouterr().out
+    assert "[0.12.0] request_field SILENT: guided_json" in out
+    assert "[0.11.0] server_flag: --guided-decoding-backend -> --structured-outputs-config" in out
+    assert "0.6.6: from source, not run" in out
+    assert cli.main(["upgrade", "--from", "0.32.0", "--to", "0.27.0"]) == 2
+    assert "must be an older release" in capsys.readouterr().err
+
+
+def test_cli_json_and_markdown(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    assert cli.main(["upgrade", "--from", "0.27.0", "--to", "0.32.0", "--model", "tiny-mistral", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema"] == upgrade.SCHEMA and [m["model"] for m in data["models"]] == ["tiny-mistral"]
+    assert cli.main(["upgrade", "--from", "0.27.0", "--to", "0.32.0", "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("# Upgrade report: vLLM 0.27.0 → 0.32.0") and "| `guided_decoding:outlines` |" in md
+
+
+# --------------------------------------------------------------------------- serve args, speed, the data file
+
+
+def test_serve_args_translated_with_the_plugins_adapters() -> None:
+    tr, line = upgrade.translate_serve_args(
+        "--guided-decoding-backend xgrammar --disable-log-requests --max-model-len 2048 "
+        "VLLM_ATTENTION_BACKEND=XFORMERS VLLM_CPU_KVCACHE_SPACE=8", "0.6.6", "0.26.0")
+    assert line == "VLLM_CPU_KVCACHE_SPACE=8 --max-model-len 2048 --structured-outputs-config '{\"backend\": \"xgrammar\"}'"
+    by = {t.given: t for t in tr}
+    assert by["VLLM_ATTENTION_BACKEND=XFORMERS"].translated is None  # XFORMERS is gone: no equivalent, said so
+    assert by["--disable-log-requests"].translated == "" and "--enable-log-requests" in by["--disable-log-requests"].note
+    # the CPU backend's renames chain: TORCH_SDPA_VLLM_V1 (0.10) -> TORCH_SDPA (0.11) -> CPU_ATTN (0.12), by flag from 0.13
+    _, line = upgrade.translate_serve_args("VLLM_ATTENTION_BACKEND=TORCH_SDPA_VLLM_V1", "0.10.2", "0.13.0")
+    assert line == "--attention-backend CPU_ATTN"
+    _, line = upgrade.translate_serve_args("--structured-outputs-config '{\"backend\": \"guidance\", "
+                                           "\"disable_any_whitespace\": true}'", "0.27.0", "0.32.0")
+    assert json.loads(line.split(" ", 1)[1].strip("'")) == {"backend": "guidance", "disable_any_whitespace": True}
+
+
+def _perf(tmp_path: Path, a: str, b: str, verdict: str = "not measurable") -> None:
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / f"compare-tiny-mistral-{a}-vs-{b}.json").write_text(json.dumps({
+        "schema": upgrade.PERF_SCHEMA, "model": "tiny-mistral", "a": {"vllm_version": a}, "b": {"vllm_version": b},
+        "measures": {"tokens_per_s": {"ratio": 0.97, "ci": [0.9, 1.05], "confidence": 0.95, "verdict": verdict,
+                                      "mde": 0.06, "higher_is_better": True}}}))
+
+
+def test_speed_uses_the_exact_interleaved_comparison_else_lists_the_steps(tmp_path: Path,
+                                                                          inputs: dict[str, Any]) -> None:
+    _perf(tmp_path / "steps", "0.30.0", "0.31.0")
+    _perf(tmp_path / "steps", "0.31.0", "0.32.0", "regression")
+    rep = upgrade.build_report("0.27.0", "0.32.0", matrix=inputs["matrix"], records=inputs["records"], root=REPO,
+                               models=["tiny-mistral"], perf=upgrade.load_perf_comparisons([tmp_path / "steps"]))
+    speed = rep.models[0].speed
+    assert speed[0] == "speed: no interleaved comparison of 0.27.0 and 0.32.0; consecutive steps:"
+    assert [s.split(" (", 1)[0].strip() for s in speed[1:]] == ["0.30.0 -> 0.31.0", "0.31.0 -> 0.32.0"]
+    assert "tokens_per_s: regression, ratio 0.97 (95% CI 0.9-1.05" in speed[2]
+    _perf(tmp_path / "exact", "0.27.0", "0.32.0")
+    rep = upgrade.build_report("0.27.0", "0.32.0", matrix=inputs["matrix"], records=inputs["records"], root=REPO,
+                               models=["tiny-mistral"], perf=upgrade.load_perf_comparisons([tmp_path / "exact"]))
+    assert rep.models[0].speed == [
+        "interleaved comparison 0.27.0 vs 0.32.0 (compare-tiny-mistral-0.27.0-vs-0.32.0.json): tokens_per_s: "
+        "not measurable, ratio 0.97 (95% CI 0.9-1.05, smallest detectable change 6%)"]
+    assert "no regression" not in upgrade.render_text(rep)
+
+
+def test_interface_changes_file_cites_claims_the_checker_verified_at_that_release() -> None:
+    check = json.loads(CHECK.read_text(encoding="utf-8"))
+    verified = {(rel["version"], r["claim"].split(".", 1)[0]) for rel in check["releases"] for r in rel["results"]
+                if r["status"] == "verified"}
+    checked = set(table_versions())
+    changes = upgrade.interface_changes("0.5.5", "0.33.0", CHECK)
+    entries = [c for c in changes if c.evidence[0].file.endswith("interface_changes.toml")]
+    assert len(entries) >= 13
+    for c in entries:
+        assert c.release in checked, c
+        assert c.area in ("server_flag", "request_field", "env", "default", "command", "attention_backend"), c
+        assert any(e.file == upgrade.CHECK_REPORT for e in c.evidence), c
+    for c in changes:
+        for e in c.evidence:
+            if e.file == upgrade.CHECK_REPORT:
+                version, claim = e.fact.split(" ", 2)[1].rstrip(":"), e.fact.split(" ", 3)[2].split(".", 1)[0]
+                assert (version, claim) in verified or "not_checkable" in e.fact, e.fact
+
+
+def test_bad_pairs_are_refused(inputs: dict[str, Any]) -> None:
+    for x, y in (("0.32.0", "0.27.0"), ("0.27.0", "0.27.0"), ("0.1.0", "0.27.0"), ("nonsense", "0.27.0")):
+        with pytest.raises(upgrade.UpgradeError):
+            upgrade.build_report(x, y, matrix=inputs["matrix"])
+
+
+def test_records_loaded_once_by_the_matrix_reader() -> None:
+    """upgrade reads records only through matrix.load_records (no second reader)."""
+    src = (REPO / "pytest_vllm_compat" / "upgrade.py").read_text(encoding="utf-8")
+    assert "read_record_file" not in src and "json.loads(line" not in src and "load_records(" in src
