@@ -126,8 +126,14 @@ def cmd_publish(ns: argparse.Namespace) -> int:
                       file=sys.stderr)
             # published data names no machine paths: relative to the results dir, ~, $TMPDIR
             run([str(PY), "-m", "pytest_vllm_compat.cli", "scrub-paths", str(results)], check=False)
+    perf = out / "perf"
+    if not ns.no_perf and len(versions) > 1:
+        # Performance between consecutive releases: interleaved comparisons on real servers (perf_compare.py);
+        # the suites' per-release figures never make a verdict on their own.
+        run([str(PY), "-m", "pytest_vllm_compat.cli", "perf", "compare", *versions, "--out", str(perf)], check=False)
     dirs = sorted(str(d) for d in out.iterdir() if d.is_dir() and d.name != "site" and (d / "records").is_dir())
-    run([str(PY), "-m", "pytest_vllm_compat.cli", "matrix", *dirs, "--output", str(out / "site")])
+    run([str(PY), "-m", "pytest_vllm_compat.cli", "matrix", *dirs, "--output", str(out / "site"),
+         *(["--perf-compare", str(perf)] if perf.is_dir() else [])])
     print(f"\nsite: {out / 'site' / 'index.html'}")
     return 0
 
@@ -175,6 +181,8 @@ def main() -> int:
     p.add_argument("--with", dest="stacks", action="append", default=[], metavar="SPECS",
                    help="a dependency stack to run each release with (--vllm-with); repeat for several "
                         "('default' for the unpinned one); default: the default stack only")
+    p.add_argument("--no-perf", action="store_true", help="leave out the interleaved performance comparisons of "
+                   "consecutive releases (vllm-compat perf compare; about 3 min per step here)")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     p.set_defaults(fn=cmd_publish)
     p = sub.add_parser("locks", help="renew the e2e tests' committed vLLM environment locks (tests/e2e/locks)")

@@ -10,6 +10,7 @@ of the next, so each release starts once.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -42,7 +43,8 @@ class Running:
         return Endpoint(self.server.base_url, self.server.api_key, self.server.served_model_name, self.server.pid)
 
     def describe(self) -> dict[str, Any]:
-        return {**self.side.describe(), "start_s": self.server.start_time_s, "environment": self.provenance}
+        return {**self.side.describe(), "start_s": self.server.start_time_s, "pid": self.server.pid,
+                "environment": self.provenance}
 
 
 @dataclass
@@ -174,6 +176,9 @@ def add_parser(sub: Any) -> None:
                    help="workloads per side, alternating (default %(default)s; at least 5 for a decision)")
     q.add_argument("--out", default="reports/perf", help="where comparisons are written (default %(default)s)")
     q.add_argument("--env-dir")
+    q.add_argument("--lock-dir", default=os.environ.get("VLLM_COMPAT_LOCK_DIR"),
+                   help="install releases that have a committed lock here from it, as pytest --vllm-lock-dir "
+                        "(default: $VLLM_COMPAT_LOCK_DIR)")
     q.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     q.set_defaults(fn=cmd_perf_compare)
 
@@ -190,7 +195,8 @@ def cmd_perf_compare(ns: Any) -> int:
     env_dir = Path(ns.env_dir or default_env_dir())
     out = Path(ns.out)
     work = env_dir / "perf-work"
-    with campaign(ns.model, ns.models, env_dir, work, distribution=DISTRIBUTIONS[ns.device], device=ns.device) as c:
+    with campaign(ns.model, ns.models, env_dir, work, distribution=DISTRIBUTIONS[ns.device], device=ns.device,
+                  lock_dir=Path(ns.lock_dir) if ns.lock_dir else None) as c:
         for path in chain(c, ns.versions, ns.rounds, out):
             rec = json.loads(path.read_text(encoding="utf-8"))
             print(f"{rec['a']['label']} -> {rec['b']['label']} ({path.name}):")
