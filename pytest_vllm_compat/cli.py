@@ -527,7 +527,7 @@ def matrix_main(argv: Sequence[str] | None = None) -> int:
     matrix["attributions"] = [at.matrix_entry(a) for a in standalone]  # vllm-compat attribute --vllm X --pin
     at.apply_verified_pins(matrix["cells"], [*standalone, *(b["attribution"] for b in found if b.get("attribution"))])
     write_matrix(matrix, args.output)
-    index = render_site(matrix, args.output, title=args.title, locks=locks)
+    index = render_site(matrix, args.output, title=args.title, locks=locks, records=records)
     scrub_tree(args.output)  # the site is for publishing: no home, temp or checkout paths (publish_paths.py)
     if args.allure_categories is not None:
         _write_allure_categories(args.allure_categories)

@@ -55,6 +55,7 @@ __all__ = [
     "PERF_SCHEMA",
     "PINNED_PACKAGES",
     "SCHEMA",
+    "VERDICT_ORDER",
     "DependencyChange",
     "Evidence",
     "FeatureVerdict",
@@ -65,6 +66,7 @@ __all__ = [
     "UpgradeError",
     "UpgradeReport",
     "build_report",
+    "default_check_report",
     "default_perf_dirs",
     "default_results_dirs",
     "interface_changes",
@@ -207,6 +209,15 @@ def default_results_dirs(root: Path | str = ".") -> list[Path]:
     if not runs.is_dir():
         return []
     return [d for d in sorted(runs.iterdir()) if d.is_dir() and record_files(d)]
+
+
+def default_check_report(root: Path | str = ".") -> Path | None:
+    """The committed checker report: under ``root``, else beside the package in a checkout; None when absent
+    (an installed package): the interface changes then cite the table alone."""
+    for base in (Path(root), Path(__file__).resolve().parents[1]):
+        if (base / CHECK_REPORT).is_file():
+            return base / CHECK_REPORT
+    return None
 
 
 def default_perf_dirs(root: Path | str = ".") -> list[Path]:
@@ -767,12 +778,15 @@ def _committed_lock(root: Path, release: str) -> tuple[str, str] | None:
     return None
 
 
-def _dependencies(records: Sequence[Mapping[str, Any]], locks: Mapping[str, str], x: str, y: str,
-                  models: Sequence[str] | None, root: Path) -> tuple[list[DependencyChange], list[str]]:
+def _dependencies(records: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[str, Any]],
+                  locks: Mapping[str, str], x: str, y: str, models: Sequence[str] | None,
+                  root: Path) -> tuple[list[DependencyChange], list[str]]:
     notes: list[str] = []
     sides: dict[str, tuple[dict[str, str], str] | None] = {}
     for v in (x, y):
-        prov = _provenance(records, v, models)
+        prov = _provenance(records, v, models) or next(
+            (dict(c["provenance"]) for c in sorted(cells, key=lambda c: str(c.get("last_seen") or ""), reverse=True)
+             if c["release"] == v and c.get("provenance")), {})
         sha = prov.get("lock_sha256")
         if sha and sha in locks:
             sides[v] = (parse_lock(locks[sha]), f"lock {str(sha)[:12]} of the {v} run")
@@ -859,7 +873,7 @@ def build_report(x: str, y: str, *, matrix: Mapping[str, Any], records: Sequence
                          "here; its interface comes from the capability table and its checker")
     interface = interface_changes(x, y, check_report)
     translations, translated = (translate_serve_args(serve_args, x, y) if serve_args is not None else (None, None))
-    deps, dep_notes = _dependencies(records, locks or {}, x, y, models, root)
+    deps, dep_notes = _dependencies(records, cells, locks or {}, x, y, models, root)
     ran_anywhere = {(c["model"], c["feature"]) for c in cells if c["status"] in ("pass", "fail", "flaky")}
     ran_on_y = {(c["model"], c["feature"]) for c in cells if c["release"] == y and c["status"] in ("pass", "fail", "flaky")}
     untested_features = [f"{m}: {f}" for m, f in sorted(ran_anywhere - ran_on_y)]
@@ -871,7 +885,7 @@ def build_report(x: str, y: str, *, matrix: Mapping[str, Any], records: Sequence
 # --------------------------------------------------------------------------- output
 
 
-_VERDICT_ORDER = ("newly broken", "broken", "still broken", "outputs changed", "flaky", "newly fixed", "still works",
+VERDICT_ORDER = ("newly broken", "broken", "still broken", "outputs changed", "flaky", "newly fixed", "still works",
                   "works", "unsupported", "untested")
 
 
@@ -907,8 +921,8 @@ def render_text(r: UpgradeReport) -> str:
     for sec in r.models:
         out.append(f"-- {sec.model}")
         grouped: dict[str, list[str]] = defaultdict(list)
-        for fv in sorted(sec.features, key=lambda f: (_VERDICT_ORDER.index(f.verdict)
-                                                     if f.verdict in _VERDICT_ORDER else 99, f.feature)):
+        for fv in sorted(sec.features, key=lambda f: (VERDICT_ORDER.index(f.verdict)
+                                                     if f.verdict in VERDICT_ORDER else 99, f.feature)):
             if fv.verdict in ("untested", "unsupported") and not fv.tests:
                 reason = fv.detail.split(":", 1)[0]
                 grouped[f"{fv.verdict.upper()} - {reason} [{fv.platform}]"].append(fv.feature)

@@ -47,6 +47,7 @@ from pytest_vllm_compat.site.charts import svg_bar_chart, svg_line_chart
 from . import index as site_index
 from . import logs as site_logs
 from . import measures as site_measures
+from . import upgrade as site_upgrade
 
 __all__ = ["ABBREV", "CSS", "DEFAULT_TITLE", "GROUP_ORDER", "KIND_LABELS", "SCRIPT", "SEVERITY", "SKIPPED",
            "STATUS_HELP", "STATUS_ORDER", "_csp_hash", "aggregate_status", "diff_page_name", "feature_group",
@@ -153,10 +154,11 @@ def _diff_page(diff: Mapping[str, Any], title: str) -> str:
 
 
 def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEFAULT_TITLE,
-                locks: Mapping[str, str] | None = None) -> Path:
+                locks: Mapping[str, str] | None = None, records: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write ``index.html``, ``cells/<cell_id>.html``, ``unclassified.html``, one ``diff-<a>-<b>.html`` per
-    pair of consecutive versions and ``locks/<sha256>.txt`` for each lock file a cell names (``locks``:
-    {sha256: text}); returns the index path."""
+    pair of consecutive versions, ``upgrade.html`` with ``upgrade-<x>-<y>.html`` per pair of published releases
+    (site/upgrade.py) and ``locks/<sha256>.txt`` for each lock file a cell names (``locks``: {sha256: text});
+    returns the index path."""
     out = Path(out_dir)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     wanted = {lk["sha256"] for c in matrix["cells"] for lk in c.get("locks") or [] if lk.get("stored")}
@@ -177,6 +179,8 @@ def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEF
     (out / "unclassified.html").write_text(_unclassified_page(matrix, title), encoding="utf-8")
     for d in site_index.diffs(matrix) + list(matrix.get("stack_diffs") or []):
         (out / diff_page_name(d["a"], d["b"])).write_text(_diff_page(d, title), encoding="utf-8")
+    # upgrade.html and one upgrade page per pair of published releases (``records``: knowledge-base entries)
+    site_upgrade.write_pages(matrix, out, title, records, locks)
     return index
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from html.parser import HTMLParser
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,70 @@ def test_records_loaded_once_by_the_matrix_reader() -> None:
     """upgrade reads records only through matrix.load_records (no second reader)."""
     src = (REPO / "pytest_vllm_compat" / "upgrade.py").read_text(encoding="utf-8")
     assert "read_record_file" not in src and "json.loads(line" not in src and "load_records(" in src
+
+
+# --------------------------------------------------------------------------- the site's upgrade pages
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs.append(dict(attrs).get("href") or "")
+        if tag == "script":
+            self.scripts += 1
+
+
+def _links(path: Path) -> _Links:
+    p = _Links()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+@pytest.fixture(scope="module")
+def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`vllm-compat matrix` over the committed runs, into a temporary dir (the committed site is left alone)."""
+    out = tmp_path_factory.mktemp("site")
+    dirs = [str(d) for d in upgrade.default_results_dirs(REPO)]
+    assert cli.main(["matrix", *dirs, "--output", str(out)]) == 0
+    return out
+
+
+def test_matrix_writes_an_upgrade_page_per_published_pair_linked_from_the_index(site_dir: Path) -> None:
+    from pytest_vllm_compat.site.upgrade import page_name
+
+    assert "upgrade.html" in _links(site_dir / "index.html").hrefs
+    selector = _links(site_dir / "upgrade.html")
+    pages = sorted(h for h in selector.hrefs if h.startswith("upgrade-"))
+    assert pages == sorted(page_name(x, y) for x, y in combinations(PUBLISHED, 2))  # 7 releases, 21 pairs
+    for name in pages:
+        page = site_dir / name
+        text = page.read_text(encoding="utf-8")
+        links = _links(page)
+        assert links.scripts == 0 and "script-src &#39;none&#39;" in text  # no script at all: links only
+        for href in links.hrefs:
+            if href.startswith("https://"):
+                continue
+            assert not href.startswith(("/", "javascript:", "file:", "http:")), href
+            target = href.split("#")[0]
+            assert not target or (site_dir / target).is_file(), (name, href)
+        assert "/root/" not in text and "/tmp/" not in text and "/home/" not in text
+
+
+def test_the_0_27_0_to_0_32_0_page_shows_the_sections_linked_to_cells_and_evidence(site_dir: Path,
+                                                                                   inputs: dict[str, Any]) -> None:
+    page = site_dir / "upgrade-0.27.0-0.32.0.html"
+    text = page.read_text(encoding="utf-8")
+    for section in ('id="behaviour"', 'id="interface"', 'id="dependencies"', 'id="gaps"'):
+        assert section in text
+    outlines = {c["vllm_version"]: c["cell_id"] for c in inputs["matrix"]["cells"]
+                if c["model"] == "tiny-mistral" and c["feature"] == "guided_decoding:outlines"}
+    hrefs = _links(page).hrefs
+    assert f"cells/{outlines['0.27.0']}.html" in hrefs and f"cells/{outlines['0.32.0']}.html" in hrefs
+    assert "from 0.31.0 (bisected: last bad 0.30.0" in text
+    assert "https://github.com/vllm-project/vllm/blob/v0.28.0/vllm/v1/core/kv_cache_utils.py" in hrefs
+    assert "no regression" not in text
