@@ -303,3 +303,44 @@ def test_an_interrupted_attribution_keeps_its_finished_probes() -> None:
     assert att.interrupted and att.decision == at.INCONCLUSIVE
     assert [p.kind for p in att.probes] == ["baseline", "all", "one"]
     assert att.summary == "interrupted after 3 probe(s): no decision"
+
+
+FAKE_PYTEST = '''\
+import json, sys
+from pathlib import Path
+args = sys.argv[3:]  # after "-m pytest"
+opt = dict(a.split("=", 1) for a in args if a.startswith("--vllm") and "=" in a)
+results = Path(opt["--vllm-results"])
+line = opt["--vllm"] + ("+" + opt["--vllm-with"].replace("==", "-") if "--vllm-with" in opt else "")
+status = "pass" if opt.get("--vllm-with") == "xgrammar==0.2.7" else "fail"
+rid = "run-" + line.replace("+", "_")
+(results / "records").mkdir(parents=True, exist_ok=True)
+(results / "records" / (rid + "-main.jsonl")).write_text(json.dumps(
+    {"test_id": "t.py::test_regex[tiny-vllm-cpu-" + line + "-outlines]", "status": status}) + "\\n")
+(results / "manifests").mkdir(parents=True, exist_ok=True)
+(results / "manifests" / (rid + ".json")).write_text(json.dumps({"run_id": rid, "argv": args}))
+print("fake pytest", args)
+'''
+
+
+def test_a_stack_probe_passes_its_pins_and_keys_tests_by_the_line(tmp_path: Path) -> None:
+    """pytest_probe with a stack, through a stand-in interpreter that writes the records a run would: the pins
+    reach pytest as --vllm-with, and test keys of the line 0.30.0+xgrammar-0.2.7 compare with 0.30.0's."""
+    fake = tmp_path / "fake_python.py"
+    fake.write_text(FAKE_PYTEST)
+    import sys
+
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {fake} \"$@\"\n")
+    wrapper.chmod(0o755)
+    results = tmp_path / "results"
+    oracle = at.real_oracle(["t.py"], results, python=str(wrapper))
+    base = oracle("0.30.0", Stack())
+    pinned = oracle("0.30.0", Stack(("xgrammar==0.2.7",)))
+    key = "t.py::test_regex[tiny-vllm-cpu-{version}-outlines]"
+    assert base.verdict == bs.BAD and list(base.failing) == [key]
+    assert pinned.verdict == bs.GOOD and pinned.passing == [key]
+    manifest = json.loads((results / "manifests" / "run-0.30.0_xgrammar-0.2.7.json").read_text())
+    assert "--vllm-with=xgrammar==0.2.7" in manifest["argv"] and "--vllm=0.30.0" in manifest["argv"]
+    assert pinned.logs and pinned.logs[0].startswith("bisect/logs/probe-0.30.0+xgrammar-0.2.7-1-")
+    assert (results / pinned.logs[0]).is_file()
