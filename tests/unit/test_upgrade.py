@@ -388,3 +388,29 @@ def test_the_0_27_0_to_0_32_0_page_shows_the_sections_linked_to_cells_and_eviden
     assert "from 0.31.0 (bisected: last bad 0.30.0" in text
     assert "https://github.com/vllm-project/vllm/blob/v0.28.0/vllm/v1/core/kv_cache_utils.py" in hrefs
     assert "no regression" not in text
+
+
+def test_a_release_without_run_or_lock_takes_its_wheels_requires_dist(tmp_path: Path, inputs: dict[str, Any]) -> None:
+    """--wheel-metadata: the requirements come from the wheel's METADATA (here a cached copy, no network)."""
+    for version, lines in (("0.6.6", ["transformers>=4.45.2", "outlines==0.1.11", "torch==2.5.1",
+                                      'xgrammar>=0.1.6; platform_machine == "x86_64"', 'zentorch; extra == "zen"']),
+                           ("0.26.0", ["transformers>=5.5.3", "outlines_core==0.2.14", "torch==2.11.0",
+                                       'xgrammar<1.0.0,>=0.2.1; platform_machine == "x86_64"'])):
+        meta = tmp_path / f"vllm-{version}" / "METADATA"
+        meta.parent.mkdir()
+        meta.write_text("Metadata-Version: 2.1\nName: vllm\n" + "".join(f"Requires-Dist: {x}\n" for x in lines))
+    assert upgrade.wheel_requirements("vllm", "0.6.6", tmp_path) == {
+        "transformers": ">=4.45.2", "outlines": "==0.1.11", "torch": "==2.5.1", "xgrammar": ">=0.1.6"}
+    rep = upgrade.build_report("0.6.6", "0.26.0", matrix=inputs["matrix"], records=inputs["records"], root=REPO,
+                               requires=lambda v: upgrade.wheel_requirements("vllm", v, tmp_path))
+    got = {d.package: (d.from_version, d.to_version) for d in rep.dependencies}
+    assert got == {"transformers": (">=4.45.2", ">=5.5.3"), "torch": ("==2.5.1", "==2.11.0"),
+                   "outlines": ("==0.1.11", None), "outlines-core": (None, "==0.2.14"),
+                   "xgrammar": (">=0.1.6", "<1.0.0,>=0.2.1")}
+    assert all("from source, not run" in d.source for d in rep.dependencies)
+
+    def unreachable(version: str) -> dict[str, str]:
+        raise OSError("index unreachable")
+
+    rep = upgrade.build_report("0.6.6", "0.26.0", matrix=inputs["matrix"], root=REPO, requires=unreachable)
+    assert rep.dependencies == [] and any("index unreachable" in n for n in rep.dependency_notes)
