@@ -674,6 +674,11 @@ def _feature(model: str, platform: str, feature: str, series: list[dict[str, Any
             hist = [(r, all_tests.get(r, {}).get(t, "")) for r in sort_versions(all_tests)]
             first = _bisected(bisections, t, "regression", x, y) or _transition(hist, "fail", x, y, untested)
             fv.tests.append(TestChange(t, a, b, "broken", first, cat, kb))
+        elif a is not None and b != a and (b is None or b in ("unsupported", "not_applicable", "conflict")):
+            why = next((str(e.get("skip_reason") or "") for e in (cy or {}).get("tests") or []
+                        if _norm(str(e.get("test_id") or ""), y) == t and e.get("skip_reason")), "")
+            fv.tests.append(TestChange(t, a, b, f"not run on {y}", None,
+                                       summary=why or (f"no record of it on {y}" if b is None else None)))
         elif b in FAILING:
             was = kb_x.get(t, (None, None))[0] if a in FAILING else None
             fv.tests.append(TestChange(t, a, b, "still failing", None, cat, kb,
@@ -712,7 +717,10 @@ def _feature(model: str, platform: str, feature: str, series: list[dict[str, Any
             fv.verdict = "still broken"
             fv.detail = f"fails on {x} and on {y}: {cause}"
             if fixed:
-                fv.detail += f"; {len(fixed)} of its tests fixed, {sum(tc.change == 'still failing' for tc in fv.tests)} still failing"
+                fv.detail += (f"; {len(fixed)} of its tests fixed, "
+                              f"{sum(tc.change == 'still failing' for tc in fv.tests)} still failing")
+                skipped = sum(tc.change.startswith("not run") for tc in fv.tests)
+                fv.detail += f", {skipped} not run on {y}" if skipped else ""
         else:
             fv.verdict = "broken"
             fv.detail = f"fails on {y}: {cause}; no verdict on {x} ({sx or 'not run'})"
