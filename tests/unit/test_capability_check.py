@@ -132,7 +132,8 @@ def _statuses(results: list[cc.ClaimResult]) -> dict[str, str]:
 def test_check_verifies_a_matching_release() -> None:
     names, files = release_085()
     caps = dataclasses.replace(capabilities("0.8.5"), kv_log_formats=("v0_device_blocks", "v1_kv_cache_size"),
-                               attention_backends={"cuda": ("FLASH_ATTN", "XFORMERS"), "cpu": ("TORCH_SDPA",)})
+                               attention_backends={"cuda": ("FLASH_ATTN", "XFORMERS"), "cpu": ("TORCH_SDPA",)},
+                               engine_v0_when={}, structured_fallbacks=())  # their call sites: the tests below
     got = _statuses(cc.check(caps, sf.SourceFacts.extract(names, files)))
     assert got["entry_point"] == got["engine"] == got["v1_available"] == "verified"
     assert got["structured_backends"] == "verified" and got["structured_server"] == "verified"
@@ -286,3 +287,70 @@ def test_committed_report_covers_the_table_and_agrees_with_it() -> None:
     assert cc.update_table_text(_load_text(), by_row) == _load_text()  # the table says what the report found
     assert "structured_backends" not in capabilities("0.8.5").machine_verified  # the hash-seed dependent CLI
     assert "engine" in capabilities("0.32.0").machine_verified
+
+
+# ----------------------------------------------------------------------------- fallbacks and engine choice
+
+GUIDED_073 = """
+def maybe_backend_fallback(guided_params):
+    if guided_params.backend == "xgrammar":
+        # xgrammar doesn't support regex, fallback to outlines
+        if guided_params.regex is not None:
+            logger.warning("xgrammar does not support regex guided decoding. "
+                           "Falling back to use outlines instead.")
+            guided_params.backend = "outlines"
+"""
+API_ENV = "def f(args):\n    if token := envs.VLLM_API_KEY or args.api_key:\n        pass\n"
+API_FLAG = "def f(args):\n    if token := args.api_key or envs.VLLM_API_KEY:\n        pass\n"
+ORACLE_092 = """
+def _is_v1_supported_oracle(self):
+    if self.guided_decoding_backend not in get_args(
+            GuidedDecodingBackendV1):
+        return False
+    if major < 8:
+        _raise_or_fallback(feature_name="Compute Capability < 8.0", recommend_to_remove=False)
+"""
+CPU_092 = """
+class CpuPlatform:
+    def default_v1(cls, model_config) -> bool:
+        return cls.supports_v1(
+            model_config) and cls.get_cpu_architecture() == CpuArchEnum.X86
+"""
+
+
+def _fallback_statuses(version: str, files: dict[str, str]) -> dict[str, str]:
+    results = cc._check_fallback_fields(capabilities(version), sf.SourceFacts.extract(set(files), files))
+    return {r.claim: r.status for r in results}
+
+
+def test_fallback_call_sites_verified_and_contradicted() -> None:
+    """A structured_fallbacks entry holds where its file has the marker followed by the backend it falls back
+    to; the API-key order is read from the call site; the wrong order or a missing file contradicts."""
+    caps = capabilities("0.7.3")
+    regex_i = next(i for i, f in enumerate(caps.structured_fallbacks) if f.when == "regex")
+    good = {"vllm/model_executor/guided_decoding/__init__.py": GUIDED_073, "vllm/entrypoints/openai/api_server.py": API_ENV}
+    got = _fallback_statuses("0.7.3", good)
+    assert got[f"structured_fallbacks.{regex_i}"] == "verified"
+    assert got["api_key_precedence"] == "verified"
+    swapped = {**good, "vllm/entrypoints/openai/api_server.py": API_FLAG,
+               "vllm/model_executor/guided_decoding/__init__.py": GUIDED_073.replace('"outlines"', '"guidance"')}
+    got = _fallback_statuses("0.7.3", swapped)
+    assert got[f"structured_fallbacks.{regex_i}"] == "contradicted"  # the marker, but another target
+    assert got["api_key_precedence"] == "contradicted"
+    got = _fallback_statuses("0.7.3", {"vllm/envs.py": ""})
+    assert got[f"structured_fallbacks.{regex_i}"] == "contradicted"  # file not in the wheel
+    assert got["api_key_precedence"] == "not_checkable"
+
+
+def test_engine_v0_when_call_sites_0_9() -> None:
+    files = {"vllm/engine/arg_utils.py": ORACLE_092, "vllm/platforms/cpu.py": CPU_092}
+    got = _fallback_statuses("0.9.2", files)
+    assert got["engine_v0_when.structured_backends"] == "verified"
+    assert got["engine_v0_when.below_compute_capability"] == "verified"
+    assert got["engine_v0_when.cpu_v1_architectures"] == "verified"
+    assert got["engine_v0_when.attention_backends"] == "not_checkable"
+    got = _fallback_statuses("0.9.2", {"vllm/engine/arg_utils.py": "", "vllm/platforms/cpu.py": ""})
+    assert got["engine_v0_when.cpu_v1_architectures"] == "contradicted"
+    assert got["engine_v0_when.structured_backends"] == "contradicted"
+    # V0-default rows carry conditions that cannot apply: not checked
+    assert not [c for c in _fallback_statuses("0.7.3", files) if c.startswith("engine_v0_when")]
