@@ -4,13 +4,22 @@ that version expects; outputs validated; bad schemas get a 4xx and leave the eng
 from __future__ import annotations
 
 import json
+import platform
 import re
 
 import jsonschema
 import pytest
 from suite_helpers import log_since, log_size, server_log
 
-from pytest_vllm_compat.capabilities import Unsupported, structured_request_fields, structured_server_args
+from pytest_vllm_compat.capabilities import (
+    Unsupported,
+    engine_for,
+    expected_structured_backend,
+    fallback_conditions,
+    structured_fallback_path,
+    structured_request_fields,
+    structured_server_args,
+)
 from pytest_vllm_compat.client import finish_reason, text_of
 from pytest_vllm_compat.logparse import backend_fallbacks, parse_engine_config
 from pytest_vllm_compat.outcomes import unsupported
@@ -58,22 +67,44 @@ def _fields(caps, kind, value, backend):
         unsupported(str(e))
 
 
-def _guided(client, caps, kind, value, backend, server, max_tokens=64):
+def _guided(client, caps, target, kind, value, backend, server, max_tokens=64):
     fields = _fields(caps, kind, value, backend)
     offset = log_size(server)
     r = client.chat("Answer:", max_tokens=max_tokens, **fields)
-    not_by(backend, kind, server, offset)
+    not_by(backend, kind, server, offset, caps, target, value)
     return r
 
 
-def not_by(backend, kind, server, offset):
-    """Old engines hand a request the backend cannot do to another backend and only log it: the output is
-    then that backend's work, and crediting (or blaming) ``backend`` for it would be false. Such a request
-    is a result of its own: this backend does not do this kind of request in this version."""
-    for used, why in backend_fallbacks(log_since(server, offset)):
-        if used != backend:
-            unsupported(f"{backend} did not serve this {kind} request: the server handed it to {used} "
-                        f"(log: {why} Falling back to use {used} instead.)")
+def not_by(backend, kind, server, offset, caps, target, value=None):
+    """Which backend served the request, against the one the capability table says should serve it.
+
+    V0 engines (0.6.5-0.9.x) hand a request the named backend cannot do to another backend and only log a
+    warning (``structured_fallbacks`` in data/capabilities.toml, read from each release's source). Such a
+    request is a result of its own: this backend does not do this kind of request in this version
+    ("unsupported", naming the fallback). A fallback the table does not predict, or a predicted one that does
+    not happen, fails: either the release behaves otherwise than its source says, or the table is wrong."""
+    arch = platform.machine()
+    engine = engine_for(caps, target.device, structured_backend=backend, cpu_arch=arch)
+    schema = value if kind == "json" else None
+    conditions = fallback_conditions(caps, kind, schema=schema, cpu_arch=arch)
+    expected = expected_structured_backend(caps, engine, backend, kind, conditions)
+    if expected is None:
+        unsupported(f"vLLM {caps.version} on the {engine} engine applies no structured output: the {kind} "
+                    f"request is answered unconstrained (capability table: v1_opt_in_ignores)")
+    fallbacks = backend_fallbacks(log_since(server, offset))
+    served, why = fallbacks[-1] if fallbacks else (backend, "")
+    where = f"vLLM {caps.version}, {engine} engine"
+    if expected != backend:
+        path = structured_fallback_path(caps, engine, backend, kind, conditions)
+        site = ", ".join(f"{f.when} -> {f.to} ({f.file})" for f in path)
+        assert served == expected, (
+            f"silent fallback expected: the capability table says {where} hands a {kind} request for {backend} "
+            f"to {expected} ({site}); the log shows {'no fallback' if not fallbacks else served}")
+        unsupported(f"silent fallback: {backend} does not serve {kind} requests on {where}; the server handed "
+                    f"it to {served} (log: {why} Falling back to use {served} instead.; capability table: {site})")
+    assert served == backend, (
+        f"silent fallback: asked {backend} for a {kind} request, the server handed it to {served} (log: {why}); "
+        f"the capability table expects {backend} to serve it on {where}")
 
 
 @backend_param
@@ -88,8 +119,8 @@ def test_backend_in_effect(backend, vllm_server, vllm_record):
 
 
 @backend_param
-def test_json_schema(backend, vllm_client, vllm_caps, vllm_server):
-    r = _guided(vllm_client, vllm_caps, "json", SCHEMA, backend, vllm_server)
+def test_json_schema(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
+    r = _guided(vllm_client, vllm_caps, vllm_target, "json", SCHEMA, backend, vllm_server)
     text = text_of(r)
     assert finish_reason(r) == "stop", (
         f"guided output did not finish within max_tokens (finish_reason={finish_reason(r)}): the backend let the "
@@ -98,26 +129,26 @@ def test_json_schema(backend, vllm_client, vllm_caps, vllm_server):
 
 
 @backend_param
-def test_regex(backend, vllm_client, vllm_caps, vllm_server):
-    r = _guided(vllm_client, vllm_caps, "regex", REGEX, backend, vllm_server)
+def test_regex(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
+    r = _guided(vllm_client, vllm_caps, vllm_target, "regex", REGEX, backend, vllm_server)
     assert re.fullmatch(REGEX, text_of(r)), repr(text_of(r))
     assert finish_reason(r) == "stop"
 
 
 @backend_param
-def test_choice(backend, vllm_client, vllm_caps, vllm_server):
-    r = _guided(vllm_client, vllm_caps, "choice", CHOICES, backend, vllm_server)
+def test_choice(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
+    r = _guided(vllm_client, vllm_caps, vllm_target, "choice", CHOICES, backend, vllm_server)
     assert text_of(r) in CHOICES, repr(text_of(r))
     assert finish_reason(r) == "stop"
 
 
 @backend_param
-def test_grammar(backend, vllm_client, vllm_caps, vllm_server):
+def test_grammar(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
     fields = _fields(vllm_caps, "grammar", GRAMMAR, backend)
     offset = log_size(vllm_server)
     resp = vllm_client.chat_raw({"messages": [{"role": "user", "content": "Answer:"}], "max_tokens": 16,
                                  "temperature": 0, **fields})
-    not_by(backend, "grammar", vllm_server, offset)
+    not_by(backend, "grammar", vllm_server, offset, vllm_caps, vllm_target)
     if resp.status_code == 400 and "does not support grammar" in resp.text:
         unsupported(f"{backend} rejects grammar requests in this version: {resp.json()['error']['message'][:200]}")
     assert resp.status_code == 200, resp.text[:500]
@@ -135,23 +166,23 @@ def test_malformed_schema_is_4xx_and_server_stays_healthy(backend, vllm_client, 
 
 
 @backend_param
-def test_valid_request_after_invalid_one(backend, vllm_client, vllm_caps, vllm_server):
+def test_valid_request_after_invalid_one(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
     """vllm#43920: one bad request must not kill the engine for every later one."""
     bad = _fields(vllm_caps, "regex", "([a-z", backend)
     vllm_client.chat_raw({"messages": [{"role": "user", "content": "x"}], "max_tokens": 8, **bad})
-    r = _guided(vllm_client, vllm_caps, "choice", CHOICES, backend, vllm_server)
+    r = _guided(vllm_client, vllm_caps, vllm_target, "choice", CHOICES, backend, vllm_server)
     assert text_of(r) in CHOICES
     assert vllm_client.health() == 200
 
 
 @backend_param
-def test_json_schema_through_openai_sdk(backend, vllm_openai, vllm_caps, vllm_server):
+def test_json_schema_through_openai_sdk(backend, vllm_openai, vllm_caps, vllm_server, vllm_target):
     """The same JSON-schema request through the official OpenAI SDK (the version's fields in ``extra_body``)."""
     fields = _fields(vllm_caps, "json", SCHEMA, backend)
     offset = log_size(vllm_server)
     r = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=64, temperature=0,
                                             messages=[{"role": "user", "content": "Answer:"}], extra_body=fields)
-    not_by(backend, "json", vllm_server, offset)
+    not_by(backend, "json", vllm_server, offset, vllm_caps, vllm_target, SCHEMA)
     text = r.choices[0].message.content or ""
     assert r.choices[0].finish_reason == "stop", (
         f"guided output did not finish within max_tokens (finish_reason={r.choices[0].finish_reason}): the backend "
