@@ -49,6 +49,7 @@ def summarize(comparisons: list[dict[str, Any]]) -> dict[str, Any]:
             "mde_max": round(max(m["mde"] for m in aa), 4) if aa else None,
             "ab_comparisons": len(ab),
             "ab_flagged_regression": sum(m["verdict"] == "regression" for m in ab),
+            "ab_flagged_any": sum(m["verdict"] in ("regression", "improvement") for m in ab),
             "ab_verdicts": [m["verdict"] for m in ab],
             "ab_ratios": [m["ratio"] for m in ab],
             "ab_ratio_median": round(statistics.median(m["ratio"] for m in ab), 4) if ab else None,
@@ -63,13 +64,13 @@ def markdown(report: dict[str, Any]) -> str:
              f"alternating A B / B A, one warm-up workload per side per comparison. Decision: geometric mean of the "
              f"rounds' ratios B/A, {perf_compare.CONFIDENCE:.0%} Student t interval over rounds, min effect "
              f"{perf_compare.MIN_EFFECT:.0%}. A/B slowdown: B served with `{s['slowdown_args']}`.", "",
-             "| measure | A/A false flags | MDE (median / max of A/A) | A/B: B/A ratio (median) | A/B flagged |",
+             "| measure | A/A false flags | MDE (median / max of A/A) | A/B: B/A ratio (median) | A/B flagged (verdicts) |",
              "|---|---|---|---|---|"]
     for name, m in report["summary"].items():
         mde = f"{m['mde_median'] * 100:.1f} % / {m['mde_max'] * 100:.1f} %" if m["mde_median"] is not None else "-"
         ab = f"{m['ab_ratio_median']:.3f}" if m["ab_ratio_median"] is not None else "-"
         lines.append(f"| {name} | {m['aa_false_flags']} of {m['aa_comparisons']} | {mde} | {ab} | "
-                     f"{m['ab_flagged_regression']} of {m['ab_comparisons']} |")
+                     f"{m['ab_flagged_any']} of {m['ab_comparisons']} ({', '.join(m['ab_verdicts'])}) |")
     lines += ["", f"Wall time per comparison: median {report['wall_s_per_comparison_median']} s; "
               f"whole calibration {report['wall_s_total']} s (server starts included).", "",
               "Each comparison:", "", "| # | kind | " + " | ".join(perf_compare.MEASURES) + " |",
@@ -91,7 +92,7 @@ def reanalyse(path: Path, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     (out / "calibration.md").write_text(markdown(report), encoding="utf-8")
-    print(markdown(report))
+    print(f"wrote {out / 'calibration.json'} and {out / 'calibration.md'}")
     return 0
 
 
