@@ -154,9 +154,12 @@ def load_comparisons(paths: Sequence[Path]) -> list[dict[str, Any]]:
     for p in paths:
         files = sorted(Path(p).glob("compare-*.json")) if Path(p).is_dir() else [Path(p)]
         for f in files:
-            data = json.loads(f.read_text(encoding="utf-8"))
-            if data.get("schema") == perf_compare.SCHEMA:
-                out.append(data)
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("schema") == perf_compare.SCHEMA:
+                out.append({**data, "_file": f.name})
     return out
 
 

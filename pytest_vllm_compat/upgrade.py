@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import capabilities as caps_mod
-from . import drift
+from . import drift, perf_compare
 from .bisection import load_results
 from .capabilities import Unsupported, VersionCaps, attention_selector, capabilities, structured_server_args
 from .lockfiles import load_locks, parse_lock
@@ -79,7 +79,7 @@ __all__ = [
 ]
 
 SCHEMA = "pytest-vllm-compat/upgrade/1"
-PERF_SCHEMA = "pytest-vllm-compat/perf-compare/1"
+PERF_SCHEMA = perf_compare.SCHEMA
 # what users pin beside vLLM (canonical names): the lock diff and the provenance show these
 PINNED_PACKAGES = ("torch", "transformers", "tokenizers", "xgrammar", "outlines", "outlines-core",
                    "lm-format-enforcer", "llguidance")
@@ -222,8 +222,9 @@ def default_check_report(root: Path | str = ".") -> Path | None:
 
 
 def default_perf_dirs(root: Path | str = ".") -> list[Path]:
-    d = Path(root) / "reports" / "perf"
-    return [d] if d.is_dir() else []
+    """Where the committed interleaved comparisons are: beside the published runs (``dev.py publish``), or
+    ``reports/perf``."""
+    return [d for d in (Path(root) / "reports" / "runs" / "perf", Path(root) / "reports" / "perf") if d.is_dir()]
 
 
 def load_inputs(results: Sequence[Path | str]) -> dict[str, Any]:
@@ -260,16 +261,10 @@ def _check_report(path: Path | None) -> dict[tuple[str, str], list[dict[str, Any
 
 
 def load_perf_comparisons(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
-    out = []
-    for d in dirs:
-        for p in sorted(Path(d).glob("compare-*.json")):
-            try:
-                data = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("schema") == PERF_SCHEMA:
-                out.append({**data, "_file": p.name})
-    return out
+    """The perf-compare objects in ``dirs`` (perf_campaign.load_comparisons), each with its file name."""
+    from .perf_campaign import load_comparisons
+
+    return load_comparisons([Path(d) for d in dirs])
 
 
 # --------------------------------------------------------------------------- interface changes
