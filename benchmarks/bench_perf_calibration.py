@@ -136,20 +136,18 @@ def main() -> int:
         from pytest_vllm_compat.performance import host_class
 
         report["host_class"] = host_class()
-        for i in range(ns.aa):
-            rec = c.compare(a1, a2, ns.rounds)
-            comparisons.append({"kind": "A/A", "index": i, **{k: rec[k] for k in ("measures", "wall_s", "runs")}})
-            save()
-            print(f"A/A {i + 1}: " + "; ".join(f"{n} {perf_compare.describe_measure(m)}"
-                                               for n, m in rec["measures"].items()), flush=True)
+
+        def series(kind: str, a: Any, b: Any, count: int) -> None:
+            for i in range(count):
+                rec = c.compare(a, b, ns.rounds)
+                comparisons.append({"kind": kind, "index": i, **{k: rec[k] for k in ("measures", "wall_s", "runs")}})
+                save()
+                print(f"{kind} {i + 1}: " + "; ".join(f"{n} {perf_compare.describe_measure(m)}"
+                                                       for n, m in rec["measures"].items()), flush=True)
+
+        series("A/A", a1, a2, ns.aa)
         c.stop(a2)
-        b = c.start(Side(ns.vllm, dist, tuple(shlex.split(ns.slowdown_args)), "ab-slow"))
-        for i in range(ns.ab):
-            rec = c.compare(a1, b, ns.rounds)
-            comparisons.append({"kind": "A/B", "index": i, **{k: rec[k] for k in ("measures", "wall_s", "runs")}})
-            save()
-            print(f"A/B {i + 1}: " + "; ".join(f"{n} {perf_compare.describe_measure(m)}"
-                                               for n, m in rec["measures"].items()), flush=True)
+        series("A/B", a1, c.start(Side(ns.vllm, dist, tuple(shlex.split(ns.slowdown_args)), "ab-slow")), ns.ab)
     save()
     print(f"wrote {out / 'calibration.json'} and {out / 'calibration.md'}")
     return 0
