@@ -1,11 +1,17 @@
 """How much GPU memory a model needs, from its config.json fields, before anything is downloaded.
 
-Weights: the parameter count of a decoder-only transformer with grouped-query attention and a gated MLP
-(Llama, Mistral, Qwen2, Gemma, Phi-3, Mixtral-style experts), times the dtype's bytes. KV cache: 2 (K and V)
-x layers x KV heads x head_dim x dtype bytes per token. The count matches the published sizes of the models
-in ``suites/models-hub.toml`` within 0.1 % (tests/unit/test_memory.py). A model is split over its
-tensor-parallel ranks; each GPU also needs room for activations, CUDA graphs and the CUDA context
-(``OVERHEAD_GIB``), and vLLM only uses ``--gpu-memory-utilization`` (0.9) of the card.
+The one memory estimator: the registry (``estimate``: the card a hub entry needs) and the server preflight
+(``gpu.memory_estimate``: weights and KV cache per GPU under tensor parallelism, checked against the GPUs) both
+count with ``parameter_count`` and ``kv_bytes_per_token`` below.
+
+Weights: the parameter count of a decoder-only transformer with grouped-query attention (Llama, Mistral, Qwen2,
+Gemma, Phi-3, Mixtral-style experts), with the q/k/v biases a config declares (``attention_bias``, ``qkv_bias``,
+or Qwen2's model type), a gated MLP (gate, up, down) unless the activation says a plain one, and MoE experts of
+``moe_intermediate_size`` when given; times the dtype's bytes. KV cache: 2 (K and V) x layers x KV heads x
+head_dim x dtype bytes per token. The count matches the published sizes of the models in
+``suites/models-hub.toml`` within 0.2 % (tests/unit/test_memory.py). A model is split over its tensor-parallel
+ranks; each GPU also needs room for activations, CUDA graphs and the CUDA context (``OVERHEAD_GIB``), and vLLM
+only uses ``--gpu-memory-utilization`` (0.9) of the card.
 """
 
 from __future__ import annotations
@@ -19,11 +25,82 @@ GIB = 1024**3
 OVERHEAD_GIB = 2.0
 GPU_MEMORY_UTILIZATION = 0.9
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "auto": 2, "float32": 4, "float": 4, "fp8": 1}
-REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+# Architectures whose MLP is gated (gate, up, down) whatever their activation is called.
+_GATED_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "phi3"}
+# Architectures with a bias on the q/k/v projections that their config.json does not declare.
+_QKV_BIAS_TYPES = {"qwen2", "qwen2_moe"}
 
 
 class ConfigError(ValueError):
     """A config lacks the fields an estimate needs."""
+
+
+def _first(cfg: Mapping[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return None
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The fields of a config.json the estimate reads, under their usual names (and their GPT-2/OPT aliases)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    inter: int
+    experts: int
+    expert_inter: int
+    mlp_mats: int
+    tied: bool
+    qkv_bias: bool
+
+
+def shape(config: Mapping[str, Any]) -> Shape:
+    if _first(config, "hidden_size", "n_embd", "d_model") is None and isinstance(config.get("text_config"), dict):
+        config = config["text_config"]  # multimodal configs nest the language model
+    fields = {"hidden_size": ("hidden_size", "n_embd", "d_model"),
+              "num_hidden_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+              "num_attention_heads": ("num_attention_heads", "n_head"), "vocab_size": ("vocab_size",)}
+    missing = [name for name, keys in fields.items() if _first(config, *keys) is None]
+    if missing:
+        raise ConfigError(f"config lacks {', '.join(missing)} (needed for a memory estimate)")
+    hidden, layers, heads, vocab = (int(_first(config, *keys)) for keys in fields.values())
+    kv_heads = int(_first(config, "num_key_value_heads", "num_kv_heads") or heads)
+    # transformers >= 4.52 writes "head_dim": null for Mistral (vllm#18573, failures.toml id head_dim_none)
+    head_dim = int(_first(config, "head_dim") or hidden // heads)
+    inter = int(_first(config, "intermediate_size", "n_inner", "ffn_dim") or 4 * hidden)
+    experts = int(_first(config, "num_local_experts", "num_experts", "n_routed_experts") or 1)
+    act = str(_first(config, "hidden_act", "activation_function") or "silu")
+    gated = config.get("model_type") in _GATED_TYPES or act not in ("gelu", "gelu_new", "relu")
+    bias = bool(config.get("attention_bias") or config.get("qkv_bias") or config.get("model_type") in _QKV_BIAS_TYPES)
+    return Shape(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab=vocab,
+                 inter=inter, experts=experts, expert_inter=int(_first(config, "moe_intermediate_size") or inter),
+                 mlp_mats=3 if gated else 2, tied=bool(config.get("tie_word_embeddings", False)), qkv_bias=bias)
+
+
+def parameter_count(config: Mapping[str, Any]) -> int:
+    """Parameter count of a decoder-only transformer from its HF ``config.json`` (dense or MoE)."""
+    s = shape(config)
+    attn = s.hidden * s.heads * s.head_dim + 2 * s.hidden * s.kv_heads * s.head_dim + s.heads * s.head_dim * s.hidden
+    if s.qkv_bias:
+        attn += (s.heads + 2 * s.kv_heads) * s.head_dim
+    if s.experts > 1:
+        mlp = s.experts * s.mlp_mats * s.hidden * s.expert_inter + s.hidden * s.experts  # experts + router
+    else:
+        mlp = s.mlp_mats * s.hidden * s.inter
+    embeddings = s.vocab * s.hidden * (1 if s.tied else 2)
+    return embeddings + s.layers * (attn + mlp + 2 * s.hidden) + s.hidden  # two norms per layer, a final one
+
+
+def kv_bytes_per_token(config: Mapping[str, Any], dtype_bytes: int = 2, *, kv_heads: int | None = None) -> int:
+    """2 (K and V) x layers x KV heads x head_dim x dtype_bytes (``kv_heads``: the heads one GPU holds)."""
+    s = shape(config)
+    return 2 * s.layers * (s.kv_heads if kv_heads is None else kv_heads) * s.head_dim * dtype_bytes
 
 
 @dataclass(frozen=True)
@@ -39,37 +116,6 @@ class Estimate:
         return {"parameters": self.parameters, "weights_gib": round(self.weights_gib, 2),
                 "kv_bytes_per_token": self.kv_bytes_per_token, "kv_gib": round(self.kv_gib, 3),
                 "per_gpu_gib": round(self.per_gpu_gib, 2), "card_gib": round(self.card_gib, 2)}
-
-
-def _int(config: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    value = config.get(key, default)
-    if value is None:
-        raise ConfigError(f"config has no {key!r}")
-    return int(value)
-
-
-def parameter_count(config: Mapping[str, Any]) -> int:
-    missing = [k for k in REQUIRED if config.get(k) is None]
-    if missing:
-        raise ConfigError(f"config lacks {', '.join(missing)} (needed for a memory estimate)")
-    h, layers = _int(config, "hidden_size"), _int(config, "num_hidden_layers")
-    heads = _int(config, "num_attention_heads")
-    kv_heads = _int(config, "num_key_value_heads", heads)
-    head_dim = int(config.get("head_dim") or h // heads)
-    inter, vocab = _int(config, "intermediate_size"), _int(config, "vocab_size")
-    experts = int(config.get("num_local_experts") or 1)
-    attn = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h
-    if config.get("attention_bias") or config.get("qkv_bias"):
-        attn += (heads + 2 * kv_heads) * head_dim
-    mlp = 3 * h * inter * experts + (h * experts if experts > 1 else 0)  # gate, up, down (+ the router)
-    embeddings = vocab * h * (1 if config.get("tie_word_embeddings") else 2)
-    return embeddings + layers * (attn + mlp + 2 * h) + h
-
-
-def kv_bytes_per_token(config: Mapping[str, Any], dtype_bytes: int = 2) -> int:
-    heads = _int(config, "num_attention_heads")
-    head_dim = int(config.get("head_dim") or _int(config, "hidden_size") // heads)
-    return 2 * _int(config, "num_hidden_layers") * _int(config, "num_key_value_heads", heads) * head_dim * dtype_bytes
 
 
 def estimate(config: Mapping[str, Any], *, dtype: str = "bfloat16", max_model_len: int | None = None,

@@ -5,7 +5,8 @@ One module per concept; this one gathers their public names for the plugin, the 
 - ``discovery``: the GPUs this process may use, the driver, the record's ``device`` object;
 - ``requirements``: whether this machine's GPUs meet a model's requirements;
 - ``leasing``: disjoint GPUs (or slots of packed GPUs) per server across processes;
-- ``memory_estimate``: the memory a model needs from its config, and a preflight against the GPUs.
+- ``memory_estimate``: the memory a model needs per GPU (counted by ``pytest_vllm_compat.memory``), and a
+  preflight against the GPUs.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from pytest_vllm_compat.gpu.leasing import (
 from pytest_vllm_compat.gpu.memory_estimate import (
     MemoryEstimate,
     estimate_memory,
-    estimate_params,
-    kv_bytes_per_token,
     memory_preflight,
 )
 from pytest_vllm_compat.gpu.requirements import (
@@ -64,9 +63,7 @@ __all__ = [
     "discover",
     "driver_info",
     "estimate_memory",
-    "estimate_params",
     "gpu_meets",
-    "kv_bytes_per_token",
     "memory_preflight",
     "memory_share",
     "parse_nvidia_smi_csv",

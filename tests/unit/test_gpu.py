@@ -25,14 +25,13 @@ from pytest_vllm_compat.gpu import (
     discover,
     driver_info,
     estimate_memory,
-    estimate_params,
     gpu_meets,
-    kv_bytes_per_token,
     memory_preflight,
     memory_share,
     unmet_requirements,
     wait_memory_released,
 )
+from pytest_vllm_compat.memory import kv_bytes_per_token, parameter_count
 from pytest_vllm_compat.registry import Requirements
 
 H100 = "0, GPU-6f1ac9d2-8b6e-4a0e-9f3b-1c2d3e4f5a6b, NVIDIA H100 80GB HBM3, 81559, 81008, 9.0\n"
@@ -463,7 +462,7 @@ LLAMA_70B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 8192, "
 
 
 def test_mistral_7b_estimate() -> None:
-    assert estimate_params(MISTRAL_7B) == 7_241_732_096  # Mistral-7B-v0.1's published parameter count
+    assert parameter_count(MISTRAL_7B) == 7_241_732_096  # Mistral-7B-v0.1's published parameter count
     est = estimate_memory(MISTRAL_7B, max_model_len=4096)
     assert 13.4 <= est.weights_gib <= 15  # vLLM logs ~13.5 GiB for its weights in bf16
     assert kv_bytes_per_token(MISTRAL_7B) == 2 * 32 * 8 * 128 * 2 == 128 * 1024
@@ -482,8 +481,8 @@ def test_head_dim_none_and_missing_are_derived() -> None:
 
 
 def test_tied_embeddings_tensor_parallel_and_moe() -> None:
-    untied = estimate_params(MISTRAL_7B)
-    assert untied - estimate_params({**MISTRAL_7B, "tie_word_embeddings": True}) == 32000 * 4096
+    untied = parameter_count(MISTRAL_7B)
+    assert untied - parameter_count({**MISTRAL_7B, "tie_word_embeddings": True}) == 32000 * 4096
     tp2 = estimate_memory(MISTRAL_7B, max_model_len=4096, tensor_parallel_size=2, num_seqs=4)
     assert tp2.kv_tokens == 16384
     assert tp2.per_gpu_gib == pytest.approx(tp2.weights_gib / 2 + tp2.kv_cache_gib / 2)
@@ -491,10 +490,10 @@ def test_tied_embeddings_tensor_parallel_and_moe() -> None:
     tp16 = estimate_memory(MISTRAL_7B, max_model_len=4096, tensor_parallel_size=16)
     assert tp16.per_gpu_gib == pytest.approx(tp16.weights_gib / 16 + tp16.kv_cache_gib / 8)
     mixtral = {**MISTRAL_7B, "model_type": "mixtral", "num_local_experts": 8}
-    assert 46e9 < estimate_params(mixtral) < 47.5e9  # Mixtral-8x7B: 46.7B
-    assert estimate_params({"text_config": MISTRAL_7B}) == untied
-    with pytest.raises(ValueError, match="lacks a field"):
-        estimate_params({"hidden_size": 4096})
+    assert 46e9 < parameter_count(mixtral) < 47.5e9  # Mixtral-8x7B: 46.7B
+    assert parameter_count({"text_config": MISTRAL_7B}) == untied
+    with pytest.raises(ValueError, match="lacks num_hidden_layers, num_attention_heads, vocab_size"):
+        parameter_count({"hidden_size": 4096})
 
 
 def test_tp_table_70b_on_a100_40gb() -> None:

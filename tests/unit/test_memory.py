@@ -69,3 +69,20 @@ def test_revision_pins_hub_models_only() -> None:
     assert m.revision == "0123abc"
     with pytest.raises(RegistryError, match="'revision' pins a hub model"):
         parse_registry({"models": {"m": {"builtin": "llama", "revision": "x"}}})
+
+
+def test_the_preflight_counts_what_the_registry_counts() -> None:
+    """One estimator: the server preflight's weights and KV cache are the registry's, for every hub entry."""
+    from pytest_vllm_compat.gpu import estimate_memory
+
+    for m in load_registry(HUB):
+        est = memory.estimate(m.config, max_model_len=4096)
+        pre = estimate_memory(m.config, max_model_len=4096)
+        assert pre.params == est.parameters, m.name
+        assert pre.weights_gib == pytest.approx(est.weights_gib), m.name
+        assert pre.kv_cache_gib == pytest.approx(est.kv_gib), m.name
+    # Qwen2's config.json has no key for its q/k/v biases: its model type says so
+    qwen = {"model_type": "qwen2", "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28,
+            "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064}
+    assert memory.parameter_count(qwen) - memory.parameter_count({**qwen, "model_type": "llama"}) == \
+        28 * (28 + 2 * 4) * 128
