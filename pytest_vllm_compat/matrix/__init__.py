@@ -44,9 +44,7 @@ from pytest_vllm_compat.matrix.records import (
     load_records,
     record_files,
 )
-from pytest_vllm_compat.outcomes import CELL_STATUSES as STATUSES
 from pytest_vllm_compat.outcomes import FAILING, MATRIX_SCHEMA, SKIPPED
-from pytest_vllm_compat.outcomes import STATUSES as RECORD_STATUSES
 from pytest_vllm_compat.results import model_slug
 from pytest_vllm_compat.stacks import line_of
 from pytest_vllm_compat.timestamps import now_iso
@@ -57,9 +55,7 @@ __all__ = [
     "MANIFEST_SCHEMA",
     "MATRIX_SCHEMA",
     "RECORD_SCHEMA",
-    "RECORD_STATUSES",
     "SKIPPED",
-    "STATUSES",
     "UNKNOWN_CATEGORY",
     "VERDICT",
     "Classifier",

@@ -11,8 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pytest_vllm_compat.lockfiles import cell_locks
-from pytest_vllm_compat.outcomes import FAILING, SEVERITY, SKIPPED
-from pytest_vllm_compat.outcomes import STATUSES as RECORD_STATUSES
+from pytest_vllm_compat.outcomes import (
+    FAILING,
+    SEVERITY,
+    SKIPPED,
+    STATUSES,  # a record's statuses; a cell's are CELL_STATUSES
+)
 from pytest_vllm_compat.stacks import split_line
 
 # Statuses that say something about vLLM; the others carry no verdict for regressions.
@@ -30,7 +34,7 @@ _SUMMARY_MAX = 200
 
 def _status_of(rec: Mapping[str, Any]) -> str:
     status = rec.get("status")
-    if status in RECORD_STATUSES:
+    if status in STATUSES:
         return str(status)
     return _OUTCOME_TO_STATUS.get(str(rec.get("outcome")), "error")
 
@@ -245,7 +249,7 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
 
     # one count per test: its latest status (a flaky test counts as its failing status, and is named)
     latest_status = {test_key(r): s for r, s in zip(recs, statuses, strict=True)}  # chronological: the last wins
-    counts = {s: 0 for s in RECORD_STATUSES}
+    counts = {s: 0 for s in STATUSES}
     counts.update(Counter(latest_status[k] if test_statuses[k] != "flaky"
                           else min((s for s in by_test[k] if s in FAILING), key=SEVERITY.index)
                           for k in latest_status))
