@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from .server import STARTUP_TIMEOUT_S
+from .server_pool import MAX_RESTARTS, MAX_SERVERS
+
 
 @dataclass(frozen=True)
 class Option:
@@ -48,7 +51,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_env_dir", "--vllm-env-dir", "VLLM_COMPAT_ENV_DIR", "",
            "where vLLM environments and generated tiny models live (default: ~/.cache/pytest-vllm-compat)",
            kind="path"),
-    Option("vllm_startup_timeout", "--vllm-startup-timeout", "VLLM_COMPAT_STARTUP_TIMEOUT", "900",
+    Option("vllm_startup_timeout", "--vllm-startup-timeout", "VLLM_COMPAT_STARTUP_TIMEOUT", f"{STARTUP_TIMEOUT_S:g}",
            "seconds a vLLM server may take to answer /health (the plugin's own timeout; pytest-timeout never "
            "applies to a startup)", kind="float"),
     Option("vllm_hang_timeout", "--vllm-hang-timeout", "VLLM_COMPAT_HANG_TIMEOUT", "10",
@@ -59,9 +62,9 @@ OPTIONS: tuple[Option, ...] = (
            "port for the vLLM server on 127.0.0.1 (0 = a free port)", kind="int"),
     Option("vllm_installer", "--vllm-installer", "VLLM_COMPAT_INSTALLER", "auto",
            "installer for environments: auto (uv when found: on PATH, beside this interpreter, or the uv package; else pip), uv, pip", choices=("auto", "uv", "pip")),
-    Option("vllm_max_restarts", "--vllm-max-restarts", "VLLM_COMPAT_MAX_RESTARTS", "2",
+    Option("vllm_max_restarts", "--vllm-max-restarts", "VLLM_COMPAT_MAX_RESTARTS", str(MAX_RESTARTS),
            "restarts allowed per server spec after crashes before its remaining tests error", kind="int"),
-    Option("vllm_max_servers", "--vllm-max-servers", "VLLM_COMPAT_MAX_SERVERS", "2",
+    Option("vllm_max_servers", "--vllm-max-servers", "VLLM_COMPAT_MAX_SERVERS", str(MAX_SERVERS),
            "servers alive at once per pytest process (a test's side server must not evict the shared one)",
            kind="int"),
     Option("vllm_shard", "--vllm-shard", "VLLM_COMPAT_SHARD", "",

@@ -110,11 +110,15 @@ def group_members(pgid: int) -> list[int]:
     return pids
 
 
+# The default of --vllm-startup-timeout (options.py) and of CompatSession: seconds until /health answers.
+STARTUP_TIMEOUT_S = 900.0
+
+
 class VLLMServer:
     """One vLLM server process. ``start()`` returns once ``/health`` answers 200."""
 
     def __init__(self, spec: ServerSpec, runtime: Runtime, log_path: Path, *, port: int = 0,
-                 startup_timeout: float = 900.0, pid_dir: Path | None = None,
+                 startup_timeout: float = STARTUP_TIMEOUT_S, pid_dir: Path | None = None,
                  phase_guard: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
         self.spec = spec
         self.runtime = runtime  # what to run, with which environment (runtime/)

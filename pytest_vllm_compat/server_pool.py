@@ -32,8 +32,13 @@ class Live:
     last_used: float
 
 
+# The defaults of --vllm-max-servers and --vllm-max-restarts (options.py) and of CompatSession.
+MAX_SERVERS = 2  # alive at once per process: a test's side server must not evict the shared one
+MAX_RESTARTS = 2  # per server spec, after crashes, before its remaining tests error
+
+
 class ServerPool:
-    def __init__(self, factory: ServerFactory, log_dir: Path, *, max_restarts: int = 2, max_live: int = 1,
+    def __init__(self, factory: ServerFactory, log_dir: Path, *, max_restarts: int = MAX_RESTARTS, max_live: int = MAX_SERVERS,
                  on_stop: Callable[[VLLMServer], None] | None = None, progress: Progress | None = None,
                  progress_every_s: float = 15.0) -> None:
         self.factory = factory

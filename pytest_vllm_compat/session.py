@@ -26,8 +26,8 @@ from .locks import file_lock
 from .packaged_model import PackagedModel
 from .registry import ModelDirError, ModelSpec, preflight_model_dir, serve_args_to_argv
 from .runtime import API_KEY_ENV, DEFAULT_ENTRY_POINT, InterpreterRuntime, Runtime, VenvRuntime
-from .server import ServerSpec, VLLMServer
-from .server_pool import ServerPool
+from .server import STARTUP_TIMEOUT_S, ServerSpec, VLLMServer
+from .server_pool import MAX_RESTARTS, MAX_SERVERS, ServerPool
 from .stacks import DEFAULT_STACK, Stack, line_of, split_line
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
@@ -83,11 +83,11 @@ class CompatSession:
     worker: str = "main"
     installer: str = "auto"
     vllm_python: Path | None = None
-    startup_timeout: float = 900.0
+    startup_timeout: float = STARTUP_TIMEOUT_S
     hang_timeout: float = 10.0  # /health unanswered this long during a test: the server hung (watchdog.py)
     port: int = 0
-    max_restarts: int = 2
-    max_servers: int = 1
+    max_restarts: int = MAX_RESTARTS
+    max_servers: int = MAX_SERVERS
     progress: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
     device_info: dict[str, Any] = field(default_factory=dict)
     envs: dict[str, VLLMEnvironment] = field(default_factory=dict)

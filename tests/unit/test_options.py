@@ -50,6 +50,19 @@ def test_precedence_cli_env_ini_default(ini_dir: pytest.Pytester, name: str, fla
     assert type(r.value) is type(default)
 
 
+def test_a_session_built_without_options_has_the_options_defaults(pytester: pytest.Pytester) -> None:
+    """The defaults are written once: a CompatSession built directly (benchmarks, perf campaigns) starts, keeps and
+    restarts servers as a pytest run without options does (max_servers was 1 there and 2 here)."""
+    import dataclasses
+
+    from pytest_vllm_compat.session import CompatSession
+
+    got = resolve_all(pytester.parseconfig(), {})
+    session_defaults = {f.name: f.default for f in dataclasses.fields(CompatSession)}
+    for name in ("startup_timeout", "max_servers", "max_restarts", "hang_timeout", "port"):
+        assert session_defaults[name] == got[f"vllm_{name}"].value, name
+
+
 def test_defaults_without_ini_or_env(pytester: pytest.Pytester) -> None:
     config = pytester.parseconfig()
     got = resolve_all(config, {})
