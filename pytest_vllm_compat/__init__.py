@@ -19,7 +19,7 @@ _PUBLIC = {
     "VLLMEnvironment": "environments",  # vllm_env
     "VersionCaps": "capabilities",  # vllm_caps
     "VLLMServer": "server",  # vllm_server
-    "ServerSpec": "server",
+    "ServerSpec": "server_spec",
     "ServerError": "server",
     "VLLMClient": "client",  # vllm_client
     "ServerFactory": "fixture_types",  # vllm_server_factory
@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from .environments import VLLMEnvironment
     from .fixture_types import DriftSettings, OpenAISDK, RecordExtras, ServerFactory
     from .outcomes import MANIFEST_SCHEMA, MATRIX_SCHEMA, RECORD_SCHEMA, STATUSES, not_applicable, unsupported
-    from .server import ServerError, ServerSpec, VLLMServer
+    from .server import ServerError, VLLMServer
+    from .server_spec import ServerSpec
     from .session import Target
 
 

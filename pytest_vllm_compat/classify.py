@@ -30,11 +30,7 @@ import re
 from dataclasses import dataclass, replace
 
 from .knowledge_base import (
-    DEFAULT_KB_PATH,
-    DEFAULT_PRIORITY,
-    LINE_HINTS,
     FailureRule,
-    KnowledgeBaseError,
     RuleIndex,
     candidate_message,
     fill_placeholders,
@@ -42,18 +38,10 @@ from .knowledge_base import (
 )
 from .log_errors import first_error, root_exception
 from .log_settle import http_error_status
-from .outcomes import KINDS
 
 __all__ = [
     "BLOCK_LINES",
-    "DEFAULT_KB_PATH",
-    "DEFAULT_PRIORITY",
-    "KINDS",
-    "LINE_HINTS",
     "Classification",
-    "FailureRule",
-    "KnowledgeBaseError",
-    "candidate_message",
     "classify",
     "exception_lines",
     "load_knowledge_base",

@@ -15,7 +15,8 @@ from .log_settle import Settled
 from .markers import group_of, server_marker
 from .outcomes import NOT_APPLICABLE_PREFIX
 from .results import file_size
-from .server import ServerError, ServerSpec, VLLMServer
+from .server import ServerError, VLLMServer
+from .server_spec import ServerSpec
 from .session import CompatSession, Target
 
 __all__ = ["DriftSettings", "ItemState", "OpenAISDK", "RecordExtras", "ServerFactory"]

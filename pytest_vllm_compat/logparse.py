@@ -17,33 +17,25 @@ import re
 from dataclasses import dataclass
 
 from .log_errors import (
-    HARMLESS_ERROR_LINES,
-    RootException,
     error_excerpt,
-    excerpt,
     first_error,
     root_exception,
 )
-from .log_lines import line_level, strip_head
+from .log_lines import strip_head
 
 __all__ = [
     "ATTENTION_BACKEND_LINES",
-    "HARMLESS_ERROR_LINES",
     "KVCacheInfo",
-    "RootException",
     "attention_rejection",
     "backend_fallbacks",
     "error_excerpt",
-    "excerpt",
     "first_error",
-    "line_level",
     "normalize_backend",
     "parse_attention_backend",
     "parse_engine_config",
     "parse_kv_cache",
     "root_exception",
     "startup_complete",
-    "strip_head",
 ]
 
 # ---------------------------------------------------------------------------------------------

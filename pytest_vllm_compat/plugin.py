@@ -24,7 +24,7 @@ from .session import Target
 STATE = pytest.StashKey[CompatPlugin]()
 PLUGIN_NAME = "vllm_compat_run"
 
-__all__ = ["STATE", "CompatPlugin"]
+__all__ = ["STATE"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

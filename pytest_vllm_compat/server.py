@@ -31,12 +31,10 @@ from typing import IO, Any
 
 import requests
 
-from .reaper import GUARDIAN, processes_with_marker
-from .reaper import MARKER_ENV as MARKER_ENV
+from .reaper import GUARDIAN, MARKER_ENV, processes_with_marker
 from .redact import redact, redact_argv, redact_env
 from .runtime import API_KEY_ENV, HOST, Runtime
-from .runtime import INHERITED_SELECTORS as INHERITED_SELECTORS
-from .server_spec import ServerSpec as ServerSpec
+from .server_spec import ServerSpec
 
 CLEANUP_TIMEOUT_S = 60.0  # a runtime's cleanup command (e.g. `docker rm -f NAME`)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .progress import Progress, ticking
-from .server import ServerError, ServerRecord, ServerSpec, VLLMServer
+from .server import ServerError, ServerRecord, VLLMServer
+from .server_spec import ServerSpec
 
 ServerFactory = Callable[[ServerSpec, Path], VLLMServer]
 

@@ -26,8 +26,9 @@ from .locks import file_lock
 from .packaged_model import PackagedModel
 from .registry import ModelDirError, ModelSpec, preflight_model_dir, serve_args_to_argv
 from .runtime import API_KEY_ENV, DEFAULT_ENTRY_POINT, InterpreterRuntime, Runtime, VenvRuntime
-from .server import STARTUP_TIMEOUT_S, ServerSpec, VLLMServer
+from .server import STARTUP_TIMEOUT_S, VLLMServer
 from .server_pool import MAX_RESTARTS, MAX_SERVERS, ServerPool
+from .server_spec import ServerSpec
 from .stacks import DEFAULT_STACK, Stack, line_of, split_line
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")

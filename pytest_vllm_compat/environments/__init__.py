@@ -29,33 +29,15 @@ from ..progress import Progress, ticking
 from ..stacks import DEFAULT_STACK, Stack, line_of
 from ..timestamps import file_stamp
 from .install_failures import ProvisionError, broken_requirement, install_failure
-from .installers import (
-    CPU_ENV_REMOVE,
-    find_uv,
-    install_steps,
-    parse_pip_config_list,
-    pip_config,
-    redact_env,
-    uv_env,
-    uv_index_args,
-    uv_untranslated,
-)
-from .package_index import (
-    INDEX_CACHE_TTL_S,
-    available_versions,
-    cached_index_versions,
-    parse_pip_index_versions,
-)
-from .probing import LOCK_FILE, PROVENANCE_PACKAGES, probe, write_atomic, write_lock
+from .installers import find_uv, install_steps, pip_config, redact_env, uv_env, uv_index_args, uv_untranslated
+from .package_index import available_versions, cached_index_versions
+from .probing import LOCK_FILE, probe, write_atomic, write_lock
 
 # Names of the modules above that callers import from here (plugin, cli, session, env_store, benchmarks).
 __all__ = [
-    "CPU_ENV_REMOVE", "DISTRIBUTIONS", "INDEX_CACHE_TTL_S", "LAST_USED", "LOCK_FILE", "MARKER",
-    "PROVENANCE_PACKAGES", "ProvisionError", "Provisioner", "UnknownVersionError", "VLLMEnvironment",
-    "available_versions", "broken_requirement", "cached_index_versions", "check_version", "default_env_dir",
-    "env_name", "find_uv", "install_failure", "parse_pip_config_list", "parse_pip_index_versions",
-    "pip_config", "probe", "server_help", "touch_last_used", "uv_env", "uv_index_args", "uv_untranslated",
-    "write_lock",
+    "DISTRIBUTIONS", "LAST_USED", "LOCK_FILE", "MARKER", "ProvisionError", "Provisioner", "UnknownVersionError",
+    "VLLMEnvironment", "available_versions", "cached_index_versions", "check_version", "default_env_dir",
+    "env_name", "server_help", "touch_last_used",
 ]
 
 MARKER = ".vllm-compat-complete.json"

@@ -21,10 +21,8 @@ from typing import Any
 from pytest_vllm_compat import drift, performance
 from pytest_vllm_compat.matrix.cells import (
     UNKNOWN_CATEGORY,
-    VERDICT,
     Classifier,
     build_cell,
-    cell_slug,
     classification_of,
     default_classifier,
     merge_run_statuses,
@@ -37,13 +35,7 @@ from pytest_vllm_compat.matrix.insights import (
     summary_by_version,
     version_insights,
 )
-from pytest_vllm_compat.matrix.records import (
-    MANIFEST_SCHEMA,
-    RECORD_SCHEMA,
-    load_manifests,
-    load_records,
-    record_files,
-)
+from pytest_vllm_compat.matrix.records import load_manifests, load_records, record_files
 from pytest_vllm_compat.outcomes import FAILING, MATRIX_SCHEMA, SKIPPED
 from pytest_vllm_compat.results import model_slug
 from pytest_vllm_compat.stacks import line_of
@@ -52,19 +44,11 @@ from pytest_vllm_compat.versions import sort_versions, version_key
 
 __all__ = [
     "FAILING",
-    "MANIFEST_SCHEMA",
-    "MATRIX_SCHEMA",
-    "RECORD_SCHEMA",
-    "SKIPPED",
     "UNKNOWN_CATEGORY",
-    "VERDICT",
-    "Classifier",
     "MatrixError",
     "badge",
     "bisection_entry",
     "build_matrix",
-    "cell_slug",
-    "default_classifier",
     "diff_versions",
     "load_manifests",
     "load_records",

@@ -10,7 +10,7 @@ defence should an unescaped string ever slip through.
 
 This module shapes the cell, unclassified and diff pages and writes the site; ``index`` shapes
 the index, ``charts`` its SVG plots, ``measures`` the drift and performance views,
-``logs`` the server logs, ``base`` what they share (the names below are re-exported here).
+``logs`` the server logs, ``base`` what they share.
 """
 
 from __future__ import annotations
@@ -22,36 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllm_compat.matrix import version_key
-from pytest_vllm_compat.outcomes import SEVERITY, SKIPPED
 from pytest_vllm_compat.site.base import (
-    ABBREV,
-    CSS,
     DEFAULT_TITLE,
-    GROUP_ORDER,
-    KIND_LABELS,
-    SCRIPT,
     STATUS_HELP,
-    STATUS_ORDER,
-    aggregate_status,
     diff_page_name,
-    feature_group,
     fmt,
     fmt_duration,
     kind_label,
     page,
-    safe_url,
 )
-from pytest_vllm_compat.site.base import csp_hash as _csp_hash
-from pytest_vllm_compat.site.charts import svg_bar_chart, svg_line_chart
 
 from . import index as site_index
 from . import logs as site_logs
 from . import measures as site_measures
 from . import upgrade as site_upgrade
 
-__all__ = ["ABBREV", "CSS", "DEFAULT_TITLE", "GROUP_ORDER", "KIND_LABELS", "SCRIPT", "SEVERITY", "SKIPPED",
-           "STATUS_HELP", "STATUS_ORDER", "_csp_hash", "aggregate_status", "diff_page_name", "feature_group",
-           "render", "render_site", "safe_url", "svg_bar_chart", "svg_line_chart"]
+__all__ = ["render", "render_site"]
 
 
 def kv_table(mapping: Mapping[str, Any] | Sequence[Any] | None, empty: str) -> dict[str, Any]:

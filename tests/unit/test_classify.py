@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat.classify import (
-    BLOCK_LINES,
-    KINDS,
-    Classification,
-    KnowledgeBaseError,
-    candidate_message,
-    classify,
-    load_knowledge_base,
-)
+from pytest_vllm_compat.classify import BLOCK_LINES, Classification, classify, load_knowledge_base
+from pytest_vllm_compat.knowledge_base import KnowledgeBaseError, candidate_message
+from pytest_vllm_compat.outcomes import KINDS
 
 KB = load_knowledge_base()
 DATA = Path(__file__).parent / "data"
@@ -287,7 +281,7 @@ def test_install_failures_are_classified(fixture: str, rid: str, says: str) -> N
     """What a record gets when the environment could not be installed: the summary of the real installer
     output (environments.broken_requirement), classified as infrastructure with the fix."""
     from pytest_vllm_compat.classify import exception_lines
-    from pytest_vllm_compat.environments import broken_requirement
+    from pytest_vllm_compat.environments.install_failures import broken_requirement
 
     summary = broken_requirement((INSTALL / fixture).read_text(encoding="utf-8"))
     c = classify(exception_lines(_provision_error(summary)), None, version="0.26.0")

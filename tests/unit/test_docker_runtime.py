@@ -184,7 +184,7 @@ def test_module_never_uses_a_shell() -> None:
 
 def test_docker_runtime_for_a_local_model_with_a_lease_and_a_compile_cache(tmp_path: Path) -> None:
     from pytest_vllm_compat.runtime.docker import DockerRuntime
-    from pytest_vllm_compat.server import ServerSpec
+    from pytest_vllm_compat.server_spec import ServerSpec
 
     model = tmp_path / "tiny"
     model.mkdir()
@@ -215,7 +215,8 @@ def test_docker_runtime_for_a_local_model_with_a_lease_and_a_compile_cache(tmp_p
 
 def test_docker_runtime_for_a_hub_model_without_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pytest_vllm_compat.runtime.docker import DockerRuntime
-    from pytest_vllm_compat.server import ServerSpec, VLLMServer
+    from pytest_vllm_compat.server import VLLMServer
+    from pytest_vllm_compat.server_spec import ServerSpec
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/huggingface: nothing mounted
     spec = ServerSpec(model="org/m", model_path="org/m", version="0.32.0", distribution="vllm", device="cpu")

@@ -14,23 +14,19 @@ import pytest
 
 from pytest_vllm_compat import gpu as gpu_mod
 from pytest_vllm_compat.gpu import (
-    GPU,
     DeviceLeaser,
-    Lease,
-    LeaseError,
-    LeaseTimeout,
-    apply_cuda_visible_devices,
     compute_capability_at_least,
     device_summary,
     discover,
     driver_info,
     estimate_memory,
-    gpu_meets,
     memory_preflight,
-    memory_share,
     unmet_requirements,
     wait_memory_released,
 )
+from pytest_vllm_compat.gpu.discovery import GPU, apply_cuda_visible_devices
+from pytest_vllm_compat.gpu.leasing import Lease, LeaseError, LeaseTimeout, memory_share
+from pytest_vllm_compat.gpu.requirements import gpu_meets
 from pytest_vllm_compat.memory import kv_bytes_per_token, parameter_count
 from pytest_vllm_compat.registry import Requirements
 

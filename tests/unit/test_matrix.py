@@ -16,6 +16,8 @@ import pytest
 
 from pytest_vllm_compat import matrix as mx
 from pytest_vllm_compat.cli import matrix_main
+from pytest_vllm_compat.matrix.cells import cell_slug
+from pytest_vllm_compat.outcomes import MATRIX_SCHEMA
 
 EVIL = "<script>alert(1)</script>\" onmouseover=\"x"
 EVIL_MODEL = f"evil{EVIL}"
@@ -247,7 +249,7 @@ def test_cell_ids_are_stable_filename_safe_and_unique() -> None:
     assert ids == [c["cell_id"] for c in sample_matrix()["cells"]]
     assert len(set(ids)) == len(ids)
     assert all(len(i) < 120 and all(ch.isalnum() or ch in "._-" for ch in i) for i in ids)
-    assert mx.cell_slug("a:b", "1", "cpu", "f") != mx.cell_slug("a-b", "1", "cpu", "f")
+    assert cell_slug("a:b", "1", "cpu", "f") != cell_slug("a-b", "1", "cpu", "f")
 
 
 # --------------------------------------------------------------------------- insights
@@ -382,7 +384,7 @@ def test_main_writes_everything_and_exits_zero_with_failures(tmp_path: Path, cap
     rc = matrix_main([str(results), "--output", str(out), "--title", "My matrix",
                   "--allure-categories", str(tmp_path / "allure")])
     assert rc == 0, capsys.readouterr().err
-    assert json.loads((out / "matrix.json").read_text())["schema"] == mx.MATRIX_SCHEMA
+    assert json.loads((out / "matrix.json").read_text())["schema"] == MATRIX_SCHEMA
     assert (out / "index.html").is_file() and (out / "unclassified.html").is_file()
     assert (out / "diff-0.28.0-0.32.0.html").is_file()
     assert len(list((out / "cells").glob("*.html"))) == 12

@@ -45,7 +45,8 @@ from pathlib import Path
 script, logs, guard = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "guard"
 sys.path.insert(0, sys.argv[4])
 from fake_runtime import FakeRuntime
-from pytest_vllm_compat.server import ServerSpec, VLLMServer, free_port
+from pytest_vllm_compat.server import VLLMServer, free_port
+from pytest_vllm_compat.server_spec import ServerSpec
 if not guard:
     import pytest_vllm_compat.server as server_module
     class NoGuardian:

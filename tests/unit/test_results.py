@@ -165,10 +165,11 @@ def test_write_manifest(tmp_path: Path) -> None:
 
 def test_server_fields_for_a_packed_gpu_server(tmp_path: Path) -> None:
     from pytest_vllm_compat.compile_cache import CompileCachePolicy
-    from pytest_vllm_compat.gpu import Lease
+    from pytest_vllm_compat.gpu.leasing import Lease
     from pytest_vllm_compat.results import server_fields
     from pytest_vllm_compat.runtime import VenvRuntime
-    from pytest_vllm_compat.server import ServerSpec, VLLMServer
+    from pytest_vllm_compat.server import VLLMServer
+    from pytest_vllm_compat.server_spec import ServerSpec
 
     spec = ServerSpec(model="m", model_path="/x", version="0.26.0", distribution="vllm", device="cuda",
                       serve_args=("--max-model-len", "256"), env=(("HF_TOKEN", "hf_secret"),))

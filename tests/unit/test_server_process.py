@@ -18,19 +18,18 @@ import pytest
 import requests
 from fake_runtime import FakeRuntime
 
+from pytest_vllm_compat.reaper import MARKER_ENV, processes_with_marker
 from pytest_vllm_compat.runtime import VenvRuntime
 from pytest_vllm_compat.server import (
-    MARKER_ENV,
     PortInUseError,
-    ServerSpec,
     ServerStartupError,
     ServerStartupTimeout,
     VLLMServer,
     free_port,
     group_members,
-    processes_with_marker,
     reap_stale,
 )
+from pytest_vllm_compat.server_spec import ServerSpec
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_vllm_compat.environments import VLLMEnvironment
-from pytest_vllm_compat.gpu import GPU
+from pytest_vllm_compat.gpu.discovery import GPU
 from pytest_vllm_compat.registry import ModelSpec
 from pytest_vllm_compat.session import CompatSession, Target, tensor_parallel_size
 
@@ -111,7 +111,8 @@ def test_docker_runtime_provisions_nothing_and_refuses_builtin_models(tmp_path: 
 def test_pythonpath_reaches_only_external_interpreters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The GPU recipe installs vLLM with --target and PYTHONPATH; a provisioned venv must not see ours."""
     from pytest_vllm_compat.runtime import InterpreterRuntime, VenvRuntime
-    from pytest_vllm_compat.server import ServerSpec, VLLMServer
+    from pytest_vllm_compat.server import VLLMServer
+    from pytest_vllm_compat.server_spec import ServerSpec
 
     monkeypatch.setenv("PYTHONPATH", "/tmp/site")
     spec = ServerSpec(model="m", model_path="/x", version="0.26.0", distribution="vllm", device="cpu")

@@ -12,6 +12,8 @@ import pytest
 from markupsafe import escape
 
 from pytest_vllm_compat import site
+from pytest_vllm_compat.outcomes import SEVERITY
+from pytest_vllm_compat.site import base as site_base
 
 S = Path(__file__).with_name("test_matrix.py")
 
@@ -123,7 +125,7 @@ def test_index_regression_banner_legend_filters_split_and_plots(rendered: tuple[
     regression_tds = [a for a in tree.find("td") if "regression" in (a.get("class") or "").split()]
     assert [a["data-cell-id"] for a in regression_tds] == [reg["to_cell_id"]]
     legend = re.search(r'<ul class="legend" id="legend">(.*?)</ul>', html_text, re.S)
-    assert legend and all(s.replace("_", " ") in legend.group(1) for s in site.STATUS_ORDER)
+    assert legend and all(s.replace("_", " ") in legend.group(1) for s in site_base.STATUS_ORDER)
     # filters: four selects, hidden until the script shows them (the page reads fine without JS)
     form = tree.find("form", id="filters")[0]
     assert "hidden" in form
@@ -228,10 +230,10 @@ def test_hostile_strings_render_inert(rendered: tuple[dict[str, Any], Path], sce
 
 
 def test_safe_url() -> None:
-    assert site.safe_url("https://x.org/a") == "https://x.org/a"
-    assert site.safe_url("HTTP://x.org") == "HTTP://x.org"
+    assert site_base.safe_url("https://x.org/a") == "https://x.org/a"
+    assert site_base.safe_url("HTTP://x.org") == "HTTP://x.org"
     for bad in ("javascript:alert(1)", " javascript:x", "data:text/html,x", "file:///etc/passwd", "//x.org", "x", 3):
-        assert site.safe_url(bad) is None
+        assert site_base.safe_url(bad) is None
 
 
 def test_csp_allows_only_our_style_and_script(rendered: tuple[dict[str, Any], Path]) -> None:
@@ -240,7 +242,7 @@ def test_csp_allows_only_our_style_and_script(rendered: tuple[dict[str, Any], Pa
     (meta,) = tree.find("meta", http_equiv="Content-Security-Policy")
     csp = meta["content"] or ""
     assert "default-src 'none'" in csp and "'unsafe-inline'" not in csp
-    assert site._csp_hash(site.SCRIPT) in csp and site._csp_hash(site.CSS) in csp
+    assert site_base.csp_hash(site_base.SCRIPT) in csp and site_base.csp_hash(site_base.CSS) in csp
     cell_page = next((out / "cells").glob("*.html"))
     (meta,) = parse(cell_page).find("meta", http_equiv="Content-Security-Policy")
     assert "script-src 'none'" in (meta["content"] or "")
@@ -291,8 +293,8 @@ def test_each_page_csp_hashes_its_inlined_style_and_script(rendered: tuple[dict[
 
     _, out = rendered
     static = Path(site.__file__).with_name("static")
-    assert site.CSS == (static / "site.css").read_text(encoding="utf-8")  # package data, inlined
-    assert site.SCRIPT == (static / "site.js").read_text(encoding="utf-8")
+    assert site_base.CSS == (static / "site.css").read_text(encoding="utf-8")  # package data, inlined
+    assert site_base.SCRIPT == (static / "site.js").read_text(encoding="utf-8")
     pages = [*out.glob("*.html"), *(out / "cells").glob("*.html")]
     assert len(pages) > 10
     for page in pages:
@@ -301,10 +303,10 @@ def test_each_page_csp_hashes_its_inlined_style_and_script(rendered: tuple[dict[
         policy = dict(d.strip().split(" ", 1) for d in (meta["content"] or "").split(";") if d.strip())
         styles = re.findall(r"<style>(.*?)</style>", raw, re.S)
         scripts = re.findall(r"<script>(.*?)</script>", raw, re.S)
-        assert styles == [site.CSS], page.name
+        assert styles == [site_base.CSS], page.name
         assert policy["style-src"] == sha(styles[0]), page.name
         if page.name == "index.html":
-            assert scripts == [site.SCRIPT] and policy["script-src"] == sha(scripts[0])
+            assert scripts == [site_base.SCRIPT] and policy["script-src"] == sha(scripts[0])
         else:
             assert scripts == [] and policy["script-src"] == "'none'", page.name
         assert policy["default-src"] == "'none'" and "unsafe-inline" not in raw.split("</head>", 1)[0]
@@ -371,7 +373,7 @@ def test_overview_comes_first_with_one_table_per_platform(rendered: tuple[dict[s
 
 
 def test_aggregate_status_worst_wins() -> None:
-    agg = site.aggregate_status
+    agg = site_base.aggregate_status
     assert agg([]) is None
     assert agg(["pass", "not_applicable", "unsupported"]) == "pass"
     assert agg(["pass", "fail", "not_applicable"]) == "fail"
@@ -379,7 +381,7 @@ def test_aggregate_status_worst_wins() -> None:
     assert agg(["flaky", "pass"]) == "flaky"
     assert agg(["unsupported", "not_applicable"]) == "unsupported"
     assert agg(["not_applicable"]) == "not_applicable"
-    assert site.SEVERITY == ("fail", "error", "conflict", "flaky", "pass", "unsupported", "not_applicable")
+    assert SEVERITY == ("fail", "error", "conflict", "flaky", "pass", "unsupported", "not_applicable")
 
 
 def test_group_chip_takes_the_worst_sub_feature(tmp_path: Path, scenario: Any) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from fake_runtime import FakeRuntime
 
-from pytest_vllm_compat.server import ServerSpec, VLLMServer, free_port, group_members
+from pytest_vllm_compat.server import VLLMServer, free_port, group_members
+from pytest_vllm_compat.server_spec import ServerSpec
 from pytest_vllm_compat.watchdog import HangWatchdog, answers
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
