@@ -1,7 +1,7 @@
 """What makes two vLLM servers different (:class:`ServerSpec`): the model, the release and how it is served.
 
 Its own module so that both the process side (server.py) and the launch side (runtime/, runtime/docker.py)
-can read it without importing each other; ``pytest_vllm_compat.server`` re-exports it.
+can read it without importing each other; everything imports it from here.
 """
 
 from __future__ import annotations
