@@ -96,6 +96,7 @@ class Resolution:
     created: bool = False  # an environment was installed for this probe (not reused)
     install_s: float = 0.0
     log: str | None = None  # the installer's log, relative to the results dir, when one was kept
+    lock_text: str | None = None  # the installed set (its lock file), to compare with the bisection's locks
 
 
 Resolver = Callable[[str, Stack], Resolution]
@@ -440,8 +441,11 @@ def real_resolver(provisioner: Any, distribution: str, results_dir: Path) -> Res
                 shutil.copyfile(e.log_path, dest)
                 rel = str(dest.relative_to(results_dir))
             return Resolution(ok=False, conflict=e.summary, install_s=time.monotonic() - t0, log=rel)
+        lock_text = None
+        if env.lock_file is not None and Path(env.lock_file).is_file():
+            lock_text = Path(env.lock_file).read_text(encoding="utf-8")
         return Resolution(ok=True, env_name=env.name, lock_sha256=env.lock_sha256, created=env.created,
-                          install_s=env.provision_s)
+                          install_s=env.provision_s, lock_text=lock_text)
 
     return resolve
 
@@ -481,6 +485,30 @@ def load_attributions(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
             if isinstance(data, dict) and data.get("schema") == ATTRIBUTE_SCHEMA:
                 out.append(data)
     return out
+
+
+def residual_notes(att: Attribution, bad_lock: str, good_lock: str, installed: Mapping[str, str]) -> list[str]:
+    """What the probes' environments still differ in from the bisection's: the baseline against the bad
+    release's lock (packages the index moved since), and the all-pins environment against the good release's
+    lock besides vLLM (what a pin could not reach). Empty when no lock text is known."""
+    notes = []
+    for p in att.probes:
+        text = installed.get(p.line)
+        if text is None:
+            continue
+        if p.kind == "baseline":
+            moved = changed_packages(bad_lock, text)
+            if moved:
+                notes.append(f"the baseline environment differs from the bisection's {att.version} lock in "
+                             f"{len(moved)} package(s): {', '.join(c.describe() for c in moved)}")
+        elif p.kind == "all" and p.verdict != REFUSED:
+            rest = changed_packages(text, good_lock)
+            if rest:
+                notes.append(f"with every pin, the environment still differs from {att.against}'s lock besides "
+                             f"vLLM in {len(rest)} package(s): {', '.join(c.describe() for c in rest)}")
+            else:
+                notes.append(f"with every pin, the environment is {att.against}'s lock but for vLLM")
+    return notes
 
 
 def boundary_locks(bisection: Mapping[str, Any], results_dir: Path) -> tuple[str, str, Probe | None]:
@@ -557,7 +585,8 @@ __all__ = [
     "DECISIONS", "FOLLOWS_CODE", "FOLLOWS_PACKAGE", "FOLLOWS_SET", "INCONCLUSIVE", "NOT_SEPARABLE", "REFUSED",
     "Attribution", "AttributionProbe", "Change", "Resolution", "apply_verified_pins", "attribute_bisection",
     "attribute_boundary", "attribute_candidates", "boundary_locks", "canonical_pin", "changed_packages",
-    "load_attributions", "matrix_entry", "real_oracle", "real_resolver", "report_lines", "verified_pins",
+    "load_attributions", "matrix_entry", "real_oracle", "real_resolver", "report_lines", "residual_notes",
+    "verified_pins",
     "write_attribution",
 ]
 
@@ -573,9 +602,18 @@ def attribute_bisection(bisection: Mapping[str, Any], results_dir: Path, resolve
         bad, good = str(bisection["last_bad"]), str(bisection["first_fixed"])
     else:
         bad, good = str(bisection["first_bad"]), str(bisection["last_good"])
-    att = attribute_boundary(bad, good, changed_packages(bad_lock, good_lock), resolve, oracle,
+    installed: dict[str, str] = {}  # line -> the lock text of the environment the resolver gave it
+
+    def remembering(version: str, stack: Stack) -> Resolution:
+        res = resolve(version, stack)
+        if res.lock_text is not None:
+            installed[line_of(version, stack)] = res.lock_text
+        return res
+
+    att = attribute_boundary(bad, good, changed_packages(bad_lock, good_lock), remembering, oracle,
                              baseline=baseline if reuse_baseline else None, max_single=max_single,
                              on_probe=on_probe)
+    att.notes += residual_notes(att, bad_lock, good_lock, installed)
     base = att.probes[0] if att.probes else None
     want = hashlib.sha256(bad_lock.encode()).hexdigest()
     if base is not None and base.lock_sha256 and base.lock_sha256 != want:

@@ -344,3 +344,28 @@ def test_a_stack_probe_passes_its_pins_and_keys_tests_by_the_line(tmp_path: Path
     assert "--vllm-with=xgrammar==0.2.7" in manifest["argv"] and "--vllm=0.30.0" in manifest["argv"]
     assert pinned.logs and pinned.logs[0].startswith("bisect/logs/probe-0.30.0+xgrammar-0.2.7-1-")
     assert (results / pinned.logs[0]).is_file()
+
+
+def test_the_probes_environments_are_compared_with_the_bisections_locks(tmp_path: Path) -> None:
+    """The index moves: today's baseline and the all-pins environment are diffed against the bisection's locks
+    and the differences noted (a pin cannot undo a removed package; unrelated packages may have moved)."""
+    data = _bisection_dir(tmp_path)
+    today_bad = BAD_LOCK.replace("transformers==5.24.0", "transformers==5.25.0") + "idna==3.21\n"
+    world = World(fixed=lambda pins: False)
+
+    def resolve(version: str, stack: Stack) -> at.Resolution:
+        res = world.resolve(version, stack)
+        text = today_bad
+        for pin in stack.requirements:
+            name, _, ver = pin.partition("==")
+            lines = [ln for ln in text.splitlines() if not ln.startswith(name + "==")]
+            text = "\n".join([*lines, f"{name}=={ver}"]) + "\n"
+        res.lock_text = text
+        return res
+
+    att = at.attribute_bisection(data, tmp_path, resolve, world.oracle, reuse_baseline=False, max_single=0)
+    assert att.decision == at.FOLLOWS_CODE
+    assert ("the baseline environment differs from the bisection's 0.30.0 lock in 2 package(s): "
+            "transformers 5.24.0 → 5.25.0, idna (absent) → 3.21") in att.notes
+    assert ("with every pin, the environment still differs from 0.31.0's lock besides vLLM in 2 package(s): "
+            "idna 3.21 → (absent), openai-harmony 0.0.8 → (absent)") in att.notes
