@@ -369,3 +369,30 @@ def test_the_probes_environments_are_compared_with_the_bisections_locks(tmp_path
             "transformers 5.24.0 → 5.25.0, idna (absent) → 3.21") in att.notes
     assert ("with every pin, the environment still differs from 0.31.0's lock besides vLLM in 2 package(s): "
             "idna 3.21 → (absent), openai-harmony 0.0.8 → (absent)") in att.notes
+
+
+def test_from_kb_takes_the_workaround_pins_that_cover_the_release(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_vllm_compat import cli
+
+    world = World(fixed=lambda pins: False,
+                  refuse=lambda pins: "vllm 0.8.5 depends on transformers>=4.51.1" if any(
+                      p.startswith("transformers") for p in pins) else None)
+    asked: list[tuple[str, ...]] = []
+
+    def resolve(version: str, stack: Stack) -> at.Resolution:
+        asked.append(stack.requirements)
+        return world.resolve(version, stack)
+
+    monkeypatch.setattr(at, "real_resolver", lambda prov, dist, results: resolve)
+    monkeypatch.setattr(at, "real_oracle", lambda args, results, **kw: world.oracle)
+    rc = cli.main(["attribute", "--vllm", "0.8.5", "--from-kb", "--results", str(tmp_path), "--", "suites"])
+    assert rc == 0 and asked == [(), ("transformers<4.52",)]
+    (record,) = at.load_attributions([tmp_path])
+    assert record["schema"] == "pytest-vllm-compat/attribute@1" and record["decision"] == at.NOT_SEPARABLE
+    assert record["summary"] == ("no candidate pin installs with 0.8.5: transformers<4.52: "
+                                 "vllm 0.8.5 depends on transformers>=4.51.1")
+    # no knowledge-base workaround covers 0.30.0: said, nothing run
+    assert cli.main(["attribute", "--vllm", "0.30.0", "--from-kb", "--", "suites"]) == 2
+    assert cli.main(["attribute", "--vllm", "0.30.0", "--pin", "not a requirement", "--", "suites"]) == 2
+    assert asked == [(), ("transformers<4.52",)]
