@@ -235,8 +235,12 @@ def attribution_view(att: Mapping[str, Any] | None) -> dict[str, Any] | None:
                        "lock": (p.get("lock_sha256") or "")[:16], "installed": bool(p.get("installed")),
                        "runs": ", ".join(p.get("run_ids") or []), "logs": ", ".join(p.get("logs") or []),
                        "wall_s": p.get("wall_s")})
-    return {"decision": DECISION_LABELS.get(str(att.get("decision")), str(att.get("decision"))),
-            "summary": att.get("summary"), "version": att.get("version"), "against": att.get("against"),
+    label = DECISION_LABELS.get(str(att.get("decision")), str(att.get("decision")))
+    summary = str(att.get("summary") or "")
+    if summary.startswith(label + ": "):  # "follows vLLM's code: ..." says its label once
+        summary = summary[len(label) + 2:]
+    return {"decision": label,
+            "summary": summary, "version": att.get("version"), "against": att.get("against"),
             "installs": att.get("installs"), "refused": att.get("refused"), "wall_s": att.get("wall_s"),
             "notes": list(att.get("notes") or []), "probes": probes}
 

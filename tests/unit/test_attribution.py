@@ -396,3 +396,11 @@ def test_from_kb_takes_the_workaround_pins_that_cover_the_release(tmp_path: Path
     assert cli.main(["attribute", "--vllm", "0.30.0", "--from-kb", "--", "suites"]) == 2
     assert cli.main(["attribute", "--vllm", "0.30.0", "--pin", "not a requirement", "--", "suites"]) == 2
     assert asked == [(), ("transformers<4.52",)]
+
+
+def test_the_sites_attribution_says_its_decision_once() -> None:
+    from pytest_vllm_compat.site.index import attribution_view
+
+    view = attribution_view({"decision": "follows_code", "summary": "follows vLLM's code: 0.30.0 stays bad"})
+    assert view is not None and (view["decision"], view["summary"]) == ("follows vLLM's code", "0.30.0 stays bad")
+    assert attribution_view(None) is None
