@@ -63,7 +63,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"Host: {report['host_class']}. Workload: {json.dumps(s['workload'])}. {s['rounds']} rounds per side, "
              f"alternating A B / B A, one warm-up workload per side per comparison. Decision: geometric mean of the "
              f"rounds' ratios B/A, {perf_compare.CONFIDENCE:.0%} Student t interval over rounds, min effect "
-             f"{perf_compare.MIN_EFFECT:.0%}. A/B slowdown: B served with `{s['slowdown_args']}`.", "",
+             f"{perf_compare.MIN_EFFECT:.0%} or the measure's instance noise "
+             f"({', '.join(f'{k} {v:.0%}' for k, v in perf_compare.INSTANCE_NOISE.items())}). A/B slowdown: B served with `{s['slowdown_args']}`.", "",
              "| measure | A/A false flags | MDE (median / max of A/A) | A/B: B/A ratio (median) | A/B flagged (verdicts) |",
              "|---|---|---|---|---|"]
     for name, m in report["summary"].items():

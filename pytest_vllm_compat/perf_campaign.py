@@ -148,6 +148,18 @@ def chain(c: PerfCampaign, versions: Sequence[str], rounds: int, out_dir: Path,
     return written
 
 
+def redecide(record: dict[str, Any]) -> dict[str, Any]:
+    """A comparison's verdicts by the current method, from its raw runs (``measures_as_run`` keeps the
+    verdicts it was written with when they differ); a record without runs is kept as it is."""
+    runs = record.get("runs") or {}
+    if not runs.get("a") or len(runs["a"]) != len(runs.get("b") or []) or len(runs["a"]) < 2:
+        return record
+    measures = perf_compare.decide(runs)
+    if measures != record.get("measures"):
+        record = {**record, "measures_as_run": record.get("measures"), "measures": measures}
+    return record
+
+
 def load_comparisons(paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Every ``compare-*.json`` (``perf_compare.SCHEMA``) in the given dirs (or files)."""
     out = []
@@ -159,7 +171,7 @@ def load_comparisons(paths: Sequence[Path]) -> list[dict[str, Any]]:
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict) and data.get("schema") == perf_compare.SCHEMA:
-                out.append({**data, "_file": f.name})
+                out.append(redecide({**data, "_file": f.name}))
     return out
 
 

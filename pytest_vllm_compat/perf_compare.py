@@ -14,8 +14,9 @@ the comparison is the geometric mean of those ratios with a Student t interval o
 ``CONFIDENCE`` (99 %: the calibration below found 95 % intervals too narrow for 6 rounds on this machine):
 
 - ``regression`` / ``improvement``: the whole interval lies on one side of 1 and the point estimate moves by
-  at least ``MIN_EFFECT`` (vLLM's own CI fails a change of -3 % throughput);
-- ``unchanged``: the whole interval lies within +/- ``MIN_EFFECT``, so a change beyond that is ruled out;
+  at least the measure's minimum effect: ``MIN_EFFECT`` (vLLM's own CI fails a change of -3 % throughput) or,
+  where larger, what two servers of one release differ by on this machine (``INSTANCE_NOISE``, calibrated);
+- ``unchanged``: the whole interval lies within +/- that minimum effect, so a change beyond it is ruled out;
 - ``not measurable``: neither; the noise allows neither answer. ``mde`` says what change this comparison
   could have detected (80 % power): never read it as "no regression".
 
@@ -34,6 +35,17 @@ from typing import Any
 SCHEMA = "pytest-vllm-compat/perf-compare/1"
 CONFIDENCE = 0.99
 MIN_EFFECT = 0.03
+# Two servers of one release, model and arguments differ by this much per measure even with every round paired
+# (memory placement, thread binding, what each compiled): the largest A/A change over the 20 A/A comparisons of
+# the two calibration runs on this machine (reports/bench/calibration.md, calibration-run1/), rounded up. A
+# comparison of two releases uses one server of each, so a smaller change cannot be told from the servers' own
+# difference: it is the measure's minimum effect (and its MDE floor). Recalibrate on another host class.
+INSTANCE_NOISE: dict[str, float] = {
+    "tokens_per_s": 0.12,
+    "cpu_ms_per_token": 0.08,
+    "ttft_p50_ms": 0.13,
+    "itl_p50_ms": 0.07,
+}
 # measure -> higher is better
 MEASURES: dict[str, bool] = {
     "tokens_per_s": True,
@@ -117,12 +129,14 @@ def compare_measure(a: Sequence[float], b: Sequence[float], *, higher_is_better:
             "higher_is_better": higher_is_better,
             "ratio_of_medians": round(statistics.median(b) / statistics.median(a), 4),
             "median_a": round(statistics.median(a), 4), "median_b": round(statistics.median(b), 4),
-            "spread": spread, "n": n}
+            "spread": spread, "n": n, "min_effect": min_effect}
 
 
 def decide(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, confidence: float = CONFIDENCE,
-           min_effect: float = MIN_EFFECT) -> dict[str, dict[str, Any]]:
-    """``compare_measure`` for every measure that both sides report in every round."""
+           min_effect: float = MIN_EFFECT,
+           instance_noise: Mapping[str, float] = INSTANCE_NOISE) -> dict[str, dict[str, Any]]:
+    """``compare_measure`` for every measure that both sides report in every round; each measure's minimum
+    effect is the larger of ``min_effect`` and its ``instance_noise``."""
     out: dict[str, dict[str, Any]] = {}
     for name, higher in MEASURES.items():
         a = [r.get(name) for r in runs["a"]]
@@ -130,7 +144,8 @@ def decide(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, confidence: float
         if not a or any(v is None or v <= 0 for v in a + b):
             continue
         out[name] = compare_measure([float(v) for v in a if v is not None], [float(v) for v in b if v is not None],
-                                    higher_is_better=higher, confidence=confidence, min_effect=min_effect)
+                                    higher_is_better=higher, confidence=confidence,
+                                    min_effect=max(min_effect, instance_noise.get(name, 0.0)))
     return out
 
 
@@ -156,7 +171,7 @@ def comparison_record(*, model: str, a: Side, b: Side, runs: Mapping[str, Sequen
             "workload": dict(workload), "rounds": len(runs["a"]), "order": [list(o) for o in schedule(len(runs["a"]))],
             "method": {"statistic": "geometric mean of the per-round ratios B/A",
                        "interval": "Student t on the per-round log ratios", "confidence": confidence,
-                       "min_effect": min_effect,
+                       "min_effect": {n: max(min_effect, INSTANCE_NOISE.get(n, 0.0)) for n in MEASURES},
                        "mde": "the change detected with 80 % power at this comparison's interval width"},
             "measures": decide(runs, confidence=confidence, min_effect=min_effect),
             "runs": {side: [dict(r) for r in runs[side]] for side in ("a", "b")}, **dict(extra or {})}
@@ -169,5 +184,5 @@ def describe_measure(m: Mapping[str, Any]) -> str:
     if m["verdict"] == "not measurable":
         return f"{head} not measurable (MDE {m['mde'] * 100:.0f} %)"
     if m["verdict"] == "unchanged":
-        return f"{head} unchanged (within ±{MIN_EFFECT * 100:.0f} %)"
+        return f"{head} unchanged (within ±{float(m.get('min_effect', MIN_EFFECT)) * 100:.0f} %)"
     return f"{head} {m['verdict']} ({m['change'] * 100:+.1f} %)"

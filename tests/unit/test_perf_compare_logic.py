@@ -188,3 +188,29 @@ def test_the_99_percent_interval_is_wider_than_the_95() -> None:
     narrow = pc.compare_measure(a, b, higher_is_better=True, confidence=0.95)
     assert wide["ci"][0] < narrow["ci"][0] and wide["ci"][1] > narrow["ci"][1]
     assert wide["mde"] > narrow["mde"]
+
+
+def test_a_change_within_the_instance_noise_is_not_flagged() -> None:
+    """Two servers of one release differed by up to 7 % in CPU per token here: a 6 % change between releases,
+    however precisely measured, is not attributed to the release."""
+    a = [10.0, 10.01, 9.99, 10.0, 10.02, 9.98]
+    runs = {"a": [{"cpu_ms_per_token": x} for x in a], "b": [{"cpu_ms_per_token": x * 1.06} for x in a]}
+    m = pc.decide(runs)["cpu_ms_per_token"]
+    # the interval excludes 1, but lies within +/- the instance noise: no change beyond it, none attributed
+    assert m["ci"][0] > 1 and m["verdict"] == "unchanged" and m["mde"] >= pc.INSTANCE_NOISE["cpu_ms_per_token"]
+    runs["b"] = [{"cpu_ms_per_token": x * 1.2} for x in a]
+    assert pc.decide(runs)["cpu_ms_per_token"]["verdict"] == "regression"
+
+
+def test_comparisons_are_decided_again_by_the_current_method(tmp_path: Any) -> None:
+    from pytest_vllm_compat.perf_campaign import load_comparisons
+
+    runs = pc.run_interleaved(lambda side: {"cpu_ms_per_token": 10.0 if side == "a" else 10.6}, rounds=4)
+    rec = pc.comparison_record(model="m", a=pc.Side("1", "d"), b=pc.Side("2", "d"), runs=runs, workload={},
+                               host_class="h")
+    rec["measures"]["cpu_ms_per_token"]["verdict"] = "regression"  # as an older method decided it
+    (tmp_path / "compare-m-1-vs-2.json").write_text(json.dumps(rec))
+    (loaded,) = load_comparisons([tmp_path])
+    assert loaded["measures"]["cpu_ms_per_token"]["verdict"] == "unchanged"
+    assert loaded["measures_as_run"]["cpu_ms_per_token"]["verdict"] == "regression"
+    assert loaded["_file"] == "compare-m-1-vs-2.json"
