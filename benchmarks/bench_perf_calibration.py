@@ -35,6 +35,20 @@ from pytest_vllm_compat.perf_campaign import campaign  # noqa: E402
 from pytest_vllm_compat.perf_compare import Side  # noqa: E402
 
 
+# How the method came to be what it is: each calibration run, what it showed, what changed (kept in the report).
+HISTORY = (
+    "Run 1 (calibration-run1/as-run-bootstrap95.json): decided as run with a 95 % percentile bootstrap of the ratio "
+    "of medians, 3 % minimum effect: 3 false flags in 40 A/A measure comparisons (TTFT twice, CPU per token once). "
+    "Changed to a 99 % Student t interval on the rounds' log ratios: 0 on the same runs (calibration-run1/).",
+    "Run 2 (calibration-run2/as-run-t99-min3.json), new servers, decided as run with the 99 % t interval and 3 %: "
+    "2 false flags in 40, both in A/A comparison 6 (CPU per token -6.8 %, ITL -5.9 %); over the run, the second "
+    "server of 0.32.0 used about 2.5 % less CPU per token than the first: two servers of one release differ. "
+    "Changed: each measure's minimum effect is at least that instance noise, the largest A/A change of both runs "
+    "rounded up (perf_compare.INSTANCE_NOISE). This report is run 2 decided with it: 0 false flags, which is "
+    "in-sample for these floors; a third run would test them out of sample.",
+)
+
+
 def summarize(comparisons: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in perf_compare.MEASURES:
@@ -72,6 +86,7 @@ def markdown(report: dict[str, Any]) -> str:
         ab = f"{m['ab_ratio_median']:.3f}" if m["ab_ratio_median"] is not None else "-"
         lines.append(f"| {name} | {m['aa_false_flags']} of {m['aa_comparisons']} | {mde} | {ab} | "
                      f"{m['ab_flagged_any']} of {m['ab_comparisons']} ({', '.join(m['ab_verdicts'])}) |")
+    lines += ["", "Method history:", ""] + [f"- {h}" for h in HISTORY]
     lines += ["", f"Wall time per comparison: median {report['wall_s_per_comparison_median']} s; "
               f"whole calibration {report['wall_s_total']} s (server starts included).", "",
               "Each comparison:", "", "| # | kind | " + " | ".join(perf_compare.MEASURES) + " |",
