@@ -34,7 +34,6 @@ from pytest_vllm_compat.environments import DISTRIBUTIONS, default_env_dir  # no
 from pytest_vllm_compat.perf_campaign import campaign  # noqa: E402
 from pytest_vllm_compat.perf_compare import Side  # noqa: E402
 
-
 # How the method came to be what it is: each calibration run, what it showed, what changed (kept in the report).
 HISTORY = (
     "Run 1 (calibration-run1/as-run-bootstrap95.json): decided as run with a 95 % percentile bootstrap of the ratio "
