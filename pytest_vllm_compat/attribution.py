@@ -38,6 +38,7 @@ from typing import Any
 from .bisection import BAD, EMPTY, ERROR, GOOD, MIXED, UNINSTALLABLE, Probe, judge
 from .lockfiles import diff_locks
 from .outcomes import ATTRIBUTE_SCHEMA
+from .results import read_json_documents
 from .stacks import DEFAULT_STACK, VLLM_DISTRIBUTIONS, Stack, canonical_name, line_of, parse_stack
 from .timestamps import file_stamp
 
@@ -475,16 +476,7 @@ def write_attribution(att: Attribution, results_dir: Path, selection: Sequence[s
 
 def load_attributions(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
     """Every standalone attribution record of the results directories, oldest first."""
-    out = []
-    for d in dirs:
-        for path in sorted(Path(d).glob("attribution/attribute-*.json")):
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("schema") == ATTRIBUTE_SCHEMA:
-                out.append(data)
-    return out
+    return [data for _, data in read_json_documents(dirs, "attribution/attribute-*.json", (ATTRIBUTE_SCHEMA,))]
 
 
 def residual_notes(att: Attribution, bad_lock: str, good_lock: str, installed: Mapping[str, str]) -> list[str]:

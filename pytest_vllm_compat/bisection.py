@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .outcomes import BISECT_SCHEMA, BISECT_SCHEMAS
+from .results import read_json_documents
 from .stacks import DEFAULT_STACK, Stack, line_of
 from .timestamps import file_stamp
 from .versions import version_key
@@ -343,16 +344,7 @@ def report_lines(res: BisectResult) -> list[str]:
 
 def load_results(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
     """Every bisection result (``<dir>/bisect/*.json``) of the results directories, oldest first."""
-    out = []
-    for d in dirs:
-        for path in sorted(Path(d).glob("bisect/bisect-*.json")):
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("schema") in BISECT_SCHEMAS:
-                out.append(data)
-    return out
+    return [data for _, data in read_json_documents(dirs, "bisect/bisect-*.json", BISECT_SCHEMAS)]
 
 
 def write_result(res: BisectResult, results_dir: Path) -> Path:

@@ -25,6 +25,7 @@ from .perf_compare import Side
 from .perf_workload import Endpoint, Workload, run_workload
 from .performance import host_class
 from .registry import ModelSpec, load_registry
+from .results import read_json_documents
 from .server import VLLMServer
 from .session import CompatSession, Target
 
@@ -135,13 +136,15 @@ def write(record: dict[str, Any], out_dir: Path) -> Path:
 
 
 def chain(c: PerfCampaign, versions: Sequence[str], rounds: int, out_dir: Path,
-          serve_args: Sequence[str] = ()) -> list[Path]:
-    """Compare each release with the next (A = older); each release's server starts once."""
+          serve_args: Sequence[str] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """Compare each release with the next (A = older); each release's server starts once. Each comparison is
+    written as soon as it is made; returns (file, comparison) per step."""
     written = []
     prev = c.start(Side(versions[0], c.distribution, tuple(serve_args)))
     for v in versions[1:]:
         cur = c.start(Side(v, c.distribution, tuple(serve_args)))
-        written.append(write(c.compare(prev, cur, rounds), out_dir))
+        record = c.compare(prev, cur, rounds)
+        written.append((write(record, out_dir), record))
         c.stop(prev)
         prev = cur
     c.stop(prev)
@@ -161,18 +164,10 @@ def redecide(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_comparisons(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Every ``compare-*.json`` (``perf_compare.SCHEMA``) in the given dirs (or files)."""
-    out = []
-    for p in paths:
-        files = sorted(Path(p).glob("compare-*.json")) if Path(p).is_dir() else [Path(p)]
-        for f in files:
-            try:
-                data = json.loads(f.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("schema") == perf_compare.SCHEMA:
-                out.append(redecide({**data, "_file": f.name}))
-    return out
+    """Every ``compare-*.json`` (``perf_compare.SCHEMA``) in the given dirs (or files), with its file name,
+    decided by the current method."""
+    return [redecide({**data, "_file": path.name})
+            for path, data in read_json_documents(paths, "compare-*.json", (perf_compare.SCHEMA,))]
 
 
 # --- the command line: ``vllm-compat perf compare`` ---------------------------------------------------
@@ -212,8 +207,7 @@ def cmd_perf_compare(ns: Any) -> int:
     work = env_dir / "perf-work"
     with campaign(ns.model, ns.models, env_dir, work, distribution=DISTRIBUTIONS[ns.device], device=ns.device,
                   lock_dir=Path(ns.lock_dir) if ns.lock_dir else None) as c:
-        for path in chain(c, ns.versions, ns.rounds, out):
-            rec = json.loads(path.read_text(encoding="utf-8"))
+        for path, rec in chain(c, ns.versions, ns.rounds, out):
             print(f"{rec['a']['label']} -> {rec['b']['label']} ({path.name}):")
             for name, m in rec["measures"].items():
                 print(f"  {name:>18}: {perf_compare.describe_measure(m)}")

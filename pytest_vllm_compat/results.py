@@ -99,6 +99,24 @@ def read_record_file(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def read_json_documents(paths: Sequence[Path | str], pattern: str,
+                        schemas: Sequence[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """The JSON documents of the given schemas: in each directory those matching ``pattern`` (sorted), a file
+    given directly as it is. Unreadable files and documents of another schema are left out (bisection results,
+    attributions and performance comparisons are read this way)."""
+    out = []
+    for p in paths:
+        files = sorted(Path(p).glob(pattern)) if Path(p).is_dir() else [Path(p)]
+        for path in files:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("schema") in schemas:
+                out.append((path, data))
+    return out
+
+
 def read_records(results_dir: Path, run_id: str | None = None) -> list[dict[str, Any]]:
     """The records of a results directory (``records/*.jsonl``), of one run when ``run_id`` is given."""
     out: list[dict[str, Any]] = []
