@@ -42,6 +42,7 @@ from .scheduling import parse_shard, plan
 from .server import ServerError, reap_stale
 from .session import CompatSession, Target
 from .stacks import DEFAULT_STACK, Stack, line_of
+from .suite_identity import argument_roots, suite_version
 from .timestamps import now_iso
 from .versions import version_key
 from .watchdog import HangWatchdog
@@ -331,7 +332,8 @@ class CompatPlugin:
             stacks=self.stacks,
             index_versions=cached_index_versions(s.distribution, s.env_dir) if s.vllm_python is None else None,
             device_info=s.device_info, env_errors=s.env_errors, options=self.settings.resolved,
-            exitstatus=exitstatus), run)
+            exitstatus=exitstatus,
+            suite_version=suite_version(argument_roots(self.config.args, self.config.invocation_params.dir))), run)
         write_manifest(s.results_dir, manifest)
         self.config.hook.pytest_vllm_compat_run_finished(config=self.config, manifest=manifest)
 

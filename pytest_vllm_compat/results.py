@@ -333,6 +333,7 @@ class FinishedRun:
     env_errors: Mapping[str, str]
     options: Mapping[str, Any]  # option name -> options.Resolved
     exitstatus: int
+    suite_version: str = ""  # suite_identity.suite_version: the plugin version and a digest of what judged
 
 
 def compose_manifest(f: FinishedRun, run: RunSummary) -> dict[str, Any]:
@@ -342,7 +343,7 @@ def compose_manifest(f: FinishedRun, run: RunSummary) -> dict[str, Any]:
 
     return {
         "run_id": f.run_id, "started_at": f.started_at, "finished_at": now_iso(),
-        "plugin_version": __version__,
+        "plugin_version": __version__, "suite_version": f.suite_version or None,
         "argv": [redact(a) for a in f.argv], "versions": list(f.versions),
         "versions_requested": f.versions_requested, "versions_note": f.versions_note,
         "stacks": [stack_record(st) for st in f.stacks],

@@ -59,6 +59,9 @@ __all__ = [
     "write_matrix",
 ]
 
+UNRECORDED_SUITE = "unrecorded"  # runs from before manifests named their suite version
+
+
 class MatrixError(Exception):
     """A results directory cannot be turned into a matrix (e.g. it holds no records)."""
 
@@ -89,6 +92,7 @@ def _runs(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mapping[str,
         for k in ("started_at", "finished_at"):
             r[k] = m.get(k) or r[k]
         r["plugin_version"] = m.get("plugin_version")
+        r["suite_version"] = m.get("suite_version")
         r["device"] = m.get("device")
         r["os"] = (m.get("host") or {}).get("os")
     for r in runs.values():
@@ -129,10 +133,13 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
     check_workarounds(cells)
     drift_rows = drift.annotate_cells(cells)
     perf_steps = performance.annotate_cells(cells, perf_comparisons)
+    runs = _runs(records, manifests)
     return {
         "schema": MATRIX_SCHEMA,
         "generated_at": generated_at or _now(),
-        "runs": _runs(records, manifests),
+        "runs": runs,
+        # the suites that judged these runs (suite_identity.py); more than one means the cells mix suites
+        "suite_versions": sorted({str(r.get("suite_version") or UNRECORDED_SUITE) for r in runs}),
         "versions": versions,
         "releases": releases,
         "untested_releases": [r for r in releases if r not in versions],

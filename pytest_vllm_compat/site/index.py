@@ -271,6 +271,8 @@ def index_context(matrix: Mapping[str, Any]) -> dict[str, Any]:
         "attributions": [v for v in (attribution_view(a) for a in matrix.get("attributions") or []) if v],
         "runs": [{"run_id": r.get("run_id"), "hosts": ", ".join(r.get("hosts") or []),
                   "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
-                  "versions": ", ".join(r.get("versions") or []), "records": r.get("records")}
+                  "versions": ", ".join(r.get("versions") or []), "records": r.get("records"),
+                  "suite": r.get("suite_version") or "unrecorded"}
                  for r in matrix.get("runs") or []],
+        "suite_versions": matrix.get("suite_versions") or [],
     }
