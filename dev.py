@@ -75,13 +75,47 @@ def ensure_chromium() -> str:
     sys.exit(3)
 
 
+# Tests whose figures or server layout need the whole machine: performance (throughput on every core) and tensor
+# parallelism (one core per rank). They run in a serial pass first; every other test runs in a second pass on
+# XDIST_WORKERS xdist workers, each with its own cores (pytest_vllm_compat/cpu_cores.py), into the same results dir.
+SERIAL_MARKERS = "tensor_parallel or performance"
+XDIST_WORKERS = 2
+
+
+def _gives(args: list[str], short: str, long: str | None = None) -> bool:
+    """Whether pytest arguments give option ``short`` (``-n 2``, ``-n2``) or ``long`` (``--numprocesses=2``)."""
+    return any((a.startswith(short) and not a.startswith("--")) or (long and (a == long or a.startswith(long + "=")))
+               for a in args)
+
+
+def suite_passes(pytest_args: list[str], cores: int | None, serial: bool = False) -> list[list[str]]:
+    """The pytest argument lists of one suites run: the serial pass (SERIAL_MARKERS), then the other tests on
+    XDIST_WORKERS workers. One pass with the user's arguments as given when the machine has fewer cores than
+    workers, when ``serial`` is asked, or when the arguments already choose workers (-n) or markers (-m)."""
+    if serial or (cores or 1) < XDIST_WORKERS or _gives(pytest_args, "-n", "--numprocesses") \
+            or _gives(pytest_args, "-m"):
+        return [list(pytest_args)]
+    return [["-m", SERIAL_MARKERS, *pytest_args],
+            ["-n", str(XDIST_WORKERS), "-m", f"not ({SERIAL_MARKERS})", *pytest_args]]
+
+
+def run_suites(base: list[str], pytest_args: list[str], serial: bool) -> int:
+    """Run the suites' passes; the worst exit code, where "no tests collected" (5) in one pass of several is
+    not an error (a registry may have no test of the serial markers)."""
+    passes = suite_passes(pytest_args, os.cpu_count(), serial)
+    codes = [run([*base, *extra], check=False) for extra in passes]
+    if len(passes) > 1:
+        codes = [0 if c == 5 else c for c in codes]
+    return max(codes)
+
+
 def cmd_main(ns: argparse.Namespace) -> int:
     bootstrap()
     results = ROOT / "reports" / "results"
     site = ROOT / "reports" / "site"
-    args = [str(PY), "-m", "pytest", "suites", f"--vllm={ns.vllm}", f"--vllm-results={results}",
-            "-p", "no:cacheprovider", "-rfEs", *ns.pytest_args]
-    rc = run(args, check=False)
+    base = [str(PY), "-m", "pytest", "suites", f"--vllm={ns.vllm}", f"--vllm-results={results}",
+            "-p", "no:cacheprovider", "-rfEs"]
+    rc = run_suites(base, ns.pytest_args, ns.serial)
     # Failing compat tests are results, not errors of this job: it fails only when pytest itself could not run.
     if rc not in (0, 1):
         print(f"pytest exited with {rc}: the suites could not run", file=sys.stderr)
@@ -118,9 +152,9 @@ def cmd_publish(ns: argparse.Namespace) -> int:
                 continue
             if not ns.add:
                 shutil.rmtree(results, ignore_errors=True)
-            rc = run([str(PY), "-m", "pytest", "suites", f"--vllm={v}", f"--vllm-with={spec}", "--vllm-device=cpu",
-                      f"--vllm-results={results}", "-p", "no:cacheprovider", "-q", "-rfEs", *ns.pytest_args],
-                     check=False)
+            rc = run_suites([str(PY), "-m", "pytest", "suites", f"--vllm={v}", f"--vllm-with={spec}",
+                             "--vllm-device=cpu", f"--vllm-results={results}", "-p", "no:cacheprovider", "-q", "-rfEs"],
+                            ns.pytest_args, ns.serial)
             if rc not in (0, 1):
                 print(f"publish: pytest against {v} ({spec}) exited {rc}; its results dir keeps what it wrote",
                       file=sys.stderr)
@@ -170,6 +204,8 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("main", help="run the compat suites on the embedded default and build the matrix")
     p.add_argument("--vllm", default=MAIN_VERSIONS, help="vLLM versions (default %(default)s)")
+    p.add_argument("--serial", action="store_true", help="one pytest pass, no xdist workers (default: performance "
+                   "and tensor-parallel tests alone, then the rest on 2 workers with a core each)")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     p.set_defaults(fn=cmd_main)
     p = sub.add_parser("publish", help="run the suites on every release of a range and build the published site")
@@ -183,6 +219,7 @@ def main() -> int:
                         "('default' for the unpinned one); default: the default stack only")
     p.add_argument("--no-perf", action="store_true", help="leave out the interleaved performance comparisons of "
                    "consecutive releases (vllm-compat perf compare; about 3 min per step here)")
+    p.add_argument("--serial", action="store_true", help="one pytest pass per release, no xdist workers")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     p.set_defaults(fn=cmd_publish)
     p = sub.add_parser("locks", help="renew the e2e tests' committed vLLM environment locks (tests/e2e/locks)")
