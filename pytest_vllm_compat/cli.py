@@ -52,8 +52,8 @@ from .matrix import (
 )
 from .outcomes import BISECT_SCHEMA, BISECT_SCHEMAS
 from .publish_paths import machine_paths, scrub_tree
-from .site import render_site
 from .versions import version_key
+from .website import render_site
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
 

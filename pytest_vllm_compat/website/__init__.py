@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllm_compat.matrix import version_key
-from pytest_vllm_compat.site.base import (
+from pytest_vllm_compat.website.base import (
     DEFAULT_TITLE,
     STATUS_HELP,
     diff_page_name,
@@ -143,7 +143,7 @@ def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEF
                 locks: Mapping[str, str] | None = None, records: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write ``index.html``, ``cells/<cell_id>.html``, ``unclassified.html``, one ``diff-<a>-<b>.html`` per
     pair of consecutive versions, ``upgrade.html`` with ``upgrade-<x>-<y>.html`` per pair of published releases
-    (site/upgrade.py) and ``locks/<sha256>.txt`` for each lock file a cell names (``locks``: {sha256: text});
+    (website/upgrade.py) and ``locks/<sha256>.txt`` for each lock file a cell names (``locks``: {sha256: text});
     returns the index path."""
     out = Path(out_dir)
     (out / "cells").mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ GROUP_ORDER = ("config", "kv_cache", "guided_decoding", "stability", "tensor_par
 ABBREV = {"pass": "PASS", "fail": "FAIL", "error": "ERR", "conflict": "CONFL", "flaky": "FLAKY", "unsupported": "UNSUP",
           "not_applicable": "N/A"}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-PACKAGE = "pytest_vllm_compat.site"  # its templates/ and static/ folders are package data
+PACKAGE = "pytest_vllm_compat.website"  # its templates/ and static/ folders are package data
 
 
 def static_text(name: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from pytest_vllm_compat.site.base import PALETTE, fmt, fragment
+from pytest_vllm_compat.website.base import PALETTE, fmt, fragment
 
 from . import measures as site_measures
 

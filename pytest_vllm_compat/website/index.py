@@ -10,7 +10,7 @@ from typing import Any
 
 from pytest_vllm_compat.matrix import FAILING, UNKNOWN_CATEGORY, diff_versions, sort_versions, version_key
 from pytest_vllm_compat.outcomes import SEVERITY, SKIPPED
-from pytest_vllm_compat.site.base import (
+from pytest_vllm_compat.website.base import (
     ABBREV,
     GROUP_ORDER,
     STATUS_ORDER,

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_vllm_compat import upgrade as up
-from pytest_vllm_compat.site.base import file_slug, page
 from pytest_vllm_compat.versions import sort_versions
+from pytest_vllm_compat.website.base import file_slug, page
 
 INDEX_PAGE = "upgrade.html"
 # a verdict's colour: the cell status it reads like

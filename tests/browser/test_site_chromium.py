@@ -30,7 +30,7 @@ if not CHROMIUM or not Path(CHROMIUM).is_file():
 websocket = pytest.importorskip("websocket", reason="websocket-client is needed to drive Chromium (pip install websocket-client)")
 
 from pytest_vllm_compat import matrix as mx  # noqa: E402
-from pytest_vllm_compat import site  # noqa: E402
+from pytest_vllm_compat import website  # noqa: E402
 
 TITLE = "Compatibility matrix (browser test)"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -97,7 +97,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any]
     out = tmp_path_factory.mktemp("site")
     m = scenario.sample_matrix()
     mx.write_matrix(m, out)
-    site.render_site(m, out, title=TITLE)
+    website.render_site(m, out, title=TITLE)
     return scenario, m, out
 
 

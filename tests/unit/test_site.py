@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from markupsafe import escape
 
-from pytest_vllm_compat import site
+from pytest_vllm_compat import website
 from pytest_vllm_compat.outcomes import SEVERITY
-from pytest_vllm_compat.site import base as site_base
+from pytest_vllm_compat.website import base as site_base
 
 S = Path(__file__).with_name("test_matrix.py")
 
@@ -33,7 +33,7 @@ def scenario() -> Any:
 def rendered(scenario: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     m = scenario.sample_matrix()
     out = tmp_path_factory.mktemp("site")
-    index = site.render_site(m, out, title="Compat <matrix>")
+    index = website.render_site(m, out, title="Compat <matrix>")
     assert index == out / "index.html"
     return m, out
 
@@ -261,7 +261,7 @@ def test_autoescaping_of_a_hostile_model_feature_and_error(tmp_path: Path, scena
     bad["log_excerpt"] = f"ERROR {HOSTILE}"
     m = build_matrix([scenario.record(model, "0.9.0", feature, "pass", metrics={"kv_cache_tokens": 1000}), bad],
                      classifier=None)
-    site.render_site(m, tmp_path, title=f"T{HOSTILE}")
+    website.render_site(m, tmp_path, title=f"T{HOSTILE}")
     (cell,) = [c for c in m["cells"] if c["status"] == "fail"]
     index, detail = tmp_path / "index.html", tmp_path / "cells" / f"{cell['cell_id']}.html"
     for page in (index, detail, tmp_path / "unclassified.html", tmp_path / "diff-0.9.0-1.0.0.html"):
@@ -292,7 +292,7 @@ def test_each_page_csp_hashes_its_inlined_style_and_script(rendered: tuple[dict[
         return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
     _, out = rendered
-    static = Path(site.__file__).with_name("static")
+    static = Path(website.__file__).with_name("static")
     assert site_base.CSS == (static / "site.css").read_text(encoding="utf-8")  # package data, inlined
     assert site_base.SCRIPT == (static / "site.js").read_text(encoding="utf-8")
     pages = [*out.glob("*.html"), *(out / "cells").glob("*.html")]
@@ -316,7 +316,7 @@ def test_single_version_and_empty_metrics(tmp_path: Path, scenario: Any) -> None
     from pytest_vllm_compat.matrix import build_matrix
 
     m = build_matrix([scenario.record("m", "1.0.0", "f", "pass", server=None)], classifier=None)
-    site.render_site(m, tmp_path)
+    website.render_site(m, tmp_path)
     html_text = (tmp_path / "index.html").read_text()
     assert "No regressions" in html_text and "Only one vLLM version tested" in html_text
     assert "No cell reported <code>kv_cache_tokens</code>" in html_text
@@ -395,7 +395,7 @@ def test_group_chip_takes_the_worst_sub_feature(tmp_path: Path, scenario: Any) -
                 rec("m", "2.0.0", "attention:D", "not_applicable"),
                 rec("m", "1.0.0", "custom", "pass"), rec("m", "2.0.0", "config", "pass")]
     m = build_matrix(records, classifier=None)
-    site.render_site(m, tmp_path)
+    website.render_site(m, tmp_path)
     html_text = (tmp_path / "index.html").read_text()
     chips = _overview_chips(html_text)
     cls, title, href = chips[("cpu", "m", "attention", "1.0.0")]
@@ -443,7 +443,7 @@ def test_logs_are_copied_next_to_the_site_and_linked_relatively(scenario: Any, t
     c["tests"] = [{**c["tests"][0], "log_path": str(log), "server_start_s": 62.0},
                   {**c["tests"][0], "log_path": gone}]
     out = tmp_path / "site"
-    site.render_site(m, out)
+    website.render_site(m, out)
     html_text = (out / "cells" / f"{c['cell_id']}.html").read_text()
     links = [a for a in re.findall(r'href="(\.\./logs/[^"]+)"', html_text)]
     copied = next(h for h in links if h.endswith(log.name))

@@ -363,7 +363,7 @@ def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_matrix_writes_an_upgrade_page_per_published_pair_linked_from_the_index(site_dir: Path) -> None:
-    from pytest_vllm_compat.site.upgrade import page_name
+    from pytest_vllm_compat.website.upgrade import page_name
 
     assert "upgrade.html" in _links(site_dir / "index.html").hrefs
     selector = _links(site_dir / "upgrade.html")
