@@ -496,6 +496,10 @@ def _matrix_parser() -> argparse.ArgumentParser:
     p.add_argument("--perf-compare", type=Path, action="append", default=[], metavar="DIR",
                    help="a directory of interleaved performance comparisons (compare-*.json from `vllm-compat perf "
                         "compare`): the steps between consecutive releases the site shows (repeatable)")
+    p.add_argument("--reports-from", type=Path, action="append", default=[], metavar="DIR",
+                   help="a results directory whose bisection and attribution reports the site shows, without adding "
+                        "its probes' records to the cells (they ran a partial selection, often of another suite "
+                        "version; repeatable)")
     return p
 
 
@@ -509,6 +513,10 @@ def matrix_main(argv: Sequence[str] | None = None) -> int:
         if not record_files(d):
             print(f"vllm-compat matrix: {d}: no records (expected {d}/records/*.jsonl)", file=sys.stderr)
             return 2
+    for d in args.reports_from:
+        if not d.is_dir():
+            print(f"vllm-compat matrix: --reports-from {d}: no such directory", file=sys.stderr)
+            return 2
     records = load_records(args.results)
     if not records:
         print(f"vllm-compat matrix: no readable records in {', '.join(map(str, args.results))}", file=sys.stderr)
@@ -520,8 +528,9 @@ def matrix_main(argv: Sequence[str] | None = None) -> int:
                           perf_comparisons=load_comparisons(args.perf_compare))
     from . import attribution as at
 
-    found = load_results(args.results)
-    standalone = at.load_attributions(args.results)
+    evidence = [*args.results, *args.reports_from]
+    found = load_results(evidence)
+    standalone = at.load_attributions(evidence)
     matrix["bisections"] = [{**bisection_entry(b), "attribution": at.matrix_entry(b.get("attribution"))}
                             for b in found]
     matrix["attributions"] = [at.matrix_entry(a) for a in standalone]  # vllm-compat attribute --vllm X --pin
