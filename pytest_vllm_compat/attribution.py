@@ -37,6 +37,7 @@ from typing import Any
 
 from .bisection import BAD, EMPTY, ERROR, GOOD, MIXED, UNINSTALLABLE, Probe, judge
 from .lockfiles import diff_locks
+from .matrix.cell_types import Cell
 from .outcomes import ATTRIBUTE_SCHEMA
 from .results import read_json_documents
 from .stacks import DEFAULT_STACK, VLLM_DISTRIBUTIONS, Stack, canonical_name, line_of, parse_stack
@@ -632,7 +633,7 @@ def matrix_entry(att: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def apply_verified_pins(cells: Sequence[dict[str, Any]], attributions: Sequence[Mapping[str, Any]]) -> int:
+def apply_verified_pins(cells: Sequence[Cell], attributions: Sequence[Mapping[str, Any]]) -> int:
     """A failing cell whose knowledge-base entry names a ``workaround_pin`` gets ``workaround_attribution``
     when an attribution probed that pin on its release (its result: flips, stays bad, refused). Returns how
     many cells got one."""

@@ -25,12 +25,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .outcomes import GOLDEN_SCHEMA
 from .results import model_slug
 from .timestamps import now_iso
 from .versions import version_key
+
+if TYPE_CHECKING:  # the matrix imports this module
+    from .matrix.cell_types import Cell
 
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, in a", "1, 2, 3, 4, 5,")
 MAX_TOKENS = 16
@@ -252,20 +255,26 @@ def _dtype(serve_args: Any) -> str:
     return ""
 
 
-def annotate_cells(cells: Sequence[dict[str, Any]], tolerance: float = DEFAULT_TOLERANCE) -> list[dict[str, Any]]:
+def _stored_outputs(metrics: Mapping[str, object]) -> list[Output]:
+    """The drift outputs a cell's metrics carry (``drift_outputs``: a list of ``Output.to_dict()``)."""
+    data = metrics.get("drift_outputs")
+    return outputs_of([d for d in data if isinstance(d, Mapping)]) if isinstance(data, list) else []
+
+
+def annotate_cells(cells: Sequence[Cell], tolerance: float = DEFAULT_TOLERANCE) -> list[dict[str, object]]:
     """Give each drift cell (metrics ``drift_outputs``) a ``drift`` verdict against the previous tested version
     of the same model, platform, dtype and stack: ``baseline`` for the first, ``not_comparable`` when the two
     served different weights, else :func:`compare`'s verdict with its per-prompt detail. Returns one summary
     row per series (model, platform, dtype, stack) for the index."""
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str], list[Cell]] = {}
     for c in cells:
         if (c.get("metrics") or {}).get("drift_outputs"):
             dtype = _dtype(c.get("serve_args"))
             groups.setdefault((c["model"], c["platform"], dtype, str(c.get("stack") or "")), []).append(c)
-    rows = []
+    rows: list[dict[str, object]] = []
     for (model, platform, dtype, stack), cs in sorted(groups.items()):
         cs.sort(key=lambda c: version_key(c["vllm_version"]))
-        prev: dict[str, Any] | None = None
+        prev: Cell | None = None
         for c in cs:
             m = c["metrics"]
             base = {"repeatability": m.get("drift_repeatability"),
@@ -276,8 +285,7 @@ def annotate_cells(cells: Sequence[dict[str, Any]], tolerance: float = DEFAULT_T
                 c["drift"] = {"verdict": "not_comparable", "vs": prev["vllm_version"], "vs_cell_id": prev["cell_id"],
                               "reason": "the two versions served different weights", **base}
             else:
-                result = compare(outputs_of(prev["metrics"]["drift_outputs"]), outputs_of(m["drift_outputs"]),
-                                 tolerance)
+                result = compare(_stored_outputs(prev["metrics"]), _stored_outputs(m), tolerance)
                 c["drift"] = {**result, "vs": prev["vllm_version"], "vs_cell_id": prev["cell_id"], **base}
             prev = c
         rows.append({"model": model, "platform": platform, "dtype": dtype, "stack": stack,

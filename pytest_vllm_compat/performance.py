@@ -23,9 +23,12 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .versions import version_key
+
+if TYPE_CHECKING:  # the matrix imports this module
+    from .matrix.cell_types import Cell
 
 LAUNCHER = (
     "import sys\n"
@@ -151,7 +154,7 @@ def compile_cache_state(log_text: str) -> dict[str, str | None]:
 # --- across versions, in the matrix ---------------------------------------------------------------
 
 
-def annotate_cells(cells: Sequence[dict[str, Any]], comparisons: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+def annotate_cells(cells: Sequence[Cell], comparisons: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """The performance step between consecutive releases, per model: the interleaved comparison of the two
     (perf_compare.py), or, where none was run, "not compared". A cell's medians alone never make a verdict:
     the spread of separate runs on a shared machine is larger than the changes that matter (two runs of one
@@ -160,7 +163,7 @@ def annotate_cells(cells: Sequence[dict[str, Any]], comparisons: Sequence[Mappin
     by_pair: dict[tuple[str, str, str], Mapping[str, Any]] = {}
     for comp in comparisons:
         by_pair[(str(comp["model"]), str(comp["a"]["vllm_version"]), str(comp["b"]["vllm_version"]))] = comp
-    perf_cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    perf_cells: dict[str, dict[str, list[Cell]]] = {}
     for c in cells:
         m = c.get("metrics") or {}
         if m.get("tokens_per_s") is not None and not c.get("stack"):

@@ -231,7 +231,8 @@ def load_inputs(results: Sequence[Path | str]) -> dict[str, Any]:
     """The matrix of ``results`` (cells, drift, bisections) and their lock texts, as :func:`build_report` takes them."""
     records = load_records(results)
     locks = load_locks(results)
-    matrix = build_matrix(records, load_manifests(results), locks=locks) if records else {"cells": [], "releases": []}
+    matrix: dict[str, object] = (dict(build_matrix(records, load_manifests(results), locks=locks)) if records
+                                  else {"cells": [], "releases": []})
     matrix["bisections"] = load_results(results)
     matrix["sources"] = [_shown(Path(d)) for d in results]
     return {"matrix": matrix, "records": records, "locks": locks}

@@ -16,12 +16,13 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 from pytest_vllm_compat import drift, performance
+from pytest_vllm_compat.matrix.cell_types import Cell, Matrix, MatrixCells, RunSummary, items, mapping
 from pytest_vllm_compat.matrix.cells import (
     UNKNOWN_CATEGORY,
     Classifier,
+    ClassifierCache,
     build_cell,
     classification_of,
     default_classifier,
@@ -66,37 +67,39 @@ class MatrixError(Exception):
     """A results directory cannot be turned into a matrix (e.g. it holds no records)."""
 
 
-def _runs(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    runs: dict[str, dict[str, Any]] = {}
+def _runs(records: Sequence[Mapping[str, object]], manifests: Sequence[Mapping[str, object]]) -> list[RunSummary]:
+    runs: dict[str, RunSummary] = {}
+    versions: dict[str, set[str]] = {}
     for rec in records:
         run_id = str(rec.get("run_id") or "")
-        r = runs.setdefault(run_id, {"run_id": run_id, "hosts": [], "records": 0, "versions": set(),
+        r = runs.setdefault(run_id, {"run_id": run_id, "hosts": [], "records": 0, "versions": [],
                                      "started_at": None, "finished_at": None})
+        run_versions = versions.setdefault(run_id, set())
         r["records"] += 1
         if rec.get("vllm_version"):
-            r["versions"].add(str(rec["vllm_version"]))
+            run_versions.add(str(rec["vllm_version"]))
         started, finished = rec.get("started_at"), rec.get("finished_at")
-        if started and (r["started_at"] is None or started < r["started_at"]):
+        if isinstance(started, str) and started and (r["started_at"] is None or started < str(r["started_at"])):
             r["started_at"] = started
-        if finished and (r["finished_at"] is None or finished > r["finished_at"]):
+        if isinstance(finished, str) and finished and (r["finished_at"] is None or finished > str(r["finished_at"])):
             r["finished_at"] = finished
     for m in manifests:
         run_id = str(m.get("run_id") or "")
         if run_id not in runs:
             continue  # a manifest of a run whose records were not loaded
         r = runs[run_id]
-        host = (m.get("host") or {}).get("hostname")
+        host = mapping(m.get("host")).get("hostname")
         if host and host not in r["hosts"]:
-            r["hosts"].append(host)
-        r["versions"].update(str(v) for v in m.get("versions") or [])
-        for k in ("started_at", "finished_at"):
-            r[k] = m.get(k) or r[k]
+            r["hosts"].append(str(host))
+        versions[run_id].update(str(v) for v in items(m.get("versions")))
+        r["started_at"] = m.get("started_at") or r["started_at"]
+        r["finished_at"] = m.get("finished_at") or r["finished_at"]
         r["plugin_version"] = m.get("plugin_version")
         r["suite_version"] = m.get("suite_version")
         r["device"] = m.get("device")
-        r["os"] = (m.get("host") or {}).get("os")
-    for r in runs.values():
-        r["versions"] = sort_versions(r["versions"])
+        r["os"] = mapping(m.get("host")).get("os")
+    for run_id, r in runs.items():
+        r["versions"] = sort_versions(versions[run_id])
     return sorted(runs.values(), key=lambda r: (str(r["started_at"] or ""), r["run_id"]))
 
 
@@ -104,25 +107,25 @@ def _now() -> str:
     return now_iso()
 
 
-def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mapping[str, Any]] = (),
+def build_matrix(records: Sequence[Mapping[str, object]], manifests: Sequence[Mapping[str, object]] = (),
                  *, generated_at: str | None = None,
                  classifier: Classifier | None = default_classifier,
                  locks: Mapping[str, str] | None = None,
-                 perf_comparisons: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+                 perf_comparisons: Sequence[Mapping[str, object]] = ()) -> Matrix:
     """Merge records (from any number of runs) into the matrix object described in docs/matrix.md.
 
     ``locks``: {sha256: lock text} of the environments (``lockfiles.load_locks``), for each cell's package
     list and the packages that changed between its runs. ``perf_comparisons``: interleaved performance
     comparisons (``perf_compare.SCHEMA``), the only source of performance verdicts between releases. ``classifier`` (re)classifies failing records that carry no classification or an unknown
     category; ``None`` keeps the records' own classifications."""
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str], list[dict[str, object]]] = defaultdict(list)
     for rec in records:
         key = (str(rec.get("model") or "?"), line_of(str(rec.get("vllm_version") or "?"), _stack_name(rec)),
                str(rec.get("platform") or "?"), str(rec.get("feature") or "other"))
         groups[key].append(dict(rec))
-    cache: dict[tuple[Any, ...], Mapping[str, Any] | None] = {}
+    cache: ClassifierCache = {}
     manifests_by_run = {str(m.get("run_id")): m for m in manifests}
-    cells = []
+    cells: list[Cell] = []
     for key, recs in groups.items():
         classifications = [classification_of(r, classifier, cache) for r in recs]
         cells.append(build_cell(key, recs, classifications, manifests_by_run, locks))
@@ -165,7 +168,7 @@ def build_matrix(records: Sequence[Mapping[str, Any]], manifests: Sequence[Mappi
     }
 
 
-def _stack_name(rec: Mapping[str, Any]) -> str:
+def _stack_name(rec: Mapping[str, object]) -> str:
     stack = rec.get("stack")
     return str(stack.get("name") or "") if isinstance(stack, Mapping) else ""
 
@@ -173,7 +176,7 @@ def _stack_name(rec: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- output
 
 
-def badge(matrix: Mapping[str, Any], model: str) -> dict[str, Any]:
+def badge(matrix: MatrixCells, model: str) -> dict[str, object]:
     """A shields.io endpoint badge: the model's cells at its latest tested vLLM version, on the default stack
     (pinned stacks only when the model has no default-stack cell)."""
     cells = [c for c in matrix["cells"] if c["model"] == model]
@@ -190,20 +193,21 @@ def badge(matrix: Mapping[str, Any], model: str) -> dict[str, Any]:
     return {"schemaVersion": 1, "label": f"vLLM {latest}", "message": message, "color": color}
 
 
-def bisection_entry(b: Mapping[str, Any]) -> dict[str, Any]:
+def bisection_entry(b: Mapping[str, object]) -> dict[str, object]:
     """What the matrix keeps of a bisection result: its question, its answer and the tests that flipped."""
     keys = ("good", "bad", "direction", "first_bad", "last_good", "first_fixed", "last_bad", "conclusion",
             "compare_url", "selection", "range_size", "probed", "installed", "wall_s", "interrupted")
     out = {k: b.get(k) for k in keys}
-    out["flipped"] = [{k: f.get(k) for k in ("test", "status", "category", "summary")} for f in b.get("flipped") or []]
+    out["flipped"] = [{k: mapping(f).get(k) for k in ("test", "status", "category", "summary")}
+                      for f in items(b.get("flipped"))]
     return out
 
 
-def _dump(obj: Any, path: Path) -> None:
+def _dump(obj: object, path: Path) -> None:
     path.write_text(json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_matrix(matrix: Mapping[str, Any], out_dir: Path | str) -> Path:
+def write_matrix(matrix: Matrix, out_dir: Path | str) -> Path:
     """Write ``matrix.json`` and ``badges/<model>.json``; returns the matrix.json path."""
     out = Path(out_dir)
     (out / "badges").mkdir(parents=True, exist_ok=True)

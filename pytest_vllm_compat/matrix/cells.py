@@ -8,9 +8,9 @@ import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from pytest_vllm_compat.lockfiles import cell_locks
+from pytest_vllm_compat.matrix.cell_types import Cell, CellRun, TestEntry, items, mapping
 from pytest_vllm_compat.outcomes import (
     FAILING,
     SEVERITY,
@@ -32,7 +32,7 @@ _SUMMARY_MAX = 200
 # --------------------------------------------------------------------------- statuses
 
 
-def _status_of(rec: Mapping[str, Any]) -> str:
+def _status_of(rec: Mapping[str, object]) -> str:
     status = rec.get("status")
     if status in STATUSES:
         return str(status)
@@ -50,7 +50,7 @@ def _worst(statuses: Sequence[str]) -> str:
     return "unsupported"
 
 
-def test_key(rec: Mapping[str, Any]) -> str:
+def test_key(rec: Mapping[str, object]) -> str:
     """A test's identity across runs: its node id without xdist's ``@group`` suffix (the name if it has none)."""
     return str(rec.get("test_id") or rec.get("test_name") or "").split("@", 1)[0]
 
@@ -78,21 +78,23 @@ def merge_run_statuses(per_run: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- classification
 
 
-def _is_unknown_category(category: Any) -> bool:
+def _is_unknown_category(category: object) -> bool:
     return category is None or str(category).strip().lower() in _UNKNOWN_CATEGORIES
 
 
-Classifier = Callable[[str, str | None, str | None], Mapping[str, Any] | None]
+ClassificationMap = Mapping[str, object]  # a record's ``classification`` (classify.Classification.to_dict)
+Classifier = Callable[[str, str | None, str | None], ClassificationMap | None]
+ClassifierCache = dict[tuple[str, object, object], ClassificationMap | None]
 
 
-def default_classifier(error_text: str, log_text: str | None, version: str | None) -> dict[str, Any] | None:
+def default_classifier(error_text: str, log_text: str | None, version: str | None) -> dict[str, object] | None:
     """Classify with the failure knowledge base (``pytest_vllm_compat.classify``)."""
     from pytest_vllm_compat.classify import classify, exception_lines
 
     return dict(classify(exception_lines(error_text), log_text, version=version).to_dict())
 
 
-def current_facts(cls: Mapping[str, Any]) -> Mapping[str, Any]:
+def current_facts(cls: ClassificationMap) -> ClassificationMap:
     """A stored classification with today's knowledge-base facts of its entry: where it was fixed, its refs,
     workaround and pin (the title and explanation keep the values the run's log filled in). A bisection that
     found the fixed release after the run shows on that run's cells."""
@@ -105,8 +107,8 @@ def current_facts(cls: Mapping[str, Any]) -> Mapping[str, Any]:
             "workaround_pin": rule.workaround_pin}
 
 
-def classification_of(rec: Mapping[str, Any], classifier: Classifier | None,
-                      cache: dict[tuple[Any, ...], Mapping[str, Any] | None]) -> Mapping[str, Any] | None:
+def classification_of(rec: Mapping[str, object], classifier: Classifier | None,
+                      cache: ClassifierCache) -> ClassificationMap | None:
     """The record's classification; a failing record without one (or with an unknown category)
     is classified again -- the knowledge base may have learned the failure since the run."""
     cls = rec.get("classification")
@@ -115,10 +117,10 @@ def classification_of(rec: Mapping[str, Any], classifier: Classifier | None,
         return cls
     if cls is not None and not _is_unknown_category(cls.get("category")):
         return current_facts(cls) if classifier is default_classifier else cls
-    error = rec.get("error") or {}
+    error = mapping(rec.get("error"))
     error_text = str(error.get("text") or error.get("summary") or "")
-    log_text = rec.get("log_excerpt")
-    version = rec.get("vllm_version")
+    log_text = _text_or_none(rec.get("log_excerpt"))
+    version = _text_or_none(rec.get("vllm_version"))
     key = (error_text, log_text, version)
     if key not in cache:
         cache[key] = classifier(error_text, log_text, version)
@@ -131,7 +133,11 @@ def classification_of(rec: Mapping[str, Any], classifier: Classifier | None,
 # --------------------------------------------------------------------------- cells
 
 
-def _one_line(text: Any, limit: int = _SUMMARY_MAX) -> str:
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _one_line(text: object, limit: int = _SUMMARY_MAX) -> str:
     line = " ".join(str(text or "").split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
@@ -145,26 +151,27 @@ def cell_slug(model: str, vllm_version: str, platform: str, feature: str) -> str
     return f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
-def _chrono_key(rec: Mapping[str, Any]) -> tuple[str, str, str]:
+def _chrono_key(rec: Mapping[str, object]) -> tuple[str, str, str]:
     return (str(rec.get("finished_at") or rec.get("started_at") or ""), str(rec.get("run_id") or ""),
             str(rec.get("test_id") or ""))
 
 
-def _merge_metrics(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _merge_metrics(recs: Sequence[Mapping[str, object]]) -> dict[str, object]:
     """Numeric metrics: the median of the values the cell's tests reported; anything else: the
     latest value. The server's start time and restarts are folded in as ``server_start_s`` and
     ``server_restarts``."""
-    values: dict[str, list[Any]] = defaultdict(list)
+    values: dict[str, list[object]] = defaultdict(list)
     for rec in recs:  # chronological
-        for k, v in (rec.get("metrics") or {}).items():
+        for k, v in mapping(rec.get("metrics")).items():
             if v is not None:
                 values[str(k)].append(v)
-        server = rec.get("server") or {}
-        if isinstance(server.get("start_time_s"), (int, float)):
-            values["server_start_s"].append(server["start_time_s"])
-        if isinstance(server.get("restarts"), int):
-            values["server_restarts"].append(server["restarts"])
-    merged: dict[str, Any] = {}
+        server = mapping(rec.get("server"))
+        start, restarts = server.get("start_time_s"), server.get("restarts")
+        if isinstance(start, (int, float)):
+            values["server_start_s"].append(start)
+        if isinstance(restarts, int):
+            values["server_restarts"].append(restarts)
+    merged: dict[str, object] = {}
     for k, vs in values.items():
         nums = [v for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if k == "server_restarts":
@@ -177,9 +184,9 @@ def _merge_metrics(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _test_entry(rec: Mapping[str, Any]) -> dict[str, Any]:
-    error = rec.get("error") or {}
-    server = rec.get("server") or {}
+def _test_entry(rec: Mapping[str, object]) -> TestEntry:
+    error = mapping(rec.get("error"))
+    server = mapping(rec.get("server"))
     return {
         "test_id": rec.get("test_id"),
         "test_name": rec.get("test_name"),
@@ -195,10 +202,10 @@ def _test_entry(rec: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
-               classifications: Sequence[Mapping[str, Any] | None],
-               manifests_by_run: Mapping[str, Mapping[str, Any]],
-               locks: Mapping[str, str] | None = None) -> dict[str, Any]:
+def build_cell(key: tuple[str, str, str, str], recs: Sequence[Mapping[str, object]],
+               classifications: Sequence[ClassificationMap | None],
+               manifests_by_run: Mapping[str, Mapping[str, object]],
+               locks: Mapping[str, str] | None = None) -> Cell:
     model, version, platform, feature = key
     release, stack = split_line(version)
     order = sorted(range(len(recs)), key=lambda i: _chrono_key(recs[i]))
@@ -209,7 +216,7 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
     by_run: dict[str, list[int]] = defaultdict(list)
     for i, rec in enumerate(recs):
         by_run[str(rec.get("run_id") or "")].append(i)
-    runs: list[dict[str, Any]] = []
+    runs: list[CellRun] = []
     for run_id, idx in by_run.items():
         run_statuses = [statuses[i] for i in idx]
         runs.append({
@@ -234,18 +241,19 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
     rep = max(i for i, s in enumerate(statuses) if s == wanted) if wanted in statuses else len(recs) - 1
     rep_rec, rep_cls = recs[rep], classifications[rep] or {}
 
-    category = kind = title = explanation = workaround = workaround_pin = fixed_in = None
+    category: str | None = None
+    kind = title = explanation = workaround = workaround_pin = fixed_in = None
     refs: list[str] = []
     if wanted in FAILING:
-        category = rep_cls.get("category")
-        category = UNKNOWN_CATEGORY if _is_unknown_category(category) else str(category)
+        found = rep_cls.get("category")
+        category = UNKNOWN_CATEGORY if _is_unknown_category(found) else str(found)
         kind = rep_cls.get("kind") or ("vllm" if wanted == "fail" else "infrastructure")
         title = rep_cls.get("title")
         explanation = rep_cls.get("explanation")
         workaround = rep_cls.get("workaround")
         workaround_pin = rep_cls.get("workaround_pin") or None
         fixed_in = rep_cls.get("fixed_in")
-        refs = [str(r) for r in rep_cls.get("refs") or []]
+        refs = [str(r) for r in items(rep_cls.get("refs"))]
 
     # one count per test: its latest status (a flaky test counts as its failing status, and is named)
     latest_status = {test_key(r): s for r, s in zip(recs, statuses, strict=True)}  # chronological: the last wins
@@ -254,13 +262,13 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
                           else min((s for s in by_test[k] if s in FAILING), key=SEVERITY.index)
                           for k in latest_status))
     latest = recs[-1]
-    server = latest.get("server") or {}
+    server = mapping(latest.get("server"))
     distribution = ",".join(sorted({str(r.get("distribution")) for r in recs if r.get("distribution")}))
-    provenance = latest.get("provenance") or {}
+    provenance: object = latest.get("provenance") or {}
     if not provenance:
-        envs = (manifests_by_run.get(str(latest.get("run_id"))) or {}).get("environments") or {}
-        provenance = (envs.get(f"{latest.get('distribution')}-{version}") or {}).get("provenance") or {}
-    error = rep_rec.get("error") or {}
+        envs = mapping(mapping(manifests_by_run.get(str(latest.get("run_id")))).get("environments"))
+        provenance = mapping(envs.get(f"{latest.get('distribution')}-{version}")).get("provenance") or {}
+    error = mapping(rep_rec.get("error"))
 
     if status == "pass":
         summary = f"{counts['pass']} of {len(test_statuses)} tests passed" + (
@@ -277,12 +285,13 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
                    + (f" ({len(flaky_tests) - 1} more flaky test(s))" if len(flaky_tests) > 1 else "")
                    + f" -- {title or category}: {error.get('summary') or ''}")
     else:
-        summary = rep_rec.get("skip_reason") or status.replace("_", " ")
+        summary = str(rep_rec.get("skip_reason") or status.replace("_", " "))
 
+    lock_files = cell_locks(recs, locks or {})
     return {
         "cell_id": cell_slug(*key),
         "model": model,
-        "families": sorted({str(f) for r in recs for f in r.get("families") or []}),
+        "families": sorted({str(f) for r in recs for f in items(r.get("families"))}),
         "model_source": latest.get("model_source"),
         "vllm_version": version,  # the column: the release, +stack name for a pinned stack (stacks.line_of)
         "release": release,
@@ -307,7 +316,8 @@ def build_cell(key: tuple[str, str, str, str], recs: list[dict[str, Any]],
         "flaky_tests": flaky_tests,
         "runs": sorted(runs, key=lambda r: (r["started_at"], r["run_id"])),
         "provenance": provenance,
-        **cell_locks(recs, locks or {}),
+        "locks": lock_files["locks"],
+        "lock_changes": lock_files["lock_changes"],
         "serve_args": server.get("serve_args") or {},
         "argv": server.get("argv") or [],
         "env": server.get("env") or {},

@@ -7,8 +7,19 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
-from typing import Any
 
+from pytest_vllm_compat.matrix.cell_types import (
+    Cell,
+    InsightRow,
+    MatrixCells,
+    Regression,
+    StackDiff,
+    StatusChange,
+    VersionSummary,
+    WorkaroundCheckCell,
+    items,
+    mapping,
+)
 from pytest_vllm_compat.matrix.cells import UNKNOWN_CATEGORY, VERDICT
 from pytest_vllm_compat.outcomes import CELL_STATUSES, FAILING
 from pytest_vllm_compat.stacks import canonical_name, line_of, split_line
@@ -16,14 +27,14 @@ from pytest_vllm_compat.version_spec import is_final
 from pytest_vllm_compat.versions import sort_versions, version_key
 
 
-def release_columns(versions: Sequence[str], manifests: Sequence[Mapping[str, Any]]) -> list[str]:
+def release_columns(versions: Sequence[str], manifests: Sequence[Mapping[str, object]]) -> list[str]:
     """The tested versions plus every final release the runs' package index offered between the oldest and
     the newest tested one: the columns of the site, where a release no run tested shows as a gap."""
     tested = [v for v in versions if version_key(v)[0] == 0]
     if not tested:
         return list(versions)
     lo, hi = version_key(tested[0]), version_key(tested[-1])
-    known = {str(r) for m in manifests for r in m.get("index_versions") or [] if is_final(str(r))}
+    known = {str(r) for m in manifests for r in items(m.get("index_versions")) if is_final(str(r))}
     inside = {r for r in known if lo <= version_key(r) <= hi}
     return sort_versions({*versions, *inside})
 
@@ -34,20 +45,20 @@ def _untested_between(releases: Sequence[str], tested: Sequence[str], a: str | N
     return [r for r in releases if r not in tested and (ka is None or version_key(r) > ka) and version_key(r) < kb]
 
 
-def version_insights(cells: Sequence[dict[str, Any]], releases: Sequence[str] = ()) -> list[dict[str, Any]]:
+def version_insights(cells: Sequence[Cell], releases: Sequence[str] = ()) -> list[InsightRow]:
     """First/last passing version and regressions per model, platform, feature and dependency stack: a
     stack's lines are compared with the same stack's lines only."""
-    groups: dict[tuple[str, str, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    groups: dict[tuple[str, str, str, str], dict[str, Cell]] = defaultdict(dict)
     for c in cells:
         groups[(c["model"], c["platform"], c["feature"], c.get("stack") or "")][c["vllm_version"]] = c
     plain = [r for r in releases if not split_line(r)[1]]
-    out = []
+    out: list[InsightRow] = []
     for (model, platform, feature, stack), by_version in sorted(groups.items()):
         versions = sort_versions(by_version)
         line_releases = [line_of(r, stack) for r in plain]  # the releases, on this stack's line
         passing = [v for v in versions if by_version[v]["status"] == "pass"]
         verdicts = [v for v in versions if by_version[v]["status"] in VERDICT]
-        regressions = []
+        regressions: list[Regression] = []
         for prev, nxt in pairwise(verdicts):
             if by_version[prev]["status"] == "pass" and by_version[nxt]["status"] == "fail":
                 to_cell = by_version[nxt]
@@ -79,16 +90,16 @@ def version_insights(cells: Sequence[dict[str, Any]], releases: Sequence[str] = 
     return out
 
 
-def _last_before(verdicts: Sequence[str], by_version: Mapping[str, Mapping[str, Any]], version: str) -> str | None:
+def _last_before(verdicts: Sequence[str], by_version: Mapping[str, Cell], version: str) -> str | None:
     before = [v for v in verdicts if version_key(v) < version_key(version) and by_version[v]["status"] == "fail"]
     return before[-1] if before else None
 
 
-def summary_by_version(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+def summary_by_version(cells: Sequence[Cell]) -> list[VersionSummary]:
+    groups: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for c in cells:
         groups[(c["platform"], c["vllm_version"])].append(c)
-    out = []
+    out: list[VersionSummary] = []
     for (platform, version), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], version_key(kv[0][1]))):
         counts = {s: 0 for s in CELL_STATUSES}
         counts.update(Counter(c["status"] for c in cs))
@@ -101,7 +112,7 @@ def summary_by_version(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     return out
 
 
-def stack_diffs(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def stack_diffs(cells: list[Cell]) -> list[StackDiff]:
     lines: dict[str, set[str]] = defaultdict(set)
     for c in cells:
         lines[c["release"]].add(c["vllm_version"])
@@ -111,15 +122,15 @@ def stack_diffs(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             for other in sort_versions(lines[release] - {release})]
 
 
-def _installed(cell: Mapping[str, Any], package: str) -> str | None:
-    prov = cell.get("provenance") or {}
-    pins = {canonical_name(k): v for k, v in (prov.get("pins") or {}).items()}
+def _installed(cell: Cell, package: str) -> str | None:
+    prov = mapping(cell.get("provenance"))
+    pins = {canonical_name(k): v for k, v in mapping(prov.get("pins")).items()}
     found = pins.get(package) or next((v for k, v in prov.items() if canonical_name(k) == package
                                        and isinstance(v, str)), None)
     return str(found) if found else None
 
 
-def check_workarounds(cells: Sequence[dict[str, Any]]) -> None:
+def check_workarounds(cells: Sequence[Cell]) -> None:
     """For a failing cell whose knowledge-base entry names a workaround pin (``workaround_pin``), the cells of
     the same model, platform, feature and release whose installed packages satisfy the pin, with their status:
     "workaround verified on ..." when one passed; an empty list when no run had such a stack."""
@@ -134,7 +145,7 @@ def check_workarounds(cells: Sequence[dict[str, Any]]) -> None:
             req = Requirement(str(pin))
         except InvalidRequirement:
             continue
-        checks = []
+        checks: list[WorkaroundCheckCell] = []
         for other in cells:
             if (other is c or other["vllm_version"] == c["vllm_version"]
                     or (other["model"], other["platform"], other["feature"], other["release"])
@@ -152,17 +163,17 @@ def check_workarounds(cells: Sequence[dict[str, Any]]) -> None:
                                  "verified": any(ch["status"] == "pass" for ch in checks)}
 
 
-def diff_versions(matrix: Mapping[str, Any], a: str, b: str) -> list[dict[str, Any]]:
+def diff_versions(matrix: MatrixCells | Mapping[str, Sequence[Cell]], a: str, b: str) -> list[StatusChange]:
     """Cells whose status differs between vLLM versions ``a`` and ``b`` for the same model,
     platform and feature; a cell present in only one of them is listed with status ``None``."""
-    side: dict[str, dict[tuple[str, str, str], Mapping[str, Any]]] = {a: {}, b: {}}
+    side: dict[str, dict[tuple[str, str, str], Cell]] = {a: {}, b: {}}
     for c in matrix["cells"]:
         if c["vllm_version"] in side:
             side[c["vllm_version"]][(c["model"], c["platform"], c["feature"])] = c
-    out = []
+    out: list[StatusChange] = []
     for key in sorted(set(side[a]) | set(side[b])):
         ca, cb = side[a].get(key), side[b].get(key)
-        sa, sb = (ca or {}).get("status"), (cb or {}).get("status")
+        sa, sb = (ca["status"] if ca else None), (cb["status"] if cb else None)
         if sa == sb:
             continue
         if ca is None or cb is None:
@@ -176,9 +187,9 @@ def diff_versions(matrix: Mapping[str, Any], a: str, b: str) -> list[dict[str, A
         out.append({
             "model": key[0], "platform": key[1], "feature": key[2],
             "a_version": a, "b_version": b, "a_status": sa, "b_status": sb, "change": change,
-            "a_cell_id": (ca or {}).get("cell_id"), "b_cell_id": (cb or {}).get("cell_id"),
-            "category": (cb or {}).get("category") or (ca or {}).get("category"),
-            "summary": (cb or ca or {}).get("summary"),
+            "a_cell_id": ca["cell_id"] if ca else None, "b_cell_id": cb["cell_id"] if cb else None,
+            "category": (cb["category"] if cb else None) or (ca["category"] if ca else None),
+            "summary": shown["summary"] if (shown := cb or ca) else None,
         })
     return out
 

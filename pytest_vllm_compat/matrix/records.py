@@ -9,7 +9,6 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pytest_vllm_compat.outcomes import MANIFEST_SCHEMA, RECORD_SCHEMA
 from pytest_vllm_compat.results import read_record_file
@@ -23,12 +22,12 @@ def record_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("records/*.jsonl")) + sorted(directory.glob("*.jsonl"))
 
 
-def load_records(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
+def load_records(dirs: Sequence[Path | str]) -> list[dict[str, object]]:
     """Every record in ``<dir>/records/*.jsonl`` and ``<dir>/*.jsonl`` of each directory (a
     ``.jsonl`` file may be given directly). A truncated or malformed line is skipped with a
     warning; the same record read twice (same run, test and start time) is kept once."""
-    seen: set[tuple[Any, ...]] = set()
-    records: list[dict[str, Any]] = []
+    seen: set[tuple[object, ...]] = set()
+    records: list[dict[str, object]] = []
     for d in dirs:
         for path in record_files(Path(d)):
             root = path.parent.parent if path.parent.name == "records" else path.parent
@@ -37,11 +36,11 @@ def load_records(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
                 if key in seen:
                     continue
                 seen.add(key)
-                records.append(_resolve_log_paths(rec, root))
+                records.append(_resolve_log_paths(dict(rec), root))
     return records
 
 
-def _resolve_log_paths(rec: dict[str, Any], root: Path) -> dict[str, Any]:
+def _resolve_log_paths(rec: dict[str, object], root: Path) -> dict[str, object]:
     """Published records name their server logs relative to their results dir (publish_paths.py): read here,
     they are resolved against it, so the site finds the logs to copy."""
     for holder in (rec, rec.get("server")):
@@ -52,9 +51,9 @@ def _resolve_log_paths(rec: dict[str, Any], root: Path) -> dict[str, Any]:
     return rec
 
 
-def load_manifests(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
+def load_manifests(dirs: Sequence[Path | str]) -> list[dict[str, object]]:
     """Every run manifest in ``<dir>/manifests/*.json``; unreadable ones are skipped with a warning."""
-    manifests: list[dict[str, Any]] = []
+    manifests: list[dict[str, object]] = []
     for given in dirs:
         d = Path(given)
         if not d.is_dir():
