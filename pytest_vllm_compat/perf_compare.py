@@ -30,7 +30,9 @@ import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
+
+from .record_types import as_float
 
 SCHEMA = "pytest-vllm-compat/perf-compare/1"
 CONFIDENCE = 0.99
@@ -62,11 +64,11 @@ def schedule(rounds: int) -> list[tuple[str, str]]:
     return [("a", "b") if r % 2 == 0 else ("b", "a") for r in range(rounds)]
 
 
-def run_interleaved(measure: Callable[[str], Mapping[str, Any]], rounds: int = DEFAULT_ROUNDS,
-                    progress: Callable[[str], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+def run_interleaved(measure: Callable[[str], Mapping[str, object]], rounds: int = DEFAULT_ROUNDS,
+                    progress: Callable[[str], None] | None = None) -> dict[str, list[dict[str, object]]]:
     """Run ``measure("a")`` and ``measure("b")`` alternately for ``rounds`` rounds; each side's runs in round
     order (index i of "a" and of "b" are the same round)."""
-    runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+    runs: dict[str, list[dict[str, object]]] = {"a": [], "b": []}
     for r, order in enumerate(schedule(rounds)):
         for side in order:
             result = dict(measure(side))
@@ -99,8 +101,26 @@ def t_quantile(confidence: float, df: int) -> float:
     return table[df - 1] if df <= len(table) else _Z[confidence]
 
 
+class MeasureComparison(TypedDict):
+    """One measure of a comparison (:func:`compare_measure`), as comparisons are published."""
+
+    ratio: float  # geometric mean of the per-round ratios B/A
+    ci: list[float]  # [lo, hi]
+    confidence: float
+    change: float
+    mde: float
+    verdict: str  # one of VERDICTS
+    higher_is_better: bool
+    ratio_of_medians: float
+    median_a: float
+    median_b: float
+    spread: dict[str, float]
+    n: int
+    min_effect: float
+
+
 def compare_measure(a: Sequence[float], b: Sequence[float], *, higher_is_better: bool,
-                    confidence: float = CONFIDENCE, min_effect: float = MIN_EFFECT) -> dict[str, Any]:
+                    confidence: float = CONFIDENCE, min_effect: float = MIN_EFFECT) -> MeasureComparison:
     """B against A over paired rounds: the geometric mean of the per-round ratios B/A with its Student t
     interval (on the log ratios), the minimum detectable change and the verdict."""
     if len(a) != len(b) or len(a) < 2:
@@ -132,18 +152,18 @@ def compare_measure(a: Sequence[float], b: Sequence[float], *, higher_is_better:
             "spread": spread, "n": n, "min_effect": min_effect}
 
 
-def decide(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, confidence: float = CONFIDENCE,
+def decide(runs: Mapping[str, Sequence[Mapping[str, object]]], *, confidence: float = CONFIDENCE,
            min_effect: float = MIN_EFFECT,
-           instance_noise: Mapping[str, float] = INSTANCE_NOISE) -> dict[str, dict[str, Any]]:
+           instance_noise: Mapping[str, float] = INSTANCE_NOISE) -> dict[str, MeasureComparison]:
     """``compare_measure`` for every measure that both sides report in every round; each measure's minimum
     effect is the larger of ``min_effect`` and its ``instance_noise``."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, MeasureComparison] = {}
     for name, higher in MEASURES.items():
         a = [r.get(name) for r in runs["a"]]
         b = [r.get(name) for r in runs["b"]]
-        if not a or any(v is None or v <= 0 for v in a + b):
+        if not a or any(v is None or as_float(v) <= 0 for v in a + b):
             continue
-        out[name] = compare_measure([float(v) for v in a if v is not None], [float(v) for v in b if v is not None],
+        out[name] = compare_measure([as_float(v) for v in a if v is not None], [as_float(v) for v in b if v is not None],
                                     higher_is_better=higher, confidence=confidence,
                                     min_effect=max(min_effect, instance_noise.get(name, 0.0)))
     return out
@@ -158,14 +178,14 @@ class Side:
     serve_args: tuple[str, ...] = ()
     label: str = ""
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"vllm_version": self.vllm_version, "distribution": self.distribution,
                 "serve_args": list(self.serve_args), "label": self.label or self.vllm_version}
 
 
-def comparison_record(*, model: str, a: Side, b: Side, runs: Mapping[str, Sequence[Mapping[str, Any]]],
-                      workload: Mapping[str, Any], host_class: str, extra: Mapping[str, Any] | None = None,
-                      confidence: float = CONFIDENCE, min_effect: float = MIN_EFFECT) -> dict[str, Any]:
+def comparison_record(*, model: str, a: Side, b: Side, runs: Mapping[str, Sequence[Mapping[str, object]]],
+                      workload: Mapping[str, object], host_class: str, extra: Mapping[str, object] | None = None,
+                      confidence: float = CONFIDENCE, min_effect: float = MIN_EFFECT) -> dict[str, object]:
     """The JSON a comparison is published as (``SCHEMA``)."""
     return {"schema": SCHEMA, "model": model, "a": a.describe(), "b": b.describe(), "host_class": host_class,
             "workload": dict(workload), "rounds": len(runs["a"]), "order": [list(o) for o in schedule(len(runs["a"]))],
@@ -177,12 +197,15 @@ def comparison_record(*, model: str, a: Side, b: Side, runs: Mapping[str, Sequen
             "runs": {side: [dict(r) for r in runs[side]] for side in ("a", "b")}, **dict(extra or {})}
 
 
-def describe_measure(m: Mapping[str, Any]) -> str:
+def describe_measure(m: Mapping[str, object]) -> str:
     """One line for a measure: ``0.97 [0.95, 0.99] regression`` or ``not measurable (MDE 12 %)``."""
-    ratio, (lo, hi) = m["ratio"], m["ci"]
-    head = f"{ratio:.3f} [{lo:.3f}, {hi:.3f}]"
+    ci = m["ci"]
+    if not isinstance(ci, (list, tuple)):
+        raise TypeError(f"a measure's ci is [lo, hi], not {ci!r}")
+    lo, hi = ci
+    head = f"{as_float(m['ratio']):.3f} [{as_float(lo):.3f}, {as_float(hi):.3f}]"
     if m["verdict"] == "not measurable":
-        return f"{head} not measurable (MDE {m['mde'] * 100:.0f} %)"
+        return f"{head} not measurable (MDE {as_float(m['mde']) * 100:.0f} %)"
     if m["verdict"] == "unchanged":
-        return f"{head} unchanged (within ±{float(m.get('min_effect', MIN_EFFECT)) * 100:.0f} %)"
-    return f"{head} {m['verdict']} ({m['change'] * 100:+.1f} %)"
+        return f"{head} unchanged (within ±{as_float(m.get('min_effect', MIN_EFFECT)) * 100:.0f} %)"
+    return f"{head} {m['verdict']} ({as_float(m['change']) * 100:+.1f} %)"

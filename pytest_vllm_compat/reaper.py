@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any
+from typing import IO
 
 MARKER_ENV = "PYTEST_VLLM_COMPAT_SERVER_ID"  # not VLLM_*: vLLM warns about unknown VLLM_ vars
 
@@ -71,11 +71,14 @@ def serve(stream: IO[str]) -> int:
     watched: dict[str, list[str]] = {}
     for line in stream:
         try:
-            msg: dict[str, Any] = json.loads(line)
+            msg = json.loads(line)
         except ValueError:
             continue
+        if not isinstance(msg, dict):
+            continue
         if "add" in msg:
-            watched[str(msg["add"])] = [str(a) for a in msg.get("cleanup") or []]
+            cleanup = msg.get("cleanup") or []
+            watched[str(msg["add"])] = [str(a) for a in cleanup] if isinstance(cleanup, list) else []
         elif "remove" in msg:
             watched.pop(str(msg["remove"]), None)
     if watched:
@@ -95,7 +98,7 @@ class Guardian:
         self._owner = 0
         self._lock = threading.Lock()
 
-    def _send(self, msg: dict[str, Any]) -> None:
+    def _send(self, msg: dict[str, object]) -> None:
         with self._lock:
             if self._proc is None or self._owner != os.getpid():  # first use, or a forked child
                 self._proc = subprocess.Popen(  # argv list, no shell

@@ -15,19 +15,18 @@ JSONValue: TypeAlias = str | int | float | bool | list["JSONValue"] | dict[str, 
 JSONObject: TypeAlias = dict[str, JSONValue]
 
 
+def as_float(value: object) -> float:
+    """A JSON number as a float (a bool is not one); TypeError for any other value."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"not a number: {value!r}")
+
+
 class StackRecord(TypedDict):
     """A dependency stack as records and manifests carry it (``stacks.stack_record``); the default is ``""``."""
 
     name: str
     requirements: list[str]
-
-
-class DeviceInfo(TypedDict, total=False):
-    """``{"kind": "cpu"|"cuda", "name": "NVIDIA H100 80GB HBM3"|"cpu", "count": 1}``."""
-
-    kind: str
-    name: str
-    count: int
 
 
 class ErrorInfo(TypedDict, total=False):
@@ -86,7 +85,7 @@ class Record(TypedDict, total=False):
     vllm_version: str
     distribution: str
     stack: StackRecord
-    device: DeviceInfo
+    device: dict[str, object]  # gpu.discovery.device_summary: kind, name, count, driver, cuda
     platform: str
     feature: str
     outcome: str
@@ -103,6 +102,31 @@ class Record(TypedDict, total=False):
     log_path: str | None
     metrics: dict[str, JSONValue]
     provenance: dict[str, JSONValue]
+
+
+class ServerSummary(TypedDict, total=False):
+    """A server spec's starts in one process (``ServerPool.summary``), as the manifest lists it."""
+
+    spec_key: str
+    starts: int
+    markers: list[str]
+    start_times_s: list[float]
+    start_windows: list[list[float]]  # [launched, ready] unix times
+    log_paths: list[str]
+    crashes: list[JSONObject]
+    startup_error: str | None
+
+
+class EnvironmentSummary(TypedDict, total=False):
+    """A vLLM environment a run used, as the manifest lists it (``CompatSession.write_worker_summary``)."""
+
+    name: str
+    provenance: JSONObject
+    provision_s: float
+    created: bool
+    lock_file: str | None
+    lock_sha256: str | None
+    lock_stored: str | None  # locks/<sha256>.txt in the results dir (lockfiles.store_lock)
 
 
 class ResolvedOption(TypedDict):
@@ -127,12 +151,12 @@ class Manifest(TypedDict, total=False):
     versions_note: str
     stacks: list[StackRecord]
     index_versions: list[str] | None
-    device: DeviceInfo
+    device: dict[str, object]
     host: dict[str, str]
-    environments: dict[str, JSONObject]
+    environments: dict[str, EnvironmentSummary]
     env_errors: dict[str, str]
     counts: dict[str, int]
-    servers: list[JSONObject]
+    servers: list[ServerSummary]
     leftover_pids: list[int]
     exitstatus: int
     options: dict[str, ResolvedOption]

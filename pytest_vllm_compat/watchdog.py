@@ -18,7 +18,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Protocol
 
 import requests
 
@@ -82,7 +83,8 @@ class HangWatchdog:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.timeout + 10)

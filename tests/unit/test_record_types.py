@@ -8,17 +8,18 @@ from pathlib import Path
 
 from pytest_vllm_compat.record_types import (
     Classification,
-    DeviceInfo,
+    EnvironmentSummary,
     ErrorInfo,
     Manifest,
     Record,
     ServerInfo,
+    ServerSummary,
     StackRecord,
 )
 
 RUNS = Path(__file__).resolve().parents[2] / "reports" / "runs"
 
-NESTED = {"stack": StackRecord, "device": DeviceInfo, "error": ErrorInfo, "classification": Classification,
+NESTED = {"stack": StackRecord, "error": ErrorInfo, "classification": Classification,
           "server": ServerInfo}
 
 
@@ -52,3 +53,7 @@ def test_committed_manifests_have_only_declared_fields() -> None:
     assert manifests
     for man in manifests:
         assert set(man) <= set(Manifest.__annotations__), set(man) - set(Manifest.__annotations__)
+        for server in man.get("servers", []):
+            assert set(server) <= set(ServerSummary.__annotations__), set(server)
+        for env in man.get("environments", {}).values():
+            assert set(env) <= set(EnvironmentSummary.__annotations__), set(env)
