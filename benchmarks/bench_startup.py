@@ -46,6 +46,7 @@ from pytest_vllm_compat.environments import default_env_dir  # noqa: E402
 from pytest_vllm_compat.logparse import parse_kv_cache  # noqa: E402
 from pytest_vllm_compat.registry import load_registry  # noqa: E402
 from pytest_vllm_compat.results import read_records  # noqa: E402
+from pytest_vllm_compat.runtime.backends import backend_for  # noqa: E402
 from pytest_vllm_compat.server import ServerError, VLLMServer  # noqa: E402
 from pytest_vllm_compat.session import CompatSession, Target  # noqa: E402
 
@@ -62,7 +63,7 @@ def make_session(ns: argparse.Namespace, work: Path, servers_per_gpu: int = 1) -
             raise SystemExit("--device cuda: no GPU found (nvidia-smi/NVML)")
     return CompatSession(results_dir=work / "results", env_dir=Path(ns.env_dir), device=ns.device,
                          distribution=DISTRIBUTION[ns.device], run_id="bench", progress=lambda m: print(m, flush=True),
-                         vllm_python=Path(ns.vllm_python) if ns.vllm_python else None, gpus=gpus,
+                         backend=backend_for("venv", Path(ns.vllm_python) if ns.vllm_python else None), gpus=gpus,
                          gpu_lock_dir=work / "gpu-locks", servers_per_gpu=servers_per_gpu,
                          startup_timeout=ns.startup_timeout, max_servers=64)
 

@@ -24,6 +24,7 @@ from .environments import DISTRIBUTIONS, available_versions, default_env_dir
 from .registry import ModelSpec, RegistryError, load_registry
 from .results import RecordWriter, new_run_id
 from .runtime import INHERITED_SELECTORS
+from .runtime.backends import backend_for
 from .session import CompatSession
 from .stacks import StackError, parse_stacks
 from .timestamps import now_iso
@@ -115,23 +116,24 @@ def build_plugin(config: pytest.Config, settings: options.Settings, models: list
         stacks = parse_stacks(settings.with_)
     except StackError as e:
         raise pytest.UsageError(f"--vllm-with: {e} (from {settings.source('vllm_with')})") from None
-    if any(not st.is_default for st in stacks) and (vllm_python or settings.runtime == "docker"):
+    backend = backend_for(settings.runtime, vllm_python)  # the one choice of how vLLM runs
+    if any(not st.is_default for st in stacks) and not backend.installs_stacks:
         raise pytest.UsageError("--vllm-with installs a stack into a provisioned environment; it cannot change "
                                 "--vllm-python's interpreter or a --vllm-runtime=docker image")
     run_id = winput.get("run_id") or new_run_id()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     session = CompatSession(
         results_dir=results_dir, env_dir=env_dir, device=device, distribution=distribution, run_id=run_id,
-        worker=worker, installer=settings.installer, vllm_python=vllm_python,
+        worker=worker, installer=settings.installer, backend=backend,
         startup_timeout=settings.startup_timeout, hang_timeout=settings.hang_timeout, port=settings.port,
         max_restarts=settings.max_restarts, max_servers=settings.max_servers,
         progress=_progress_to_terminal(config, is_worker), device_info=device_info,
-        env_errors=dict(winput.get("env_errors", {})), runtime=settings.runtime, gpus=gpus,
+        env_errors=dict(winput.get("env_errors", {})), gpus=gpus,
         gpu_lock_dir=settings.gpu_lock_dir, lock_dir=settings.lock_dir,
         warn=lambda msg: warnings.warn(msg, stacklevel=1),
         compile_cache=settings.compile_cache, servers_per_gpu=settings.servers_per_gpu, stacks=stacks,
     )
-    if is_worker and device == "cpu" and session.runtime == "venv":
+    if is_worker and device == "cpu" and backend.host_cores:
         from .cpu_cores import pin, worker_share
 
         # -n N on a CPU: this worker's servers get its own share of the cores and KV-cache memory (cpu_cores.py).
@@ -140,12 +142,10 @@ def build_plugin(config: pytest.Config, settings: options.Settings, models: list
             pin(session.core_share)
     if not is_worker and versions:
         _warn_about(config, settings, device)
-    if session.runtime == "docker" and not is_worker:
-        from .runtime.docker import docker_available
-
-        reason = docker_available()
+    if not is_worker:
+        reason = backend.unavailable()
         if reason:
-            raise pytest.UsageError(f"--vllm-runtime=docker: {reason}")
+            raise pytest.UsageError(reason)
     plugin = CompatPlugin(config=config, settings=settings, versions=versions, models=models,
                           registry_error=registry_error, session=session,
                           writer=RecordWriter(results_dir, run_id, worker), is_worker=is_worker,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import requests
 
@@ -35,6 +35,10 @@ from .reaper import GUARDIAN, MARKER_ENV, processes_with_marker
 from .redact import redact, redact_argv, redact_env
 from .runtime import API_KEY_ENV, HOST, Runtime
 from .server_spec import ServerSpec
+
+if TYPE_CHECKING:
+    from .compile_cache import ServerCache
+    from .gpu.leasing import Lease
 
 CLEANUP_TIMEOUT_S = 60.0  # a runtime's cleanup command (e.g. `docker rm -f NAME`)
 
@@ -117,7 +121,8 @@ class VLLMServer:
 
     def __init__(self, spec: ServerSpec, runtime: Runtime, log_path: Path, *, port: int = 0,
                  startup_timeout: float = STARTUP_TIMEOUT_S, pid_dir: Path | None = None,
-                 phase_guard: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
+                 phase_guard: Callable[[], AbstractContextManager[Any]] | None = None, lease: Lease | None = None,
+                 compile_cache: ServerCache | None = None, cpu_share: dict[str, Any] | None = None) -> None:
         self.spec = spec
         self.runtime = runtime  # what to run, with which environment (runtime/)
         self.log_path = Path(log_path)
@@ -127,10 +132,10 @@ class VLLMServer:
         # neighbour's start or exit does not change free memory during vLLM's memory profiling).
         self.phase_guard = phase_guard
         self._guard_depth = 0
-        self.compile_cache: Any = None  # compile_cache.ServerCache, cleaned up by the session on stop
+        self.compile_cache = compile_cache  # cleaned up by the session on stop
         self.pid_dir = pid_dir
-        self.lease: Any = None  # GPUs held for this server (cuda), released by the session on stop
-        self.cpu_share: dict[str, Any] | None = None  # -n N on a CPU: the worker's cores (cpu_cores.py)
+        self.lease = lease  # GPUs held for this server (cuda), released by the session on stop
+        self.cpu_share = cpu_share  # -n N on a CPU: the worker's cores (cpu_cores.py)
         # Hex only: a urlsafe token can start with "-", which argparse then reads as an option (1 in 64 starts).
         self.api_key = secrets.token_hex(24)
         self.marker = uuid.uuid4().hex

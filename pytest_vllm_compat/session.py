@@ -16,20 +16,26 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .compile_cache import CompileCachePolicy, ServerCache
+from .compile_cache import CompileCachePolicy
 from .cpu_cores import CoreShare
 from .environments import Provisioner, ProvisionError, VLLMEnvironment
 from .hub import Snapshot, SnapshotStore
 from .locks import file_lock
 from .packaged_model import PackagedModel
 from .registry import ModelDirError, ModelSpec, preflight_model_dir, serve_args_to_argv
-from .runtime import API_KEY_ENV, DEFAULT_ENTRY_POINT, InterpreterRuntime, Runtime, VenvRuntime
+from .runtime import API_KEY_ENV, DEFAULT_ENTRY_POINT, Backend
+from .runtime.backends import VenvBackend
 from .server import STARTUP_TIMEOUT_S, VLLMServer
 from .server_pool import MAX_RESTARTS, MAX_SERVERS, ServerPool
 from .server_spec import ServerSpec
 from .stacks import DEFAULT_STACK, Stack, line_of, split_line
+
+if TYPE_CHECKING:
+    from .capabilities import VersionCaps
+    from .gpu.discovery import GPU
+    from .gpu.leasing import DeviceLeaser, Lease
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
 
@@ -83,7 +89,8 @@ class CompatSession:
     run_id: str
     worker: str = "main"
     installer: str = "auto"
-    vllm_python: Path | None = None
+    # How vLLM runs (a provisioned venv, --vllm-python's interpreter, Docker), chosen once (runtime.backends.backend_for)
+    backend: Backend = field(default_factory=VenvBackend)
     startup_timeout: float = STARTUP_TIMEOUT_S
     hang_timeout: float = 10.0  # /health unanswered this long during a test: the server hung (watchdog.py)
     port: int = 0
@@ -93,8 +100,7 @@ class CompatSession:
     device_info: dict[str, Any] = field(default_factory=dict)
     envs: dict[str, VLLMEnvironment] = field(default_factory=dict)
     env_errors: dict[str, str] = field(default_factory=dict)
-    runtime: str = "venv"  # "venv" | "docker"
-    gpus: list[Any] = field(default_factory=list)
+    gpus: list[GPU] = field(default_factory=list)
     gpu_lock_dir: Path | None = None
     lock_dir: Path | None = None  # committed lock files the environments are installed from (--vllm-lock-dir)
     warn: Callable[[str], None] | None = None
@@ -116,8 +122,8 @@ class CompatSession:
         self.pool = ServerPool(self._make_server, self.log_dir,
                                max_restarts=self.max_restarts, max_live=self.max_servers,
                                on_stop=self._on_stop, progress=self.progress)
-        self._caps_cache: dict[str, Any] = {}
-        self._leaser: Any = None
+        self._caps_cache: dict[str, VersionCaps | None] = {}
+        self._leaser: DeviceLeaser | None = None
         self.hub = SnapshotStore(self.results_dir / ".hub" / self.run_id)
         self.snapshots: dict[str, Snapshot] = {}  # model name -> its fetched hub snapshot
         self.packaged: dict[str, PackagedModel] = {}  # model name -> its prepared packaged model
@@ -128,6 +134,11 @@ class CompatSession:
 
             self._leaser = DeviceLeaser(self.gpu_lock_dir or self.env_dir / "gpu-locks", self.gpus,
                                         servers_per_gpu=self.servers_per_gpu)
+
+    @property
+    def vllm_python(self) -> Path | None:
+        """The interpreter named with --vllm-python (None: versions come from the index)."""
+        return self.backend.python
 
     # --- environments -------------------------------------------------------------------
     def stack_named(self, name: str) -> Stack:
@@ -148,20 +159,8 @@ class CompatSession:
         key = version
         version, stack_name = split_line(key)
         stack = self.stack_named(stack_name) if stack_name else DEFAULT_STACK
-        if self.runtime == "docker":
-            # The official image is the environment: nothing is installed on the host.
-            from .runtime.docker import docker_environment
-
-            env = docker_environment(version)
-            self.envs[key] = env
-            return env
         try:
-            if version == "current" or self.vllm_python is not None:
-                if self.vllm_python is None:
-                    raise ProvisionError("--vllm=current needs --vllm-python=PATH (an interpreter that has vLLM)")
-                env = self.provisioner.from_python(self.vllm_python)
-            else:
-                env = self.provisioner.ensure(self.distribution, version, stack)
+            env = self.backend.environment(self.provisioner, self.distribution, version, stack)
         except ProvisionError as e:
             self.env_errors[key] = str(e)
             raise
@@ -170,19 +169,17 @@ class CompatSession:
 
     # --- models ---------------------------------------------------------------------------
     def model_path(self, model: ModelSpec, env: VLLMEnvironment) -> str:
+        """What the server is given as ``--model``, as the backend says: a directory prepared on this host
+        (:meth:`prepare_on_host`), or with Docker a given path or a hub id (the container fetches it)."""
+        return self.backend.model_path(model, env, self)
+
+    def prepare_on_host(self, model: ModelSpec, env: VLLMEnvironment) -> str:
         """The local directory the server loads: generated (builtin tiny models), given (``path``), converted
         from a package's GGUF file (packaged_model.py), or a hub model's snapshot fetched before the server
-        starts (hub.py); preflighted. With Docker, a hub id (the
-        container fetches it into the mounted Hugging Face cache)."""
+        starts (hub.py); preflighted."""
         if model.builtin:
-            if self.runtime == "docker":
-                raise ModelDirError(f"{model.name}: builtin tiny models are generated with a provisioned environment's "
-                                    "transformers; with --vllm-runtime=docker use path= or hub= models")
             return str(self.tiny_model(model, env))
         if model.package:
-            if self.runtime == "docker":
-                raise ModelDirError(f"{model.name}: packaged models are converted with a provisioned environment's "
-                                    "torch; with --vllm-runtime=docker use path= or hub= models")
             from .packaged_model import prepare
 
             packaged = prepare(model, env.python, env.provenance.get("packages", {}), self.env_dir,
@@ -193,8 +190,6 @@ class CompatSession:
             preflight_model_dir(model.path)
             return model.path
         assert model.hub
-        if self.runtime == "docker":
-            return model.hub
         snap = self.hub.get(env.python, model.hub, model.revision, trust_remote_code=model.trust_remote_code,
                             progress=self.progress)
         self.snapshots[model.name] = snap
@@ -241,7 +236,7 @@ class CompatSession:
                           env=tuple(sorted(merged_env.items())), trust_remote_code=target.model.trust_remote_code,
                           gpus=target.model.requires.gpus if gpus is None else gpus, label=label)
 
-    def _caps(self, version: str) -> Any:
+    def _caps(self, version: str) -> VersionCaps | None:
         """The capability-table row of ``version``; None for "current" or a version older than the table."""
         if version not in self._caps_cache:
             try:
@@ -275,7 +270,7 @@ class CompatSession:
                 extra_args = ["--gpu-memory-utilization", f"{lease.share:g}"]
             self._memory_preflight(spec, lease)
         defaults: dict[str, str] = {}
-        if self.core_share is not None and self.runtime == "venv":
+        if self.core_share is not None and self.backend.host_cores:
             # Raises CoreShareError when the share has fewer cores than the server has TP ranks.
             extra_env.update(self.core_share.env(spec.env_dict(), tensor_parallel_size(spec.serve_args)))
             defaults = self.core_share.defaults()
@@ -283,35 +278,23 @@ class CompatSession:
         guard = lease.phase_guard if lease is not None and lease.shared else None
         try:
             cache = self.cache_policy.for_server(env.name, uuid.uuid4().hex[:12], spec.env_dict())
-            runtime = self._runtime_for(spec, env, lease, cache, extra_env, extra_args, defaults)
+            runtime = self.backend.runtime(
+                spec, env, devices=lease.indices if lease is not None else None, cache=cache, extra_env=extra_env,
+                extra_args=extra_args, defaults=defaults, entry_point=self.entry_point(env.version),
+                api_key_env=self.api_key_env(env.version))
             server = VLLMServer(spec, runtime, log_path, port=self.port, startup_timeout=self.startup_timeout,
-                                pid_dir=self.results_dir / ".servers", phase_guard=guard)
+                                pid_dir=self.results_dir / ".servers", phase_guard=guard, lease=lease,
+                                compile_cache=cache,
+                                cpu_share=self.core_share.describe() if self.core_share is not None else None)
         except BaseException:
             if cache is not None:
                 cache.cleanup()
             if lease is not None:
                 lease.release()
             raise
-        server.lease = lease
-        server.compile_cache = cache
-        server.cpu_share = self.core_share.describe() if self.core_share is not None else None
         return server
 
-    def _runtime_for(self, spec: ServerSpec, env: VLLMEnvironment, lease: Any, cache: ServerCache,
-                     extra_env: dict[str, str], extra_args: list[str], defaults: dict[str, str]) -> Runtime:
-        """How one server of ``spec`` is launched: in the official image (--vllm-runtime=docker), or with the
-        environment's interpreter (a provisioned venv, or --vllm-python's, which keeps PYTHONPATH)."""
-        if self.runtime == "docker":
-            from .runtime.docker import DockerRuntime
-
-            return DockerRuntime.for_spec(spec, devices=list(lease.indices) if lease else None, cache_root=cache.root,
-                                          cache_env=cache.env, extra_args=extra_args)
-        kind = InterpreterRuntime if env.path is None else VenvRuntime
-        return kind(env.python, entry_point=self.entry_point(env.version), api_key_env=self.api_key_env(env.version),
-                    offline=Path(spec.model_path).is_dir(), default_env={**defaults, **cache.env},
-                    extra_env=extra_env, extra_args=extra_args)
-
-    def _memory_preflight(self, spec: ServerSpec, lease: Any) -> None:
+    def _memory_preflight(self, spec: ServerSpec, lease: Lease) -> None:
         cfg_path = Path(spec.model_path) / "config.json"
         if not cfg_path.is_file():
             return
@@ -321,7 +304,7 @@ class CompatSession:
         try:
             max_len = int(flag_value(args, "--max-model-len") or 4096)
             util = float(flag_value(args, "--gpu-memory-utilization")
-                         or (lease.share if lease.shared else DEFAULT_GPU_MEMORY_UTILIZATION))
+                         or (lease.share if lease.share is not None else DEFAULT_GPU_MEMORY_UTILIZATION))
             est = estimate_memory(json.loads(cfg_path.read_text()), max_model_len=max_len,
                                   tensor_parallel_size=tensor_parallel_size(args))
             warning = memory_preflight(est, list(lease.gpus), gpu_memory_utilization=util)

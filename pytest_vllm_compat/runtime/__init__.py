@@ -1,4 +1,5 @@
-"""How a vLLM server process is launched: its argv and its environment (:class:`Runtime`).
+"""How a vLLM server process is launched: its argv and its environment (:class:`Runtime`), and the run's
+backend that makes those runtimes (:class:`Backend`).
 
 ``VLLMServer`` (server.py) owns the process -- start, readiness, the process group, PR_SET_PDEATHSIG,
 reaping, the hang watchdog -- and asks its runtime only what to run, with which environment, what the
@@ -9,6 +10,12 @@ with --vllm-python (:class:`InterpreterRuntime`), and the official Docker image
 (``runtime.docker.DockerRuntime``, where everything about Docker lives). The unit tests' stand-in server
 script is a runtime too (tests/unit/fake_runtime.py).
 
+Backends, one per way of running vLLM and chosen once per run from the settings (``runtime.backends.backend_for``):
+a provisioned environment per line (``runtime.backends.VenvBackend``), the --vllm-python interpreter
+(``runtime.backends.InterpreterBackend``), the official Docker image (``runtime.docker.DockerBackend``). A backend
+says where a line's environment comes from, how a model becomes something its servers load, whether stacks and
+a CPU worker's core share apply, and builds each server's :class:`Runtime`.
+
 Security defaults shared by all of them: the server binds 127.0.0.1 (Docker publishes on 127.0.0.1 only),
 argv is a list (never a shell), and the API key travels in the environment, never on the command line
 (except, as ``--api-key``, for a release that reads no key variable: ``api_key_env`` None).
@@ -17,12 +24,18 @@ argv is a list (never a shell), and the API key travels in the environment, neve
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..server_spec import ServerSpec
+
+if TYPE_CHECKING:
+    from ..compile_cache import ServerCache
+    from ..environments import Provisioner, VLLMEnvironment
+    from ..registry import ModelSpec
+    from ..stacks import Stack
 
 HOST = "127.0.0.1"
 DEFAULT_ENTRY_POINT = ("-m", "vllm.entrypoints.openai.api_server")
@@ -171,3 +184,57 @@ class InterpreterRuntime(VenvRuntime):
 
     kind: ClassVar[str] = "interpreter"
     keep_pythonpath: ClassVar[bool] = True
+
+
+class HostModels(Protocol):
+    """What the session does on this host to make a model servable (session.CompatSession)."""
+
+    def prepare_on_host(self, model: ModelSpec, env: VLLMEnvironment) -> str:
+        """The directory of ``model`` for ``env``: a generated tiny model, a converted packaged model, a given
+        path or a fetched hub snapshot, preflighted."""
+        ...
+
+
+class Backend(Protocol):
+    """One way of running vLLM for the whole run, chosen once from the settings (``backends.backend_for``)."""
+
+    @property
+    def name(self) -> str:
+        """A short name for messages: ``venv``, ``interpreter``, ``docker``."""
+        ...
+
+    @property
+    def python(self) -> Path | None:
+        """The interpreter the user named with --vllm-python; None when not given (versions come from the index)."""
+        ...
+
+    @property
+    def installs_stacks(self) -> bool:
+        """Whether a --vllm-with stack can be installed into this backend's environments."""
+        ...
+
+    @property
+    def host_cores(self) -> bool:
+        """Whether servers are processes on this host's cores, so a CPU worker's core share pins them."""
+        ...
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run here (a usage error), None when it can."""
+        ...
+
+    def environment(self, provisioner: Provisioner, distribution: str, version: str,
+                    stack: Stack) -> VLLMEnvironment:
+        """The environment of ``version`` with ``stack``; ProvisionError when there is none."""
+        ...
+
+    def model_path(self, model: ModelSpec, env: VLLMEnvironment, host: HostModels) -> str:
+        """What a server of ``env`` is given as ``--model``: a local directory, or a hub id."""
+        ...
+
+    def runtime(self, spec: ServerSpec, env: VLLMEnvironment, *, devices: Sequence[int] | None, cache: ServerCache,
+                extra_env: dict[str, str], extra_args: list[str], defaults: dict[str, str],
+                entry_point: tuple[str, ...], api_key_env: str | None) -> Runtime:
+        """How one server of ``spec`` is launched: its GPU lease's ``devices`` (None: no lease), its compile
+        ``cache``, variables and serve args the session adds (``extra_env`` wins over the spec's env, ``defaults``
+        do not), and the release's ``entry_point`` and API-key variable."""
+        ...

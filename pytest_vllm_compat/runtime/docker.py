@@ -1,7 +1,8 @@
 """Run a vLLM server in the official ``vllm/vllm-openai`` image instead of a provisioned venv.
 
-Everything about Docker lives here: :class:`DockerRuntime` (a ``runtime.Runtime``), the image as the
-environment (:func:`docker_environment`), the engine check. Only argv is built (no shell anywhere: every
+Everything about Docker lives here: :class:`DockerBackend` (a ``runtime.Backend``: the run's choice),
+:class:`DockerRuntime` (a ``runtime.Runtime``: one server), the image as the environment
+(:func:`docker_environment`), the engine check. Only argv is built (no shell anywhere: every
 argument is its own list element); ``VLLMServer`` starts and stops the process like any other server
 command. ``docker run --rm --init`` in the foreground makes the docker client's lifetime the container's;
 the runtime's cleanup command (``docker rm -f NAME``) removes it when the client is gone but the container
@@ -18,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..environments import VLLMEnvironment
+from ..compile_cache import ServerCache
+from ..environments import Provisioner, VLLMEnvironment
+from ..registry import ModelDirError, ModelSpec, preflight_model_dir
 from ..server_spec import ServerSpec
-from . import API_KEY_ENV, process_env, shown_env
+from ..stacks import Stack
+from . import API_KEY_ENV, HostModels, process_env, shown_env
 
 DEFAULT_REPOSITORY = "vllm/vllm-openai"
 DEFAULT_ENTRYPOINT = ("python3", "-m", "vllm.entrypoints.openai.api_server")
@@ -221,3 +225,48 @@ class DockerRuntime:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "image": self.image, "container": self.name}
+
+
+@dataclass(frozen=True)
+class DockerBackend:
+    """--vllm-runtime=docker (a ``runtime.Backend``): the official image is each line's environment, models are
+    given by path (mounted) or hub id (fetched in the container), each server is a :class:`DockerRuntime`."""
+
+    python: Path | None = None  # --vllm-python, which the image wins over (kept for what the run reports)
+
+    name: ClassVar[str] = "docker"
+    installs_stacks: ClassVar[bool] = False
+    host_cores: ClassVar[bool] = False  # the container's cores are Docker's business
+
+    def unavailable(self) -> str | None:
+        reason = docker_available()
+        return f"--vllm-runtime=docker: {reason}" if reason else None
+
+    def environment(self, provisioner: Provisioner, distribution: str, version: str,
+                    stack: Stack) -> VLLMEnvironment:
+        """The image: nothing is installed on the host."""
+        return docker_environment(version)
+
+    def model_path(self, model: ModelSpec, env: VLLMEnvironment, host: HostModels) -> str:
+        """A given path (preflighted, mounted read-only) or a hub id (the container fetches it into the mounted
+        Hugging Face cache); builtin and packaged models need a provisioned environment's libraries."""
+        if model.builtin:
+            raise ModelDirError(f"{model.name}: builtin tiny models are generated with a provisioned environment's "
+                                "transformers; with --vllm-runtime=docker use path= or hub= models")
+        if model.package:
+            raise ModelDirError(f"{model.name}: packaged models are converted with a provisioned environment's "
+                                "torch; with --vllm-runtime=docker use path= or hub= models")
+        if model.path:
+            preflight_model_dir(model.path)
+            return model.path
+        assert model.hub
+        return model.hub
+
+    def runtime(self, spec: ServerSpec, env: VLLMEnvironment, *, devices: Sequence[int] | None, cache: ServerCache,
+                extra_env: dict[str, str], extra_args: list[str], defaults: dict[str, str],
+                entry_point: tuple[str, ...], api_key_env: str | None) -> DockerRuntime:
+        """A container of the image with the lease's ``devices`` (``--gpus``; the host's CUDA_VISIBLE_DEVICES in
+        ``extra_env`` would be wrong inside) and the compile cache mounted. The image has its own entry point
+        and key variable."""
+        return DockerRuntime.for_spec(spec, devices=list(devices) if devices else None, cache_root=cache.root,
+                                      cache_env=cache.env, extra_args=extra_args)

@@ -11,6 +11,7 @@ import pytest
 from pytest_vllm_compat.environments import VLLMEnvironment
 from pytest_vllm_compat.gpu.discovery import GPU
 from pytest_vllm_compat.registry import ModelSpec
+from pytest_vllm_compat.runtime.backends import backend_for
 from pytest_vllm_compat.session import CompatSession, Target, tensor_parallel_size
 
 GPUS = [GPU(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3", memory_total_mib=81559,
@@ -19,7 +20,8 @@ GPUS = [GPU(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3", memory_total
 
 def _session(tmp_path: Path, runtime: str = "venv", warnings: list[str] | None = None, **kw: object) -> CompatSession:
     s = CompatSession(results_dir=tmp_path / "results", env_dir=tmp_path / "envs", device="cuda",
-                      distribution="vllm", run_id="r1", progress=lambda m: None, runtime=runtime, gpus=list(GPUS),
+                      distribution="vllm", run_id="r1", progress=lambda m: None, backend=backend_for(runtime),
+                      gpus=list(GPUS),
                       gpu_lock_dir=tmp_path / "locks", warn=(warnings.append if warnings is not None else None),
                       **kw)  # type: ignore[arg-type]
     s.envs["0.26.0"] = VLLMEnvironment(name="vllm-0.26.0-py3.11", distribution="vllm", version="0.26.0",
