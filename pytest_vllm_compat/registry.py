@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ class ModelSpec:
         return "-".join(parts)
 
 
-def serve_args_to_argv(args: dict[str, Any]) -> list[str]:
+def serve_args_to_argv(args: Mapping[str, object]) -> list[str]:
     """Turn ``{"max_model_len": 512, "enforce_eager": True}`` into ``--max-model-len 512 --enforce-eager``.
 
     ``True`` gives a bare flag, ``False``/``None`` omit it, dicts become JSON, lists repeat the flag.
@@ -127,7 +128,7 @@ def serve_args_to_argv(args: dict[str, Any]) -> list[str]:
     return argv
 
 
-def _requirements(raw: Any, where: str) -> Requirements:
+def _requirements(raw: object, where: str) -> Requirements:
     if raw is None:
         return Requirements()
     if not isinstance(raw, dict):
@@ -156,7 +157,7 @@ _PINNED_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _packaged(raw: dict[str, Any], where: str) -> tuple[str | None, str | None, str | None]:
+def _packaged(raw: Mapping[str, object], where: str) -> tuple[str | None, str | None, str | None]:
     """``package``, ``file`` and ``sha256`` of a model shipped inside a wheel, checked; all None otherwise."""
     package, file, sha = raw.get("package"), raw.get("file"), raw.get("sha256")
     if package is None:
