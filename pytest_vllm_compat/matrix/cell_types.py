@@ -19,7 +19,6 @@ __all__ = [
     "MatrixCells",
     "Regression",
     "RunSummary",
-    "StackDiff",
     "StatusChange",
     "TestEntry",
     "VersionDiff",
@@ -220,18 +219,18 @@ class StatusChange(TypedDict):
     summary: str | None
 
 
-class VersionDiff(TypedDict):
+class _DiffFields(TypedDict):
     a: str
     b: str
     changes: list[StatusChange]
 
 
-class StackDiff(TypedDict):
+class VersionDiff(_DiffFields, total=False):
+    """The cells that change from ``a`` to ``b``: consecutive versions (``diffs``), or a release and its line on
+    a pinned stack (``stack_diffs``, which also name the ``release`` and the ``stack``)."""
+
     release: str
-    a: str
-    b: str
     stack: str
-    changes: list[StatusChange]
 
 
 class MatrixCells(TypedDict):
@@ -261,7 +260,7 @@ class _MatrixFields(MatrixCells):
     drift: list[dict[str, object]]
     performance_steps: list[dict[str, object]]
     performance_regressions: list[dict[str, object]]
-    stack_diffs: list[StackDiff]
+    stack_diffs: list[VersionDiff]
 
 
 class Matrix(_MatrixFields, total=False):

@@ -13,8 +13,8 @@ from pytest_vllm_compat.matrix.cell_types import (
     InsightRow,
     MatrixCells,
     Regression,
-    StackDiff,
     StatusChange,
+    VersionDiff,
     VersionSummary,
     WorkaroundCheckCell,
     items,
@@ -112,7 +112,7 @@ def summary_by_version(cells: Sequence[Cell]) -> list[VersionSummary]:
     return out
 
 
-def stack_diffs(cells: list[Cell]) -> list[StackDiff]:
+def stack_diffs(cells: list[Cell]) -> list[VersionDiff]:
     lines: dict[str, set[str]] = defaultdict(set)
     for c in cells:
         lines[c["release"]].add(c["vllm_version"])

@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import shlex
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from pytest_vllm_compat.matrix import version_key
+from pytest_vllm_compat.matrix.cell_types import (
+    Cell,
+    LockChange,
+    Matrix,
+    VersionDiff,
+    WorkaroundCheck,
+    items,
+    mapping,
+)
 from pytest_vllm_compat.website.base import (
     DEFAULT_TITLE,
     STATUS_HELP,
@@ -30,6 +38,7 @@ from pytest_vllm_compat.website.base import (
     fmt_duration,
     kind_label,
     page,
+    render_page,
 )
 
 from . import index as site_index
@@ -40,37 +49,40 @@ from . import upgrade as site_upgrade
 __all__ = ["render", "render_site"]
 
 
-def kv_table(mapping: Mapping[str, Any] | Sequence[Any] | None, empty: str) -> dict[str, Any]:
+def kv_table(value: object, empty: str) -> dict[str, object]:
     """What ``_macros.kv_table`` shows: ``empty``, an argv list as its command line, or sorted rows."""
-    if not mapping:
+    if not value:
         return {"empty": empty, "argv": None, "rows": []}
-    if not isinstance(mapping, Mapping):  # an argv list: show it as the command line it is
-        return {"empty": None, "argv": shlex.join(str(a) for a in mapping), "rows": []}
-    return {"empty": None, "argv": None, "rows": [(k, fmt(v)) for k, v in sorted(mapping.items())]}
+    if isinstance(value, Mapping):
+        return {"empty": None, "argv": None, "rows": [(k, fmt(v)) for k, v in sorted(value.items())]}
+    if not isinstance(value, Iterable):
+        raise TypeError(f"neither a table nor an argv list: {value!r}")
+    # an argv list: show it as the command line it is
+    return {"empty": None, "argv": shlex.join(str(a) for a in value), "rows": []}
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _workaround_check(check: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _workaround_check(check: WorkaroundCheck | None) -> dict[str, object] | None:
     """Whether a run with the knowledge base's workaround pin exists for this cell's release, and its result."""
     if not check:
         return None
     return {"pin": check.get("pin"), "verified": bool(check.get("verified")),
             "cells": [{"cell_id": c["cell_id"], "line": c["line"], "installed": c["installed"], "status": c["status"]}
-                      for c in check.get("cells") or []]}
+                      for c in check["cells"]]}
 
 
-def _stack_text(cell: Mapping[str, Any]) -> str:
+def _stack_text(cell: Cell) -> str:
     if not cell.get("stack"):
         return "default (no pins)"
-    pins = (cell.get("provenance") or {}).get("pins") or {}
+    pins = mapping(mapping(cell.get("provenance")).get("pins"))
     return ", ".join(f"{k}=={v}" for k, v in pins.items()) or str(cell["stack"])
 
 
-def _cell_context(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]],
-                  logs: Mapping[str, str]) -> dict[str, Any]:
+def _cell_context(cell: Cell, siblings: Sequence[Cell],
+                  logs: Mapping[str, str]) -> dict[str, object]:
     """Everything ``cell.html.j2`` shows about one cell."""
     status = cell["status"]
     metrics = {k: v for k, v in (cell.get("metrics") or {}).items() if k not in site_measures.HIDDEN_METRICS}
@@ -105,42 +117,45 @@ def _cell_context(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]]
         "provenance": kv_table(cell.get("provenance"), "No provenance recorded."),
         "locks": [{"sha256": lk["sha256"], "packages": lk.get("packages"), "runs": ", ".join(lk.get("runs") or []),
                    "stored": bool(lk.get("stored"))} for lk in cell.get("locks") or []],
-        "lock_changes": [{"old": ch["from"], "new": ch["to"],
-                          "changed": None if ch.get("changed") is None else
-                          [{"package": c["package"], "old": c["from"] or "absent", "new": c["to"] or "absent"}
-                           for c in ch["changed"]]}
-                         for ch in cell.get("lock_changes") or []],
+        "lock_changes": [_lock_change(ch) for ch in cell.get("lock_changes") or []],
         "serve_args": kv_table(cell.get("serve_args"), "No serve args recorded."),
-        "argv": " ".join(str(a) for a in cell.get("argv") or []),
+        "argv": " ".join(str(a) for a in items(cell.get("argv"))),
         "env": kv_table(cell.get("env"), "No environment recorded."),
     }
 
 
-def _cell_page(cell: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]], title: str,
+def _lock_change(ch: LockChange) -> dict[str, object]:
+    changed = ch["changed"]
+    return {"old": ch["from"], "new": ch["to"],
+            "changed": None if changed is None else
+            [{"package": c["package"], "old": c["from"] or "absent", "new": c["to"] or "absent"} for c in changed]}
+
+
+def _cell_page(cell: Cell, siblings: Sequence[Cell], title: str,
                logs: Mapping[str, str] | None = None) -> str:
     heading = f"{cell['model']} · {cell['feature']} · vLLM {cell['vllm_version']} · {cell['platform']}"
     return page("cell.html.j2", title=f"{heading} — {title}", heading=heading,
                 c=_cell_context(cell, siblings, logs or {}))
 
 
-def _index(matrix: Mapping[str, Any], title: str) -> str:
-    return page("index.html.j2", title=title, script=True, **site_index.index_context(matrix))
+def _index(matrix: Matrix, title: str) -> str:
+    return render_page("index.html.j2", site_index.index_context(matrix), title=title, script=True)
 
 
-def _unclassified_page(matrix: Mapping[str, Any], title: str) -> str:
+def _unclassified_page(matrix: Matrix, title: str) -> str:
     ids = set(matrix.get("unclassified") or [])
     return page("unclassified.html.j2", title=f"Unclassified failures — {title}", heading="Unclassified failures",
                 cells=[c for c in matrix["cells"] if c["cell_id"] in ids])
 
 
-def _diff_page(diff: Mapping[str, Any], title: str) -> str:
+def _diff_page(diff: VersionDiff, title: str) -> str:
     heading = f"vLLM {diff['a']} → {diff['b']}"
     return page("diff.html.j2", title=f"{heading} — {title}", heading=heading, a=diff["a"], b=diff["b"],
                 changes=diff["changes"])
 
 
-def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEFAULT_TITLE,
-                locks: Mapping[str, str] | None = None, records: Sequence[Mapping[str, Any]] = ()) -> Path:
+def render_site(matrix: Matrix, out_dir: Path | str, title: str = DEFAULT_TITLE,
+                locks: Mapping[str, str] | None = None, records: Sequence[Mapping[str, object]] = ()) -> Path:
     """Write ``index.html``, ``cells/<cell_id>.html``, ``unclassified.html``, one ``diff-<a>-<b>.html`` per
     pair of consecutive versions, ``upgrade.html`` with ``upgrade-<x>-<y>.html`` per pair of published releases
     (website/upgrade.py) and ``locks/<sha256>.txt`` for each lock file a cell names (``locks``: {sha256: text});
@@ -154,7 +169,7 @@ def render_site(matrix: Mapping[str, Any], out_dir: Path | str, title: str = DEF
     logs = site_logs.copy_logs(matrix, out)
     index = out / "index.html"
     index.write_text(_index(matrix, title), encoding="utf-8")
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[Cell]] = defaultdict(list)
     for c in matrix["cells"]:
         groups[(c["model"], c["platform"], c["feature"])].append(c)
     for group in groups.values():

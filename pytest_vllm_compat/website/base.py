@@ -8,9 +8,8 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import resources
-from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
@@ -67,7 +66,7 @@ def csp(script: bool) -> str:
             "img-src 'self' data:; base-uri 'none'; form-action 'none'")
 
 
-def safe_url(url: Any) -> str | None:
+def safe_url(url: object) -> str | None:
     """The URL if its scheme is http or https, else None (so it is shown as text, not linked)."""
     if not isinstance(url, str):
         return None
@@ -89,7 +88,7 @@ def diff_page_name(a: str, b: str) -> str:
     return f"diff-{file_slug(a)}-{file_slug(b)}.html"
 
 
-def fmt(value: Any) -> str:
+def fmt(value: object) -> str:
     """A metric for people: 3 significant digits, thousands separators, JSON for structures."""
     if value is None:
         return ""
@@ -102,11 +101,11 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def fmt_duration(value: Any) -> str:
+def fmt_duration(value: object) -> str:
     return f"{value:.2f} s" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
 
-def kind_label(kind: Any) -> str:
+def kind_label(kind: object) -> str:
     return KIND_LABELS.get(str(kind), "Unclassified" if kind in (None, "", "unknown") else str(kind))
 
 
@@ -129,7 +128,7 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
-def _finalize(value: Any) -> Any:
+def _finalize(value: object) -> object:
     return "" if value is None else value  # a missing record field shows as nothing, not "None"
 
 
@@ -146,16 +145,23 @@ ENV.globals.update(safe_url=safe_url, STATUS_HELP=STATUS_HELP, STATUS_ORDER=STAT
 ENV.filters.update(fmt=fmt, duration=fmt_duration, kind_label=kind_label)
 
 
-def render_template(name: str, **context: Any) -> str:
+def render_template(name: str, /, **context: object) -> str:
     return ENV.get_template(name).render(**context)
 
 
-def fragment(name: str, **context: Any) -> Markup:
+def fragment(name: str, /, **context: object) -> Markup:
     """A template rendered for inclusion in another (an SVG chart): already escaped, so marked safe."""
     return Markup(render_template(name, **context).rstrip("\n"))  # the template autoescaped every value
 
 
-def page(name: str, *, title: str, heading: str = "", script: bool = False, **context: Any) -> str:
+def page(name: str, /, *, title: str, heading: str = "", script: bool = False, **context: object) -> str:
     """A whole page: ``templates/<name>`` extends ``_page.html.j2`` (head, CSP, inline style and script)."""
-    return render_template(name, title=title, heading=heading or title, csp=csp(script),
-                           css=Markup(CSS), script=Markup(SCRIPT) if script else "", **context)  # our own files, trusted
+    return render_page(name, context, title=title, heading=heading, script=script)
+
+
+def render_page(name: str, context: Mapping[str, object], *, title: str, heading: str = "",
+                script: bool = False) -> str:
+    """:func:`page` with its template's values given as one mapping (a view builder's context)."""
+    frame: dict[str, object] = {"title": title, "heading": heading or title, "csp": csp(script),
+                                "css": Markup(CSS), "script": Markup(SCRIPT) if script else ""}  # our own files, trusted
+    return render_template(name, **frame, **context)  # a key in both is a TypeError, as in a call

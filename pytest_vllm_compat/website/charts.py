@@ -7,10 +7,10 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from markupsafe import Markup
 
+from pytest_vllm_compat.matrix.cell_types import Cell, Matrix, items, mapping
 from pytest_vllm_compat.website.base import PALETTE, fmt, fragment
 
 from . import measures as site_measures
@@ -49,7 +49,7 @@ class _Axes:
     def y_of(self, v: float) -> float:
         return self.top + self.ph - self.ph * (v / self.ymax if self.ymax else 0)
 
-    def context(self) -> dict[str, Any]:
+    def context(self) -> dict[str, object]:
         return {"left": self.left, "top": self.top, "right_x": self.right_x, "bottom_y": self.top + self.ph,
                 "grid": self.grid, "versions": self.versions}
 
@@ -58,7 +58,7 @@ def _color(i: int, label: str, colors: Mapping[str, str] | None) -> str:
     return (colors or {}).get(label) or PALETTE[i % len(PALETTE)]
 
 
-def _legend(labels: Sequence[str], *, x: int, y: int, colors: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def _legend(labels: Sequence[str], *, x: int, y: int, colors: Mapping[str, str] | None = None) -> list[dict[str, object]]:
     return [{"x": x, "text_x": x + 14, "rect_y": y + 15 * i - 9, "text_y": y + 15 * i,
              "color": _color(i, label, colors), "label": label} for i, label in enumerate(labels)]
 
@@ -120,18 +120,18 @@ def _whisker(axes: _Axes, rng: tuple[float, float] | None) -> dict[str, str] | N
     return {"y1": f"{axes.y_of(rng[0]):.1f}", "y2": f"{axes.y_of(rng[1]):.1f}"}
 
 
-def _metric_ranges(cells: Sequence[Mapping[str, Any]], metric: str) -> dict[str, dict[str, tuple[float, float]]]:
+def _metric_ranges(cells: Sequence[Cell], metric: str) -> dict[str, dict[str, tuple[float, float]]]:
     """Per (model, platform) and version: the lowest and highest repeat of ``metric`` (``perf_repeats``)."""
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for c in cells:
-        for r in (c.get("metrics") or {}).get("perf_repeats") or []:
-            value = r.get(metric)
+        for r in items((c.get("metrics") or {}).get("perf_repeats")):
+            value = mapping(r).get(metric)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 acc[f"{c['model']} · {c['platform']}"][c["vllm_version"]].append(float(value))
     return {label: {v: (min(xs), max(xs)) for v, xs in by_v.items()} for label, by_v in acc.items()}
 
 
-def _metric_series(cells: Sequence[Mapping[str, Any]], metric: str) -> list[tuple[str, dict[str, float]]]:
+def _metric_series(cells: Sequence[Cell], metric: str) -> list[tuple[str, dict[str, float]]]:
     """Per (model, platform): the median of ``metric`` over the cells of each version."""
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for c in cells:
@@ -141,7 +141,7 @@ def _metric_series(cells: Sequence[Mapping[str, Any]], metric: str) -> list[tupl
     return [(label, {v: statistics.median(xs) for v, xs in by_v.items()}) for label, by_v in sorted(acc.items())]
 
 
-def _data_table(versions: Sequence[str], series: Series, fmt: Formatter, ranges: Ranges | None = None) -> dict[str, Any]:
+def _data_table(versions: Sequence[str], series: Series, fmt: Formatter, ranges: Ranges | None = None) -> dict[str, object]:
     def cell(label: str, vals: Mapping[str, float], v: str) -> str:
         if vals.get(v) is None:
             return ""
@@ -156,15 +156,16 @@ def _pct(v: float) -> str:
     return f"{v:.0%}"
 
 
-def plots(matrix: Mapping[str, Any]) -> dict[str, Any]:
+def plots(matrix: Matrix) -> dict[str, object]:
     """The index's figures (pass rate, start time, KV cache, performance) and its drift/performance lists."""
     versions = matrix["versions"]
     rates: dict[str, dict[str, float]] = defaultdict(dict)
     for row in matrix.get("summary_by_version") or []:
-        if row.get("pass_rate") is not None:
-            rates[row["platform"]][row["vllm_version"]] = row["pass_rate"]
+        rate = row["pass_rate"]
+        if rate is not None:
+            rates[row["platform"]][row["vllm_version"]] = rate
     rate_series = sorted(rates.items())
-    figures: list[dict[str, Any]] = [{
+    figures: list[dict[str, object]] = [{
         "id": "plot-pass-rate", "caption": "Pass rate per vLLM version (applicable cells)", "metric": None,
         "svg": svg_bar_chart("Pass rate per vLLM version", versions, rate_series),
         "table": _data_table(versions, rate_series, _pct)}]

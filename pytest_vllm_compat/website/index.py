@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
-from typing import Any
 
 from pytest_vllm_compat.matrix import FAILING, UNKNOWN_CATEGORY, diff_versions, sort_versions, version_key
+from pytest_vllm_compat.matrix.cell_types import Cell, Matrix, VersionDiff, items, mapping
 from pytest_vllm_compat.outcomes import SEVERITY, SKIPPED
 from pytest_vllm_compat.website.base import (
     ABBREV,
@@ -24,8 +24,6 @@ from pytest_vllm_compat.website.base import (
 
 from . import charts as site_charts
 from . import measures as site_measures
-
-Cell = Mapping[str, Any]
 
 
 def group_key(group: str) -> tuple[int, str]:
@@ -68,7 +66,7 @@ def group_title(group: str, version: str, cells: Sequence[Cell], worst: str) -> 
     return f"{head} — of {len(cells)} {noun(group)}: {'; '.join(parts)}"
 
 
-def chip(group: str, version: str, cells: Sequence[Cell]) -> dict[str, Any]:
+def chip(group: str, version: str, cells: Sequence[Cell]) -> dict[str, object]:
     """One version's chip in a feature group's overview column (``status`` None: not tested)."""
     worst = aggregate_status(c["status"] for c in cells)
     wide = len(version) > 7  # a long version (0.6.4.post2) gets a whole line
@@ -81,7 +79,7 @@ def chip(group: str, version: str, cells: Sequence[Cell]) -> dict[str, Any]:
             "title": group_title(group, version, cells, worst) + (" — regression" if regression else "")}
 
 
-def overview(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
+def overview(matrix: Matrix) -> list[dict[str, object]]:
     """Per platform: one row per model, one column per feature group, one chip per vLLM version."""
     cells = matrix["cells"]
     fams = families(cells)
@@ -90,7 +88,7 @@ def overview(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
         defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for c in cells:
         by_platform[c["platform"]][c["model"]][(feature_group(c["feature"]), c["vllm_version"])].append(c)
-    blocks = []
+    blocks: list[dict[str, object]] = []
     for platform in sorted(by_platform):
         models = by_platform[platform]
         pcells = [c for c in cells if c["platform"] == platform]
@@ -114,7 +112,7 @@ def overview(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
-def _grid_cell(cell: Cell | None) -> dict[str, Any] | None:
+def _grid_cell(cell: Cell | None) -> dict[str, object] | None:
     if cell is None:
         return None
     status = cell["status"]
@@ -124,7 +122,7 @@ def _grid_cell(cell: Cell | None) -> dict[str, Any] | None:
             "note": site_measures.grid_note(cell)}
 
 
-def grid(matrix: Mapping[str, Any]) -> dict[str, Any]:
+def grid(matrix: Matrix) -> dict[str, object]:
     """Per feature: a table of (model, platform) rows and version columns; the features whose every cell is
     unsupported or not applicable apart (``skipped``, shown collapsed)."""
     versions = matrix.get("releases") or matrix["versions"]
@@ -133,10 +131,10 @@ def grid(matrix: Mapping[str, Any]) -> dict[str, Any]:
     fams = families(matrix["cells"])
     for c in matrix["cells"]:
         by_feature[c["feature"]][(c["model"], c["platform"])][c["vllm_version"]] = c
-    shown: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
+    shown: list[dict[str, object]] = []
+    skipped: list[dict[str, object]] = []
     for feature in sorted(by_feature, key=feature_key):
-        section = {"feature": feature, "anchor": feature_anchor(feature),
+        section: dict[str, object] = {"feature": feature, "anchor": feature_anchor(feature),
                    "rows": [{"model": model, "platform": platform, "families": fams.get(model, []),
                              "cells": [_grid_cell(by_version.get(v)) for v in versions]}
                             for (model, platform), by_version in sorted(by_feature[feature].items())]}
@@ -146,11 +144,11 @@ def grid(matrix: Mapping[str, Any]) -> dict[str, Any]:
             "shown": shown, "skipped": skipped}
 
 
-def filters(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
+def filters(matrix: Matrix) -> list[dict[str, object]]:
     """The filter form's selects: (id, label, [(value, text)])."""
     statuses = [*STATUS_ORDER, "regression"]
 
-    def select(ident: str, label: str, values: Iterable[str], *, words: bool = False) -> dict[str, Any]:
+    def select(ident: str, label: str, values: Iterable[str], *, words: bool = False) -> dict[str, object]:
         return {"id": ident, "label": label,
                 "options": [(v, v.replace("_", " ") if words else v) for v in values]}
 
@@ -160,7 +158,7 @@ def filters(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
             select("f-status", "Status", statuses, words=True)]
 
 
-def failure_split(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
+def failure_split(matrix: Matrix) -> list[dict[str, object]]:
     """Failing cells grouped by who is to blame (classification kind), then by category."""
     groups: dict[str, dict[str, list[Cell]]] = defaultdict(lambda: defaultdict(list))
     for c in matrix["cells"]:
@@ -182,39 +180,39 @@ def failure_split(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
-def diffs(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
+def diffs(matrix: Matrix) -> list[VersionDiff]:
     if "diffs" in matrix:
         return list(matrix["diffs"])
     versions = matrix["versions"]
     return [{"a": a, "b": b, "changes": diff_versions(matrix, a, b)} for a, b in pairwise(versions)]
 
 
-def change_counts(changes: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def change_counts(changes: Sequence[Mapping[str, object]]) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     for ch in changes:
         counts[str(ch["change"])] += 1
     return dict(sorted(counts.items()))
 
 
-def _change_item(d: Mapping[str, Any]) -> dict[str, Any]:
+def _change_item(d: VersionDiff) -> dict[str, object]:
     return {"page": diff_page_name(d["a"], d["b"]), "a": d["a"], "b": d["b"], "release": d.get("release"),
             "stack": d.get("stack"), "n": len(d["changes"]), "counts": change_counts(d["changes"])}
 
 
-def bisections(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
+def bisections(matrix: Matrix) -> list[dict[str, object]]:
     """``vllm-compat bisect`` results found in the results dirs: which release broke (or fixed) what."""
-    items = []
+    found: list[dict[str, object]] = []
     for b in matrix.get("bisections") or []:
-        flipped = b.get("flipped") or []
-        items.append({
+        flipped = [mapping(f) for f in items(b.get("flipped"))]
+        found.append({
             "tests": ", ".join(sorted({str(f.get("test")) for f in flipped})),
             "categories": ", ".join(sorted({str(f.get("category")) for f in flipped if f.get("category")})),
             "first_bad": b.get("first_bad"), "last_good": b.get("last_good"),
             "first_fixed": b.get("first_fixed"), "last_bad": b.get("last_bad"), "conclusion": b.get("conclusion"),
             "link": safe_url(b.get("compare_url")), "probed": b.get("probed"), "range_size": b.get("range_size"),
-            "good": b.get("good"), "bad": b.get("bad"), "selection": " ".join(b.get("selection") or []),
-            "attribution": attribution_view(b.get("attribution"))})
-    return items
+            "good": b.get("good"), "bad": b.get("bad"), "selection": " ".join(str(s) for s in items(b.get("selection"))),
+            "attribution": attribution_view(mapping(b.get("attribution")))})
+    return found
 
 
 DECISION_LABELS = {"follows_code": "follows vLLM's code", "follows_package": "follows a package",
@@ -222,18 +220,18 @@ DECISION_LABELS = {"follows_code": "follows vLLM's code", "follows_package": "fo
                    "inconclusive": "inconclusive"}
 
 
-def attribution_view(att: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def attribution_view(att: Mapping[str, object] | None) -> dict[str, object] | None:
     """An attribution (attribution.py) as the Bisections section shows it: the answer, then each probe with
     its pins, environment, lock and result."""
     if not att:
         return None
     probes = []
-    for p in att.get("probes") or []:
-        probes.append({"kind": p.get("kind"), "pins": ", ".join(p.get("pins") or []) or "(none: the release as is)",
+    for p in map(mapping, items(att.get("probes"))):
+        probes.append({"kind": p.get("kind"), "pins": _joined(p.get("pins")) or "(none: the release as is)",
                        "verdict": p.get("verdict"), "flips": bool(p.get("flips")),
                        "why": p.get("conflict") or p.get("reason") or "", "env": p.get("env_name") or "",
-                       "lock": (p.get("lock_sha256") or "")[:16], "installed": bool(p.get("installed")),
-                       "runs": ", ".join(p.get("run_ids") or []), "logs": ", ".join(p.get("logs") or []),
+                       "lock": str(p.get("lock_sha256") or "")[:16], "installed": bool(p.get("installed")),
+                       "runs": _joined(p.get("run_ids")), "logs": _joined(p.get("logs")),
                        "wall_s": p.get("wall_s")})
     label = DECISION_LABELS.get(str(att.get("decision")), str(att.get("decision")))
     summary = str(att.get("summary") or "")
@@ -242,10 +240,15 @@ def attribution_view(att: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {"decision": label,
             "summary": summary, "version": att.get("version"), "against": att.get("against"),
             "installs": att.get("installs"), "refused": att.get("refused"), "wall_s": att.get("wall_s"),
-            "notes": list(att.get("notes") or []), "probes": probes}
+            "notes": list(items(att.get("notes"))), "probes": probes}
 
 
-def index_context(matrix: Mapping[str, Any]) -> dict[str, Any]:
+def _joined(values: object) -> str:
+    """A JSON list of strings as one line."""
+    return ", ".join(str(v) for v in items(values))
+
+
+def index_context(matrix: Matrix) -> dict[str, object]:
     """Everything ``index.html.j2`` shows."""
     cells = matrix["cells"]
     return {

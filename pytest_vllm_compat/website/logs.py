@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from pytest_vllm_compat.matrix.cell_types import Cell, Matrix
 
 MAX_LOG_BYTES = 2_000_000  # a longer log keeps its last 2 MB (the failure is at the end)
 LOGS = "logs"
@@ -18,7 +19,7 @@ def excerpt_name(cell_id: str) -> str:
     return f"{cell_id}.excerpt.txt"
 
 
-def copy_logs(matrix: Mapping[str, Any], out: Path) -> dict[str, str]:
+def copy_logs(matrix: Matrix, out: Path) -> dict[str, str]:
     """Write the excerpts and copy the logs that exist here; returns {log_path: file name under logs/}."""
     links: dict[str, str] = {}
     target = out / LOGS
@@ -28,7 +29,7 @@ def copy_logs(matrix: Mapping[str, Any], out: Path) -> dict[str, str]:
             (target / excerpt_name(cell["cell_id"])).write_text(str(cell["log_excerpt"]), encoding="utf-8")
         for test in cell.get("tests") or []:
             path = test.get("log_path")
-            if not path or path in links:
+            if not isinstance(path, str) or not path or path in links:
                 continue
             src = Path(path)
             if not src.is_file():
@@ -44,7 +45,7 @@ def copy_logs(matrix: Mapping[str, Any], out: Path) -> dict[str, str]:
     return links
 
 
-def log_link(path: str | None, links: Mapping[str, str]) -> dict[str, str | None] | None:
+def log_link(path: object, links: Mapping[str, str]) -> dict[str, str | None] | None:
     """A test row's log: the file name and a relative link to the copy (``href`` None: not copied here)."""
     if not path:
         return None
@@ -52,7 +53,7 @@ def log_link(path: str | None, links: Mapping[str, str]) -> dict[str, str | None
     return {"name": Path(str(path)).name, "href": f"../{LOGS}/{name}" if name is not None else None}
 
 
-def excerpt_href(cell: Mapping[str, Any]) -> str | None:
+def excerpt_href(cell: Cell) -> str | None:
     """The relative link to the cell's log excerpt as a text file; None without an excerpt."""
     if not cell.get("log_excerpt"):
         return None

@@ -7,8 +7,8 @@ functions shape the data;
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
+from ..matrix.cell_types import Cell, Matrix, items, mapping
 from ..perf_compare import MEASURES, describe_measure
 
 # Metrics shown in their own sections, not in the cell page's metrics table.
@@ -37,19 +37,27 @@ _FIGURES = (("output tokens/s", "tokens_per_s"), ("TTFT p50 (ms)", "ttft_p50_ms"
             ("ITL p50 (ms)", "itl_p50_ms"), ("ITL p95 (ms)", "itl_p95_ms"))
 
 
-def grid_note(cell: Mapping[str, Any]) -> dict[str, Any]:
+def grid_note(cell: Cell) -> dict[str, object]:
     """Under a grid cell's status word: the drift verdict, and each measure the interleaved comparison with the
     previous release found slower."""
     d = cell.get("drift")
     step = cell.get("perf_step") or {}
+    measures = mapping(step.get("measures"))
     return {"drift": str(d["verdict"]) if d else None,
-            "perf": [{"figure": name, "change": f"{step['measures'][name]['change']:+.0%}"}
-                     for name in step.get("regressions") or []]}
+            "perf": [{"figure": name, "change": f"{_number(mapping(measures[str(name)])['change']):+.0%}"}
+                     for name in items(step.get("regressions"))]}
 
 
-def step_view(step: Mapping[str, Any]) -> dict[str, Any]:
+def _number(value: object) -> float:
+    """A JSON number; anything else is a malformed document."""
+    if isinstance(value, (int, float)):
+        return value
+    raise TypeError(f"not a number: {value!r}")
+
+
+def step_view(step: Mapping[str, object]) -> dict[str, object]:
     """One step between consecutive releases: per measure, the ratio with its interval and the verdict."""
-    measures = step.get("measures") or {}
+    measures = {k: mapping(v) for k, v in mapping(step.get("measures")).items()}
     return {"model": step["model"], "from_version": step["from_version"], "to_version": step["to_version"],
             "compared": bool(step.get("compared")), "reason": step.get("reason"), "rounds": step.get("rounds"),
             "host_class": step.get("host_class"), "vs_cell_id": step.get("vs_cell_id"),
@@ -57,12 +65,13 @@ def step_view(step: Mapping[str, Any]) -> dict[str, Any]:
                          if name in measures else {"name": name, "verdict": None, "text": "–"} for name in MEASURES]}
 
 
-def drift_section(cell: Mapping[str, Any]) -> dict[str, Any] | None:
+def drift_section(cell: Cell) -> dict[str, object] | None:
     """The cell page's drift verdict and, per prompt, the two outputs (None: the cell measured no drift)."""
     d = cell.get("drift")
     if not d:
         return None
     verdict = str(d["verdict"])
+    prompts = [mapping(p) for p in items(d.get("prompts"))]
     return {
         "verdict": verdict,
         "help": DRIFT_HELP.get(verdict),
@@ -77,35 +86,35 @@ def drift_section(cell: Mapping[str, Any]) -> dict[str, Any] | None:
                      "max_abs_dlogprob_before": p.get("max_abs_dlogprob_before"),
                      "a": _marked(p.get("text_a"), p.get("offset_a")),
                      "b": _marked(p.get("text_b"), p.get("offset_b"))}
-                    for p in d.get("prompts") or []],
+                    for p in prompts],
     }
 
 
-def _marked(text: str | None, offset: int | None) -> dict[str, Any] | None:
+def _marked(text: object, offset: object) -> dict[str, object] | None:
     """An output split where it diverges (``after`` is marked); None when the text is missing."""
-    if text is None:
+    if not isinstance(text, str):
         return None
-    if offset is None:
+    if not isinstance(offset, int):
         return {"before": text, "after": None}
     return {"before": text[:offset], "after": text[offset:]}
 
 
-def _spread(metrics: Mapping[str, Any], key: str) -> str:
+def _spread(metrics: Mapping[str, object], key: str) -> str:
     value = metrics.get(f"{key}_spread")
-    return "" if value is None else f"{float(value):.1%}"
+    return "" if value is None else f"{_number(value):.1%}"
 
 
-def performance_section(cell: Mapping[str, Any]) -> dict[str, Any] | None:
+def performance_section(cell: Cell) -> dict[str, object] | None:
     """The cell page's performance figures, server starts and regression flags (None: nothing measured)."""
     m = cell.get("metrics") or {}
     if m.get("tokens_per_s") is None and m.get("start_first_s") is None:
         return None
-    workload = m.get("perf_workload")
+    workload = mapping(m.get("perf_workload"))
     return {
         "workload": ", ".join(f"{k}={v}" for k, v in workload.items()) if workload else None,
         "host_class": m.get("host_class"),
         "figures": [{"label": label, "median": m.get(key), "spread": _spread(m, key),
-                     "repeats": ", ".join(str(r.get(key)) for r in m.get("perf_repeats") or [])}
+                     "repeats": ", ".join(str(mapping(r).get(key)) for r in items(m.get("perf_repeats")))}
                     for label, key in _FIGURES if m.get(key) is not None],
         "starts": [{"label": label, "seconds": m.get(f"start_{which}_s"), "cache": m.get(f"compile_cache_{which}"),
                     "reason": m.get(f"compile_cache_{which}_reason") or ""}
@@ -115,12 +124,13 @@ def performance_section(cell: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def index_section(matrix: Mapping[str, Any]) -> dict[str, Any]:
+def index_section(matrix: Matrix) -> dict[str, object]:
     """Drift verdicts per series and the performance regressions, for the index's trends section."""
     return {
         "drift": [{"model": r["model"], "platform": r["platform"], "stack": r["stack"] or "default",
                    "steps": [{"version": v, "verdict": str(verdict), "cell_id": cid}
-                             for v, verdict, cid in zip(r["versions"], r["verdicts"], r["cell_ids"], strict=True)]}
+                             for v, verdict, cid in zip(items(r["versions"]), items(r["verdicts"]),
+                                                        items(r["cell_ids"]), strict=True)]}
                   for r in matrix.get("drift") or []],
         "measure_names": list(MEASURES),
         "steps": [step_view(st) for st in matrix.get("performance_steps") or []],

@@ -9,9 +9,9 @@ import re
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Any
 
 from pytest_vllm_compat import upgrade as up
+from pytest_vllm_compat.matrix.cell_types import Matrix
 from pytest_vllm_compat.versions import sort_versions
 from pytest_vllm_compat.website.base import file_slug, page
 
@@ -28,7 +28,7 @@ def page_name(x: str, y: str) -> str:
     return f"upgrade-{file_slug(x)}-{file_slug(y)}.html"
 
 
-def published_releases(matrix: Mapping[str, Any]) -> list[str]:
+def published_releases(matrix: Matrix) -> list[str]:
     """The releases with cells of the default stack (no ``+stack`` lines)."""
     return sort_versions(c["release"] for c in matrix.get("cells") or [] if not c.get("stack"))
 
@@ -45,7 +45,7 @@ def _evidence_url(e: up.Evidence) -> str | None:
     return None
 
 
-def _perf_from_matrix(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _perf_from_matrix(matrix: Matrix) -> list[dict[str, object]]:
     """The matrix's interleaved performance steps (``performance_steps``), in the perf-compare shape."""
     out = []
     for s in matrix.get("performance_steps") or []:
@@ -56,7 +56,7 @@ def _perf_from_matrix(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _context(r: up.UpgradeReport) -> dict[str, Any]:
+def _context(r: up.UpgradeReport) -> dict[str, object]:
     models = []
     for sec in r.models:
         rows = []
@@ -81,7 +81,7 @@ def _context(r: up.UpgradeReport) -> dict[str, Any]:
             "from_run": r.from_run, "to_run": r.to_run}
 
 
-def selector(releases: Sequence[str], current: tuple[str, str] | None = None) -> dict[str, Any]:
+def selector(releases: Sequence[str], current: tuple[str, str] | None = None) -> dict[str, object]:
     """The from/to table: one row per "from" release, one column per "to" release, a link where from < to."""
     return {"releases": list(releases), "current": list(current) if current else None,
             "rows": [{"x": x, "cells": [{"y": y, "page": page_name(x, y) if i < j else None}
@@ -89,8 +89,8 @@ def selector(releases: Sequence[str], current: tuple[str, str] | None = None) ->
                      for i, x in enumerate(releases)]}
 
 
-def write_pages(matrix: Mapping[str, Any], out: Path, title: str,
-                records: Sequence[Mapping[str, Any]] = (), locks: Mapping[str, str] | None = None,
+def write_pages(matrix: Matrix, out: Path, title: str,
+                records: Sequence[Mapping[str, object]] = (), locks: Mapping[str, str] | None = None,
                 check_report: Path | None = None) -> list[Path]:
     """Write ``upgrade.html`` and one page per pair of published releases; returns the pages written."""
     releases = published_releases(matrix)
