@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import typing
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
@@ -53,8 +57,6 @@ def test_precedence_cli_env_ini_default(ini_dir: pytest.Pytester, name: str, fla
 def test_a_session_built_without_options_has_the_options_defaults(pytester: pytest.Pytester) -> None:
     """The defaults are written once: a CompatSession built directly (benchmarks, perf campaigns) starts, keeps and
     restarts servers as a pytest run without options does (max_servers was 1 there and 2 here)."""
-    import dataclasses
-
     from pytest_vllm_compat.session import CompatSession
 
     got = resolve_all(pytester.parseconfig(), {})
@@ -215,8 +217,6 @@ def test_vllm_python_bare_name_is_looked_up_on_path(pytester: pytest.Pytester, t
 
 
 def test_settings_has_a_typed_field_per_option_with_its_source(ini_dir: pytest.Pytester) -> None:
-    import dataclasses
-
     fields = {f.name for f in dataclasses.fields(options.Settings)} - {"resolved"}
     assert fields == {options.field_name(o.name) for o in OPTIONS}
     s = options.resolve_settings(ini_dir.parseconfig("--vllm=0.32.0", "--vllm-with=transformers==5.16.1"),
@@ -229,3 +229,71 @@ def test_settings_has_a_typed_field_per_option_with_its_source(ini_dir: pytest.P
     assert s.given_as("vllm_versions") == "--vllm" and s.given_as("vllm_max_servers") == "--vllm-max-servers"
     assert isinstance(s.results, Path) and s.env_dir is None and s.pre is False and s.shard == ""
     assert s.resolved["vllm_port"] == resolve(ini_dir.parseconfig(), "vllm_port", {})
+
+
+SAMPLE = {"str": "x", "flag": "true", "int": "3", "float": "2.5", "path": "p", "command": "bin/python", "multi": "a==1"}
+
+
+def test_each_settings_field_declares_the_option_that_fills_it(pytester: pytest.Pytester) -> None:
+    """One declaration drives all of it: the flag and ini key pytest registers, the conversion, and the typed
+    field the value lands in. Every option set in the ini file arrives in its field, as the field's type."""
+    hints = typing.get_type_hints(options.Settings)
+    assert [o.name for o in OPTIONS] == [options.ini_name(f.name) for f in dataclasses.fields(options.Settings)
+                                         if f.name != "resolved"]
+    given = {o.name: o.choices[-1] if o.choices else SAMPLE[o.kind] for o in OPTIONS}
+    pytester.makeini("[pytest]\n" + "".join(f"{name} = {value}\n" for name, value in given.items()))
+    config = pytester.parseconfig()
+    s = options.resolve_settings(config, {})
+    for o in OPTIONS:
+        field = options.field_name(o.name)
+        assert config.getini(o.name) == given[o.name], o.name  # the ini key is registered
+        assert s.source(o.name) == "ini", o.name
+        held = options.field_type(hints[field])
+        assert isinstance(getattr(s, field), held), o.name
+        assert o.kind == options.KIND_OF_TYPE[held] or options.SPECIAL_KINDS.get(o.kind) is held, o.name
+    assert (s.pre, s.port, s.drift_tolerance, s.with_, s.device) == (True, 3, 2.5, "a==1", "cpu")
+    assert s.python == pytester.path / "bin" / "python" and s.results == pytester.path / "p"
+    # and each flag, with the option's name as its dest
+    for o in OPTIONS:
+        value = "true" if o.kind == "flag" else given[o.name]
+        args = [o.flag] if o.kind == "flag" else [f"{o.flag}={value}"]
+        assert pytester.parseconfig(*args).getoption(o.name) in (value, [value]), o.flag
+
+
+def test_a_new_field_is_a_new_option() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Extra:
+        retries: Annotated[int, options.Option("--vllm-retries", "VLLM_COMPAT_RETRIES", "1", "how often")]
+        cache: Annotated[Path | None, options.Option("--vllm-cache", "VLLM_COMPAT_CACHE", "", "where")]
+        not_an_option: str
+
+    assert options.declared_options(Extra) == (
+        options.Option("--vllm-retries", "VLLM_COMPAT_RETRIES", "1", "how often", kind="int", name="vllm_retries"),
+        options.Option("--vllm-cache", "VLLM_COMPAT_CACHE", "", "where", kind="path", name="vllm_cache"))
+
+
+def test_a_field_type_or_kind_that_does_not_convert_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class ListField:
+        ids: Annotated[list[str], options.Option("--vllm-ids", "VLLM_COMPAT_IDS", "", "ids")]
+
+    @dataclasses.dataclass(frozen=True)
+    class MultiPath:
+        dirs: Annotated[Path, options.Option("--vllm-dirs", "VLLM_COMPAT_DIRS", "", "dirs", kind="multi")]
+
+    for bad in (ListField, MultiPath):
+        with pytest.raises(TypeError, match=f"{bad.__name__}[.]"):
+            options.declared_options(bad)
+
+
+def test_the_readme_table_lists_each_option_with_its_env_and_default() -> None:
+    """The README's table of options is the one other place they are written: the same flags, each with its
+    environment variable and, where the default is a value, that value."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {m[1]: (m[2], m[3]) for m in re.finditer(r"^\| `(--vllm[\w-]*)` \| `(\w+)` \| ([^|]*) \|", readme, re.M)}
+    assert sorted(rows) == sorted(o.flag for o in OPTIONS)
+    for o in OPTIONS:
+        env, default = rows[o.flag]
+        assert env == o.env, o.flag
+        if o.default and o.kind != "flag":
+            assert default.strip() == f"`{o.default}`", o.flag
