@@ -255,7 +255,7 @@ def _dtype(serve_args: Any) -> str:
     return ""
 
 
-def _stored_outputs(metrics: Mapping[str, object]) -> list[Output]:
+def stored_outputs(metrics: Mapping[str, object]) -> list[Output]:
     """The drift outputs a cell's metrics carry (``drift_outputs``: a list of ``Output.to_dict()``)."""
     data = metrics.get("drift_outputs")
     return outputs_of([d for d in data if isinstance(d, Mapping)]) if isinstance(data, list) else []
@@ -285,7 +285,7 @@ def annotate_cells(cells: Sequence[Cell], tolerance: float = DEFAULT_TOLERANCE) 
                 c["drift"] = {"verdict": "not_comparable", "vs": prev["vllm_version"], "vs_cell_id": prev["cell_id"],
                               "reason": "the two versions served different weights", **base}
             else:
-                result = compare(_stored_outputs(prev["metrics"]), _stored_outputs(m), tolerance)
+                result = compare(stored_outputs(prev["metrics"]), stored_outputs(m), tolerance)
                 c["drift"] = {**result, "vs": prev["vllm_version"], "vs_cell_id": prev["cell_id"], **base}
             prev = c
         rows.append({"model": model, "platform": platform, "dtype": dtype, "stack": stack,

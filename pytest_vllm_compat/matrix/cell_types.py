@@ -268,3 +268,4 @@ class Matrix(_MatrixFields, total=False):
 
     bisections: list[dict[str, object]]
     attributions: list[dict[str, object] | None]
+    sources: list[str]  # the results dirs read, as the upgrade report names them (upgrade.load_inputs)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from ..matrix.cell_types import Cell, Matrix, items, mapping
 from ..perf_compare import MEASURES, describe_measure
+from ..record_types import as_float
 
 # Metrics shown in their own sections, not in the cell page's metrics table.
 HIDDEN_METRICS = ("drift_outputs", "drift_settings", "perf_repeats", "perf_workload")
@@ -44,15 +45,9 @@ def grid_note(cell: Cell) -> dict[str, object]:
     step = cell.get("perf_step") or {}
     measures = mapping(step.get("measures"))
     return {"drift": str(d["verdict"]) if d else None,
-            "perf": [{"figure": name, "change": f"{_number(mapping(measures[str(name)])['change']):+.0%}"}
+            "perf": [{"figure": name, "change": f"{as_float(mapping(measures[str(name)])['change']):+.0%}"}
                      for name in items(step.get("regressions"))]}
 
-
-def _number(value: object) -> float:
-    """A JSON number; anything else is a malformed document."""
-    if isinstance(value, (int, float)):
-        return value
-    raise TypeError(f"not a number: {value!r}")
 
 
 def step_view(step: Mapping[str, object]) -> dict[str, object]:
@@ -101,7 +96,7 @@ def _marked(text: object, offset: object) -> dict[str, object] | None:
 
 def _spread(metrics: Mapping[str, object], key: str) -> str:
     value = metrics.get(f"{key}_spread")
-    return "" if value is None else f"{_number(value):.1%}"
+    return "" if value is None else f"{as_float(value):.1%}"
 
 
 def performance_section(cell: Cell) -> dict[str, object] | None:
