@@ -38,6 +38,7 @@ from .knowledge_base import (
 )
 from .log_errors import first_error, root_exception
 from .log_settle import http_error_status
+from .record_types import Classification as ClassificationRecord
 
 __all__ = [
     "BLOCK_LINES",
@@ -65,9 +66,8 @@ class Classification:
     matched: str  # the text line that matched ("" for unknown)
     workaround_pin: str = ""
 
-    def to_dict(self) -> dict[str, object]:
-        extra: dict[str, object] = {"workaround_pin": self.workaround_pin} if self.workaround_pin else {}
-        return {
+    def to_dict(self) -> ClassificationRecord:
+        out: ClassificationRecord = {
             "id": self.id,
             "category": self.category,
             "kind": self.kind,
@@ -77,8 +77,10 @@ class Classification:
             "workaround": self.workaround,
             "fixed_in": self.fixed_in,
             "matched": self.matched,
-            **extra,
         }
+        if self.workaround_pin:
+            out["workaround_pin"] = self.workaround_pin
+        return out
 
 
 @dataclass(frozen=True)

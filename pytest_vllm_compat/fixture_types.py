@@ -32,7 +32,7 @@ class ItemState:
     call_started: float | None = None
     reports: dict[str, pytest.TestReport] = field(default_factory=dict)
     feature: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, object] = field(default_factory=dict)
     server_error: ServerError | None = None
     crash_note: str | None = None
     log_offsets: dict[int, int] = field(default_factory=dict)  # id(server) -> log size when handed to the test
@@ -45,7 +45,7 @@ class ItemState:
 class RecordExtras:
     """Handed to a test by the ``vllm_record`` fixture: what it measured and its precise feature."""
 
-    metrics: dict[str, Any]
+    metrics: dict[str, object]
     state: ItemState
 
     @property
@@ -129,7 +129,7 @@ class OpenAISDK:
     """``vllm_openai``: the official ``openai.OpenAI`` client bound to the server (base URL, API key), and the
     served model name; attributes not defined here are the client's (``vllm_openai.chat.completions.create``)."""
 
-    client: Any
+    client: object  # openai.OpenAI
     model: str
 
     def __getattr__(self, name: str) -> Any:

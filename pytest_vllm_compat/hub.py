@@ -71,15 +71,16 @@ class Snapshot:
     fetch_s: float = 0.0
     endpoint: str = ""
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> dict[str, object]:
         return {"repo": self.repo, "revision": self.revision, "sha": self.sha, "files": self.files,
                 "bytes": self.bytes, "cached": self.cached, "fetch_s": round(self.fetch_s, 3),
                 "endpoint": self.endpoint}
 
 
-def reason_of(error: Mapping[str, Any], offline: bool) -> str:
+def reason_of(error: Mapping[str, object], offline: bool) -> str:
     """The reason (a key of REASONS) for the child's error: by the root exception's type, status and errno."""
-    names = set(error.get("mro") or [error.get("type")])
+    mro = error.get("mro")
+    names = set(mro) if isinstance(mro, list) and mro else {error.get("type")}
     message = str(error.get("message") or "") + " " + str(error.get("cause") or "")
     if error.get("errno") == ENOSPC or "No space left on device" in message:
         return "disk_full"

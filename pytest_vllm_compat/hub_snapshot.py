@@ -54,7 +54,7 @@ def selected(files: dict[str, int], patterns: list[str]) -> dict[str, int]:
             if not _ignored(n) and any(fnmatch.fnmatch(n, p) for p in patterns)}
 
 
-def describe(exc: BaseException) -> dict[str, Any]:
+def describe(exc: BaseException) -> dict[str, object]:
     """The exception as data: its type (and bases), HTTP status, errno, message, and its cause."""
     return {"type": type(exc).__name__, "mro": [c.__name__ for c in type(exc).__mro__],
             "status": getattr(getattr(exc, "response", None), "status_code", None),

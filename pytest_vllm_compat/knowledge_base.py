@@ -15,11 +15,11 @@ from __future__ import annotations
 import re
 import sys
 from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -115,7 +115,7 @@ class FailureRule:
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
-def _str_field(entry: dict[str, Any], key: str, rid: str, *, allow_empty: bool) -> str:
+def _str_field(entry: Mapping[str, object], key: str, rid: str, *, allow_empty: bool) -> str:
     value = entry[key]
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         raise KnowledgeBaseError(f"failure {rid!r}: {key!r} must be a{'' if allow_empty else ' non-empty'} string")
@@ -145,7 +145,7 @@ def _needle(rx: re.Pattern[str]) -> tuple[str, bool]:
     return (best.lower(), True) if icase else (best, False)
 
 
-def _rule(entry: dict[str, Any], order: int) -> FailureRule:
+def _rule(entry: Mapping[str, object], order: int) -> FailureRule:
     rid = entry.get("id")
     if not isinstance(rid, str) or not _SLUG_RE.match(rid):
         raise KnowledgeBaseError(f"failure #{order + 1}: 'id' must be a lowercase slug, got {rid!r}")
@@ -209,9 +209,10 @@ def _rule(entry: dict[str, Any], order: int) -> FailureRule:
         except InvalidRequirement as e:
             raise KnowledgeBaseError(f"failure {rid!r}: 'workaround_pin' is not a requirement: {e}") from e
     example = entry.get("example", ())
-    examples = (example,) if isinstance(example, str) else tuple(example)
-    if not all(isinstance(x, str) for x in examples):
+    listed = [example] if isinstance(example, str) else example
+    if not isinstance(listed, (list, tuple)) or not all(isinstance(x, str) for x in listed):
         raise KnowledgeBaseError(f"failure {rid!r}: 'example' must be a string or a list of strings")
+    examples = tuple(str(x) for x in listed)
 
     return FailureRule(
         id=rid, patterns=tuple(compiled), category=category, kind=kind, title=texts["title"],

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .stacks import canonical_name  # PEP 503, by packaging: Lm_Format.Enforcer is lm-format-enforcer
 
@@ -39,7 +39,11 @@ def parse_lock(text: str) -> dict[str, str]:
     return out
 
 
-def diff_locks(old: str, new: str) -> list[dict[str, Any]]:
+# One package that differs between two locks; "from" is a keyword, hence the functional form.
+LockDiff = TypedDict("LockDiff", {"package": str, "from": str | None, "to": str | None})
+
+
+def diff_locks(old: str, new: str) -> list[LockDiff]:
     """What changed from lock text ``old`` to ``new``, by package: [{"package", "from", "to"}], ``from`` None
     for an added package and ``to`` None for a removed one; sorted by package name."""
     a, b = parse_lock(old), parse_lock(new)
@@ -85,15 +89,16 @@ def load_locks(dirs: Sequence[Path | str]) -> dict[str, str]:
     return out
 
 
-def cell_locks(recs: Sequence[Mapping[str, Any]], locks: Mapping[str, str]) -> dict[str, Any]:
+def cell_locks(recs: Sequence[Mapping[str, object]], locks: Mapping[str, str]) -> dict[str, Any]:
     """The lock files behind a cell's records (oldest first): each distinct sha256 with the runs that used it
     and its package count, and for each change from one to the next, the packages that changed (None when a
     lock text is not in the results directories)."""
     order: list[str] = []
     runs: dict[str, list[str]] = {}
     for r in recs:  # chronological
-        sha = (r.get("provenance") or {}).get("lock_sha256")
-        if not sha:
+        provenance = r.get("provenance")
+        sha = provenance.get("lock_sha256") if isinstance(provenance, dict) else None
+        if not sha or not isinstance(sha, str):
             continue
         if sha not in runs:
             order.append(sha)

@@ -74,7 +74,7 @@ class PackagedModel:
     path: Path
     info: dict[str, Any]
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> dict[str, object]:
         return dict(self.info)
 
 

@@ -3,7 +3,7 @@
 Records and manifests are written and read as plain JSON objects (docs/records.md); these TypedDicts say which
 fields they have and of what type, so that readers index them by name with the type the writer gave. Fields are
 optional (``total=False``) where older records, or records of a failed start, may lack them; a value that is
-only passed through (metrics, provenance) is a :data:`JSONValue` or ``object``.
+only passed through (metrics, provenance) is ``object``, narrowed where it is read.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ class Record(TypedDict, total=False):
     server: ServerInfo | None
     log_excerpt: str | None
     log_path: str | None
-    metrics: dict[str, JSONValue]
-    provenance: dict[str, JSONValue]
+    metrics: dict[str, object]  # what the test measured (docs/records.md), as the suite put it
+    provenance: dict[str, object]  # environments.VLLMEnvironment.record_provenance()
 
 
 class ServerSummary(TypedDict, total=False):

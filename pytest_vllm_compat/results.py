@@ -16,16 +16,38 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 from .outcomes import (
     MANIFEST_SCHEMA,
     RECORD_SCHEMA,
     UNSUPPORTED_PREFIX,
 )
+from .record_types import (
+    Classification,
+    EnvironmentSummary,
+    ErrorInfo,
+    JSONObject,
+    Manifest,
+    Record,
+    ServerInfo,
+    ServerSummary,
+)
 from .redact import redact
 from .stacks import stack_record
 from .timestamps import file_stamp, now_iso
+
+if TYPE_CHECKING:  # these modules import this one: the types only
+    import pytest
+
+    from .environments import VLLMEnvironment
+    from .gpu.leasing import Lease
+    from .log_settle import Settled
+    from .options import Resolved
+    from .packaged_model import PackagedModel
+    from .registry import ModelSpec
+    from .server import ServerError, VLLMServer
+    from .stacks import Stack
 
 MAX_ERROR_TEXT = 20_000
 
@@ -65,7 +87,7 @@ class RecordWriter:
         self.path = Path(results_dir) / "records" / f"{run_id}-{worker}.jsonl"
         self.count = 0
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         record = {"schema": RECORD_SCHEMA, **record}
         line = json.dumps(record, sort_keys=True, default=str)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,13 +97,18 @@ class RecordWriter:
         self.count += 1
 
 
-def read_record_file(path: Path) -> list[dict[str, Any]]:
+def is_record(obj: object) -> TypeGuard[Record]:
+    """Whether a JSON value is a record of this schema: an object whose ``schema`` is ours or absent."""
+    return isinstance(obj, dict) and obj.get("schema", RECORD_SCHEMA) == RECORD_SCHEMA
+
+
+def read_record_file(path: Path) -> list[Record]:
     """The records of one ``.jsonl`` file: the one reader of records (the plugin's summary, the matrix, bisection).
 
     A truncated line (a writer killed mid-line) or a malformed one is skipped with a warning, and so is a line
     that is not a record of this schema; a line without a ``schema`` field is taken as one.
     """
-    out: list[dict[str, Any]] = []
+    out: list[Record] = []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -92,7 +119,7 @@ def read_record_file(path: Path) -> list[dict[str, Any]]:
             where = "truncated last line" if lineno == len(lines) else "malformed line"
             warnings.warn(f"{path}:{lineno}: {where} skipped ({exc.msg})", stacklevel=3)
             continue
-        if not isinstance(obj, dict) or obj.get("schema", RECORD_SCHEMA) != RECORD_SCHEMA:
+        if not is_record(obj):
             warnings.warn(f"{path}:{lineno}: not a {RECORD_SCHEMA} record, skipped", stacklevel=3)
             continue
         out.append(obj)
@@ -100,11 +127,11 @@ def read_record_file(path: Path) -> list[dict[str, Any]]:
 
 
 def read_json_documents(paths: Sequence[Path | str], pattern: str,
-                        schemas: Sequence[str]) -> list[tuple[Path, dict[str, Any]]]:
+                        schemas: Sequence[str]) -> list[tuple[Path, JSONObject]]:
     """The JSON documents of the given schemas: in each directory those matching ``pattern`` (sorted), a file
     given directly as it is. Unreadable files and documents of another schema are left out (bisection results,
     attributions and performance comparisons are read this way)."""
-    out = []
+    out: list[tuple[Path, JSONObject]] = []
     for p in paths:
         files = sorted(Path(p).glob(pattern)) if Path(p).is_dir() else [Path(p)]
         for path in files:
@@ -117,9 +144,9 @@ def read_json_documents(paths: Sequence[Path | str], pattern: str,
     return out
 
 
-def read_records(results_dir: Path, run_id: str | None = None) -> list[dict[str, Any]]:
+def read_records(results_dir: Path, run_id: str | None = None) -> list[Record]:
     """The records of a results directory (``records/*.jsonl``), of one run when ``run_id`` is given."""
-    out: list[dict[str, Any]] = []
+    out: list[Record] = []
     rdir = Path(results_dir) / "records"
     if not rdir.is_dir():
         return out
@@ -135,24 +162,24 @@ def host_info() -> dict[str, str]:
             "cpu_count": str(os.cpu_count())}
 
 
-def write_manifest(results_dir: Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(results_dir: Path, manifest: Manifest) -> Path:
     path = Path(results_dir) / "manifests" / f"{manifest['run_id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"schema": MANIFEST_SCHEMA, **manifest}, indent=2, sort_keys=True, default=str))
     return path
 
 
-def lease_fields(lease: Any) -> dict[str, Any] | None:
+def lease_fields(lease: Lease | None) -> dict[str, object] | None:
     """The GPUs a server ran on: nvidia-smi indices, plus slots and memory share when packed; None on CPU."""
     if lease is None or not lease.indices:
         return None
-    info: dict[str, Any] = {"indices": list(lease.indices)}
+    info: dict[str, object] = {"indices": list(lease.indices)}
     if lease.shared:
         info |= {"slots": list(lease.slots), "gpu_memory_utilization": lease.share}
     return info
 
 
-def server_fields(server: Any, *, restarts: int, died_during_test: bool) -> dict[str, Any]:
+def server_fields(server: VLLMServer, *, restarts: int, died_during_test: bool) -> ServerInfo:
     """A record's ``server`` object (docs/records.md) for a VLLMServer; argv and env redacted."""
     cache = server.compile_cache
     return {"spec_key": server.spec.key, "log_path": str(server.log_path), "argv": server.redacted_argv(),
@@ -166,7 +193,7 @@ def server_fields(server: Any, *, restarts: int, died_during_test: bool) -> dict
 # --- a test's outcome and failure, from its reports and its server's log -----------------------------------
 
 
-def phase_outcome(reports: Mapping[str, Any]) -> tuple[str, str | None, str | None]:
+def phase_outcome(reports: Mapping[str, pytest.TestReport]) -> tuple[str, str | None, str | None]:
     """``(outcome, failed_phase, skip_reason)`` of a test from its setup/call/teardown reports (objects with
     ``failed``, ``skipped`` and ``longrepr``): a failed call is "failed", a failed setup or teardown "error"."""
     failed_phase = next((w for w in ("setup", "call", "teardown") if w in reports and reports[w].failed), None)
@@ -211,7 +238,7 @@ def file_size(path: Path) -> int:
         return 0
 
 
-def read_text(path: Any) -> str | None:
+def read_text(path: Path | str | None) -> str | None:
     if not path:
         return None
     try:
@@ -220,7 +247,7 @@ def read_text(path: Any) -> str | None:
         return None
 
 
-def classify_failure(error_text: str, log_text: str | None, version: str) -> dict[str, Any]:
+def classify_failure(error_text: str, log_text: str | None, version: str) -> Classification:
     """The knowledge base's verdict on a failed test (its exception lines, its server's log), as a dict."""
     from .classify import classify, exception_lines
 
@@ -236,6 +263,28 @@ def model_slug(model: str) -> str:
 # --- a test's record and a run's manifest, composed from typed inputs ---------------------------------------
 
 
+class RecordTarget(Protocol):
+    """What a record needs of its test's target (``session.Target``, which is not imported here: session imports
+    hub, which imports this module)."""
+
+    @property
+    def model(self) -> ModelSpec: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def distribution(self) -> str: ...
+    @property
+    def stack(self) -> Stack: ...
+
+
+class RecordSnapshot(Protocol):
+    """What a record needs of a hub model's snapshot (``hub.Snapshot``; hub imports this module)."""
+
+    @property
+    def sha(self) -> str: ...
+    def record(self) -> dict[str, object]: ...
+
+
 @dataclass
 class FinishedTest:
     """What the pytest layer knows about one finished compat test; :func:`compose_record` makes its record."""
@@ -243,33 +292,35 @@ class FinishedTest:
     run_id: str
     test_id: str
     test_name: str
-    target: Any  # session.Target
-    env: Any  # environments.VLLMEnvironment or None (the environment could not be provisioned)
-    reports: Mapping[str, Any]  # phase -> pytest.TestReport (``failed``, ``skipped``, ``duration``, ``longreprtext``)
+    target: RecordTarget
+    env: VLLMEnvironment | None  # None: the environment could not be provisioned
+    reports: Mapping[str, pytest.TestReport]  # phase -> its report
     feature: str
     platform: str
-    device_info: Mapping[str, Any]
-    servers: Sequence[Any] = ()  # the VLLMServers the test used, the last one is "its" server
-    server_error: Any = None  # server.ServerError when the server could not start / was given up
+    device_info: Mapping[str, object]
+    servers: Sequence[VLLMServer] = ()  # the servers the test used, the last one is "its" server
+    server_error: ServerError | None = None  # the server could not start / was given up
     crash_note: str | None = None  # the server died during the test
     log_offset: int = 0  # where the test's part of its server's log starts
     restarts: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, object] = field(default_factory=dict)
     started_at: str = ""
     server_start_s: float = 0.0
-    snapshot: Any = None  # hub.Snapshot of a hub model
-    log_settled: Any = None  # log_settle.Settled: how the failed test's log was settled before classifying
-    packaged: Any = None  # packaged_model.PackagedModel of a model shipped inside a package
+    snapshot: RecordSnapshot | None = None  # a hub model's snapshot
+    log_settled: Settled | None = None  # how the failed test's log was settled before classifying
+    packaged: PackagedModel | None = None  # a model shipped inside a package
 
 
-def compose_record(f: FinishedTest) -> dict[str, Any]:
+def compose_record(f: FinishedTest) -> Record:
     """The record of one test (docs/records.md): outcome and status, the failure with its classification and
     the server log around it, the server, provenance. Secrets of the test's servers are redacted."""
     outcome, failed_phase, skip_reason = phase_outcome(f.reports)
     server = f.servers[-1] if f.servers else None
     error_log = getattr(f.server_error, "log_path", None)
     log_path = str(server.log_path) if server else (str(error_log) if error_log else None)
-    error = classification = log_excerpt = None
+    error: ErrorInfo | None = None
+    classification: Classification | None = None
+    log_excerpt: str | None = None
     if failed_phase:
         # A traceback may quote an API key or token (e.g. with --showlocals): stored records never carry them.
         secrets = [sec for srv in f.servers for sec in srv.secrets()]
@@ -327,16 +378,16 @@ class FinishedRun:
     versions: Sequence[str]
     versions_requested: str
     versions_note: str
-    stacks: Sequence[Any]  # stacks.Stack
+    stacks: Sequence[Stack]
     index_versions: list[str] | None
-    device_info: Mapping[str, Any]
+    device_info: Mapping[str, object]
     env_errors: Mapping[str, str]
-    options: Mapping[str, Any]  # option name -> options.Resolved
+    options: Mapping[str, Resolved]  # option name -> its value and where it came from
     exitstatus: int
     suite_version: str = ""  # suite_identity.suite_version: the plugin version and a digest of what judged
 
 
-def compose_manifest(f: FinishedRun, run: RunSummary) -> dict[str, Any]:
+def compose_manifest(f: FinishedRun, run: RunSummary) -> Manifest:
     """The run manifest (docs/records.md): what ran, on what, with which options (secrets redacted), and what
     the run's files say (environments, servers, counts, leftover processes)."""
     from . import __version__
@@ -349,8 +400,8 @@ def compose_manifest(f: FinishedRun, run: RunSummary) -> dict[str, Any]:
         "stacks": [stack_record(st) for st in f.stacks],
         # The releases the index offered (as last listed): the matrix shows the ones no run tested as gaps.
         "index_versions": f.index_versions,
-        "device": f.device_info, "host": host_info(), "environments": run.environments,
-        "env_errors": f.env_errors, "counts": run.counts, "servers": run.servers,
+        "device": dict(f.device_info), "host": host_info(), "environments": run.environments,
+        "env_errors": dict(f.env_errors), "counts": run.counts, "servers": run.servers,
         "leftover_pids": run.leftover_pids, "exitstatus": int(f.exitstatus),
         # Every plugin option as resolved, with where it came from (cli, env, ini, default).
         "options": {name: {"value": redact(str(r.value)) if r.value is not None else None, "source": r.source}
@@ -362,10 +413,10 @@ def compose_manifest(f: FinishedRun, run: RunSummary) -> dict[str, Any]:
 class RunSummary:
     """A run as its files say it, read once (the manifest and the terminal summary both use it)."""
 
-    records: list[dict[str, Any]]
+    records: list[Record]
     counts: dict[str, int]
-    servers: list[dict[str, Any]]
-    environments: dict[str, Any]
+    servers: list[ServerSummary]
+    environments: dict[str, EnvironmentSummary]
     leftover_pids: list[int]
 
 
@@ -374,8 +425,8 @@ def read_run(results_dir: Path, run_id: str) -> RunSummary:
     counts: dict[str, int] = {}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    servers: list[dict[str, Any]] = []
-    envs: dict[str, Any] = {}
+    servers: list[ServerSummary] = []
+    envs: dict[str, EnvironmentSummary] = {}
     leftovers: list[int] = []
     for f in sorted((results_dir / "servers").glob(f"{run_id}-*.json")):
         data = json.loads(f.read_text())
