@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODES = ("keep", "fresh", "user")
+DEFAULT_MODE = MODES[0]  # --vllm-compile-cache's default
 
 # Variable -> subdirectory of the cache root. Recent vLLM points Inductor and Triton under
 # VLLM_CACHE_ROOT itself while it compiles (compilation/compiler_interface.py); they are set too for

@@ -19,8 +19,11 @@ from typing import Annotated, Any
 
 import pytest
 
+from .compile_cache import DEFAULT_MODE as COMPILE_CACHE_DEFAULT
+from .compile_cache import MODES as COMPILE_CACHE_MODES
 from .server import STARTUP_TIMEOUT_S
 from .server_pool import MAX_RESTARTS, MAX_SERVERS
+from .watchdog import DEFAULT_HANG_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Settings:
         "seconds a vLLM server may take to answer /health (the plugin's own timeout; pytest-timeout never "
         "applies to a startup)")]
     hang_timeout: Annotated[float, Option(
-        "--vllm-hang-timeout", "VLLM_COMPAT_HANG_TIMEOUT", "10",
+        "--vllm-hang-timeout", "VLLM_COMPAT_HANG_TIMEOUT", f"{DEFAULT_HANG_TIMEOUT_S:g}",
         "seconds a server may leave /health unanswered while a test runs before the test fails as "
         "'stopped responding' and the server is killed (the next test gets a fresh one); 0 = off")]
     port: Annotated[int, Option(
@@ -111,10 +114,10 @@ class Settings:
         "venv: a provisioned environment per version; docker: the official vllm/vllm-openai image",
         choices=("venv", "docker"))]
     compile_cache: Annotated[str, Option(
-        "--vllm-compile-cache", "VLLM_COMPAT_COMPILE_CACHE", "keep",
+        "--vllm-compile-cache", "VLLM_COMPAT_COMPILE_CACHE", COMPILE_CACHE_DEFAULT,
         "where servers keep torch.compile/Triton/FlashInfer caches: keep = one directory per environment "
         "under the env dir, kept between runs; fresh = an empty one per server start (cold starts); "
-        "user = vLLM's defaults (~/.cache/vllm ...), shared by all versions", choices=("keep", "fresh", "user"))]
+        "user = vLLM's defaults (~/.cache/vllm ...), shared by all versions", choices=COMPILE_CACHE_MODES)]
     servers_per_gpu: Annotated[int, Option(
         "--vllm-servers-per-gpu", "VLLM_COMPAT_SERVERS_PER_GPU", "1",
         "pack up to N servers on one GPU, each with --gpu-memory-utilization 0.9/N (use with -n N); "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .compile_cache import DEFAULT_MODE as COMPILE_CACHE_DEFAULT
 from .compile_cache import CompileCachePolicy
 from .cpu_cores import CoreShare
 from .environments import Provisioner, ProvisionError, VLLMEnvironment
@@ -31,6 +32,7 @@ from .server import STARTUP_TIMEOUT_S, VLLMServer
 from .server_pool import MAX_RESTARTS, MAX_SERVERS, ServerPool
 from .server_spec import ServerSpec
 from .stacks import DEFAULT_STACK, Stack, line_of, split_line
+from .watchdog import DEFAULT_HANG_TIMEOUT_S
 
 if TYPE_CHECKING:
     from .capabilities import VersionCaps
@@ -92,7 +94,7 @@ class CompatSession:
     # How vLLM runs (a provisioned venv, --vllm-python's interpreter, Docker), chosen once (runtime.backends.backend_for)
     backend: Backend = field(default_factory=VenvBackend)
     startup_timeout: float = STARTUP_TIMEOUT_S
-    hang_timeout: float = 10.0  # /health unanswered this long during a test: the server hung (watchdog.py)
+    hang_timeout: float = DEFAULT_HANG_TIMEOUT_S  # /health unanswered this long during a test: the server hung
     port: int = 0
     max_restarts: int = MAX_RESTARTS
     max_servers: int = MAX_SERVERS
@@ -104,7 +106,7 @@ class CompatSession:
     gpu_lock_dir: Path | None = None
     lock_dir: Path | None = None  # committed lock files the environments are installed from (--vllm-lock-dir)
     warn: Callable[[str], None] | None = None
-    compile_cache: str = "keep"  # keep | fresh | user (compile_cache.py)
+    compile_cache: str = COMPILE_CACHE_DEFAULT  # keep | fresh | user (compile_cache.py)
     servers_per_gpu: int = 1  # >1 packs servers on a GPU, each with 0.9/N of its memory
     stacks: list[Stack] = field(default_factory=lambda: [DEFAULT_STACK])  # --vllm-with
     core_share: CoreShare | None = None  # -n N on a CPU: this worker's cores and KV-cache memory (cpu_cores.py)
