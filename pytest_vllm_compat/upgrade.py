@@ -44,7 +44,7 @@ from .matrix import build_matrix, load_manifests, load_records, merge_run_status
 from .matrix.cell_types import Cell, Matrix, items, mapping
 from .matrix.cells import test_key
 from .outcomes import FAILING
-from .record_types import as_float
+from .record_types import Record, as_float
 from .stacks import canonical_name
 from .versions import sort_versions, version_key
 
@@ -234,7 +234,7 @@ class Inputs(TypedDict):
     it was built from, and the lock texts."""
 
     matrix: Matrix
-    records: list[dict[str, object]]
+    records: list[Record]
     locks: dict[str, str]
 
 

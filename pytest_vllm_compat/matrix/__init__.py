@@ -38,6 +38,7 @@ from pytest_vllm_compat.matrix.insights import (
 )
 from pytest_vllm_compat.matrix.records import load_manifests, load_records, record_files
 from pytest_vllm_compat.outcomes import FAILING, MATRIX_SCHEMA, SKIPPED
+from pytest_vllm_compat.record_types import Record
 from pytest_vllm_compat.results import model_slug
 from pytest_vllm_compat.stacks import line_of
 from pytest_vllm_compat.timestamps import now_iso
@@ -67,7 +68,7 @@ class MatrixError(Exception):
     """A results directory cannot be turned into a matrix (e.g. it holds no records)."""
 
 
-def _runs(records: Sequence[Mapping[str, object]], manifests: Sequence[Mapping[str, object]]) -> list[RunSummary]:
+def _runs(records: Sequence[Record], manifests: Sequence[Mapping[str, object]]) -> list[RunSummary]:
     runs: dict[str, RunSummary] = {}
     versions: dict[str, set[str]] = {}
     for rec in records:
@@ -107,7 +108,7 @@ def _now() -> str:
     return now_iso()
 
 
-def build_matrix(records: Sequence[Mapping[str, object]], manifests: Sequence[Mapping[str, object]] = (),
+def build_matrix(records: Sequence[Record], manifests: Sequence[Mapping[str, object]] = (),
                  *, generated_at: str | None = None,
                  classifier: Classifier | None = default_classifier,
                  locks: Mapping[str, str] | None = None,
@@ -118,11 +119,11 @@ def build_matrix(records: Sequence[Mapping[str, object]], manifests: Sequence[Ma
     list and the packages that changed between its runs. ``perf_comparisons``: interleaved performance
     comparisons (``perf_compare.SCHEMA``), the only source of performance verdicts between releases. ``classifier`` (re)classifies failing records that carry no classification or an unknown
     category; ``None`` keeps the records' own classifications."""
-    groups: dict[tuple[str, str, str, str], list[dict[str, object]]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str], list[Record]] = defaultdict(list)
     for rec in records:
         key = (str(rec.get("model") or "?"), line_of(str(rec.get("vllm_version") or "?"), _stack_name(rec)),
                str(rec.get("platform") or "?"), str(rec.get("feature") or "other"))
-        groups[key].append(dict(rec))
+        groups[key].append(rec.copy())
     cache: ClassifierCache = {}
     manifests_by_run = {str(m.get("run_id")): m for m in manifests}
     cells: list[Cell] = []
@@ -168,7 +169,7 @@ def build_matrix(records: Sequence[Mapping[str, object]], manifests: Sequence[Ma
     }
 
 
-def _stack_name(rec: Mapping[str, object]) -> str:
+def _stack_name(rec: Record) -> str:
     stack = rec.get("stack")
     return str(stack.get("name") or "") if isinstance(stack, Mapping) else ""
 

@@ -17,6 +17,7 @@ from pytest_vllm_compat.outcomes import (
     SKIPPED,
     STATUSES,  # a record's statuses; a cell's are CELL_STATUSES
 )
+from pytest_vllm_compat.record_types import Record
 from pytest_vllm_compat.stacks import split_line
 
 # Statuses that say something about vLLM; the others carry no verdict for regressions.
@@ -202,7 +203,7 @@ def _test_entry(rec: Mapping[str, object]) -> TestEntry:
     }
 
 
-def build_cell(key: tuple[str, str, str, str], recs: Sequence[Mapping[str, object]],
+def build_cell(key: tuple[str, str, str, str], recs: Sequence[Record],
                classifications: Sequence[ClassificationMap | None],
                manifests_by_run: Mapping[str, Mapping[str, object]],
                locks: Mapping[str, str] | None = None) -> Cell:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_vllm_compat.outcomes import MANIFEST_SCHEMA, RECORD_SCHEMA
+from pytest_vllm_compat.record_types import Record
 from pytest_vllm_compat.results import read_record_file
 
 __all__ = ["MANIFEST_SCHEMA", "RECORD_SCHEMA", "load_manifests", "load_records", "record_files"]
@@ -22,12 +23,12 @@ def record_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("records/*.jsonl")) + sorted(directory.glob("*.jsonl"))
 
 
-def load_records(dirs: Sequence[Path | str]) -> list[dict[str, object]]:
+def load_records(dirs: Sequence[Path | str]) -> list[Record]:
     """Every record in ``<dir>/records/*.jsonl`` and ``<dir>/*.jsonl`` of each directory (a
     ``.jsonl`` file may be given directly). A truncated or malformed line is skipped with a
     warning; the same record read twice (same run, test and start time) is kept once."""
     seen: set[tuple[object, ...]] = set()
-    records: list[dict[str, object]] = []
+    records: list[Record] = []
     for d in dirs:
         for path in record_files(Path(d)):
             root = path.parent.parent if path.parent.name == "records" else path.parent
@@ -36,19 +37,24 @@ def load_records(dirs: Sequence[Path | str]) -> list[dict[str, object]]:
                 if key in seen:
                     continue
                 seen.add(key)
-                records.append(_resolve_log_paths(dict(rec), root))
+                records.append(_resolve_log_paths(rec, root))
     return records
 
 
-def _resolve_log_paths(rec: dict[str, object], root: Path) -> dict[str, object]:
+def _resolve_log_paths(rec: Record, root: Path) -> Record:
     """Published records name their server logs relative to their results dir (publish_paths.py): read here,
     they are resolved against it, so the site finds the logs to copy."""
-    for holder in (rec, rec.get("server")):
-        if isinstance(holder, dict):
-            lp = holder.get("log_path")
-            if isinstance(lp, str) and lp and not lp.startswith(("/", "~", "$")):
-                holder["log_path"] = str(root / lp)
+    lp = rec.get("log_path")
+    if _relative(lp):
+        rec["log_path"] = str(root / str(lp))
+    server = rec.get("server")
+    if isinstance(server, dict) and _relative(lp := server.get("log_path")):
+        server["log_path"] = str(root / str(lp))
     return rec
+
+
+def _relative(log_path: object) -> bool:
+    return isinstance(log_path, str) and bool(log_path) and not log_path.startswith(("/", "~", "$"))
 
 
 def load_manifests(dirs: Sequence[Path | str]) -> list[dict[str, object]]:
