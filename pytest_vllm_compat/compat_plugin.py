@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -47,6 +47,11 @@ from .timestamps import now_iso
 from .versions import version_key
 from .watchdog import HangWatchdog
 
+if TYPE_CHECKING:
+    from _pytest.mark import ParameterSet
+
+    from .gpu.discovery import GPU
+
 ITEM = pytest.StashKey[ItemState]()
 
 
@@ -64,7 +69,7 @@ class CompatPlugin:
     writer: RecordWriter
     is_worker: bool
     started_at: str
-    gpus: list[Any] = field(default_factory=list)
+    gpus: list[GPU] = field(default_factory=list)
     versions_note: str = ""  # what the range / latest terms of --vllm selected (the report header says it)
     stacks: list[Stack] = field(default_factory=lambda: [DEFAULT_STACK])  # --vllm-with, default stack first
     group_last_index: dict[str, int] = field(default_factory=dict)
@@ -337,7 +342,7 @@ class CompatPlugin:
         write_manifest(s.results_dir, manifest)
         self.config.hook.pytest_vllm_compat_run_finished(config=self.config, manifest=manifest)
 
-    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
         if self.is_worker or not self.versions:
             return
         s = self.session
@@ -359,7 +364,7 @@ def _settle_log(st: ItemState, error_text: str) -> Settled | None:
                   want_error=http_error_status(error_text) is not None and server.alive())
 
 
-def _no_model_param(metafunc: pytest.Metafunc, features: list[str]) -> Any:
+def _no_model_param(metafunc: pytest.Metafunc, features: list[str]) -> ParameterSet:
     """The one item of a test that no model in the registry runs (each model's ``features`` leave it out).
 
     Like pytest's own empty parameter set, it is skipped unless the ``empty_parameter_set_mark`` ini option

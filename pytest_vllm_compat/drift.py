@@ -25,9 +25,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from .outcomes import GOLDEN_SCHEMA
+from .record_types import JSONObject, JSONValue
 from .results import model_slug
 from .timestamps import now_iso
 from .versions import version_key
@@ -58,7 +59,7 @@ class Output:
     logprobs: list[float]
     top: list[dict[int, float]] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"prompt": self.prompt, "text": self.text, "token_ids": self.token_ids,
                 "logprobs": [round(x, 6) for x in self.logprobs],
                 "top": [[[tid, round(lp, 6)] for tid, lp in sorted(t.items(), key=lambda kv: -kv[1])]
@@ -71,7 +72,7 @@ class Output:
                    top=[{int(tid): float(lp) for tid, lp in pos} for pos in d.get("top") or []])
 
 
-def request_body(prompt: str, model: str) -> dict[str, Any]:
+def request_body(prompt: str, model: str) -> JSONObject:
     """The completions request of one prompt: greedy, fixed length, top-k logprobs, token ids as tokens."""
     return {"model": model, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0, "seed": 0,
             "logprobs": TOP_K, "ignore_eos": True, "return_tokens_as_token_ids": True}
@@ -83,7 +84,7 @@ class CompletionClient(Protocol):
     model: str
 
     def completion(self, prompt: str, *, max_tokens: int = ..., temperature: float = ...,
-                   **extra: Any) -> dict[str, Any]: ...
+                   **extra: JSONValue) -> dict[str, Any]: ...
 
 
 def generate(client: CompletionClient, prompts: Sequence[str] = PROMPTS) -> list[Output]:
@@ -142,7 +143,7 @@ def _near_tie(a: Output, b: Output, pos: int, tolerance: float) -> bool:
     return True
 
 
-def compare_one(a: Output, b: Output, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+def compare_one(a: Output, b: Output, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, object]:
     n = min(len(a.token_ids), len(b.token_ids))
     diverge = next((i for i in range(n) if a.token_ids[i] != b.token_ids[i]), None)
     if diverge is None and len(a.token_ids) != len(b.token_ids):
@@ -159,7 +160,7 @@ def compare_one(a: Output, b: Output, tolerance: float = DEFAULT_TOLERANCE) -> d
     # Where the two texts part (the site marks from there): token ids come back as "token_id:N", so the
     # response's text offsets count those strings, not the text; the common prefix is exact.
     offset = None if diverge is None else len(os.path.commonprefix([a.text, b.text]))  # noqa: RUF071 - texts, by character
-    out: dict[str, Any] = {"prompt": a.prompt, "verdict": verdict, "first_divergence": diverge,
+    out: dict[str, object] = {"prompt": a.prompt, "verdict": verdict, "first_divergence": diverge,
                            "offset_a": offset, "offset_b": offset,
                            "max_abs_dlogprob_before": round(max_delta, 6), "text_a": a.text, "text_b": b.text,
                            "token_ids_a": a.token_ids, "token_ids_b": b.token_ids}
@@ -173,11 +174,20 @@ def worst(verdicts: Sequence[str]) -> str:
     return max(verdicts, key=VERDICTS.index) if verdicts else "identical"
 
 
-def compare(a: Sequence[Output], b: Sequence[Output], tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+class DriftComparison(TypedDict):
+    """Two output sets compared (:func:`compare`): the worst prompt's verdict and each prompt's comparison."""
+
+    verdict: str  # one of VERDICTS
+    tolerance: float
+    max_abs_dlogprob: float
+    prompts: list[dict[str, object]]  # compare_one per prompt, or a prompt missing on one side
+
+
+def compare(a: Sequence[Output], b: Sequence[Output], tolerance: float = DEFAULT_TOLERANCE) -> DriftComparison:
     """Compare two output sets prompt by prompt (matched by prompt text); a prompt missing on one side is
     ``changed``."""
     by_prompt = {o.prompt: o for o in b}
-    prompts: list[dict[str, Any]] = []
+    prompts: list[dict[str, object]] = []
     for o in a:
         other = by_prompt.get(o.prompt)
         prompts.append(compare_one(o, other, tolerance) if other is not None else
@@ -187,7 +197,7 @@ def compare(a: Sequence[Output], b: Sequence[Output], tolerance: float = DEFAULT
     missing = [o for o in b if o.prompt not in asked]
     prompts += [{"prompt": o.prompt, "verdict": "changed", "first_divergence": 0, "max_abs_dlogprob_before": None,
                  "text_a": None, "text_b": o.text, "missing": "a"} for o in missing]
-    deltas = [p["max_abs_dlogprob_before"] for p in prompts if p["max_abs_dlogprob_before"] is not None]
+    deltas = [d for p in prompts if isinstance(d := p["max_abs_dlogprob_before"], float)]
     return {"verdict": worst([str(p["verdict"]) for p in prompts]), "tolerance": tolerance,
             "max_abs_dlogprob": max(deltas, default=0.0), "prompts": prompts}
 
@@ -196,7 +206,7 @@ def outputs_of(data: Sequence[Mapping[str, Any]]) -> list[Output]:
     return [Output.from_dict(d) for d in data]
 
 
-def settings() -> dict[str, Any]:
+def settings() -> dict[str, object]:
     """What makes two output sets comparable at all: the prompts and the request."""
     return {"prompts": list(PROMPTS), "max_tokens": MAX_TOKENS, "top_k": TOP_K, "temperature": 0.0}
 
@@ -242,11 +252,11 @@ def load_golden(directory: Path, model: str) -> dict[str, Any]:
 
 # --- across versions, in the matrix ---------------------------------------------------------------
 
-def _dtype(serve_args: Any) -> str:
+def _dtype(serve_args: object) -> str:
     """The ``--dtype`` of a cell's serve args (records keep them as the argv list; a table also works)."""
     if isinstance(serve_args, Mapping):
         return str(serve_args.get("dtype") or "")
-    args = [str(a) for a in serve_args or []]
+    args = [str(a) for a in serve_args] if isinstance(serve_args, (list, tuple)) else []
     for i, a in enumerate(args):
         if a == "--dtype" and i + 1 < len(args):
             return args[i + 1]

@@ -47,7 +47,7 @@ class EnvInfo:
     lock_sha256: str | None
     in_use_by: list[int]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = dict(self.__dict__)
         d["path"] = str(self.path)
         return d

@@ -103,11 +103,11 @@ def read_result(path: Path) -> dict[str, float | int | None]:
     return parse_result(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def summarize(repeats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Median of each figure over the repeats, and its spread: (max - min) / median."""
-    out: dict[str, Any] = {}
+def summarize(repeats: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Median of each figure over the repeats (``read_result``), and its spread: (max - min) / median."""
+    out: dict[str, float | None] = {}
     for name in FIGURES:
-        values = [float(r[name]) for r in repeats if r.get(name) is not None]
+        values = [float(v) for r in repeats if (v := r.get(name)) is not None]
         if not values:
             out[name] = None
             continue

