@@ -12,6 +12,7 @@ from typing import TypedDict
 __all__ = [
     "Cell",
     "CellRun",
+    "CellTest",
     "InsightRow",
     "LockChange",
     "LockEntry",
@@ -20,7 +21,6 @@ __all__ = [
     "Regression",
     "RunSummary",
     "StatusChange",
-    "TestEntry",
     "VersionDiff",
     "VersionSummary",
     "WorkaroundCheck",
@@ -40,7 +40,7 @@ def items(value: object) -> list[object]:
     return value if isinstance(value, list) else []
 
 
-class TestEntry(TypedDict):
+class CellTest(TypedDict):
     """One record of a cell, as the cell lists it (``tests``, oldest first)."""
 
     test_id: object
@@ -119,7 +119,7 @@ class _CellFields(TypedDict):
     workaround_pin: object
     fixed_in: object
     regression: bool
-    tests: list[TestEntry]
+    tests: list[CellTest]
     counts: dict[str, int]
     flaky_tests: list[str]
     runs: list[CellRun]

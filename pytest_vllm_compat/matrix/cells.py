@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
 from pytest_vllm_compat.lockfiles import cell_locks
-from pytest_vllm_compat.matrix.cell_types import Cell, CellRun, TestEntry, items, mapping
+from pytest_vllm_compat.matrix.cell_types import Cell, CellRun, CellTest, items, mapping
 from pytest_vllm_compat.outcomes import (
     FAILING,
     SEVERITY,
@@ -185,7 +185,7 @@ def _merge_metrics(recs: Sequence[Mapping[str, object]]) -> dict[str, object]:
     return merged
 
 
-def _test_entry(rec: Mapping[str, object]) -> TestEntry:
+def _test_entry(rec: Mapping[str, object]) -> CellTest:
     error = mapping(rec.get("error"))
     server = mapping(rec.get("server"))
     return {
