@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bisection import BAD, EMPTY, ERROR, GOOD, MIXED, UNINSTALLABLE, Probe, judge
 from .lockfiles import diff_locks
@@ -42,6 +42,9 @@ from .outcomes import ATTRIBUTE_SCHEMA
 from .results import read_json_documents
 from .stacks import DEFAULT_STACK, VLLM_DISTRIBUTIONS, Stack, canonical_name, line_of, parse_stack
 from .timestamps import file_stamp
+
+if TYPE_CHECKING:
+    from .environments import Provisioner
 
 FOLLOWS_CODE, FOLLOWS_PACKAGE, FOLLOWS_SET = "follows_code", "follows_package", "follows_set"
 NOT_SEPARABLE, INCONCLUSIVE = "not_separable", "inconclusive"
@@ -71,7 +74,7 @@ class Change:
     def describe(self) -> str:
         return f"{self.package} {self.bad or '(absent)'} → {self.good or '(absent)'}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, str | None]:
         return {"package": self.package, "bad": self.bad, "good": self.good}
 
 
@@ -126,7 +129,7 @@ class AttributionProbe:
     logs: list[str] = field(default_factory=list)  # relative to the results dir
     wall_s: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
 
@@ -153,8 +156,8 @@ class Attribution:
     def installs(self) -> int:
         return sum(p.installed for p in self.probes)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("changes", "probes")}
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {k: v for k, v in self.__dict__.items() if k not in ("changes", "probes")}
         d["changes"] = [c.to_dict() for c in self.changes]
         d["probes"] = [p.to_dict() for p in self.probes]
         d["installs"] = self.installs
@@ -425,7 +428,7 @@ def report_lines(att: Attribution) -> list[str]:
 # --------------------------------------------------------------------------- real resolver and oracle
 
 
-def real_resolver(provisioner: Any, distribution: str, results_dir: Path) -> Resolver:
+def real_resolver(provisioner: Provisioner, distribution: str, results_dir: Path) -> Resolver:
     """Install (or reuse) the environment of a release with pins through ``provisioner``
     (:class:`~.environments.Provisioner`); a refusal keeps the installer's log in
     ``results_dir/attribution/logs`` and reports its one-line conflict."""

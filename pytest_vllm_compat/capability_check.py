@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 import time
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from . import wheel_sources
 from .capabilities import VersionCaps, capabilities
@@ -289,12 +289,38 @@ def verified_claims(results: Iterable[ClaimResult]) -> list[str]:
 # --------------------------------------------------------------------------- over releases: report and table
 
 
+class ReleaseCheck(TypedDict, total=False):
+    """One release's entry of the report (:func:`check_release`); ``error`` instead of the rest when its sources
+    could not be read."""
+
+    distribution: str
+    version: str
+    row: str  # the table row's range
+    error: str
+    wheel: str
+    files_read: int
+    fetched_bytes: int
+    requests: int
+    from_cache: bool
+    seconds: float
+    results: list[dict[str, str]]  # ClaimResult.as_dict() per claim
+
+
+class CheckReport(TypedDict):
+    """The committed report (``capability-check.json``)."""
+
+    generated_at: str
+    index: str
+    summary: dict[str, int]
+    releases: list[ReleaseCheck]
+
+
 def check_release(distribution: str, version: str, cache_dir: Path, *,
-                  index_url: str = wheel_sources.DEFAULT_INDEX) -> dict[str, Any]:
+                  index_url: str = wheel_sources.DEFAULT_INDEX) -> ReleaseCheck:
     """One release's entry of the report: its wheel, the table row, and every claim's result (or, when its
     sources cannot be read, ``error``)."""
     caps = capabilities(version)
-    entry: dict[str, Any] = {"distribution": distribution, "version": version, "row": caps.range}
+    entry: ReleaseCheck = {"distribution": distribution, "version": version, "row": caps.range}
     t0 = time.monotonic()
     try:
         src = wheel_sources.fetch_sources(distribution, version, PATTERNS, cache_dir, index_url=index_url)
@@ -302,13 +328,13 @@ def check_release(distribution: str, version: str, cache_dir: Path, *,
         entry["error"] = str(e)
         return entry
     results = check(caps, SourceFacts.extract(src.names, src.files))
-    entry.update(wheel=src.filename, files_read=len(src.files), fetched_bytes=src.fetched_bytes,
-                 requests=src.requests, from_cache=src.cached, seconds=round(time.monotonic() - t0, 1),
-                 results=[r.as_dict() for r in results])
+    entry.update({"wheel": src.filename, "files_read": len(src.files), "fetched_bytes": src.fetched_bytes,
+                  "requests": src.requests, "from_cache": src.cached, "seconds": round(time.monotonic() - t0, 1),
+                  "results": [r.as_dict() for r in results]})
     return entry
 
 
-def summarize(entries: list[dict[str, Any]]) -> dict[str, int]:
+def summarize(entries: Sequence[ReleaseCheck]) -> dict[str, int]:
     counts = {"releases": len(entries), "unreadable": sum(1 for e in entries if "error" in e),
               "verified": 0, "contradicted": 0, "not_checkable": 0}
     for e in entries:
@@ -317,7 +343,7 @@ def summarize(entries: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: CheckReport) -> str:
     """The committed report: a summary, then one table per release (claim, status, claimed, evidence)."""
     s = report["summary"]
     lines = [
@@ -353,10 +379,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def machine_verified_by_row(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
+def machine_verified_by_row(entries: Sequence[ReleaseCheck]) -> dict[str, list[str]]:
     """Row range -> the claims verified at every release checked in it (none when a release of the row could
     not be read)."""
-    by_row: dict[str, list[dict[str, Any]]] = {}
+    by_row: dict[str, list[ReleaseCheck]] = {}
     for e in entries:
         by_row.setdefault(e["row"], []).append(e)
     out: dict[str, list[str]] = {}

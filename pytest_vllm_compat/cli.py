@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .allure_support import categories_from_kb
 from .bisection import load_results
@@ -54,6 +54,9 @@ from .outcomes import BISECT_SCHEMA, BISECT_SCHEMAS
 from .publish_paths import machine_paths, scrub_tree
 from .versions import version_key
 from .website import render_site
+
+if TYPE_CHECKING:  # attribution is imported by the commands that use it
+    from .attribution import AttributionProbe, Resolver
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
 
@@ -268,12 +271,12 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _on_attribution_probe(p: Any) -> None:
+def _on_attribution_probe(p: AttributionProbe) -> None:
     _progress(f"[vllm-compat attribute] {p.line}: {p.verdict}" + (" (flips)" if p.flips else "")
               + (f": {p.conflict or p.reason}" if p.conflict or p.reason else "") + f" in {p.wall_s:.0f} s")
 
 
-def _attribution_resolver(ns: argparse.Namespace, dist: str, results: Path) -> Any:
+def _attribution_resolver(ns: argparse.Namespace, dist: str, results: Path) -> Resolver:
     from . import attribution as at
 
     prov = Provisioner(Path(ns.env_dir or default_env_dir()), installer=getattr(ns, "installer", "auto"))
@@ -442,7 +445,7 @@ def cmd_capabilities_check(ns: argparse.Namespace) -> int:
 
     versions = ns.versions or table_versions()
     cache = Path(ns.cache) if ns.cache else default_env_dir() / "wheel-sources"
-    entries: list[dict[str, Any]] = []
+    entries: list[capability_check.ReleaseCheck] = []
     for dist in ns.distribution.split(","):
         try:
             offered = set(wheel_sources.releases(dist, ns.index))
@@ -461,7 +464,7 @@ def cmd_capabilities_check(ns: argparse.Namespace) -> int:
             for r in bad:
                 print(f"    {r['claim']}: table says {r['claimed']}; {r['evidence']}")
             entries.append(e)
-    report = {"generated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    report: capability_check.CheckReport = {"generated_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "index": ns.index, "summary": capability_check.summarize(entries), "releases": entries}
     if ns.report:
         out = Path(ns.report)
@@ -584,7 +587,7 @@ def cmd_upgrade(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _add_upgrade_parser(sub: Any) -> None:
+def _add_upgrade_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "upgrade", help="what changes from release X to Y for your models and deployment: behaviour per feature, "
         "interface changes with evidence, your serve args translated, dependency changes, gaps",
@@ -619,7 +622,7 @@ def _add_upgrade_parser(sub: Any) -> None:
 
 
 def _write_allure_categories(target: Path) -> None:
-    rules: list[Any] = list(load_knowledge_base())
+    rules = list(load_knowledge_base())
     path = target if target.suffix == ".json" else target / "categories.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(categories_from_kb(rules), indent=1) + "\n", encoding="utf-8")
