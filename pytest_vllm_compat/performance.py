@@ -154,38 +154,48 @@ def compile_cache_state(log_text: str) -> dict[str, str | None]:
 # --- across versions, in the matrix ---------------------------------------------------------------
 
 
-def annotate_cells(cells: Sequence[Cell], comparisons: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+def annotate_cells(cells: Sequence[Cell], comparisons: Sequence[Mapping[str, object]] = ()) -> list[dict[str, object]]:
     """The performance step between consecutive releases, per model: the interleaved comparison of the two
     (perf_compare.py), or, where none was run, "not compared". A cell's medians alone never make a verdict:
     the spread of separate runs on a shared machine is larger than the changes that matter (two runs of one
     release measured 1055 and 1993 tok/s here). Sets ``perf_step`` on the newer release's performance cells of
     that model; returns every step, oldest first per model."""
-    by_pair: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+    by_pair: dict[tuple[str, str, str], Mapping[str, object]] = {}
     for comp in comparisons:
-        by_pair[(str(comp["model"]), str(comp["a"]["vllm_version"]), str(comp["b"]["vllm_version"]))] = comp
+        by_pair[(str(comp["model"]), _side(comp, "a"), _side(comp, "b"))] = comp
     perf_cells: dict[str, dict[str, list[Cell]]] = {}
     for c in cells:
         m = c.get("metrics") or {}
         if m.get("tokens_per_s") is not None and not c.get("stack"):
             perf_cells.setdefault(c["model"], {}).setdefault(c["vllm_version"], []).append(c)
     models = sorted(set(perf_cells) | {m for m, _, _ in by_pair})
-    steps = []
+    steps: list[dict[str, object]] = []
     for model in models:
         versions = {v for m, a, b in by_pair if m == model for v in (a, b)} | set(perf_cells.get(model, {}))
         ordered = sorted(versions, key=version_key)
         for a, b in itertools.pairwise(ordered):
             found = by_pair.get((model, a, b))
-            step: dict[str, Any] = {"model": model, "from_version": a, "to_version": b}
+            step: dict[str, object] = {"model": model, "from_version": a, "to_version": b}
             if found is None:
                 step.update(compared=False, reason=f"no interleaved comparison of {a} and {b}: separate runs' "
                             "medians are not compared")
             else:
                 step.update(compared=True, host_class=found.get("host_class"), rounds=found.get("rounds"),
                             workload=found.get("workload"), measures=found.get("measures") or {},
-                            regressions=sorted(n for n, x in (found.get("measures") or {}).items()
-                                               if x.get("verdict") == "regression"))
+                            regressions=sorted(n for n, x in _object(found.get("measures")).items()
+                                               if _object(x).get("verdict") == "regression"))
             for cell in perf_cells.get(model, {}).get(b, []):
                 prev = perf_cells.get(model, {}).get(a) or []
                 cell["perf_step"] = {**step, "vs_cell_id": prev[0]["cell_id"] if prev else None}
             steps.append(step)
     return steps
+
+
+def _object(value: object) -> Mapping[str, object]:
+    """A JSON object of a comparison (its measures, a measure), or an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _side(comp: Mapping[str, object], side: str) -> str:
+    """The release of a comparison's side ``a`` or ``b``; KeyError when the comparison lacks it."""
+    return str(_object(comp[side])["vllm_version"])
