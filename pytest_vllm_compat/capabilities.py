@@ -18,6 +18,8 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from .record_types import JSONObject, JSONValue
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -418,8 +420,8 @@ def structured_server_args(caps: VersionCaps, backend: str, disable_any_whitespa
 
 
 def structured_request_fields(
-    caps: VersionCaps, kind: str, value: object, backend: str | None = None
-) -> dict[str, object]:
+    caps: VersionCaps, kind: str, value: JSONValue, backend: str | None = None
+) -> JSONObject:
     """Extra body fields for a chat/completions request asking for structured output ``kind``.
 
     ``backend`` is sent per request only on V0-default versions (< 0.8); V1 rejects a request
@@ -432,7 +434,7 @@ def structured_request_fields(
     if backend is not None and backend not in caps.structured_backends:
         raise Unsupported(f"vLLM {caps.version} has no structured-output backend {backend!r}")
     if caps.structured_request == "guided_fields":
-        fields: dict[str, object] = {f"guided_{kind}": value}
+        fields: JSONObject = {f"guided_{kind}": value}
         if backend is not None and engine_for(caps, structured_backend=backend) == "v0":
             fields["guided_decoding_backend"] = backend
         return fields
