@@ -4,19 +4,25 @@ default backend's. Backends for other hardware are "not applicable" with the rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from suite_helpers import greedy_outputs, reference_outputs, server_log, store_reference
 
 from pytest_vllm_compat.capabilities import (
     Unsupported,
+    VersionCaps,
     attention_selection,
     attention_selector,
     capabilities,
     table_versions,
 )
 from pytest_vllm_compat.classify import classify
+from pytest_vllm_compat.fixture_types import OpenAISDK, RecordExtras, ServerFactory
 from pytest_vllm_compat.logparse import attention_rejection, normalize_backend, parse_attention_backend
 from pytest_vllm_compat.outcomes import not_applicable, unsupported
+from pytest_vllm_compat.server import VLLMServer
+from pytest_vllm_compat.session import Target
 
 pytestmark = pytest.mark.attention
 
@@ -29,8 +35,8 @@ def _all_backends() -> list[str]:
     return sorted(names)
 
 
-def _builder(backend: str):
-    def build(caps, target):
+def _builder(backend: str) -> Callable[[VersionCaps, Target], tuple[list[str], dict[str, str]]]:
+    def build(caps: VersionCaps, target: Target) -> tuple[list[str], dict[str, str]]:
         offered = {d for d, names in caps.attention_backends.items() if backend in names}
         if not offered:
             unsupported(f"vLLM {caps.version} has no {backend} attention backend")
@@ -51,7 +57,8 @@ def _builder(backend: str):
     return build
 
 
-def test_default_backend_reference(request, vllm_target, vllm_server, vllm_record):
+def test_default_backend_reference(request: pytest.FixtureRequest, vllm_target: Target,
+                                   vllm_server: VLLMServer, vllm_record: RecordExtras) -> None:
     """Greedy outputs of the default backend (the comparison baseline); also checks they are repeatable."""
     first = store_reference(request, vllm_target, vllm_server)
     assert greedy_outputs(vllm_server) == first, "greedy (temperature 0) output changed between two runs"
@@ -64,8 +71,10 @@ BACKEND_PARAMS = [pytest.param(b, id=b, marks=[pytest.mark.vllm_server(label=f"a
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
-def test_backend_selected_and_confirmed(backend, vllm_server, vllm_caps, vllm_target, vllm_record,
-                                        vllm_server_factory, request):
+def test_backend_selected_and_confirmed(backend: str, vllm_server: VLLMServer, vllm_caps: VersionCaps,
+                                        vllm_target: Target, vllm_record: RecordExtras,
+                                        vllm_server_factory: ServerFactory,
+                                        request: pytest.FixtureRequest) -> None:
     log = server_log(vllm_server)
     used = parse_attention_backend(log)
     asked = normalize_backend(backend)
@@ -88,7 +97,9 @@ UNKNOWN_BACKEND = "NO_SUCH_BACKEND"
 
 
 @pytest.mark.vllm_feature("attention:unknown-name-refused")
-def test_unknown_backend_name_is_refused(vllm_caps, vllm_target, vllm_server_factory, vllm_record):
+def test_unknown_backend_name_is_refused(vllm_caps: VersionCaps, vllm_target: Target,
+                                         vllm_server_factory: ServerFactory,
+                                         vllm_record: RecordExtras) -> None:
     """A backend name the release does not have (a typo, or a name from another release) must stop the server at
     startup with a message naming it, not start it on the default backend as if the selection had worked."""
     args, env = attention_selector(vllm_caps, UNKNOWN_BACKEND)
@@ -101,7 +112,7 @@ def test_unknown_backend_name_is_refused(vllm_caps, vllm_target, vllm_server_fac
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
-def test_openai_sdk_on_the_backend(backend, vllm_openai):
+def test_openai_sdk_on_the_backend(backend: str, vllm_openai: OpenAISDK) -> None:
     """The official OpenAI SDK against the server started with this attention backend: a greedy chat."""
     chat = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=8, temperature=0,
                                                messages=[{"role": "user", "content": "Hello"}])

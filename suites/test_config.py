@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_vllm_compat.capabilities import engine_for, help_has_flag
-from pytest_vllm_compat.client import finish_reason, text_of
+from pytest_vllm_compat.capabilities import VersionCaps, engine_for, help_has_flag
+from pytest_vllm_compat.client import VLLMClient, finish_reason, text_of
+from pytest_vllm_compat.fixture_types import OpenAISDK, RecordExtras
 from pytest_vllm_compat.logparse import parse_engine_config
 from pytest_vllm_compat.outcomes import unsupported
+from pytest_vllm_compat.server import VLLMServer
+from pytest_vllm_compat.session import Target
 
 pytestmark = pytest.mark.config
 
 
-def test_server_lists_model(vllm_server, vllm_client):
+def test_server_lists_model(vllm_server: VLLMServer, vllm_client: VLLMClient) -> None:
     listed = vllm_client.models()
     assert listed == [vllm_server.served_model_name], (
         f"the model list is wrong: /v1/models lists {listed}, the server serves {vllm_server.served_model_name!r}")
 
 
-def test_engine_config_matches_request(vllm_server, vllm_target, vllm_caps, vllm_record):
+def test_engine_config_matches_request(vllm_server: VLLMServer, vllm_target: Target, vllm_caps: VersionCaps,
+                                       vllm_record: RecordExtras) -> None:
     cfg = parse_engine_config(vllm_server.log_text())
     vllm_record.metrics["engine_config"] = {k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool))}
     asked = vllm_target.model.serve_args
@@ -32,14 +36,15 @@ def test_engine_config_matches_request(vllm_server, vllm_target, vllm_caps, vllm
     assert cfg.get("engine") == expected, f"log says engine {cfg.get('engine')}, table says {expected}"
 
 
-def test_greedy_completion(vllm_client):
+def test_greedy_completion(vllm_client: VLLMClient) -> None:
     first = vllm_client.completion("The quick brown fox", max_tokens=8)
     second = vllm_client.completion("The quick brown fox", max_tokens=8)
     assert first["usage"]["completion_tokens"] == 8 or finish_reason(first) == "stop"
     assert text_of(first) == text_of(second), "temperature 0 must be deterministic"
 
 
-def test_chat_template_applies(vllm_client, vllm_target, vllm_record):
+def test_chat_template_applies(vllm_client: VLLMClient, vllm_target: Target,
+                               vllm_record: RecordExtras) -> None:
     """The chat endpoint renders the model's chat template: the prompt is wrapped (more tokens than the bare
     message) and, on a trained model, the answer is right (a random-weight model's cannot be judged)."""
     question = "What is the capital of France? Answer in one word."
@@ -56,7 +61,8 @@ def test_chat_template_applies(vllm_client, vllm_target, vllm_record):
         assert r["choices"][0]["finish_reason"] == "stop", "the answer did not end with the model's end of turn"
 
 
-def test_served_args_are_the_registry_args(vllm_server, vllm_target, vllm_record):
+def test_served_args_are_the_registry_args(vllm_server: VLLMServer, vllm_target: Target,
+                                           vllm_record: RecordExtras) -> None:
     """The version parsed the registry's serve args as given: its own "non-default args: {...}" line (what its
     argument parser made of the command line) holds each of them with the registry's value, and the host the
     plugin binds. A flag the release renamed, dropped or reads differently shows here, not as a later oddity."""
@@ -80,7 +86,7 @@ def test_served_args_are_the_registry_args(vllm_server, vllm_target, vllm_record
     assert matched, f"none of the registry's serve args {sorted(vllm_target.model.serve_args)} is in the parsed arguments"
     assert parsed.get("host") == "127.0.0.1", f"the server parsed host {parsed.get('host')!r}"
 
-def _claimed_flags(caps) -> list[str]:
+def _claimed_flags(caps: VersionCaps) -> list[str]:
     flags = []
     if caps.structured_server == "flag":
         flags.append("--guided-decoding-backend")
@@ -95,7 +101,8 @@ def _claimed_flags(caps) -> list[str]:
     return flags
 
 
-def test_capability_table_flags_exist(vllm_caps, vllm_help, vllm_record):
+def test_capability_table_flags_exist(vllm_caps: VersionCaps, vllm_help: str,
+                                      vllm_record: RecordExtras) -> None:
     """Every server flag the capability table relies on for this version is in the installed version's --help."""
     assert vllm_help, "the installed version printed no --help"
     flags = _claimed_flags(vllm_caps)
@@ -104,7 +111,7 @@ def test_capability_table_flags_exist(vllm_caps, vllm_help, vllm_record):
     assert not missing, f"capability table row {vllm_caps.range} claims flags this version lacks: {missing}"
 
 
-def test_openai_sdk_lists_completes_and_chats(vllm_openai):
+def test_openai_sdk_lists_completes_and_chats(vllm_openai: OpenAISDK) -> None:
     """The official OpenAI SDK against the server: model list, a greedy completion and a chat."""
     assert [m.id for m in vllm_openai.models.list().data] == [vllm_openai.model]
     c = vllm_openai.completions.create(model=vllm_openai.model, prompt="The quick brown fox", max_tokens=8,

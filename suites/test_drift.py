@@ -8,11 +8,16 @@ import pytest
 from suite_helpers import client_for
 
 from pytest_vllm_compat import drift
+from pytest_vllm_compat.environments import VLLMEnvironment
+from pytest_vllm_compat.fixture_types import DriftSettings, RecordExtras
+from pytest_vllm_compat.session import Target
 
 pytestmark = pytest.mark.drift
 
 
-def test_greedy_outputs_and_logprobs(request, vllm_target, vllm_env, vllm_model_path, vllm_record, vllm_drift):
+def test_greedy_outputs_and_logprobs(request: pytest.FixtureRequest, vllm_target: Target,
+                                     vllm_env: VLLMEnvironment, vllm_model_path: str,
+                                     vllm_record: RecordExtras, vllm_drift: DriftSettings) -> None:
     # A missing or unusable golden file is an error before any server starts.
     golden = (drift.load_golden(vllm_drift.golden_dir, vllm_target.model.name)
               if vllm_drift.golden_dir is not None else None)

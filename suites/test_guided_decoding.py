@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import platform
 import re
+from collections.abc import Callable
+from typing import Any
 
 import jsonschema
 import pytest
+from _pytest.mark import ParameterSet
 from suite_helpers import log_since, log_size, server_log
 
 from pytest_vllm_compat.capabilities import (
     Unsupported,
+    VersionCaps,
     engine_for,
     expected_structured_backend,
     fallback_conditions,
@@ -20,13 +24,17 @@ from pytest_vllm_compat.capabilities import (
     structured_request_fields,
     structured_server_args,
 )
-from pytest_vllm_compat.client import finish_reason, text_of
+from pytest_vllm_compat.client import VLLMClient, finish_reason, text_of
+from pytest_vllm_compat.fixture_types import OpenAISDK, RecordExtras
 from pytest_vllm_compat.logparse import backend_fallbacks, parse_engine_config
 from pytest_vllm_compat.outcomes import unsupported
+from pytest_vllm_compat.record_types import JSONObject, JSONValue
+from pytest_vllm_compat.server import VLLMServer
+from pytest_vllm_compat.session import Target
 
 pytestmark = pytest.mark.guided_decoding
 BACKENDS = ("xgrammar", "guidance", "outlines", "lm-format-enforcer")
-SCHEMA = {
+SCHEMA: JSONObject = {
     "type": "object",
     "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]},
                    "n": {"type": "integer", "minimum": 0, "maximum": 9}},
@@ -34,13 +42,13 @@ SCHEMA = {
     "additionalProperties": False,
 }
 REGEX = r"[a-c]{3}-[0-9]{2}"
-CHOICES = ["yes", "no", "maybe"]
+CHOICES: list[JSONValue] = ["yes", "no", "maybe"]
 GRAMMAR = 'root ::= "alpha" | "beta" | "gamma"'
 GRAMMAR_WORDS = {"alpha", "beta", "gamma"}
 
 
-def _builder(backend: str):
-    def build(caps, target):
+def _builder(backend: str) -> Callable[[VersionCaps, Target], tuple[list[str], dict[str, str]]]:
+    def build(caps: VersionCaps, target: Target) -> tuple[list[str], dict[str, str]]:
         try:
             return structured_server_args(caps, backend), {}
         except Unsupported as e:
@@ -48,7 +56,7 @@ def _builder(backend: str):
     return build
 
 
-def _params():
+def _params() -> list[ParameterSet]:
     out = []
     for b in BACKENDS:
         marks = [pytest.mark.vllm_server(label=f"so-{b}", builder=_builder(b)),
@@ -60,22 +68,24 @@ def _params():
 backend_param = pytest.mark.parametrize("backend", _params())
 
 
-def _fields(caps, kind, value, backend):
+def _fields(caps: VersionCaps, kind: str, value: JSONValue, backend: str) -> JSONObject:
     try:
         return structured_request_fields(caps, kind, value, backend)
     except Unsupported as e:
         unsupported(str(e))
 
 
-def _guided(client, caps, target, kind, value, backend, server, max_tokens=64):
+def _guided(client: VLLMClient, caps: VersionCaps, target: Target, kind: str, value: JSONValue, backend: str,
+            server: VLLMServer, max_tokens: int = 64) -> dict[str, Any]:
     fields = _fields(caps, kind, value, backend)
     offset = log_size(server)
-    r = client.chat("Answer:", max_tokens=max_tokens, **fields)
+    r = client.chat("Answer:", max_tokens=max_tokens, temperature=0.0, **fields)
     not_by(backend, kind, server, offset, caps, target, value)
     return r
 
 
-def not_by(backend, kind, server, offset, caps, target, value=None):
+def not_by(backend: str, kind: str, server: VLLMServer, offset: int, caps: VersionCaps, target: Target,
+           value: JSONValue = None) -> None:
     """Which backend served the request, against the one the capability table says should serve it.
 
     V0 engines (0.6.5-0.9.x) hand a request the named backend cannot do to another backend and only log a
@@ -108,7 +118,7 @@ def not_by(backend, kind, server, offset, caps, target, value=None):
 
 
 @backend_param
-def test_backend_in_effect(backend, vllm_server, vllm_record):
+def test_backend_in_effect(backend: str, vllm_server: VLLMServer, vllm_record: RecordExtras) -> None:
     """The engine runs with the backend we asked for: read from the engine's own config line ("Initializing a V1
     LLM engine ... with config: ... structured_outputs_config=StructuredOutputsConfig(backend='...')"), not from
     the echo of the command line, which would pass even if the engine ignored the flag."""
@@ -119,7 +129,8 @@ def test_backend_in_effect(backend, vllm_server, vllm_record):
 
 
 @backend_param
-def test_json_schema(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
+def test_json_schema(backend: str, vllm_client: VLLMClient, vllm_caps: VersionCaps, vllm_server: VLLMServer,
+                     vllm_target: Target) -> None:
     r = _guided(vllm_client, vllm_caps, vllm_target, "json", SCHEMA, backend, vllm_server)
     text = text_of(r)
     assert finish_reason(r) == "stop", (
@@ -129,21 +140,24 @@ def test_json_schema(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
 
 
 @backend_param
-def test_regex(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
+def test_regex(backend: str, vllm_client: VLLMClient, vllm_caps: VersionCaps, vllm_server: VLLMServer,
+               vllm_target: Target) -> None:
     r = _guided(vllm_client, vllm_caps, vllm_target, "regex", REGEX, backend, vllm_server)
     assert re.fullmatch(REGEX, text_of(r)), repr(text_of(r))
     assert finish_reason(r) == "stop"
 
 
 @backend_param
-def test_choice(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
+def test_choice(backend: str, vllm_client: VLLMClient, vllm_caps: VersionCaps, vllm_server: VLLMServer,
+                vllm_target: Target) -> None:
     r = _guided(vllm_client, vllm_caps, vllm_target, "choice", CHOICES, backend, vllm_server)
     assert text_of(r) in CHOICES, repr(text_of(r))
     assert finish_reason(r) == "stop"
 
 
 @backend_param
-def test_grammar(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
+def test_grammar(backend: str, vllm_client: VLLMClient, vllm_caps: VersionCaps, vllm_server: VLLMServer,
+                 vllm_target: Target) -> None:
     fields = _fields(vllm_caps, "grammar", GRAMMAR, backend)
     offset = log_size(vllm_server)
     resp = vllm_client.chat_raw({"messages": [{"role": "user", "content": "Answer:"}], "max_tokens": 16,
@@ -158,7 +172,8 @@ def test_grammar(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
 
 
 @backend_param
-def test_malformed_schema_is_4xx_and_server_stays_healthy(backend, vllm_client, vllm_caps):
+def test_malformed_schema_is_4xx_and_server_stays_healthy(backend: str, vllm_client: VLLMClient,
+                                                          vllm_caps: VersionCaps) -> None:
     bad = _fields(vllm_caps, "json", {"type": "objectx", "properties": 7}, backend)
     resp = vllm_client.chat_raw({"messages": [{"role": "user", "content": "x"}], "max_tokens": 8, **bad})
     assert 400 <= resp.status_code < 500, f"malformed schema answered {resp.status_code}: {resp.text[:300]}"
@@ -166,7 +181,8 @@ def test_malformed_schema_is_4xx_and_server_stays_healthy(backend, vllm_client, 
 
 
 @backend_param
-def test_valid_request_after_invalid_one(backend, vllm_client, vllm_caps, vllm_server, vllm_target):
+def test_valid_request_after_invalid_one(backend: str, vllm_client: VLLMClient, vllm_caps: VersionCaps,
+                                         vllm_server: VLLMServer, vllm_target: Target) -> None:
     """vllm#43920: one bad request must not kill the engine for every later one."""
     bad = _fields(vllm_caps, "regex", "([a-z", backend)
     vllm_client.chat_raw({"messages": [{"role": "user", "content": "x"}], "max_tokens": 8, **bad})
@@ -176,7 +192,8 @@ def test_valid_request_after_invalid_one(backend, vllm_client, vllm_caps, vllm_s
 
 
 @backend_param
-def test_json_schema_through_openai_sdk(backend, vllm_openai, vllm_caps, vllm_server, vllm_target):
+def test_json_schema_through_openai_sdk(backend: str, vllm_openai: OpenAISDK, vllm_caps: VersionCaps,
+                                        vllm_server: VLLMServer, vllm_target: Target) -> None:
     """The same JSON-schema request through the official OpenAI SDK (the version's fields in ``extra_body``)."""
     fields = _fields(vllm_caps, "json", SCHEMA, backend)
     offset = log_size(vllm_server)

@@ -4,19 +4,23 @@ scales with the memory knob, and an impossible max-model-len fails cleanly (clas
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from suite_helpers import model_config, server_log
 
 from pytest_vllm_compat.classify import classify
-from pytest_vllm_compat.logparse import parse_kv_cache
+from pytest_vllm_compat.fixture_types import OpenAISDK, RecordExtras, ServerFactory
+from pytest_vllm_compat.logparse import KVCacheInfo, parse_kv_cache
+from pytest_vllm_compat.server import VLLMServer
+from pytest_vllm_compat.session import Target
 
 pytestmark = pytest.mark.kv_cache
 GIB = 1024**3
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "auto": 2}
 
 
-def bytes_per_token(cfg: dict, dtype: str) -> int:
+def bytes_per_token(cfg: dict[str, Any], dtype: str) -> int:
     layers = int(cfg["num_hidden_layers"])
     heads = int(cfg["num_attention_heads"])
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
@@ -24,14 +28,15 @@ def bytes_per_token(cfg: dict, dtype: str) -> int:
     return 2 * layers * kv_heads * head_dim * DTYPE_BYTES.get(dtype, 2)
 
 
-def kv_memory_gib(server, info, device: str) -> float:
+def kv_memory_gib(server: VLLMServer, info: KVCacheInfo, device: str) -> float:
     if device == "cpu":
         return float(server.spec.env_dict().get("VLLM_CPU_KVCACHE_SPACE") or info.memory_gib or 4)
     assert info.memory_gib, "the log has no 'Available KV cache memory' line"
     return float(info.memory_gib)
 
 
-def test_capacity_matches_formula(vllm_server, vllm_target, vllm_model_path, vllm_record):
+def test_capacity_matches_formula(vllm_server: VLLMServer, vllm_target: Target, vllm_model_path: str,
+                                  vllm_record: RecordExtras) -> None:
     info = parse_kv_cache(server_log(vllm_server))
     assert info is not None and info.tokens, "no KV-cache capacity line found in the server log"
     per_token = bytes_per_token(model_config(vllm_model_path), str(vllm_target.model.serve_args.get("dtype", "auto")))
@@ -42,7 +47,7 @@ def test_capacity_matches_formula(vllm_server, vllm_target, vllm_model_path, vll
     assert abs(info.tokens - expected) / expected <= 0.02, f"log {info.tokens:,} tokens vs formula {expected:,.0f}"
 
 
-def test_max_concurrency_consistent(vllm_server, vllm_record):
+def test_max_concurrency_consistent(vllm_server: VLLMServer, vllm_record: RecordExtras) -> None:
     info = parse_kv_cache(server_log(vllm_server))
     assert info is not None and info.tokens and info.max_concurrency and info.concurrency_tokens, info
     expected = info.tokens / info.concurrency_tokens
@@ -50,7 +55,8 @@ def test_max_concurrency_consistent(vllm_server, vllm_record):
     assert abs(info.max_concurrency - expected) / expected <= 0.02, (info.max_concurrency, expected)
 
 
-def test_capacity_scales_with_memory_knob(vllm_server, vllm_server_factory, vllm_target, vllm_record):
+def test_capacity_scales_with_memory_knob(vllm_server: VLLMServer, vllm_server_factory: ServerFactory,
+                                          vllm_target: Target, vllm_record: RecordExtras) -> None:
     base = parse_kv_cache(server_log(vllm_server))
     assert base is not None and base.tokens
     if vllm_target.device == "cpu":
@@ -71,7 +77,8 @@ def test_capacity_scales_with_memory_knob(vllm_server, vllm_server_factory, vllm
         assert abs(per_gib_a - per_gib_b) / per_gib_a <= 0.02, (per_gib_a, per_gib_b)
 
 
-def test_max_model_len_beyond_capacity_fails_cleanly(vllm_server_factory, vllm_target, vllm_record):
+def test_max_model_len_beyond_capacity_fails_cleanly(vllm_server_factory: ServerFactory, vllm_target: Target,
+                                                     vllm_record: RecordExtras) -> None:
     # Ask for a context longer than the KV cache can hold: startup must fail with vLLM's message, not hang.
     env = {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
     if vllm_target.device == "cpu":
@@ -89,7 +96,7 @@ def test_max_model_len_beyond_capacity_fails_cleanly(vllm_server_factory, vllm_t
     assert c.category == "kv_cache_capacity", f"startup failed but not with the KV-capacity message: {c.id}: {error}"
 
 
-def test_full_length_sequence_through_openai_sdk(vllm_openai, vllm_target):
+def test_full_length_sequence_through_openai_sdk(vllm_openai: OpenAISDK, vllm_target: Target) -> None:
     """A sequence of exactly max_model_len tokens (prompt token ids + completion) through the official OpenAI
     SDK: the KV cache admits the longest sequence the server was configured for."""
     max_len = int(vllm_target.model.serve_args.get("max_model_len") or 256)

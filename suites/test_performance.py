@@ -9,17 +9,23 @@ figure is never asserted against a number here: a slow version is a result, a br
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from suite_helpers import server_log
 
 from pytest_vllm_compat import performance as perf
+from pytest_vllm_compat.environments import VLLMEnvironment
+from pytest_vllm_compat.fixture_types import RecordExtras, ServerFactory
+from pytest_vllm_compat.server import VLLMServer
 
 pytestmark = pytest.mark.performance
 WORKLOAD = perf.Workload()
 
 
-def test_serving_throughput_and_latency(vllm_server, vllm_env, vllm_model_path, vllm_record, tmp_path):
+def test_serving_throughput_and_latency(vllm_server: VLLMServer, vllm_env: VLLMEnvironment,
+                                        vllm_model_path: str, vllm_record: RecordExtras,
+                                        tmp_path: Path) -> None:
     repeats = []
     for i in range(WORKLOAD.repeats):
         argv = perf.bench_argv(vllm_env.python, base_url=vllm_server.base_url, model=vllm_server.served_model_name,
@@ -40,7 +46,8 @@ def test_serving_throughput_and_latency(vllm_server, vllm_env, vllm_model_path, 
     assert summary["tokens_per_s"], "vllm bench serve reported no output throughput"
 
 
-def test_server_start_time_and_compile_cache(vllm_server, vllm_server_factory, vllm_record):
+def test_server_start_time_and_compile_cache(vllm_server: VLLMServer, vllm_server_factory: ServerFactory,
+                                             vllm_record: RecordExtras) -> None:
     first = perf.compile_cache_state(server_log(vllm_server))
     vllm_record.metrics.update(start_first_s=vllm_server.start_time_s, compile_cache_first=first["state"],
                                compile_cache_first_reason=first["reason"])

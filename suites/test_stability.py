@@ -11,8 +11,11 @@ import pytest
 import requests
 from suite_helpers import client_for
 
-from pytest_vllm_compat.capabilities import Unsupported, structured_request_fields
-from pytest_vllm_compat.client import text_of
+from pytest_vllm_compat.capabilities import Unsupported, VersionCaps, structured_request_fields
+from pytest_vllm_compat.client import VLLMClient, text_of
+from pytest_vllm_compat.fixture_types import OpenAISDK, RecordExtras
+from pytest_vllm_compat.record_types import JSONObject
+from pytest_vllm_compat.server import VLLMServer
 
 pytestmark = pytest.mark.stability
 BURST_REQUESTS = 256
@@ -24,7 +27,7 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def _one(server, i: int) -> tuple[bool, float, str]:
+def _one(server: VLLMServer, i: int) -> tuple[bool, float, str]:
     client = client_for(server)
     t0 = time.monotonic()
     try:
@@ -36,7 +39,8 @@ def _one(server, i: int) -> tuple[bool, float, str]:
         client.close()
 
 
-def test_concurrent_burst(vllm_server, vllm_client, vllm_record):
+def test_concurrent_burst(vllm_server: VLLMServer, vllm_client: VLLMClient,
+                          vllm_record: RecordExtras) -> None:
     t0 = time.monotonic()
     with ThreadPoolExecutor(BURST_CONCURRENCY) as pool:
         results = list(pool.map(lambda i: _one(vllm_server, i), range(BURST_REQUESTS)))
@@ -50,7 +54,7 @@ def test_concurrent_burst(vllm_server, vllm_client, vllm_record):
     assert vllm_client.health() == 200
 
 
-def test_streaming(vllm_client, vllm_record):
+def test_streaming(vllm_client: VLLMClient, vllm_record: RecordExtras) -> None:
     chunks = list(vllm_client.stream_completion("Stream this:", max_tokens=16))
     vllm_record.metrics["stream_chunks"] = len(chunks)
     assert len(chunks) >= 2, f"the stream was truncated: {len(chunks)} chunk(s)"
@@ -59,10 +63,10 @@ def test_streaming(vllm_client, vllm_record):
     assert vllm_client.health() == 200
 
 
-def test_client_disconnects_mid_stream(vllm_server, vllm_client):
+def test_client_disconnects_mid_stream(vllm_server: VLLMServer, vllm_client: VLLMClient) -> None:
     url = vllm_server.base_url + "/v1/completions"
-    body = {"model": vllm_server.served_model_name, "prompt": "long", "max_tokens": 400, "stream": True,
-            "temperature": 0, "ignore_eos": True}
+    body: JSONObject = {"model": vllm_server.served_model_name, "prompt": "long", "max_tokens": 400,
+                        "stream": True, "temperature": 0, "ignore_eos": True}
     with requests.post(url, json=body, headers={"Authorization": f"Bearer {vllm_server.api_key}"},
                        stream=True, timeout=60) as r:
         assert r.status_code == 200
@@ -74,7 +78,8 @@ def test_client_disconnects_mid_stream(vllm_server, vllm_client):
     assert vllm_client.completion("after the disconnect", max_tokens=4)["choices"]
 
 
-def test_mixed_guided_and_plain(vllm_server, vllm_client, vllm_caps, vllm_record):
+def test_mixed_guided_and_plain(vllm_server: VLLMServer, vllm_client: VLLMClient, vllm_caps: VersionCaps,
+                                vllm_record: RecordExtras) -> None:
     try:
         guided = structured_request_fields(vllm_caps, "choice", ["yes", "no"])
     except Unsupported as e:
@@ -86,7 +91,7 @@ def test_mixed_guided_and_plain(vllm_server, vllm_client, vllm_caps, vllm_record
         client = client_for(vllm_server)
         try:
             if i % 2:
-                return "guided", text_of(client.chat("yes or no?", max_tokens=8, **guided))
+                return "guided", text_of(client.chat("yes or no?", max_tokens=8, temperature=0.0, **guided))
             return "plain", text_of(client.completion(f"plain {i}", max_tokens=8))
         finally:
             client.close()
@@ -99,7 +104,7 @@ def test_mixed_guided_and_plain(vllm_server, vllm_client, vllm_caps, vllm_record
     assert vllm_client.health() == 200
 
 
-def test_long_sequential_run(vllm_client, vllm_record):
+def test_long_sequential_run(vllm_client: VLLMClient, vllm_record: RecordExtras) -> None:
     n = 150
     t0 = time.monotonic()
     for i in range(n):
@@ -108,7 +113,7 @@ def test_long_sequential_run(vllm_client, vllm_record):
     assert vllm_client.health() == 200
 
 
-def test_openai_sdk_streaming(vllm_openai, vllm_client):
+def test_openai_sdk_streaming(vllm_openai: OpenAISDK, vllm_client: VLLMClient) -> None:
     """A streamed chat through the official OpenAI SDK: chunks arrive, the last one says why it stopped."""
     stream = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=16, stream=True,
                                                  messages=[{"role": "user", "content": "Stream this:"}])

