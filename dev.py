@@ -168,7 +168,7 @@ def cmd_publish(ns: argparse.Namespace) -> int:
     # The cells come from the releases' runs; a bisection's or attribution's results dir (bisect/ or attribution/
     # in it) adds its reports, not its probes' records, which ran a partial selection, often of an older suite.
     dirs = sorted(d for d in out.iterdir() if d.is_dir() and d.name != "site" and (d / "records").is_dir())
-    probes = [d for d in dirs if (d / "bisect").is_dir() or (d / "attribution").is_dir()]
+    probes = [d for d in dirs if (d / "bisect").is_dir() or (d / "attribution").is_dir()]  # matrix.probe_dir
     run([str(PY), "-m", "pytest_vllm_compat.cli", "matrix", *(str(d) for d in dirs if d not in probes),
          *(a for d in probes for a in ("--reports-from", str(d))), "--output", str(out / "site"),
          *(["--perf-compare", str(perf)] if perf.is_dir() else [])])

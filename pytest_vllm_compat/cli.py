@@ -561,7 +561,7 @@ def cmd_upgrade(ns: argparse.Namespace) -> int:
     if missing:
         print(f"vllm-compat upgrade: no such results directory: {', '.join(missing)}", file=sys.stderr)
         return 2
-    inputs = upgrade.load_inputs(results)
+    inputs = upgrade.load_inputs(results, [] if ns.results else upgrade.default_report_dirs(root))
     perf_dirs = list(ns.perf) or upgrade.default_perf_dirs(root)
     check = Path(ns.check_report) if ns.check_report else root / upgrade.CHECK_REPORT
     requires = None

@@ -40,7 +40,7 @@ from . import drift, perf_compare
 from .bisection import load_results
 from .capabilities import Unsupported, VersionCaps, attention_selector, capabilities, structured_server_args
 from .lockfiles import load_locks, parse_lock
-from .matrix import build_matrix, load_manifests, load_records, merge_run_statuses, record_files
+from .matrix import build_matrix, load_manifests, load_records, merge_run_statuses, probe_dir, record_files
 from .matrix.cell_types import Cell, Matrix, items, mapping
 from .matrix.cells import test_key
 from .outcomes import FAILING
@@ -70,6 +70,7 @@ __all__ = [
     "build_report",
     "default_check_report",
     "default_perf_dirs",
+    "default_report_dirs",
     "default_results_dirs",
     "interface_changes",
     "load_inputs",
@@ -206,12 +207,22 @@ class UpgradeReport:
 # --------------------------------------------------------------------------- inputs
 
 
-def default_results_dirs(root: Path | str = ".") -> list[Path]:
-    """The committed results directories under ``<root>/reports/runs`` (every one holding records)."""
+def _committed_dirs(root: Path | str) -> list[Path]:
     runs = Path(root) / "reports" / "runs"
     if not runs.is_dir():
         return []
     return [d for d in sorted(runs.iterdir()) if d.is_dir() and record_files(d)]
+
+
+def default_results_dirs(root: Path | str = ".") -> list[Path]:
+    """The committed releases' results directories under ``<root>/reports/runs`` (every one holding records),
+    without bisections' and attributions' (:func:`default_report_dirs`)."""
+    return [d for d in _committed_dirs(root) if not probe_dir(d)]
+
+
+def default_report_dirs(root: Path | str = ".") -> list[Path]:
+    """The committed bisections' and attributions' results directories: their answers, not their probes."""
+    return [d for d in _committed_dirs(root) if probe_dir(d)]
 
 
 def default_check_report(root: Path | str = ".") -> Path | None:
@@ -238,13 +249,14 @@ class Inputs(TypedDict):
     locks: dict[str, str]
 
 
-def load_inputs(results: Sequence[Path | str]) -> Inputs:
-    """The matrix of ``results`` (cells, drift, bisections) and their lock texts, as :func:`build_report` takes them."""
+def load_inputs(results: Sequence[Path | str], reports_from: Sequence[Path | str] = ()) -> Inputs:
+    """The matrix of ``results`` (cells, drift) with the bisections of ``results`` and ``reports_from`` (whose
+    probes' records stay out of the cells), and their lock texts, as :func:`build_report` takes them."""
     records = load_records(results)
     locks = load_locks(results)
     matrix = build_matrix(records, load_manifests(results), locks=locks)  # no records: no cells, no releases
-    matrix["bisections"] = load_results(results)
-    matrix["sources"] = [_shown(Path(d)) for d in results]
+    matrix["bisections"] = load_results([*results, *reports_from])
+    matrix["sources"] = [_shown(Path(d)) for d in [*results, *reports_from]]
     return {"matrix": matrix, "records": records, "locks": locks}
 
 

@@ -36,7 +36,7 @@ from pytest_vllm_compat.matrix.insights import (
     summary_by_version,
     version_insights,
 )
-from pytest_vllm_compat.matrix.records import load_manifests, load_records, record_files
+from pytest_vllm_compat.matrix.records import load_manifests, load_records, probe_dir, record_files
 from pytest_vllm_compat.outcomes import FAILING, MATRIX_SCHEMA, SKIPPED
 from pytest_vllm_compat.record_types import Record
 from pytest_vllm_compat.results import model_slug
@@ -55,6 +55,7 @@ __all__ = [
     "load_manifests",
     "load_records",
     "merge_run_statuses",
+    "probe_dir",
     "record_files",
     "sort_versions",
     "version_key",

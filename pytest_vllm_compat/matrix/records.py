@@ -14,7 +14,16 @@ from pytest_vllm_compat.outcomes import MANIFEST_SCHEMA, RECORD_SCHEMA
 from pytest_vllm_compat.record_types import Record
 from pytest_vllm_compat.results import read_record_file
 
-__all__ = ["MANIFEST_SCHEMA", "RECORD_SCHEMA", "load_manifests", "load_records", "record_files"]
+__all__ = ["MANIFEST_SCHEMA", "RECORD_SCHEMA", "load_manifests", "load_records", "probe_dir", "record_files"]
+
+# A bisection's or an attribution's results dir holds its answer here; its records are its probes'
+PROBE_SUBDIRS = ("bisect", "attribution")
+
+
+def probe_dir(directory: Path) -> bool:
+    """Whether a results dir is a bisection's or an attribution's: its records are probes (a partial selection,
+    often run by an older suite), so reports show its answer but its records never join a release's cells."""
+    return any((directory / sub).is_dir() for sub in PROBE_SUBDIRS)
 
 
 def record_files(directory: Path) -> list[Path]:

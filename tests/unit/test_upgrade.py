@@ -28,7 +28,9 @@ WORKS = ("still works", "works", "newly fixed", "outputs changed")
 def inputs() -> dict[str, Any]:
     dirs = upgrade.default_results_dirs(REPO)
     assert dirs, "the committed results dirs (reports/runs/*) are missing"
-    return upgrade.load_inputs(dirs)
+    assert all(not (d / "bisect").is_dir() for d in dirs)  # a bisection's probes are not a release's run
+    assert [d.name for d in upgrade.default_report_dirs(REPO)] == ["bisect-outlines-regex-choice"]
+    return upgrade.load_inputs(dirs, upgrade.default_report_dirs(REPO))
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +360,8 @@ def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`vllm-compat matrix` over the committed runs, into a temporary dir (the committed site is left alone)."""
     out = tmp_path_factory.mktemp("site")
     dirs = [str(d) for d in upgrade.default_results_dirs(REPO)]
-    assert cli.main(["matrix", *dirs, "--output", str(out)]) == 0
+    reports = [a for d in upgrade.default_report_dirs(REPO) for a in ("--reports-from", str(d))]
+    assert cli.main(["matrix", *dirs, *reports, "--output", str(out)]) == 0
     return out
 
 
