@@ -62,7 +62,7 @@ def test_entry_classifies_its_own_example(rule, example: str) -> None:
     assert classify("AssertionError: assert 0 == 1", log).id == rule.id
     # inside the version range the entry names (or with any version when it names none)
     if rule.versions is not None:
-        inside = next(v for v in ("0.5.5", "0.6.3", "0.7.0", "0.8.5", "0.11.0", "0.22.0", "0.32.0") if rule.versions.contains(v))
+        inside = next(v for v in ("0.5.5", "0.6.3", "0.7.0", "0.8.5", "0.11.0", "0.22.0", "0.27.0", "0.32.0") if rule.versions.contains(v))
         assert classify(example, version=inside).id == rule.id
 
 
