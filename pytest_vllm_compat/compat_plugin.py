@@ -24,7 +24,7 @@ from .environments import (
 from .fixture_types import ItemState
 from .lockfiles import store_lock
 from .log_settle import Settled, http_error_status, settle
-from .markers import FEATURES, feature_of, group_of, target_of
+from .markers import FEATURES, feature_of, group_of, scope_of, target_of
 from .outcomes import NOT_APPLICABLE_PREFIX
 from .registry import ModelSpec
 from .results import (
@@ -187,7 +187,7 @@ class CompatPlugin:
             if g is None or target is None:
                 continue
             it.stash[ITEM] = ItemState(target=target, nodeid=it.nodeid)
-            it.add_marker(pytest.mark.xdist_group(name=g.xdist_name))
+            it.add_marker(pytest.mark.xdist_group(name=scope_of(it, g)))
             tm = it.get_closest_marker("timeout")
             if tm is None:
                 it.add_marker(pytest.mark.timeout(func_only=True))

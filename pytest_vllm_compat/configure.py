@@ -153,9 +153,13 @@ def build_plugin(config: pytest.Config, settings: options.Settings, models: list
     # xdist: keep every server spec on one worker. The controller picks the loadgroup scheduler; the
     # workers must know it too, because they are the ones that append "@<group>" to the node ids
     # (xdist sets option.loadgroup from the worker's own command line, which still says "load").
+    # The scopes go out in collection order (the plugin's plan: each model's default server and the one-off
+    # starts of its group first), not sorted by their number of tests, which says little of their cost: a one-off
+    # start that must fail is one test and a full server start.
     if not is_worker and getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in (
             "load", "no"):
         config.option.dist = "loadgroup"
+        config.option.loadscopereorder = False
     if is_worker and winput.get("dist") == "loadgroup":
         config.option.loadgroup = True
     atexit.register(session.stop_all)  # safety net if pytest is torn down without sessionfinish

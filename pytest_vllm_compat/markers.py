@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from .scheduling import GroupKey
+from .scheduling import GroupKey, xdist_scope
 from .session import Target
 
 FEATURES = {
@@ -28,8 +28,12 @@ def register_markers(config: pytest.Config, families: Iterable[str]) -> None:
     """Declare the feature markers, ``vllm_server``, ``vllm_feature`` and a marker per model family."""
     for name, desc in FEATURES.items():
         config.addinivalue_line("markers", f"{name}: compat feature -- {desc}")
-    config.addinivalue_line("markers", "vllm_server(args=(), env={}, label='', builder=None): extra serve args/env "
-                            "for this test's server; builder(caps, target) -> (args, env) computes them per version")
+    config.addinivalue_line("markers", "vllm_server(args=(), env={}, label='', builder=None, same_worker_as=None): "
+                            "extra serve args/env for this test's server; builder(caps, target) -> (args, env) "
+                            "computes them per version; same_worker_as=LABEL runs the test on the xdist worker of "
+                            "the server labelled LABEL ('' = the default), whose outputs it compares with")
+    config.addinivalue_line("markers", "vllm_one_off: the test starts only one-off servers of its own "
+                            "(vllm_server_factory.try_start), never its group's: under xdist it runs on any worker")
     config.addinivalue_line("markers", "vllm_feature(name): the precise feature id recorded for this test, "
                             "e.g. guided_decoding:xgrammar")
     for fam in sorted(set(DEFAULT_FAMILIES) | set(families)):
@@ -74,3 +78,17 @@ def group_of(item: pytest.Item) -> GroupKey | None:
         return None
     label, _ = server_marker(item)
     return GroupKey(target.line, target.model.name, label)
+
+
+def scope_of(item: pytest.Item, group: GroupKey) -> str:
+    """The xdist scope of an item in server ``group`` (:func:`pytest_vllm_compat.scheduling.xdist_scope`), from
+    its ``vllm_server(same_worker_as=...)`` and ``vllm_one_off`` markers."""
+    _, marker = server_marker(item)
+    after = marker.kwargs.get("same_worker_as") if marker is not None else None
+    one_off = item.get_closest_marker("vllm_one_off") is not None
+    if one_off and "vllm_server" in getattr(item, "fixturenames", ()):
+        raise pytest.UsageError(f"{item.nodeid}: marked vllm_one_off (only one-off servers of its own) but it asks "
+                                "for vllm_server; drop the marker, or start its servers with "
+                                "vllm_server_factory.try_start")
+    return xdist_scope(group, same_worker_as=None if after is None else str(after), one_off=one_off,
+                       test_name=getattr(item, "originalname", item.name))

@@ -3,7 +3,9 @@
 Tests that share a vLLM server spec (version x model x server label) form a group, a :class:`GroupKey`. The
 plugin runs each group's tests back to back so the group's server starts once, newer-first never: versions in
 release order, then model and label (:func:`plan`); a server is released after the last test of its group
-(``Plan.last_index``). Under xdist each group is one ``xdist_group`` (:attr:`GroupKey.xdist_name`).
+(``Plan.last_index``). Under xdist each group is one ``xdist_group`` (:attr:`GroupKey.xdist_name`), with two
+exceptions (:func:`xdist_scope`): a test that needs what another group's tests left in the worker (reference
+outputs) goes with that group, and a test that only starts one-off servers of its own goes on its own.
 
 Split a run across machines (``--vllm-shard=i/n``) by group, so each server starts on one shard only.
 Every shard process computes the same assignment from the same input: ``shard_of`` hashes the
@@ -21,6 +23,9 @@ from dataclasses import dataclass
 from .versions import version_key
 
 _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+# xdist reads a test's group after the last "@" of its node id, and only when no "]" comes after that "@"
+# (xdist/scheduler/loadgroup.py): a label written as JSON ("[[...], {}]") would put every test in a group of its own.
+_SCOPE_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -80,7 +85,7 @@ class GroupKey:
 
     @property
     def xdist_name(self) -> str:
-        return self.key.replace("|", "_")
+        return _SCOPE_UNSAFE.sub("_", self.key.replace("|", "_"))
 
     def side(self, label: str) -> str:
         """The pool group of a side server a test starts itself (stopped right after that test)."""
@@ -88,6 +93,25 @@ class GroupKey:
 
     def sort_key(self) -> tuple[tuple[object, ...], str]:
         return version_key(self.version), self.key
+
+
+def xdist_scope(group: GroupKey, *, same_worker_as: str | None = None, one_off: bool = False,
+                test_name: str = "") -> str:
+    """The xdist group (scope) a test of ``group`` is sent with; a scope runs on one worker, in collection order.
+
+    - By default the group's own: its server starts on one worker only.
+    - ``same_worker_as=LABEL`` (the ``vllm_server`` marker's): the scope of the group with that label, same line
+      and model, for a test that compares with outputs that group's tests keep in the worker (the attention
+      backends with the default server's, TP=N with TP=1's). On another worker it would start that server again.
+    - ``one_off`` (the test starts only one-off servers of its own, e.g. a start that must fail, never its group's):
+      a scope of its own, named after the test, so that start runs on whichever worker is free, not after the
+      group's tests.
+    """
+    if same_worker_as is not None:
+        return GroupKey(group.version, group.model, same_worker_as).xdist_name
+    if one_off:
+        return _SCOPE_UNSAFE.sub("_", f"{group.xdist_name}_alone_{test_name}")
+    return group.xdist_name
 
 
 @dataclass(frozen=True)

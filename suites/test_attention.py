@@ -65,7 +65,9 @@ def test_default_backend_reference(request: pytest.FixtureRequest, vllm_target: 
     vllm_record.metrics["backend_in_log"] = parse_attention_backend(server_log(vllm_server))
 
 
-BACKEND_PARAMS = [pytest.param(b, id=b, marks=[pytest.mark.vllm_server(label=f"attn-{b}", builder=_builder(b)),
+# same_worker_as="": under xdist, on the worker of the default server, whose greedy outputs they compare with.
+BACKEND_PARAMS = [pytest.param(b, id=b, marks=[pytest.mark.vllm_server(label=f"attn-{b}", builder=_builder(b),
+                                                                       same_worker_as=""),
                                                 pytest.mark.vllm_feature(f"attention:{b}")])
                   for b in _all_backends()]
 
@@ -97,6 +99,7 @@ UNKNOWN_BACKEND = "NO_SUCH_BACKEND"
 
 
 @pytest.mark.vllm_feature("attention:unknown-name-refused")
+@pytest.mark.vllm_one_off
 def test_unknown_backend_name_is_refused(vllm_caps: VersionCaps, vllm_target: Target,
                                          vllm_server_factory: ServerFactory,
                                          vllm_record: RecordExtras) -> None:

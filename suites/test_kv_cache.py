@@ -77,6 +77,7 @@ def test_capacity_scales_with_memory_knob(vllm_server: VLLMServer, vllm_server_f
         assert abs(per_gib_a - per_gib_b) / per_gib_a <= 0.02, (per_gib_a, per_gib_b)
 
 
+@pytest.mark.vllm_one_off
 def test_max_model_len_beyond_capacity_fails_cleanly(vllm_server_factory: ServerFactory, vllm_target: Target,
                                                      vllm_record: RecordExtras) -> None:
     # Ask for a context longer than the KV cache can hold: startup must fail with vLLM's message, not hang.

@@ -72,7 +72,9 @@ def test_tp1_reference(request: pytest.FixtureRequest, vllm_target: Target, vllm
     assert greedy_outputs(vllm_server) == first, "greedy (temperature 0) output changed between two runs"
 
 
-TP_PARAMS = [pytest.param(n, id=f"tp{n}", marks=[pytest.mark.vllm_server(label=f"tp{n}", builder=_tp_builder(n))])
+# same_worker_as="tp1": under xdist, on the worker of the TP=1 server, whose greedy outputs they compare with.
+TP_PARAMS = [pytest.param(n, id=f"tp{n}", marks=[pytest.mark.vllm_server(label=f"tp{n}", builder=_tp_builder(n),
+                                                                         same_worker_as="tp1")])
              for n in SIZES]
 
 
@@ -87,6 +89,7 @@ def test_greedy_output_matches_tp1(tp: int, tp_applicable: int, request: pytest.
     assert out == ref, f"TP={tp} greedy output differs from TP=1 (float32):\n{out}\nvs\n{ref}"
 
 
+@pytest.mark.vllm_one_off
 def test_tp_size_not_dividing_heads_fails_cleanly(vllm_target: Target, vllm_model_path: str,
                                                   vllm_server_factory: ServerFactory,
                                                   vllm_record: RecordExtras) -> None:

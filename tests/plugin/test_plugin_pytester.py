@@ -695,6 +695,65 @@ def test_xdist_keeps_every_server_group_on_one_worker(project: Project, monkeypa
     assert ids[0] == "test_g.py::test_g[tiny-llama-vllm-cpu-9.9.0-0]"
 
 
+SCOPE_TESTS = """
+import os, json
+import pytest
+
+def _log(target, what):
+    with open(os.environ["GROUP_LOG"], "a") as f:
+        f.write(json.dumps([target.id, what, os.environ.get("PYTEST_XDIST_WORKER")]) + "\\n")
+
+@pytest.mark.parametrize("i", range(3))
+def test_default(vllm_target, i):
+    _log(vllm_target, "default")
+
+@pytest.mark.vllm_server(label="other")
+@pytest.mark.parametrize("i", range(3))
+def test_other(vllm_target, i):
+    _log(vllm_target, "other")
+
+@pytest.mark.vllm_server(label="compares", same_worker_as="")
+@pytest.mark.parametrize("i", range(3))
+def test_compares(vllm_target, i):
+    _log(vllm_target, "compares")
+
+@pytest.mark.vllm_one_off
+def test_one_off(vllm_target):
+    _log(vllm_target, "one-off")
+"""
+
+
+def test_xdist_scopes_follow_same_worker_as_and_one_off(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group marked same_worker_as="" runs on the default server's worker, after its tests (it compares with
+    outputs they keep in that worker); a vllm_one_off test is a scope of its own, first among its group's."""
+    project.ready("9.9.0")
+    log = project.pytester.path / "groups.log"
+    monkeypatch.setenv("GROUP_LOG", str(log))
+    project.pytester.makepyfile(test_s=SCOPE_TESTS)
+    result = project.run_subprocess("--vllm=9.9.0", "-n", "2", "-k", "tiny-mistral")
+    result.assert_outcomes(passed=10)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    worker = {what: {w for _, wh, w in rows if wh == what} for _, what, _ in rows}
+    assert all(len(w) == 1 for w in worker.values()), worker
+    assert worker["compares"] == worker["default"], worker
+    on_default = [what for _, what, w in rows if w in worker["default"] and what in ("default", "compares")]
+    assert on_default == ["default"] * 3 + ["compares"] * 3, on_default
+
+
+def test_a_one_off_test_that_asks_for_the_group_server_is_a_usage_error(project: Project) -> None:
+    project.ready("9.9.0")
+    project.pytester.makepyfile(test_bad="""
+import pytest
+
+@pytest.mark.vllm_one_off
+def test_bad(vllm_target, vllm_server):
+    pass
+""")
+    result = project.run("--vllm=9.9.0", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "marked vllm_one_off" in result.stderr.str() + result.stdout.str()
+
+
 # --- registries of any shape: a test no model runs is skipped with the reason, never a crash ----------
 
 FEATURE_TESTS = """

@@ -105,6 +105,32 @@ def test_group_key_strings_stay_what_shards_and_the_pool_used() -> None:
     assert GroupKey("0.32.0", "m") == GroupKey("0.32.0", "m", "") and len({g, GroupKey(*g.key.split("|"))}) == 1
 
 
+def test_xdist_names_are_groups_xdist_can_read() -> None:
+    """xdist takes the text after the last "@" of a node id as the group only when no "]" follows: a label
+    written as JSON must not make every test a group of its own."""
+    from pytest_vllm_compat.scheduling import GroupKey
+
+    name = GroupKey("0.32.0+transformers-4.57.0", "m", '[["--dtype", "float32"], {}]').xdist_name
+    assert "]" not in name and "@" not in name and " " not in name
+    assert name.startswith("0.32.0+transformers-4.57.0_m_")
+    nodeid = f"suites/test_x.py::test_y[m-0.32.0]@{name}"
+    assert nodeid.rfind("@") > nodeid.rfind("]")  # xdist/scheduler/loadgroup.py's test for a group suffix
+
+
+def test_xdist_scope_keeps_a_group_together_except_where_told() -> None:
+    from pytest_vllm_compat.scheduling import GroupKey, xdist_scope
+
+    default, attn = GroupKey("0.32.0", "m"), GroupKey("0.32.0", "m", "attn-CPU_ATTN")
+    assert xdist_scope(attn) == attn.xdist_name != default.xdist_name
+    # a test comparing with the default server's outputs runs on that server's worker
+    assert xdist_scope(attn, same_worker_as="") == default.xdist_name
+    assert xdist_scope(GroupKey("0.32.0", "m", "tp2"), same_worker_as="tp1") == GroupKey("0.32.0", "m", "tp1").xdist_name
+    # a one-off start goes alone, one scope per test, apart from its group's
+    one = xdist_scope(default, one_off=True, test_name="test_a")
+    assert one != default.xdist_name and one != xdist_scope(default, one_off=True, test_name="test_b")
+    assert one.startswith(default.xdist_name)
+
+
 def test_plan_orders_plain_tests_first_then_groups_by_release() -> None:
     from pytest_vllm_compat.scheduling import GroupKey, plan
 
