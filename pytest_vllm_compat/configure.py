@@ -132,6 +132,7 @@ def build_plugin(config: pytest.Config, settings: options.Settings, models: list
         gpu_lock_dir=settings.gpu_lock_dir, lock_dir=settings.lock_dir,
         warn=lambda msg: warnings.warn(msg, stacklevel=1),
         compile_cache=settings.compile_cache, servers_per_gpu=settings.servers_per_gpu, stacks=stacks,
+        eager_knob_servers=settings.eager_knob_servers,
     )
     if is_worker and device == "cpu" and backend.host_cores:
         from .cpu_cores import pin, worker_share

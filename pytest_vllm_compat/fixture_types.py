@@ -70,15 +70,18 @@ class ServerFactory:
         self.item = item
 
     def spec(self, args: Sequence[str] = (), env: dict[str, str] | None = None, label: str = "",
-             gpus: int | None = None) -> ServerSpec:
-        """The spec a server for this test's target with these extra args and env would have (nothing starts)."""
+             gpus: int | None = None, eager_ok: bool = False) -> ServerSpec:
+        """The spec a server for this test's target with these extra args and env would have (nothing starts).
+        ``eager_ok``: the server only turns a knob compilation does not touch, so it may start with
+        ``--enforce-eager`` (:meth:`CompatSession.knob_server_args`)."""
+        args = self.session.knob_server_args(self.target, args, eager_ok)
         return self.session.spec_for(self.target, self.model_path, args=args, env=env, label=label, gpus=gpus)
 
     def __call__(self, args: Sequence[str] = (), env: dict[str, str] | None = None, label: str = "",
-                 gpus: int | None = None) -> VLLMServer:
+                 gpus: int | None = None, eager_ok: bool = False) -> VLLMServer:
         """The server for this spec, started or reused from the pool; a ``label`` other than the marker's starts
         a side server of its own, stopped after the test."""
-        spec = self.spec(args, env, label, gpus)
+        spec = self.spec(args, env, label, gpus, eager_ok)
         key = group_of(self.request.node)
         g = key.key if key else ""
         _, marker = server_marker(self.request.node)
@@ -104,13 +107,13 @@ class ServerFactory:
         return server
 
     def try_start(self, args: Sequence[str] = (), env: dict[str, str] | None = None,
-                  label: str = "") -> tuple[VLLMServer, ServerError | None]:
+                  label: str = "", eager_ok: bool = False) -> tuple[VLLMServer, ServerError | None]:
         """Start a one-off server that may fail (for tests that expect a clean startup failure).
 
         Returns (server, error); the server is stopped already when it failed, and is stopped at the end
         of the test otherwise.
         """
-        spec = self.spec(args, env, label or "oneoff")
+        spec = self.spec(args, env, label or "oneoff", eager_ok=eager_ok)
         session = self.session
         server = session.one_off_server(spec, "oneoff")
         try:

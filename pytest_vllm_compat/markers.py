@@ -28,10 +28,12 @@ def register_markers(config: pytest.Config, families: Iterable[str]) -> None:
     """Declare the feature markers, ``vllm_server``, ``vllm_feature`` and a marker per model family."""
     for name, desc in FEATURES.items():
         config.addinivalue_line("markers", f"{name}: compat feature -- {desc}")
-    config.addinivalue_line("markers", "vllm_server(args=(), env={}, label='', builder=None, same_worker_as=None): "
-                            "extra serve args/env for this test's server; builder(caps, target) -> (args, env) "
-                            "computes them per version; same_worker_as=LABEL runs the test on the xdist worker of "
-                            "the server labelled LABEL ('' = the default), whose outputs it compares with")
+    config.addinivalue_line("markers", "vllm_server(args=(), env={}, label='', builder=None, same_worker_as=None, "
+                            "eager_ok=False): extra serve args/env for this test's server; builder(caps, target) -> "
+                            "(args, env) computes them per version; same_worker_as=LABEL runs the test on the xdist "
+                            "worker of the server labelled LABEL ('' = the default), whose outputs it compares with; "
+                            "eager_ok: the server only turns a knob compilation does not touch, so "
+                            "--vllm-eager-knob-servers may start it with --enforce-eager on CPU")
     config.addinivalue_line("markers", "vllm_one_off: the test starts only one-off servers of its own "
                             "(vllm_server_factory.try_start), never its group's: under xdist it runs on any worker")
     config.addinivalue_line("markers", "vllm_feature(name): the precise feature id recorded for this test, "

@@ -117,7 +117,8 @@ def vllm_server(request: pytest.FixtureRequest, vllm_server_factory: ServerFacto
             env.update(b_env)
         args += list(marker.kwargs.get("args", ()))
         env.update(marker.kwargs.get("env", {}))
-    return vllm_server_factory(args, env, label=marker.kwargs.get("label", "") if marker else "")
+    return vllm_server_factory(args, env, label=marker.kwargs.get("label", "") if marker else "",
+                               eager_ok=bool(marker.kwargs.get("eager_ok", False)) if marker else False)
 
 
 @pytest.fixture

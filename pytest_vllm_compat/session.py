@@ -80,6 +80,9 @@ def tensor_parallel_size(argv: Sequence[str]) -> int:
     return int(flag_value(argv, "--tensor-parallel-size", "-tp") or 1)
 
 
+EAGER_FLAG = "--enforce-eager"
+
+
 @dataclass
 class CompatSession:
     """The run's state in one process: its options, environments, tiny models, server pool and GPU leases."""
@@ -108,6 +111,7 @@ class CompatSession:
     warn: Callable[[str], None] | None = None
     compile_cache: str = COMPILE_CACHE_DEFAULT  # keep | fresh | user (compile_cache.py)
     servers_per_gpu: int = 1  # >1 packs servers on a GPU, each with 0.9/N of its memory
+    eager_knob_servers: bool = False  # on CPU, knob-only servers start with --enforce-eager (--vllm-eager-knob-servers)
     stacks: list[Stack] = field(default_factory=lambda: [DEFAULT_STACK])  # --vllm-with
     core_share: CoreShare | None = None  # -n N on a CPU: this worker's cores and KV-cache memory (cpu_cores.py)
 
@@ -237,6 +241,16 @@ class CompatSession:
                           distribution=target.distribution, device=target.device, serve_args=tuple(argv),
                           env=tuple(sorted(merged_env.items())), trust_remote_code=target.model.trust_remote_code,
                           gpus=target.model.requires.gpus if gpus is None else gpus, label=label)
+
+    def knob_server_args(self, target: Target, args: Sequence[str], eager_ok: bool) -> list[str]:
+        """The extra args of a server a test starts: ``--enforce-eager`` added when the test says its server only
+        turns a knob compilation does not touch (``eager_ok``), the run asked for it (--vllm-eager-knob-servers)
+        and the device is a CPU (on CUDA eager also turns CUDA graphs off, which changes what is tested)."""
+        out = list(args)
+        if (eager_ok and self.eager_knob_servers and target.device == "cpu" and EAGER_FLAG not in out
+                and not target.model.serve_args.get("enforce_eager")):
+            out.append(EAGER_FLAG)
+        return out
 
     def _caps(self, version: str) -> VersionCaps | None:
         """The capability-table row of ``version``; None for "current" or a version older than the table."""

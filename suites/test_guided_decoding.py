@@ -59,7 +59,9 @@ def _builder(backend: str) -> Callable[[VersionCaps, Target], tuple[list[str], d
 def _params() -> list[ParameterSet]:
     out = []
     for b in BACKENDS:
-        marks = [pytest.mark.vllm_server(label=f"so-{b}", builder=_builder(b)),
+        # eager_ok: a backend constrains the sampled tokens, after the model; --vllm-eager-knob-servers may start
+        # these servers with --enforce-eager on CPU (the default server's mixed guided requests stay compiled).
+        marks = [pytest.mark.vllm_server(label=f"so-{b}", builder=_builder(b), eager_ok=True),
                  pytest.mark.vllm_feature(f"guided_decoding:{b}")]
         out.append(pytest.param(b, marks=marks, id=b))
     return out

@@ -25,7 +25,8 @@ def test_more_gpus_than_the_machine_has_is_not_applicable(monkeypatch: pytest.Mo
     (as the CPU path says when it lacks cores), not an error of the test infrastructure."""
     monkeypatch.setattr(fixture_types, "group_of", lambda node: None)
     monkeypatch.setattr(fixture_types, "server_marker", lambda node: ("", None))
-    session = SimpleNamespace(pool=_Pool(), spec_for=lambda *a, **k: "spec")
+    session = SimpleNamespace(pool=_Pool(), spec_for=lambda *a, **k: "spec",
+                              knob_server_args=lambda target, args, eager_ok: list(args))
     factory = ServerFactory(SimpleNamespace(node=None), session, SimpleNamespace(), "/m", ItemState())  # type: ignore[arg-type]
     with pytest.raises(pytest.skip.Exception, match=r"^not applicable: cannot lease 8 GPUs: this machine has 2"):
         factory(["--tensor-parallel-size", "8"])

@@ -303,3 +303,24 @@ def test_a_serial_cpu_run_leaves_the_binding_to_vllm(tmp_path: Path) -> None:
     server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log")
     assert "VLLM_CPU_OMP_THREADS_BIND" not in server.build_env() and server.cpu_share is None
     s.stop_one_off(server)
+
+
+# --- --vllm-eager-knob-servers: knob-only servers on CPU start with --enforce-eager ---------------------------
+
+
+@pytest.mark.parametrize(("device", "asked", "eager_ok", "registry", "added"), [
+    ("cpu", True, True, {}, True),
+    ("cpu", False, True, {}, False),  # not asked: every server as vLLM starts it
+    ("cpu", True, False, {}, False),  # a server whose tests depend on the compiled model
+    ("cuda", True, True, {}, False),  # eager also turns CUDA graphs off there
+    ("cpu", True, True, {"enforce_eager": True}, False),  # the registry has it already: not twice
+])
+def test_knob_servers_start_eager_only_where_asked_and_harmless(
+        tmp_path: Path, device: str, asked: bool, eager_ok: bool, registry: dict[str, object], added: bool) -> None:
+    s = _session(tmp_path, eager_knob_servers=asked)
+    model = ModelSpec(name="m", families=("llama",), path=str(tmp_path), serve_args=registry)
+    target = Target(model=model, version="0.26.0", distribution="vllm", device=device)
+    args = s.knob_server_args(target, ["--structured-outputs-config", "{}"], eager_ok)
+    assert args == ["--structured-outputs-config", "{}", *(["--enforce-eager"] if added else [])]
+    spec = s.spec_for(target, str(tmp_path), args=args)
+    assert spec.serve_args.count("--enforce-eager") == (1 if added or registry else 0)
