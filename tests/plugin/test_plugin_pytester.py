@@ -219,6 +219,7 @@ def test_markers_are_registered_for_strict_markers(project: Project) -> None:
         @pytest.mark.tensor_parallel
         @pytest.mark.attention
         @pytest.mark.config
+        @pytest.mark.vllm_one_off
         def test_y(vllm_target):
             pass
     """)
@@ -237,7 +238,35 @@ def test_markers_listed_with_descriptions(project: Project) -> None:
         "@pytest.mark.qwen: model family*",
         "@pytest.mark.vllm_server(args=(), env={}*",
         "@pytest.mark.vllm_feature(name)*",
+        "@pytest.mark.vllm_one_off:*",
     ])
+
+
+EAGER_TESTS = """
+import os
+
+def test_spec(vllm_server_factory):
+    knob = vllm_server_factory.spec(["--structured-outputs-config", "{}"], label="so", eager_ok=True)
+    other = vllm_server_factory.spec(["--structured-outputs-config", "{}"], label="attn")
+    assert ("--enforce-eager" in knob.serve_args) == (os.environ["EXPECT_EAGER"] == "1"), knob.serve_args
+    assert "--enforce-eager" not in other.serve_args
+"""
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_eager_knob_servers_option_reaches_the_knob_servers_only(project: Project, monkeypatch: pytest.MonkeyPatch,
+                                                                 asked: bool) -> None:
+    project.ready("9.9.0")
+    model = project.pytester.path / "local-model"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (model / "tokenizer.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    project.registry(f'[models.local]\npath = "{model}"\nfamilies = ["llama"]\n')
+    project.pytester.makepyfile(test_e=EAGER_TESTS)
+    monkeypatch.setenv("EXPECT_EAGER", "1" if asked else "0")
+    result = project.run("--vllm=9.9.0", *(["--vllm-eager-knob-servers"] if asked else []))
+    result.assert_outcomes(passed=1)
 
 
 def test_registry_families_become_markers(project: Project) -> None:
