@@ -98,7 +98,8 @@ def run_mode(mode: str, keep: bool) -> tuple[dict[str, object], dict[str, list[s
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=clone, capture_output=True, text=True,
                           check=True).stdout.strip()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_COMPAT_", "PIP_", "UV_", "XDG_"))}
+    # The plugin's own settings are dropped; the machine's index, proxy and certificate settings (PIP_*, UV_*) stay.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_COMPAT_") and k != "XDG_CACHE_HOME"}
     env.update(HOME=str(home), VLLM_COMPAT_EAGER_KNOB_SERVERS=MODES[mode])
     print(f"[bench] {mode}: python3 dev.py main in a fresh clone of {head}, HOME empty ...", flush=True)
     t0 = time.monotonic()
@@ -160,6 +161,11 @@ def main() -> int:
                       f"{sv['tests'] - len(sv['differ'])} of {sv['tests']} the same."]  # type: ignore[index, operator, arg-type]
     (out / "main_job.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    broken = [r["mode"] for r in runs if not r["outcomes"].get("passed")]  # type: ignore[union-attr]
+    if broken:
+        print(f"[bench] no test passed in {', '.join(map(str, broken))}: the run itself is broken (see above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
