@@ -121,7 +121,10 @@ def build_plugin(config: pytest.Config, settings: options.Settings, models: list
         raise pytest.UsageError("--vllm-with installs a stack into a provisioned environment; it cannot change "
                                 "--vllm-python's interpreter or a --vllm-runtime=docker image")
     run_id = winput.get("run_id") or new_run_id()
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    # xdist's own worker input, not PYTEST_XDIST_WORKER: a pytest run started inside a worker (pytester) inherits
+    # that variable but is a controller of its own.
+    worker = str(config.workerinput.get("workerid", "main")) if is_worker else "main"  # type: ignore[attr-defined]
+    worker_count = int(config.workerinput.get("workercount", 1)) if is_worker else 1  # type: ignore[attr-defined]
     session = CompatSession(
         results_dir=results_dir, env_dir=env_dir, device=device, distribution=distribution, run_id=run_id,
         worker=worker, installer=settings.installer, backend=backend,
@@ -138,7 +141,7 @@ def build_plugin(config: pytest.Config, settings: options.Settings, models: list
         from .cpu_cores import pin, worker_share
 
         # -n N on a CPU: this worker's servers get its own share of the cores and KV-cache memory (cpu_cores.py).
-        session.core_share = worker_share(worker, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+        session.core_share = worker_share(worker, worker_count)
         if session.core_share is not None:
             pin(session.core_share)
     if not is_worker and versions:

@@ -570,6 +570,18 @@ def test_one_record_per_test_with_the_schema_fields(project: Project) -> None:
     result.stdout.fnmatch_lines(["*vllm-compat*", "results: *2 pass*(5 records in *records)"])
 
 
+def test_a_run_started_inside_an_xdist_worker_is_a_controller_of_its_own(
+        project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker id comes from xdist's worker input, not PYTEST_XDIST_WORKER, which a nested run inherits."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw5")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "8")
+    project.ready("9.9.0")
+    project.pytester.makepyfile(test_a=TARGET_TESTS)
+    project.run("--vllm=9.9.0").assert_outcomes(passed=3)
+    files = list((project.results / "records").glob("*.jsonl"))
+    assert len(files) == 1 and files[0].name.endswith("-main.jsonl"), files
+
+
 def test_records_from_two_runs_do_not_mix(project: Project) -> None:
     project.ready("9.9.0")
     project.pytester.makepyfile(test_a=TARGET_TESTS)
