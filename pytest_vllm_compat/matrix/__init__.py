@@ -100,6 +100,9 @@ def _runs(records: Sequence[Record], manifests: Sequence[Mapping[str, object]]) 
         r["suite_version"] = m.get("suite_version")
         r["device"] = m.get("device")
         r["os"] = mapping(m.get("host")).get("os")
+        eager = mapping(mapping(m.get("options")).get("vllm_eager_knob_servers")).get("value")
+        if str(eager).lower() in ("true", "1"):  # the main job's quick mode; published campaigns never use it
+            r["eager_knob_servers"] = True
     for run_id, r in runs.items():
         r["versions"] = sort_versions(versions[run_id])
     return sorted(runs.values(), key=lambda r: (str(r["started_at"] or ""), r["run_id"]))

@@ -160,6 +160,8 @@ class RunSummary(_RunRequired, total=False):
     suite_version: object
     device: object
     os: object
+    # --vllm-eager-knob-servers: servers that only turn a knob started with --enforce-eager (key absent when not)
+    eager_knob_servers: bool
 
 
 class Regression(TypedDict):

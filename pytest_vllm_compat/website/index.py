@@ -275,7 +275,7 @@ def index_context(matrix: Matrix) -> dict[str, object]:
         "runs": [{"run_id": r.get("run_id"), "hosts": ", ".join(r.get("hosts") or []),
                   "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
                   "versions": ", ".join(r.get("versions") or []), "records": r.get("records"),
-                  "suite": r.get("suite_version") or "unrecorded"}
+                  "suite": r.get("suite_version") or "unrecorded", "eager": bool(r.get("eager_knob_servers"))}
                  for r in matrix.get("runs") or []],
         "suite_versions": matrix.get("suite_versions") or [],
     }

@@ -323,6 +323,25 @@ def test_single_version_and_empty_metrics(tmp_path: Path, scenario: Any) -> None
     assert not list(tmp_path.glob("diff-*.html"))
 
 
+def test_a_run_with_eager_knob_servers_is_marked_in_the_matrix_and_the_runs_section(
+        tmp_path: Path, scenario: Any) -> None:
+    from pytest_vllm_compat.matrix import build_matrix
+
+    recs = [scenario.record("m", "1.0.0", "f", "pass", run="run-a", server=None),
+            scenario.record("m", "1.0.0", "g", "pass", run="run-b", server=None)]
+    mans = [{"run_id": "run-a", "options": {"vllm_eager_knob_servers": {"value": "True", "source": "env"}}},
+            {"run_id": "run-b", "options": {"vllm_eager_knob_servers": {"value": "False", "source": "default"}}}]
+    m = build_matrix(recs, mans, classifier=None)
+    assert {r["run_id"]: r.get("eager_knob_servers") for r in m["runs"]} == {"run-a": True, "run-b": None}
+    website.render_site(m, tmp_path)
+    runs = (tmp_path / "index.html").read_text().split('<section id="runs">', 1)[1]
+    assert "started the servers that only turn a knob" in runs and "--enforce-eager" in runs
+    rows = {row.split("</code>", 1)[0]: row for row in runs.split("<tr><td><code>")[1:]}
+    assert "eager knob servers" in rows["run-a"] and "eager knob servers" not in rows["run-b"]
+    website.render_site(build_matrix(recs, mans[1:], classifier=None), tmp_path / "plain")
+    assert "--enforce-eager" not in (tmp_path / "plain" / "index.html").read_text().split('<section id="runs">')[1]
+
+
 # --------------------------------------------------------------------------- overview
 
 
