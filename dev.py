@@ -204,7 +204,7 @@ def cmd_test(ns: argparse.Namespace) -> int:
     else:
         env.update(VLLM_COMPAT_CHROMIUM=ensure_chromium(), VLLM_COMPAT_REQUIRE_BROWSER="1")
     run([str(PY), "-m", "ruff", "check", "pytest_vllm_compat", "tests", "suites", "benchmarks", "dev.py", "conftest.py"])
-    run([str(PY), "-m", "mypy"])  # the package and the suites, as configured in pyproject.toml
+    run([str(PY), "-m", "mypy"])  # the package, the suites and tests/, as configured in pyproject.toml
     selection = ["tests"] if not ns.fast else ["tests", "-m", "not e2e"]
     return run([str(PY), "-m", "pytest", *selection, *deselect, "-p", "no:cacheprovider", "-rfEs", *ns.pytest_args],
                check=False, env=env)

@@ -63,7 +63,8 @@ class DevTools:
             if msg.get("id") == msg_id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
+                result: dict[str, Any] = msg.get("result", {})
+                return result
             if "method" in msg:
                 self.events.append(msg)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -79,9 +79,10 @@ def base_args(results: Path, registry: Path, *extra: str) -> list[str]:
 
 
 def records(results: Path) -> list[dict[str, Any]]:
+    """The records of a results directory, as plain JSON objects: the e2e tests index them freely."""
     from pytest_vllm_compat.results import read_records
 
-    return read_records(results)
+    return cast("list[dict[str, Any]]", read_records(results))
 
 
 def servers(results: Path) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat.server import processes_with_marker
+from pytest_vllm_compat.reaper import processes_with_marker
 
 from .conftest import TINY_REGISTRY, base_args, manifest, records
 

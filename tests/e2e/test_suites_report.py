@@ -22,6 +22,9 @@ from pytest_vllm_compat.website import render_site
 
 from .conftest import env_dir
 
+# version -> (its results dir, the tests collected, its records as plain JSON objects)
+SuiteRuns = dict[str, tuple[Path, int, list[dict[str, Any]]]]
+
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = [v for v in os.environ.get("VLLM_COMPAT_CI_VERSIONS", "0.28.0,0.32.0").split(",") if v]
 pytestmark = pytest.mark.e2e
@@ -39,8 +42,8 @@ def _run_suites(version: str, results: Path) -> tuple[int, str, int]:
 
 
 @pytest.fixture(scope="module")
-def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, int, list[dict[str, Any]]]]:
-    out = {}
+def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> SuiteRuns:
+    out: SuiteRuns = {}
     for v in VERSIONS:
         results = tmp_path_factory.mktemp(f"suites-{v}")
         rc, stdout, n = _run_suites(v, results)
@@ -52,7 +55,7 @@ def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_every_test_has_a_truthful_record(suite_runs, version: str) -> None:
+def test_every_test_has_a_truthful_record(suite_runs: SuiteRuns, version: str) -> None:
     _results, collected, recs = suite_runs[version]
     assert collected > 50, "the suites collected too few tests"
     assert len(recs) == collected, f"{collected} tests collected, {len(recs)} records written"
@@ -83,7 +86,7 @@ def test_every_test_has_a_truthful_record(suite_runs, version: str) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_platform_facts_are_not_applicable(suite_runs, version: str) -> None:
+def test_platform_facts_are_not_applicable(suite_runs: SuiteRuns, version: str) -> None:
     _, _, recs = suite_runs[version]
     by_id = {r["test_id"]: r for r in recs}
     flash = [r for r in recs if r["feature"] == "attention:FLASH_ATTN"]
@@ -111,7 +114,15 @@ def test_platform_facts_are_not_applicable(suite_runs, version: str) -> None:
         assert s["starts"] == 1 + len(s["crashes"]), s
 
 
-def test_matrix_merges_versions_and_flags_a_planted_regression(suite_runs, tmp_path: Path) -> None:
+def _compares_every_version(row: dict[str, object]) -> bool:
+    """A drift series row (drift.annotate_cells) whose first version is the baseline of the others."""
+    verdicts, versions = row["verdicts"], row["versions"]
+    assert isinstance(verdicts, list) and isinstance(versions, list), row
+    return (verdicts[0] == "baseline" and len(versions) == len(VERSIONS)
+            and verdicts[1] in ("identical", "drift", "changed"))
+
+
+def test_matrix_merges_versions_and_flags_a_planted_regression(suite_runs: SuiteRuns, tmp_path: Path) -> None:
     dirs = [suite_runs[v][0] for v in VERSIONS]
     records = load_records(dirs)
     matrix = build_matrix(records)
@@ -119,8 +130,7 @@ def test_matrix_merges_versions_and_flags_a_planted_regression(suite_runs, tmp_p
     render_site(matrix, tmp_path / "site")
     # Drift: each version's outputs compared with the previous tested version's (same model and weights).
     if len(VERSIONS) > 1:
-        assert any(r["verdicts"][0] == "baseline" and len(r["versions"]) == len(VERSIONS)
-                   and r["verdicts"][1] in ("identical", "drift", "changed") for r in matrix["drift"]), matrix["drift"]
+        assert any(_compares_every_version(r) for r in matrix["drift"]), matrix["drift"]
     assert (tmp_path / "site" / "index.html").is_file()
     # Plant a regression: a cell that passes in the older version fails in the newest one.
     old, new = VERSIONS[0], VERSIONS[-1]
@@ -130,8 +140,10 @@ def test_matrix_merges_versions_and_flags_a_planted_regression(suite_runs, tmp_p
     planted = None
     for r in records:
         if r["vllm_version"] == new and r["status"] == "pass" and (r["model"], r["feature"]) in passing_old:
-            r.update(status="fail", outcome="failed", error={"phase": "call", "summary": "planted", "text": "planted"},
-                     classification={"id": "planted", "category": "planted", "kind": "vllm", "explanation": "planted"})
+            r.update({"status": "fail", "outcome": "failed",
+                      "error": {"phase": "call", "summary": "planted", "text": "planted"},
+                      "classification": {"id": "planted", "category": "planted", "kind": "vllm",
+                                         "explanation": "planted"}})
             planted = (r["model"], r["feature"])
             break
     assert planted, "no cell passes in both versions"

@@ -444,7 +444,7 @@ def test_items_are_ordered_by_version_then_model(project: Project) -> None:
     assert ids[0] == "test_s.py::test_plain"  # plain tests first, in their own order
     groups = [_group(i) for i in ids[1:]]
     # each group is contiguous, versions in numeric order (0.9.0 before 0.10.0), then by model
-    order = []
+    order: list[str] = []
     for g in groups:
         if not order or order[-1] != g:
             order.append(g)

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 try:  # the regex parser (3.11+: re._parser; 3.10: sre_parse)
-    import re._parser as sre_parse  # type: ignore[import-not-found]
+    import re._parser as sre_parse
 except ImportError:  # pragma: no cover - 3.10
-    import sre_parse  # type: ignore[no-redef]
+    import sre_parse
 
 VERSION = "0.32.0"
 PID = os.getpid()
@@ -637,6 +637,7 @@ class Handler(BaseHTTPRequestHandler):
         except _Internal:
             self._send(500, error_body(500, "Internal server error", "InternalServerError"))
             return
+        tops: list[dict[int, float]]  # the top logprobs of each token (none for structured output)
         if text is not None:
             pieces = _TOKEN_RE.findall(text)
             ids, lps, tops, reason = [tokenize(x)[0] for x in pieces][:max_tokens], [0.0] * len(pieces), [], "stop"

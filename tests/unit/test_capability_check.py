@@ -169,9 +169,10 @@ def test_check_finds_each_kind_of_contradiction() -> None:
 def test_machine_verified_by_row_needs_every_release() -> None:
     ok = {"claim": "engine", "status": "verified", "claimed": "v1", "evidence": "e"}
     bad = {**ok, "status": "contradicted"}
-    entries = [{"row": "R", "results": [ok, {**ok, "claim": "attention_backends.cpu.X"}]},
-               {"row": "R", "results": [ok, {**ok, "claim": "attention_backends.cpu.X", "status": "contradicted"}]},
-               {"row": "S", "results": [bad]}, {"row": "T", "error": "no wheel"}]
+    entries: list[cc.ReleaseCheck] = [
+        {"row": "R", "results": [ok, {**ok, "claim": "attention_backends.cpu.X"}]},
+        {"row": "R", "results": [ok, {**ok, "claim": "attention_backends.cpu.X", "status": "contradicted"}]},
+        {"row": "S", "results": [bad]}, {"row": "T", "error": "no wheel"}]
     assert cc.machine_verified_by_row(entries) == {"R": ["engine"], "S": [], "T": []}
 
 

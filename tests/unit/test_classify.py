@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from pytest_vllm_compat.classify import BLOCK_LINES, Classification, classify, load_knowledge_base
-from pytest_vllm_compat.knowledge_base import KnowledgeBaseError, candidate_message
+from pytest_vllm_compat.knowledge_base import FailureRule, KnowledgeBaseError, candidate_message
 from pytest_vllm_compat.outcomes import KINDS
 
 KB = load_knowledge_base()
@@ -50,7 +51,7 @@ def test_kb_loads_and_is_complete() -> None:
 
 
 @pytest.mark.parametrize(("rule", "example"), EXAMPLES)
-def test_entry_classifies_its_own_example(rule, example: str) -> None:
+def test_entry_classifies_its_own_example(rule: FailureRule, example: str) -> None:
     assert candidate_message(example) is not None, "example looks like a DEBUG/INFO/WARNING log line"
     as_error = classify(example)
     assert as_error.id == rule.id
@@ -313,7 +314,8 @@ def test_to_dict() -> None:
     d = classify("torch.OutOfMemoryError: CUDA out of memory.").to_dict()
     assert list(d) == ["id", "category", "kind", "title", "explanation", "refs", "workaround", "fixed_in", "matched"]
     assert isinstance(d["refs"], list)
-    assert isinstance(Classification(**{**d, "refs": ()}), Classification)
+    # the record's fields back into the dataclass (refs a tuple again): a dict of mixed values, cast for **
+    assert isinstance(Classification(**cast(dict[str, Any], {**d, "refs": ()})), Classification)
 
 
 def test_large_log_is_fast() -> None:

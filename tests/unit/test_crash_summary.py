@@ -4,6 +4,9 @@ the test (issue: every failure names its real cause), and says nothing of the ki
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
+
+import pytest
 
 from pytest_vllm_compat.results import root_cause_suffix
 
@@ -26,9 +29,11 @@ def test_phase_outcome_from_reports() -> None:
 
     from pytest_vllm_compat.results import phase_outcome
 
-    ok = R(failed=False, skipped=False, longrepr=None)
-    bad = R(failed=True, skipped=False, longrepr="boom")
-    skip = R(failed=False, skipped=True, longrepr=("f.py", 3, "Skipped: not applicable: needs 8 CPUs"))
+    # stand-ins for pytest.TestReport: phase_outcome reads only these three attributes
+    ok = cast(pytest.TestReport, R(failed=False, skipped=False, longrepr=None))
+    bad = cast(pytest.TestReport, R(failed=True, skipped=False, longrepr="boom"))
+    skip = cast(pytest.TestReport, R(failed=False, skipped=True,
+                                     longrepr=("f.py", 3, "Skipped: not applicable: needs 8 CPUs")))
     assert phase_outcome({"setup": ok, "call": ok, "teardown": ok}) == ("passed", None, None)
     assert phase_outcome({"setup": ok, "call": bad, "teardown": ok}) == ("failed", "call", None)
     assert phase_outcome({"setup": bad}) == ("error", "setup", None)

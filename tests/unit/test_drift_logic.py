@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pytest_vllm_compat import drift
 from pytest_vllm_compat import matrix as mx
 from pytest_vllm_compat.drift import Output, compare, compare_one
+from pytest_vllm_compat.record_types import Record
 
 
 def out(ids: list[int], lps: list[float] | None = None, top: list[dict[int, float]] | None = None,
@@ -91,7 +91,7 @@ def test_golden_round_trip_and_clear_errors(tmp_path: Path) -> None:
         drift.load_golden(tmp_path, "tiny/mistral")
 
 
-def _rec(version: str, outputs: list[Output], *, sha: str = "w", stack: str = "") -> dict[str, Any]:
+def _rec(version: str, outputs: list[Output], *, sha: str = "w", stack: str = "") -> Record:
     return {"schema": "pytest-vllm-compat/record@1", "run_id": "r", "test_id": f"t[{version}]", "model": "m",
             "vllm_version": version, "platform": "cpu", "feature": "drift", "outcome": "passed", "status": "pass",
             "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",
@@ -111,7 +111,9 @@ def test_matrix_compares_each_version_with_the_previous_of_its_series() -> None:
     assert by["0.30.0"]["verdict"] == "baseline"
     assert (by["0.31.0"]["verdict"], by["0.31.0"]["vs"]) == ("identical", "0.30.0")
     assert by["0.32.0"]["verdict"] == "drift"
-    assert by["0.33.0"]["verdict"] == "changed" and by["0.33.0"]["prompts"][0]["first_divergence"] == 0
+    assert by["0.33.0"]["verdict"] == "changed"
+    prompts = by["0.33.0"]["prompts"]
+    assert isinstance(prompts, list) and prompts[0]["first_divergence"] == 0
     assert by["0.34.0"]["verdict"] == "not_comparable"
     assert by["0.32.0+transformers-5.16.1"]["verdict"] == "baseline"  # its own series: another stack
     rows = {r["stack"]: r for r in m["drift"]}

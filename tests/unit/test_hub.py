@@ -73,7 +73,7 @@ def test_the_token_travels_in_the_environment_not_argv(monkeypatch: pytest.Monke
         def communicate(self, timeout: float | None = None) -> tuple[str, str]:
             return '{"ok": true, "path": "/p/snapshots/abc", "sha": "abc", "files": 1, "bytes": 3, "cached": false}\n', ""
 
-    monkeypatch.setattr(hub.subprocess, "Popen", Proc)
+    monkeypatch.setattr("pytest_vllm_compat.hub.subprocess.Popen", Proc)
     said: list[str] = []
     snap = hub.fetch_snapshot(sys.executable, "acme/tiny", "v1", progress=said.append,
                               environ={"HF_TOKEN": "hf_secret", "HF_ENDPOINT": "http://e"})
@@ -94,7 +94,7 @@ def test_a_child_without_a_result_is_a_failed_download(monkeypatch: pytest.Monke
         def communicate(self, timeout: float | None = None) -> tuple[str, str]:
             return "", ""
 
-    monkeypatch.setattr(hub.subprocess, "Popen", Proc)
+    monkeypatch.setattr("pytest_vllm_compat.hub.subprocess.Popen", Proc)
     with pytest.raises(HubError, match=r"the download failed: hub_snapshot.py exited -9 without a result: Killed"):
         hub.fetch_snapshot(sys.executable, "acme/tiny", environ={})
 

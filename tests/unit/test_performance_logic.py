@@ -6,10 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any
 
 from pytest_vllm_compat import matrix as mx
 from pytest_vllm_compat import performance as perf
+from pytest_vllm_compat.record_types import Record
 
 DATA = Path(__file__).parent / "data" / "bench"
 
@@ -40,14 +40,14 @@ def test_parse_a_real_result_and_summarize_repeats() -> None:
     assert perf.parse_result({})["tokens_per_s"] is None
 
 
-def _rec(version: str, tps: float, host: str = "x86_64|cpu|2 cpus") -> dict[str, Any]:
+def _rec(version: str, tps: float, host: str = "x86_64|cpu|2 cpus") -> Record:
     return {"schema": "pytest-vllm-compat/record@1", "run_id": "r", "test_id": f"t[{version}]", "model": "m",
             "vllm_version": version, "platform": "cpu", "feature": "performance", "outcome": "passed",
             "status": "pass", "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:01Z",
             "metrics": {"tokens_per_s": tps, "tokens_per_s_spread": 0.02, "ttft_p50_ms": 10.0, "host_class": host}}
 
 
-def _comparison(a: str, b: str, verdict: str, ratio: float) -> dict[str, Any]:
+def _comparison(a: str, b: str, verdict: str, ratio: float) -> dict[str, object]:
     m = {"ratio": ratio, "ci": [ratio - 0.02, ratio + 0.02], "confidence": 0.95, "change": ratio - 1, "mde": 0.05,
          "verdict": verdict, "higher_is_better": True}
     return {"schema": "pytest-vllm-compat/perf-compare/1", "model": "m", "a": {"vllm_version": a},
@@ -61,7 +61,8 @@ def test_only_interleaved_comparisons_make_performance_verdicts() -> None:
     steps = {(s["from_version"], s["to_version"]): s for s in m["performance_steps"]}
     assert set(steps) == {("0.30.0", "0.31.0"), ("0.31.0", "0.32.0")}
     assert steps[("0.30.0", "0.31.0")]["compared"] is False
-    assert "no interleaved comparison" in steps[("0.30.0", "0.31.0")]["reason"]
+    reason = steps[("0.30.0", "0.31.0")]["reason"]
+    assert isinstance(reason, str) and "no interleaved comparison" in reason
     assert steps[("0.31.0", "0.32.0")]["regressions"] == ["tokens_per_s"]
     (reg,) = m["performance_regressions"]
     assert reg["to_version"] == "0.32.0"

@@ -44,6 +44,7 @@ def test_scrub_tree_then_the_matrix_still_finds_the_logs(tmp_path: Path) -> None
     stored = json.loads((res / "records" / "r-main.jsonl").read_text())
     assert stored["log_path"] == "logs/r/srv.log" and stored["server"]["argv"] == ["~/.cache/e/bin/python"]
     (loaded,) = load_records([res])
+    assert loaded["server"] is not None
     assert Path(loaded["server"]["log_path"]).read_text() == "INFO started ~/.cache/x\n"  # resolved to read
 
 

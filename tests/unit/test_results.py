@@ -6,6 +6,7 @@ import json
 import re
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -18,6 +19,7 @@ from pytest_vllm_compat.outcomes import (
     not_applicable,
     unsupported,
 )
+from pytest_vllm_compat.record_types import Manifest, Record
 from pytest_vllm_compat.results import (
     RecordWriter,
     new_run_id,
@@ -27,6 +29,27 @@ from pytest_vllm_compat.results import (
     write_manifest,
 )
 from pytest_vllm_compat.timestamps import file_stamp, now_iso
+
+
+class _ExtraRecord(Record, total=False):
+    """A record with fields the schema does not name: the writer keeps them (a path is stringified)."""
+
+    worker: str
+    text: str
+    path: Path
+    a: int
+    n: int
+
+
+class _ExtraManifest(Manifest, total=False):
+    """A manifest with a non-JSON value, which the writer stringifies."""
+
+    env_dir: Path
+
+
+def _read_extra(results_dir: Path, run_id: str | None = None) -> list[_ExtraRecord]:
+    """read_records, typed with the extra fields these tests wrote."""
+    return cast(list[_ExtraRecord], read_records(results_dir, run_id))
 
 
 @pytest.mark.parametrize(("outcome", "reason", "kind", "status"), [
@@ -101,8 +124,8 @@ def test_two_workers_write_two_files_of_valid_json_lines(tmp_path: Path) -> None
 
     def write_many(w: RecordWriter) -> None:
         for i in range(200):
-            w.write({"run_id": run_id, "test_id": f"t{i}", "status": "pass", "worker": w.path.stem,
-                     "text": "ü" * 500, "path": Path("/x")})
+            w.write(_ExtraRecord(run_id=run_id, test_id=f"t{i}", status="pass", worker=w.path.stem,
+                                 text="ü" * 500, path=Path("/x")))
 
     threads = [threading.Thread(target=write_many, args=(w,)) for w in writers]
     for t in threads:
@@ -118,15 +141,15 @@ def test_two_workers_write_two_files_of_valid_json_lines(tmp_path: Path) -> None
             assert rec["schema"] == RECORD_SCHEMA
             assert rec["worker"] == w.path.stem
             assert rec["path"] == "/x"  # non-JSON values are stringified, not fatal
-    recs = read_records(tmp_path, run_id)
+    recs = _read_extra(tmp_path, run_id)
     assert len(recs) == 400
     assert {r["worker"] for r in recs} == {f"{run_id}-gw0", f"{run_id}-gw1"}
 
 
 def test_writer_appends_across_instances(tmp_path: Path) -> None:
-    RecordWriter(tmp_path, "r1", "main").write({"a": 1})
-    RecordWriter(tmp_path, "r1", "main").write({"a": 2})
-    assert [r["a"] for r in read_records(tmp_path, "r1")] == [1, 2]
+    RecordWriter(tmp_path, "r1", "main").write(_ExtraRecord(a=1))
+    RecordWriter(tmp_path, "r1", "main").write(_ExtraRecord(a=2))
+    assert [r["a"] for r in _read_extra(tmp_path, "r1")] == [1, 2]
 
 
 def test_record_schema_field_cannot_be_overridden_by_accident(tmp_path: Path) -> None:
@@ -137,27 +160,27 @@ def test_record_schema_field_cannot_be_overridden_by_accident(tmp_path: Path) ->
 
 def test_read_records_filters_by_run_id(tmp_path: Path) -> None:
     r1, r2 = "20250101T000000Z-aaaaaa", "20250101T000000Z-bbbbbb"
-    RecordWriter(tmp_path, r1, "main").write({"run_id": r1, "n": 1})
-    RecordWriter(tmp_path, r1, "gw0").write({"run_id": r1, "n": 2})
-    RecordWriter(tmp_path, r2, "main").write({"run_id": r2, "n": 3})
-    assert sorted(r["n"] for r in read_records(tmp_path, r1)) == [1, 2]
-    assert [r["n"] for r in read_records(tmp_path, r2)] == [3]
-    assert sorted(r["n"] for r in read_records(tmp_path)) == [1, 2, 3]
+    RecordWriter(tmp_path, r1, "main").write(_ExtraRecord(run_id=r1, n=1))
+    RecordWriter(tmp_path, r1, "gw0").write(_ExtraRecord(run_id=r1, n=2))
+    RecordWriter(tmp_path, r2, "main").write(_ExtraRecord(run_id=r2, n=3))
+    assert sorted(r["n"] for r in _read_extra(tmp_path, r1)) == [1, 2]
+    assert [r["n"] for r in _read_extra(tmp_path, r2)] == [3]
+    assert sorted(r["n"] for r in _read_extra(tmp_path)) == [1, 2, 3]
     assert read_records(tmp_path, "20990101T000000Z-cccccc") == []
 
 
 def test_read_records_skips_torn_lines_and_missing_dir(tmp_path: Path) -> None:
     assert read_records(tmp_path / "nothing") == []
     w = RecordWriter(tmp_path, "r", "main")
-    w.write({"n": 1})
+    w.write(_ExtraRecord(n=1))
     with open(w.path, "a") as f:
         f.write('{"n": 2, "trunc')  # a writer killed mid-line
     with pytest.warns(UserWarning, match="truncated last line skipped"):
-        assert [r["n"] for r in read_records(tmp_path, "r")] == [1]
+        assert [r["n"] for r in _read_extra(tmp_path, "r")] == [1]
 
 
 def test_write_manifest(tmp_path: Path) -> None:
-    path = write_manifest(tmp_path, {"run_id": "r9", "counts": {"pass": 2}, "env_dir": tmp_path})
+    path = write_manifest(tmp_path, _ExtraManifest(run_id="r9", counts={"pass": 2}, env_dir=tmp_path))
     assert path == tmp_path / "manifests" / "r9.json"
     data = json.loads(path.read_text())
     assert data["schema"] == MANIFEST_SCHEMA and data["counts"] == {"pass": 2} and data["env_dir"] == str(tmp_path)
@@ -196,6 +219,7 @@ def test_a_record_is_composed_from_typed_facts(tmp_path: Path) -> None:
     from pytest_vllm_compat.hub import Snapshot
     from pytest_vllm_compat.registry import ModelSpec
     from pytest_vllm_compat.results import FinishedTest, RunSummary, compose_record, read_run, summary_lines
+    from pytest_vllm_compat.server import VLLMServer
     from pytest_vllm_compat.session import Target
 
     log = tmp_path / "server.log"
@@ -220,13 +244,15 @@ def test_a_record_is_composed_from_typed_facts(tmp_path: Path) -> None:
     snap = Snapshot(repo="acme/m", revision=None, sha="a" * 40, path="/p")
     rec = compose_record(FinishedTest(
         run_id="r", test_id="t.py::test_x[m]", test_name="test_x", target=target, env=None,
-        reports={"setup": ok, "call": rep}, feature="config", platform="cpu", device_info={"kind": "cpu"},
-        servers=[server], log_offset=len("INFO before\n"), restarts=1, server_start_s=40.0, snapshot=snap))
+        reports=cast(dict[str, pytest.TestReport], {"setup": ok, "call": rep}), feature="config", platform="cpu",
+        device_info={"kind": "cpu"}, servers=[cast(VLLMServer, server)], log_offset=len("INFO before\n"), restarts=1, server_start_s=40.0, snapshot=snap))
     assert (rec["outcome"], rec["status"], rec["duration_s"], rec["server_start_s"]) == ("failed", "fail", 6.0, 40.0)
     assert "sk-secret-key" not in json.dumps(rec)  # the traceback quoted the server's key: redacted
-    assert "ERROR boom" in rec["log_excerpt"] and "INFO before" not in rec["log_excerpt"]  # the test's part
-    assert rec["provenance"] == {"model_revision": "a" * 40} and rec["hub"]["sha"] == "a" * 40
-    assert rec["server"]["restarts"] == 1 and rec["metrics"]["server_start_s"] == 40.0
+    excerpt, hub, server_info = rec["log_excerpt"], rec["hub"], rec["server"]
+    assert excerpt is not None and hub is not None and server_info is not None
+    assert "ERROR boom" in excerpt and "INFO before" not in excerpt  # the test's part
+    assert rec["provenance"] == {"model_revision": "a" * 40} and hub["sha"] == "a" * 40
+    assert server_info["restarts"] == 1 and rec["metrics"]["server_start_s"] == 40.0
     assert rec["vllm_version"] == "0.32.0" and rec["stack"] == {"name": "", "requirements": []}
 
     RecordWriter(tmp_path, "r", "main").write(rec)

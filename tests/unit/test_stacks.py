@@ -4,7 +4,7 @@ resolver outputs, and the matrix grouped by stack."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -13,6 +13,7 @@ from pytest_vllm_compat.classify import classify, load_knowledge_base
 from pytest_vllm_compat.environments import env_name
 from pytest_vllm_compat.environments.install_failures import broken_requirement, install_failure
 from pytest_vllm_compat.options import resolve
+from pytest_vllm_compat.record_types import Record
 from pytest_vllm_compat.results import status_for
 from pytest_vllm_compat.stacks import (
     DEFAULT_STACK,
@@ -143,8 +144,9 @@ def cls(category: str, kind: str = "vllm", **extra: Any) -> dict[str, Any]:
 
 
 def _rec(version: str, status: str, stack: str = "", pins: dict[str, str] | None = None, *,
-         classification: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A result record (docs/records.md) of model m, feature config, on a line (release x stack)."""
+         classification: dict[str, Any] | None = None) -> Record:
+    """A result record (docs/records.md) of model m, feature config, on a line (release x stack); its
+    classification is loosely shaped (``fixed_in`` None), as the matrix accepts it."""
     outcome = {"pass": "passed", "fail": "failed"}.get(status, "error")
     rec: dict[str, Any] = {
         "schema": "pytest-vllm-compat/record@1", "run_id": "run-a", "test_id": f"t[{version}{stack}]",
@@ -156,7 +158,7 @@ def _rec(version: str, status: str, stack: str = "", pins: dict[str, str] | None
     reqs = [f"{k}=={v}" for k, v in (pins or {}).items()]
     rec["stack"] = {"name": stack, "requirements": reqs}
     rec["provenance"] = {"transformers": (pins or {}).get("transformers", "5.19.0"), "pins": pins or {}}
-    return rec
+    return cast(Record, rec)
 
 
 def test_columns_are_version_times_stack_and_insights_stay_within_a_stack() -> None:

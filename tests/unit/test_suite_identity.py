@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from pytest_vllm_compat.matrix import build_matrix
+from pytest_vllm_compat.record_types import Record
 from pytest_vllm_compat.suite_identity import argument_roots, suite_digest, suite_version
 
 
@@ -46,7 +47,7 @@ def test_roots_from_pytest_args(tmp_path: Path) -> None:
 
 
 def test_the_matrix_lists_the_suite_versions_of_its_runs() -> None:
-    recs = [{"run_id": r, "model": "m", "vllm_version": v, "platform": "cpu", "feature": "config",
+    recs: list[Record] = [{"run_id": r, "model": "m", "vllm_version": v, "platform": "cpu", "feature": "config",
              "test_id": "t", "status": "passed", "outcome": "passed"} for r, v in (("r1", "0.31.0"), ("r2", "0.32.0"))]
     mans = [{"run_id": "r1", "suite_version": "0.1.0+aaaaaaaaaaaa"}, {"run_id": "r2"}]
     m = build_matrix(recs, mans, classifier=None)

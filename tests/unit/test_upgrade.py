@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from html.parser import HTMLParser
 from itertools import combinations
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +16,7 @@ from pytest_vllm_compat import cli, upgrade
 from pytest_vllm_compat.capabilities import table_versions
 from pytest_vllm_compat.lockfiles import parse_lock
 from pytest_vllm_compat.matrix import build_matrix
+from pytest_vllm_compat.record_types import Classification, Record
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK = REPO / upgrade.CHECK_REPORT
@@ -25,7 +26,7 @@ WORKS = ("still works", "works", "newly fixed", "outputs changed")
 
 
 @pytest.fixture(scope="module")
-def inputs() -> dict[str, Any]:
+def inputs() -> upgrade.Inputs:
     dirs = upgrade.default_results_dirs(REPO)
     assert dirs, "the committed results dirs (reports/runs/*) are missing"
     assert all(not (d / "bisect").is_dir() for d in dirs)  # a bisection's probes are not a release's run
@@ -34,17 +35,17 @@ def inputs() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def report(inputs: dict[str, Any]) -> upgrade.UpgradeReport:
+def report(inputs: upgrade.Inputs) -> upgrade.UpgradeReport:
     return upgrade.build_report("0.27.0", "0.32.0", matrix=inputs["matrix"], records=inputs["records"],
                                 locks=inputs["locks"], check_report=CHECK, root=REPO)
 
 
-def _default_stack(rec: dict[str, Any]) -> bool:
+def _default_stack(rec: Mapping[str, object]) -> bool:
     stack = rec.get("stack")
     return not (isinstance(stack, dict) and stack.get("name"))
 
 
-def _raw(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, set[str]]]:
+def _raw(records: Sequence[Record]) -> dict[tuple[str, str, str, str], dict[str, set[str]]]:
     """{(model, version, platform, feature): {test id with {version}: statuses}} straight from the records."""
     out: dict[tuple[str, str, str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for r in records:
@@ -56,6 +57,13 @@ def _raw(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[
     return out
 
 
+def _classification(rec: Record) -> Classification:
+    """A failing record's classification (the run classified every failure)."""
+    classification = rec["classification"]
+    assert classification is not None, rec["test_id"]
+    return classification
+
+
 def _features(rep: upgrade.UpgradeReport) -> dict[tuple[str, str], upgrade.FeatureVerdict]:
     return {(fv.model, fv.feature): fv for sec in rep.models for fv in sec.features}
 
@@ -63,7 +71,7 @@ def _features(rep: upgrade.UpgradeReport) -> dict[tuple[str, str], upgrade.Featu
 # --------------------------------------------------------------------------- 0.27.0 -> 0.32.0, line by line
 
 
-def test_every_behaviour_line_matches_the_records(report: upgrade.UpgradeReport, inputs: dict[str, Any]) -> None:
+def test_every_behaviour_line_matches_the_records(report: upgrade.UpgradeReport, inputs: upgrade.Inputs) -> None:
     """Each feature's verdict, re-derived from the raw records of 0.27.0 and 0.32.0 (not the matrix cells)."""
     raw = _raw(inputs["records"])
     lines = [fv for sec in report.models for fv in sec.features]
@@ -98,7 +106,7 @@ def test_every_behaviour_line_matches_the_records(report: upgrade.UpgradeReport,
 
 
 def test_the_outlines_fix_at_0_31_0_is_named_with_its_bisection(report: upgrade.UpgradeReport,
-                                                                inputs: dict[str, Any]) -> None:
+                                                                inputs: upgrade.Inputs) -> None:
     fv = _features(report)[("smollm2-135m-instruct", "guided_decoding:outlines")]
     # the cell fails on both ends (JSON still overruns max_tokens), but regex and choice were fixed in 0.31.0
     assert fv.verdict == "still broken"
@@ -117,11 +125,11 @@ def test_the_outlines_fix_at_0_31_0_is_named_with_its_bisection(report: upgrade.
     # its cause and knowledge-base entry are the 0.32.0 record's own classification
     rec = next(r for r in inputs["records"] if r["vllm_version"] == "0.32.0" and r["status"] == "fail"
                and "test_json_schema" in r["test_id"] and r["test_id"].endswith("-outlines]"))
-    assert (json_test.category, json_test.kb_entry) == (rec["classification"]["category"], rec["classification"]["id"])
-    assert fv.kb_entry == rec["classification"]["id"]
+    assert (json_test.category, json_test.kb_entry) == (_classification(rec)["category"], _classification(rec)["id"])
+    assert fv.kb_entry == _classification(rec)["id"]
 
 
-def test_newly_fixed_lmfe_still_broken_and_drift(report: upgrade.UpgradeReport, inputs: dict[str, Any]) -> None:
+def test_newly_fixed_lmfe_still_broken_and_drift(report: upgrade.UpgradeReport, inputs: upgrade.Inputs) -> None:
     f = _features(report)
     for backend in ("xgrammar", "guidance"):  # the malformed-schema 4xx check: fails on 0.27.x, passes from 0.28.0
         fv = f[("smollm2-135m-instruct", f"guided_decoding:{backend}")]
@@ -129,16 +137,18 @@ def test_newly_fixed_lmfe_still_broken_and_drift(report: upgrade.UpgradeReport, 
         assert fv.first_changed == "0.28.0 (last failing tested release: 0.27.1)"
     lmfe = f[("smollm2-135m-instruct", "guided_decoding:lm-format-enforcer")]
     assert lmfe.verdict == "still broken"
-    ids = {r["classification"]["id"] for r in inputs["records"] if r["vllm_version"] == "0.32.0"
+    ids = {_classification(r)["id"] for r in inputs["records"] if r["vllm_version"] == "0.32.0"
            and r["status"] == "fail" and r["feature"] == "guided_decoding:lm-format-enforcer"}
     assert lmfe.kb_entry in ids
     drift = f[("smollm2-135m-instruct", "drift")]
     assert drift.verdict == "still works" and drift.drift is not None
     assert drift.drift["verdict"] == "identical"
-    assert [s["verdict"] for s in drift.drift["steps"]] == ["identical"] * 6
+    steps = drift.drift["steps"]
+    assert isinstance(steps, list)
+    assert [s["verdict"] for s in steps] == ["identical"] * 6
 
 
-def test_dependencies_are_the_locks_of_the_two_runs(report: upgrade.UpgradeReport, inputs: dict[str, Any]) -> None:
+def test_dependencies_are_the_locks_of_the_two_runs(report: upgrade.UpgradeReport, inputs: upgrade.Inputs) -> None:
     def lock_of(version: str) -> dict[str, str]:
         recs = [r for r in inputs["records"] if r["vllm_version"] == version and _default_stack(r)
                 and (r.get("provenance") or {}).get("lock_sha256")]
@@ -170,7 +180,7 @@ def test_interface_changes_and_gaps_between_0_27_0_and_0_32_0(report: upgrade.Up
 # --------------------------------------------------------------------------- never "works" where not run
 
 
-def test_no_pair_of_published_releases_claims_a_feature_works_where_it_was_not_run(inputs: dict[str, Any]) -> None:
+def test_no_pair_of_published_releases_claims_a_feature_works_where_it_was_not_run(inputs: upgrade.Inputs) -> None:
     raw = _raw(inputs["records"])
     for x, y in combinations(PUBLISHED, 2):
         rep = upgrade.build_report(x, y, matrix=inputs["matrix"], records=inputs["records"], root=REPO)
@@ -179,7 +189,7 @@ def test_no_pair_of_published_releases_claims_a_feature_works_where_it_was_not_r
             assert "pass" in statuses, f"{x}->{y}: {fv.model} {fv.feature} '{fv.verdict}' with no passing run on {y}"
 
 
-def test_a_feature_whose_records_on_y_are_gone_is_untested(inputs: dict[str, Any]) -> None:
+def test_a_feature_whose_records_on_y_are_gone_is_untested(inputs: upgrade.Inputs) -> None:
     """The same records without 0.32.0's config and kv_cache runs (and with its stability run only skipped): the
     report must say what was not run, never that it still works."""
     records = []
@@ -205,7 +215,7 @@ def test_a_feature_whose_records_on_y_are_gone_is_untested(inputs: dict[str, Any
 # --------------------------------------------------------------------------- releases that cannot run here
 
 
-def test_0_6_6_to_0_26_0_from_the_table_with_evidence(inputs: dict[str, Any]) -> None:
+def test_0_6_6_to_0_26_0_from_the_table_with_evidence(inputs: upgrade.Inputs) -> None:
     rep = upgrade.build_report("0.6.6", "0.26.0", matrix=inputs["matrix"], records=inputs["records"],
                                locks=inputs["locks"], check_report=CHECK, root=REPO)
     assert not rep.from_run and not rep.to_run
@@ -285,7 +295,7 @@ def _perf(tmp_path: Path, a: str, b: str, verdict: str = "not measurable") -> No
 
 
 def test_speed_uses_the_exact_interleaved_comparison_else_lists_the_steps(tmp_path: Path,
-                                                                          inputs: dict[str, Any]) -> None:
+                                                                          inputs: upgrade.Inputs) -> None:
     _perf(tmp_path / "steps", "0.30.0", "0.31.0")
     _perf(tmp_path / "steps", "0.31.0", "0.32.0", "regression")
     rep = upgrade.build_report("0.27.0", "0.32.0", matrix=inputs["matrix"], records=inputs["records"], root=REPO,
@@ -322,7 +332,7 @@ def test_interface_changes_file_cites_claims_the_checker_verified_at_that_releas
                 assert (version, claim) in verified or "not_checkable" in e.fact, e.fact
 
 
-def test_bad_pairs_are_refused(inputs: dict[str, Any]) -> None:
+def test_bad_pairs_are_refused(inputs: upgrade.Inputs) -> None:
     for x, y in (("0.32.0", "0.27.0"), ("0.27.0", "0.27.0"), ("0.1.0", "0.27.0"), ("nonsense", "0.27.0")):
         with pytest.raises(upgrade.UpgradeError):
             upgrade.build_report(x, y, matrix=inputs["matrix"])
@@ -388,7 +398,7 @@ def test_matrix_writes_an_upgrade_page_per_published_pair_linked_from_the_index(
 
 
 def test_the_0_27_0_to_0_32_0_page_shows_the_sections_linked_to_cells_and_evidence(site_dir: Path,
-                                                                                   inputs: dict[str, Any]) -> None:
+                                                                                   inputs: upgrade.Inputs) -> None:
     page = site_dir / "upgrade-0.27.0-0.32.0.html"
     text = page.read_text(encoding="utf-8")
     for section in ('id="behaviour"', 'id="interface"', 'id="dependencies"', 'id="gaps"'):
@@ -402,7 +412,7 @@ def test_the_0_27_0_to_0_32_0_page_shows_the_sections_linked_to_cells_and_eviden
     assert "no regression" not in text
 
 
-def test_a_release_without_run_or_lock_takes_its_wheels_requires_dist(tmp_path: Path, inputs: dict[str, Any]) -> None:
+def test_a_release_without_run_or_lock_takes_its_wheels_requires_dist(tmp_path: Path, inputs: upgrade.Inputs) -> None:
     """--wheel-metadata: the requirements come from the wheel's METADATA (here a cached copy, no network)."""
     for version, lines in (("0.6.6", ["transformers>=4.45.2", "outlines==0.1.11", "torch==2.5.1",
                                       'xgrammar>=0.1.6; platform_machine == "x86_64"', 'zentorch; extra == "zen"']),

@@ -3,6 +3,8 @@ releases the index offers; each release once, in the order given; clear errors f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_vllm_compat.version_spec import VersionSpecError, expand_term, is_dynamic, resolve_versions
@@ -99,7 +101,7 @@ def test_an_index_without_releases() -> None:
     assert expand_term("latest", ["0.33.0rc1"], pre=True) == ["0.33.0rc1"]
 
 
-def test_cli_versions_resolve_reads_the_index_cache(tmp_path, capsys) -> None:
+def test_cli_versions_resolve_reads_the_index_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
     import time
 

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from fake_runtime import FakeRuntime
@@ -41,8 +42,14 @@ http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
 '''
 
 
+class MakeServer(Protocol):
+    """The ``make`` fixture: starts a stand-in server whose later /health answers carry ``status``."""
+
+    def __call__(self, status: int = 200) -> VLLMServer: ...
+
+
 @pytest.fixture
-def make(tmp_path: Path) -> Iterator[object]:
+def make(tmp_path: Path) -> Iterator[MakeServer]:
     script = tmp_path / "fake.py"
     script.write_text(FAKE)
     made: list[VLLMServer] = []
@@ -64,9 +71,10 @@ def make(tmp_path: Path) -> Iterator[object]:
         s.stop(term_timeout=2)
 
 
-def test_a_stopped_server_is_killed_after_the_timeout(make) -> None:  # type: ignore[no-untyped-def]
+def test_a_stopped_server_is_killed_after_the_timeout(make: MakeServer) -> None:
     server = make()
     pgid = server.pid
+    assert pgid is not None  # started
     assert len(group_members(pgid)) == 2
     hung: list[float] = []
     with HangWatchdog([server], timeout=2.0, interval=0.2, on_hang=lambda s, silent: hung.append(silent)) as dog:
@@ -83,7 +91,7 @@ def test_a_stopped_server_is_killed_after_the_timeout(make) -> None:  # type: ig
     assert group_members(pgid) == []
 
 
-def test_a_server_that_answers_with_an_error_status_is_not_hung(make) -> None:  # type: ignore[no-untyped-def]
+def test_a_server_that_answers_with_an_error_status_is_not_hung(make: MakeServer) -> None:
     server = make(status=500)  # a dead engine answers 500: the crash check's business, not a hang
     assert answers(server.base_url, 2.0)
     assert not server.healthy(timeout=2.0)
@@ -92,9 +100,10 @@ def test_a_server_that_answers_with_an_error_status_is_not_hung(make) -> None:  
     assert dog.hung == [] and server.hung_after_s is None and server.alive()
 
 
-def test_a_server_being_stopped_is_not_watched(make) -> None:  # type: ignore[no-untyped-def]
+def test_a_server_being_stopped_is_not_watched(make: MakeServer) -> None:
     server = make()
     server.stopping = True  # the plugin stops it on purpose (e.g. evicted): silence is expected
+    assert server.pid is not None  # started
     os.killpg(server.pid, signal.SIGSTOP)
     with HangWatchdog([server], timeout=0.5, interval=0.1) as dog:
         time.sleep(1.5)
@@ -106,8 +115,8 @@ def test_timeout_zero_turns_it_off() -> None:
     class Silent:
         base_url = "http://127.0.0.1:9"
         stopping = False
-        hung_after_s = None
-        pid = None
+        hung_after_s: float | None = None
+        pid: int | None = None
 
         def alive(self) -> bool:
             return True

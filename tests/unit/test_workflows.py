@@ -15,7 +15,7 @@ WORKFLOWS = Path(__file__).resolve().parents[2] / ".github" / "workflows"
 
 
 def _load(name: str) -> dict[str, Any]:
-    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    data: dict[Any, Any] = yaml.safe_load((WORKFLOWS / name).read_text())
     if True in data:  # YAML 1.1 reads the key `on` as a boolean
         data["on"] = data.pop(True)
     return data
