@@ -32,8 +32,14 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pytest_vllm_compat.record_types import Record  # noqa: E402
+from pytest_vllm_compat.results import read_records  # noqa: E402
+
 OUT = ROOT / "reports" / "bench"
 MODES = {"eager": "1", "compiled": "0"}
 
@@ -43,20 +49,46 @@ def _seconds(a: str, b: str) -> float:
     return (datetime.strptime(b, fmt) - datetime.strptime(a, fmt)).total_seconds()
 
 
-def _verdicts(results: Path) -> dict[str, list[str | None]]:
+def _verdicts(records: list[Record]) -> dict[str, list[str | None]]:
+    """Each test id's outcome and failure class (the classification's id)."""
     out: dict[str, list[str | None]] = {}
-    for f in sorted((results / "records").glob("*.jsonl")):
-        for line in f.read_text().splitlines():
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            c = r.get("classification")
-            out[r["test_id"]] = [r.get("outcome"), c.get("id") if isinstance(c, dict) else None]
+    for r in records:
+        c = r.get("classification")
+        out[r["test_id"]] = [r.get("outcome"), c.get("id") if isinstance(c, dict) else None]
     return out
 
 
-def summarize(results: Path, wall_s: float, rc: int, log: str) -> dict[str, object]:
-    passes = []
+class Pass(TypedDict):
+    argv_markers: list[str]
+    wall_s: float
+    counts: object
+    suite_version: object
+
+
+class Start(TypedDict):
+    spec: str
+    start_s: list[float]
+    worker: str
+    eager: bool
+
+
+class ModeRun(TypedDict):
+    """One mode's `dev.py main` (main_job.json's ``runs[i]``)."""
+
+    mode: str
+    commit: str
+    rc: int
+    wall_s: float
+    passes: list[Pass]
+    provision: dict[str, object]
+    starts: list[Start]
+    one_off_starts: list[str]
+    outcomes: dict[str, int]
+
+
+def summarize(results: Path, records: list[Record], mode: str, commit: str, wall_s: float, rc: int,
+              log: str) -> ModeRun:
+    passes: list[Pass] = []
     for m in sorted((results / "manifests").glob("*.json")):
         d = json.loads(m.read_text())
         passes.append({"argv_markers": [a for a in d.get("argv", []) if a not in ("suites",)][-2:],
@@ -65,33 +97,29 @@ def summarize(results: Path, wall_s: float, rc: int, log: str) -> dict[str, obje
     eager_logs: dict[str, bool] = {}  # log file name -> started with --enforce-eager
     outcomes: dict[str, int] = {}
     provision: dict[str, object] = {}
-    for f in sorted((results / "records").glob("*.jsonl")):
-        for line in f.read_text().splitlines():
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-            server = r.get("server") or {}
-            if server.get("log_path"):
-                eager_logs[Path(str(server["log_path"])).name] = "--enforce-eager" in (server.get("serve_args") or [])
-            pm = r.get("packaged_model")
-            if isinstance(pm, dict) and "model_prepare_s" not in provision:
-                provision.update(model_prepare_s=pm.get("prepare_s"), model_convert_s=pm.get("convert_s"))
+    for r in records:
+        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+        server = r.get("server") or {}
+        if server.get("log_path"):
+            eager_logs[Path(str(server["log_path"])).name] = "--enforce-eager" in (server.get("serve_args") or [])
+        pm = r.get("packaged_model")
+        if isinstance(pm, dict) and "model_prepare_s" not in provision:
+            provision.update(model_prepare_s=pm.get("prepare_s"), model_convert_s=pm.get("convert_s"))
     for line in log.splitlines():
         if "created in" in line and "vllm-compat]" in line:
             provision["vllm_env_created"] = line.split("]", 1)[1].strip().split(" (")[0]
-    starts = []
+    starts: list[Start] = []
     for s in sorted((results / "servers").glob("*.json")):
         for srv in json.loads(s.read_text()).get("servers", []):
             logs = [Path(str(p)).name for p in srv.get("log_paths", [])]
             starts.append({"spec": srv["spec_key"], "start_s": srv["start_times_s"], "worker": s.stem.split("-")[-1],
                            "eager": any(eager_logs.get(n, False) for n in logs)})
     one_offs = sorted(p.name for p in (results / "logs").rglob("*.oneoff.*.log"))
-    return {"rc": rc, "wall_s": round(wall_s, 1), "passes": passes, "provision": provision, "starts": starts,
-            "one_off_starts": one_offs, "outcomes": outcomes}
+    return {"mode": mode, "commit": commit, "rc": rc, "wall_s": round(wall_s, 1), "passes": passes,
+            "provision": provision, "starts": starts, "one_off_starts": one_offs, "outcomes": outcomes}
 
 
-def run_mode(mode: str, keep: bool) -> tuple[dict[str, object], dict[str, list[str | None]]]:
+def run_mode(mode: str, keep: bool) -> tuple[ModeRun, dict[str, list[str | None]]]:
     base = Path(tempfile.mkdtemp(prefix=f"bench-main-{mode}-"))
     clone, home = base / "clone", base / "home"
     home.mkdir()
@@ -107,8 +135,9 @@ def run_mode(mode: str, keep: bool) -> tuple[dict[str, object], dict[str, list[s
                           check=False)
     wall = time.monotonic() - t0
     results = clone / "reports" / "results"
-    summary = {"mode": mode, "commit": head, **summarize(results, wall, proc.returncode, proc.stdout + proc.stderr)}
-    verdicts = _verdicts(results)
+    records = read_records(results)
+    summary = summarize(results, records, mode, head, wall, proc.returncode, proc.stdout + proc.stderr)
+    verdicts = _verdicts(records)
     print(f"[bench] {mode}: rc {proc.returncode}, {wall:.0f} s", flush=True)
     if proc.returncode != 0:
         print((proc.stdout + proc.stderr)[-3000:], file=sys.stderr)
@@ -129,17 +158,22 @@ def main() -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         ap.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
-    runs, verdicts = [], {}
+    runs: list[ModeRun] = []
+    verdicts: dict[str, dict[str, list[str | None]]] = {}
     for mode in modes:
         summary, v = run_mode(mode, ns.keep)
         runs.append(summary)
         verdicts[mode] = v
     report: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                                  "runs": runs}
+    same = ""
     if len(verdicts) == 2:
         a, b = (verdicts[m] for m in modes)
-        differ = {t: {modes[0]: a.get(t), modes[1]: b.get(t)} for t in sorted(set(a) | set(b)) if a.get(t) != b.get(t)}
-        report["same_verdicts"] = {"tests": len(set(a) | set(b)), "differ": differ}
+        tests = sorted(set(a) | set(b))
+        differ = {t: {modes[0]: a.get(t), modes[1]: b.get(t)} for t in tests if a.get(t) != b.get(t)}
+        report["same_verdicts"] = {"tests": len(tests), "differ": differ}
+        same = (f"Outcome and failure class per test, {modes[0]} vs {modes[1]}: "
+                f"{len(tests) - len(differ)} of {len(tests)} the same.")
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "main_job.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -149,21 +183,19 @@ def main() -> int:
              "| mode | commit | wall | pytest passes | server starts (one-offs; shared servers eager) | outcomes |",
              "|---|---|---|---|---|---|"]
     for r in runs:
-        passes = " + ".join(f"{p['wall_s']:.0f} s" for p in r["passes"])  # type: ignore[index, union-attr]
-        n_starts = len(r["starts"]) + len(r["one_off_starts"])  # type: ignore[arg-type]
-        n_eager = sum(1 for st in r["starts"] if st["eager"])  # type: ignore[union-attr, index]
-        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))  # type: ignore[union-attr]
-        lines.append(f"| {r['mode']} | {r['commit']} | {r['wall_s']:.0f} s ({float(r['wall_s']) / 60:.1f} min) "  # type: ignore[arg-type]
-                     f"| {passes} | {n_starts} ({len(r['one_off_starts'])}; {n_eager}) | {outcomes} |")  # type: ignore[arg-type]
-    if "same_verdicts" in report:
-        sv = report["same_verdicts"]
-        lines += ["", f"Outcome and failure class per test, {modes[0]} vs {modes[1]}: "
-                      f"{sv['tests'] - len(sv['differ'])} of {sv['tests']} the same."]  # type: ignore[index, operator, arg-type]
+        passes = " + ".join(f"{p['wall_s']:.0f} s" for p in r["passes"])
+        n_starts = len(r["starts"]) + len(r["one_off_starts"])
+        n_eager = sum(1 for st in r["starts"] if st["eager"])
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
+        lines.append(f"| {r['mode']} | {r['commit']} | {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min) "
+                     f"| {passes} | {n_starts} ({len(r['one_off_starts'])}; {n_eager}) | {outcomes} |")
+    if same:
+        lines += ["", same]
     (out / "main_job.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    broken = [r["mode"] for r in runs if not r["outcomes"].get("passed")]  # type: ignore[union-attr]
+    broken = [r["mode"] for r in runs if not r["outcomes"].get("passed")]
     if broken:
-        print(f"[bench] no test passed in {', '.join(map(str, broken))}: the run itself is broken (see above)",
+        print(f"[bench] no test passed in {', '.join(broken)}: the run itself is broken (see above)",
               file=sys.stderr)
         return 1
     return 0
